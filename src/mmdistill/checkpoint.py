@@ -1,0 +1,72 @@
+"""Checkpoints: a weights-only ``torch.save`` of a dict of tensors and plain values.
+
+Everything needed to rebuild the model (its config, the modality specs, the number of classes,
+the data config it was trained on) is stored as JSON-compatible values beside the state dict, so
+:func:`load_checkpoint` never unpickles arbitrary objects (``weights_only=True``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data.dataset import ModalitySpec
+from .errors import CheckpointError
+
+FORMAT = "mmdistill/1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: dict, specs: dict[str, ModalitySpec],
+                    num_classes: int, meta: dict[str, Any] | None = None) -> Path:
+    """Write atomically: the file appears only once complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model_config": model_config,
+        "specs": {m: s.to_dict() for m, s in specs.items()},
+        "num_classes": int(num_classes),
+        "meta": meta or {},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable weights-only checkpoint ({str(err).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an mmdistill checkpoint (format {FORMAT})")
+    return payload
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode on ``device``, payload without the state dict)."""
+    from .models import build_model
+
+    payload = read_checkpoint(path)
+    specs = {m: ModalitySpec.from_dict(s) for m, s in payload["specs"].items()}
+    model = build_model(payload["model_config"], specs, payload["num_classes"])
+    try:
+        model.load_state_dict(payload.pop("state_dict"))
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match the stored model config ({str(err).splitlines()[0]})") from None
+    payload["specs"] = specs
+    return model.to(device).eval(), payload

@@ -1,0 +1,233 @@
+"""The validated run configuration (YAML -> pydantic).
+
+Engineering settings (``train``: epochs, optimiser, device) are kept apart from method settings
+(``distill``: teacher, loss terms), as TextBrewer does. Every section forbids unknown keys, so a
+typo is an error naming the key, never a silent default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- models -------------------------------------------------------------------------------
+class ConvEncoderConfig(Strict):
+    type: Literal["conv"]
+    channels: list[PositiveInt] = [32, 64]
+    dim: PositiveInt | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class MLPEncoderConfig(Strict):
+    type: Literal["mlp"]
+    hidden: list[PositiveInt] = [128]
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    input_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+EncoderConfig = Annotated[Union[ConvEncoderConfig, MLPEncoderConfig], Field(discriminator="type")]
+
+
+class PlainFusionConfig(Strict):
+    type: Literal["concat", "late"] = "concat"
+
+
+class ProjectedFusionConfig(Strict):
+    type: Literal["attention", "gated"]
+    dim: PositiveInt = 64
+
+
+FusionConfig = Annotated[Union[PlainFusionConfig, ProjectedFusionConfig], Field(discriminator="type")]
+
+
+class HeadConfig(Strict):
+    hidden: list[PositiveInt] = []
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class ModelConfig(Strict):
+    """A multimodal model: one encoder per modality it sees, a fusion, a classification head."""
+
+    encoders: Annotated[dict[str, EncoderConfig], Field(min_length=1)]
+    fusion: FusionConfig = PlainFusionConfig()
+    head: HeadConfig = HeadConfig()
+
+
+# --- data ---------------------------------------------------------------------------------
+class DataConfig(BaseModel):
+    """``name`` picks the dataset; every other key is one of that dataset's options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    root: str | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+# --- training -----------------------------------------------------------------------------
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+
+
+class SchedulerConfig(Strict):
+    name: Literal["none", "cosine", "step", "exponential"] = "none"
+    step_size: PositiveInt = 10
+    gamma: PositiveFloat = 0.1
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+
+
+class TrainConfig(Strict):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt = 1024
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    grad_clip: PositiveFloat | None = None
+    progress: bool = True
+
+
+# --- distillation -------------------------------------------------------------------------
+class LossTermConfig(BaseModel):
+    """One weighted distillation term; keys other than these are the loss's own options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+    student: str = "logits"
+    teacher: str = "logits"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TeacherConfig(Strict):
+    checkpoint: str
+
+
+class DistillConfig(Strict):
+    """total = gamma * CE(student, label) + sum_i weight_i * term_i(student, teacher)."""
+
+    teacher: TeacherConfig
+    gamma: NonNegativeFloat = 1.0
+    terms: list[LossTermConfig] = [LossTermConfig(name="kd")]
+
+
+class RunConfig(Strict):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    distill: DistillConfig | None = None
+
+
+_TAGS = {"conv", "mlp", "concat", "late", "attention", "gated"}
+
+
+def format_validation_error(err: pydantic.ValidationError, prefix: str = "") -> str:
+    """One line naming the first offending key, e.g. ``train.epochs: Input should be ...``."""
+    first = err.errors()[0]
+    loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in first["loc"]]
+    loc = [p for i, p in enumerate(loc) if not (p in _TAGS and i + 1 < len(loc))]
+    key = ".".join(loc).replace(".[", "[")
+    if prefix:
+        key = f"{prefix}.{key}" if key else prefix
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
+        msg = f"{msg} (got {first['input']!r})"
+    return f"{key}: {msg}" if key else msg
+
+
+def set_key(raw: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in a nested dict/list structure, creating dicts on the way."""
+    parts = dotted.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{'.'.join(parts[:i + 1])}: no such list item")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{'.'.join(parts[:i])}: is not a section, cannot set {dotted}")
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides; values are parsed as YAML (``3``, ``0.1``, ``[32, 64]``)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        set_key(raw, key.strip(), value)
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections (data, model, train, ...)")
+    return raw
+
+
+def parse_config(raw: dict, source: str = "config") -> RunConfig:
+    """Validate a raw config dict, including each dataset's and loss term's own options."""
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except pydantic.ValidationError as err:
+        raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+    from .data import validate_data_options
+    from .losses import build_loss
+
+    try:
+        validate_data_options(cfg.data)
+        if cfg.distill:
+            for i, term in enumerate(cfg.distill.terms):
+                build_loss(term.name, term.options, where=f"distill.terms[{i}]")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return parse_config(raw, source=str(path))

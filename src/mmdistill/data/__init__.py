@@ -1,0 +1,29 @@
+"""Data: modality-aware datasets, the batch format, loaders of real data, and transforms."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .batch import collate, drop_modalities, modality_names, presence, to_device
+from .dataset import DataSplits, ModalitySpec, MultimodalDataset, split_validation
+from .registry import DATASETS, parse_options, register_dataset
+from .root import data_root
+from . import builtin  # noqa: F401  (registers av_digits, mnist, fsdd)
+from . import npz, manifest, synthetic  # noqa: F401  (registers npz, manifest, synthetic)
+
+__all__ = ["DATASETS", "DataSplits", "ModalitySpec", "MultimodalDataset", "build_data", "collate",
+           "data_root", "drop_modalities", "modality_names", "presence", "register_dataset",
+           "split_validation", "to_device", "validate_data_options"]
+
+
+def validate_data_options(cfg) -> None:
+    """Check a :class:`~mmdistill.config.DataConfig` against its dataset's options model."""
+    parse_options(cfg.name, cfg.options)
+
+
+def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0) -> DataSplits:
+    """Build the train/val/test splits a data config names (validation held out of train)."""
+    entry = DATASETS.get(cfg.name)
+    options = parse_options(cfg.name, cfg.options)
+    train, test, info = entry.builder(data_root(cfg.root), options, seed)
+    train, val = split_validation(train, val_fraction, seed)
+    info = {**info, "train_samples": len(train), "val_samples": len(val) if val else 0, "test_samples": len(test)}
+    return DataSplits(train=train, test=test, val=val, info=info)

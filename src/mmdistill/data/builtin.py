@@ -1,0 +1,75 @@
+"""Registration of the built-in real datasets: AV-Digits, MNIST and FSDD."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from .av_digits import HELD_OUT_SPEAKER, load_av_digits
+from .dataset import MultimodalDataset
+from .fsdd import list_recordings, log_mel_features
+from .mnist import load_mnist
+from .registry import register_dataset
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AVDigitsOptions(_Options):
+    split: Literal["official", "unseen-speaker"] = "official"
+    level: Literal["clean", "hard"] = "hard"
+    pairs_per_recording: PositiveInt = 4
+    image_energy: Annotated[float, Field(gt=0, le=1)] = 0.25
+    audio_snr_db: float = -10.0
+    mnist_source: Literal["auto", "idx", "json10k"] = "auto"
+    pairing_seed: int = 0
+
+
+@register_dataset("av_digits", AVDigitsOptions)
+def build_av_digits(root, options: AVDigitsOptions, seed: int):
+    opts = options.model_dump()
+    return load_av_digits(root, seed=opts.pop("pairing_seed"), **opts)
+
+
+class MNISTOptions(_Options):
+    source: Literal["auto", "idx", "json10k"] = "auto"
+    train_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    flatten: bool = False
+
+
+@register_dataset("mnist", MNISTOptions)
+def build_mnist(root, options: MNISTOptions, seed: int):
+    """MNIST images in [0, 1] as modality ``image`` ([1,28,28], or [784] with ``flatten``)."""
+    x_train, y_train, x_test, y_test, used = load_mnist(root, options.source, options.train_fraction)
+    shape = (-1, 784) if options.flatten else (-1, 1, 28, 28)
+    kind = "vector" if options.flatten else "image"
+    out = [MultimodalDataset({"image": torch.from_numpy(x).reshape(shape)}, torch.from_numpy(y), num_classes=10,
+                             kinds={"image": kind}, name=f"mnist/{part}")
+           for part, x, y in (("train", x_train, y_train), ("test", x_test, y_test))]
+    return out[0], out[1], {"dataset": "mnist", "source": used, "train": len(y_train), "test": len(y_test)}
+
+
+class FSDDOptions(_Options):
+    split: Literal["official", "unseen-speaker"] = "official"
+    snr_db: float | None = None
+
+
+@register_dataset("fsdd", FSDDOptions)
+def build_fsdd(root, options: FSDDOptions, seed: int):
+    """Spoken digits alone, as modality ``audio`` ([1, 32, 32] standardised log-mel)."""
+    recordings = list_recordings(root)
+    audio = log_mel_features(recordings, snr_db=options.snr_db)
+    labels = torch.tensor([r.digit for r in recordings])
+    if options.split == "official":
+        is_test = torch.tensor([r.index <= 4 for r in recordings])
+    else:
+        is_test = torch.tensor([r.speaker == HELD_OUT_SPEAKER for r in recordings])
+    mean, std = audio[~is_test].mean(), audio[~is_test].std()
+    audio = (audio - mean) / std
+    out = [MultimodalDataset({"audio": audio[m]}, labels[m], num_classes=10, kinds={"audio": "audio"},
+                             groups=torch.from_numpy(np.flatnonzero(m.numpy())), name=f"fsdd/{part}")
+           for part, m in (("train", ~is_test), ("test", is_test))]
+    return out[0], out[1], {"dataset": "fsdd", "split": options.split, "snr_db": options.snr_db}

@@ -1,0 +1,175 @@
+"""In-memory multimodal datasets: one tensor per modality, labels, and presence masks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import DataError
+from .batch import RESERVED_KEYS
+
+#: Kinds of modality; they choose the default encoder (conv for image/audio, mlp for vector).
+MODALITY_KINDS = ("image", "audio", "vector", "sequence")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What a model needs to know about a modality: its kind and per-sample shape."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ModalitySpec":
+        return cls(d["name"], d["kind"], tuple(d["shape"]))
+
+
+def guess_kind(shape: Sequence[int]) -> str:
+    """image for [C,H,W] or [H,W], sequence for [T,D], vector for [D]."""
+    if len(shape) == 1:
+        return "vector"
+    if len(shape) == 3 or (len(shape) == 2 and shape[0] == shape[1]):
+        return "image"
+    return "sequence"
+
+
+class MultimodalDataset(Dataset):
+    """Samples held in memory as ``{modality: Tensor[N, ...]}`` plus labels.
+
+    Indexing with a list of indices returns a whole batch dict (see :mod:`mmdistill.data.batch`),
+    which makes batching one tensor gather instead of N small copies.
+    """
+
+    def __init__(
+        self,
+        modalities: Mapping[str, torch.Tensor],
+        labels: torch.Tensor,
+        *,
+        num_classes: int | None = None,
+        kinds: Mapping[str, str] | None = None,
+        present: Mapping[str, torch.Tensor] | None = None,
+        groups: torch.Tensor | None = None,
+        name: str = "dataset",
+    ):
+        if not modalities:
+            raise DataError(f"{name}: a dataset needs at least one modality")
+        self.name = name
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        n = len(self.labels)
+        self.modalities: dict[str, torch.Tensor] = {}
+        for key, tensor in modalities.items():
+            if key in RESERVED_KEYS:
+                raise DataError(f"{name}: {key!r} is reserved and cannot name a modality")
+            tensor = torch.as_tensor(tensor, dtype=torch.float32)
+            if len(tensor) != n:
+                raise DataError(f"{name}: modality {key!r} has {len(tensor)} samples but there are {n} labels")
+            bad = ~torch.isfinite(tensor.reshape(n, -1)).all(dim=1)
+            if bad.any():
+                raise DataError(f"{name}: modality {key!r} has NaN or infinite values in sample {int(bad.nonzero()[0])}")
+            self.modalities[key] = tensor
+        self.num_classes = int(num_classes if num_classes is not None else (int(self.labels.max()) + 1 if n else 0))
+        if n and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            i = int(((self.labels < 0) | (self.labels >= self.num_classes)).nonzero()[0])
+            raise DataError(f"{name}: sample {i} has label {int(self.labels[i])} outside 0..{self.num_classes - 1}")
+        kinds = dict(kinds or {})
+        self.specs = {k: ModalitySpec(k, kinds.get(k) or guess_kind(t.shape[1:]), tuple(t.shape[1:]))
+                      for k, t in self.modalities.items()}
+        self.present = {k: torch.as_tensor(present[k], dtype=torch.bool) if present and k in present
+                        else torch.ones(n, dtype=torch.bool) for k in self.modalities}
+        self.groups = torch.as_tensor(groups) if groups is not None else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            batch = self.__getitems__([int(index)])
+            return {k: ({m: p[0] for m, p in v.items()} if k == "present" else v[0]) for k, v in batch.items()}
+        return self.__getitems__(index)
+
+    def __getitems__(self, indices) -> dict:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        batch = {k: t[idx] for k, t in self.modalities.items()}
+        batch["label"] = self.labels[idx]
+        batch["index"] = idx
+        batch["present"] = {k: p[idx] for k, p in self.present.items()}
+        return batch
+
+    def subset(self, indices, name: str | None = None) -> "MultimodalDataset":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return MultimodalDataset(
+            {k: t[idx] for k, t in self.modalities.items()}, self.labels[idx],
+            num_classes=self.num_classes, kinds={k: s.kind for k, s in self.specs.items()},
+            present={k: p[idx] for k, p in self.present.items()},
+            groups=self.groups[idx] if self.groups is not None else None, name=name or self.name)
+
+    def select(self, modalities: Sequence[str]) -> "MultimodalDataset":
+        """The same samples restricted to ``modalities`` (for a student that sees fewer)."""
+        missing = [m for m in modalities if m not in self.modalities]
+        if missing:
+            raise DataError(f"{self.name}: no modality {missing[0]!r} (has {', '.join(self.modalities)})")
+        return MultimodalDataset(
+            {m: self.modalities[m] for m in modalities}, self.labels, num_classes=self.num_classes,
+            kinds={m: self.specs[m].kind for m in modalities},
+            present={m: self.present[m] for m in modalities}, groups=self.groups, name=self.name)
+
+    def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+               sampler: Sampler | None = None) -> DataLoader:
+        """A DataLoader yielding batch dicts; pass ``sampler`` (e.g. a DistributedSampler) to shard."""
+        if sampler is None and shuffle:
+            generator = torch.Generator().manual_seed(seed)
+            sampler = torch.utils.data.RandomSampler(self, generator=generator)
+        return DataLoader(self, batch_size=batch_size, sampler=sampler, shuffle=False,
+                          drop_last=drop_last, collate_fn=_identity)
+
+
+def _identity(batch):
+    return batch
+
+
+@dataclass
+class DataSplits:
+    """Train/validation/test datasets built from one data config, with their modality specs."""
+
+    train: MultimodalDataset
+    test: MultimodalDataset
+    val: MultimodalDataset | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def specs(self) -> dict[str, ModalitySpec]:
+        return self.train.specs
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
+def split_validation(dataset: MultimodalDataset, fraction: float, seed: int) -> tuple[MultimodalDataset, MultimodalDataset | None]:
+    """Hold out ``fraction`` of ``dataset`` for validation, stratified by label.
+
+    When the dataset has ``groups`` (e.g. the recording that several AV pairs share), whole groups
+    go to one side, so the validation set never sees a training recording.
+    """
+    if fraction <= 0:
+        return dataset, None
+    rng = np.random.default_rng(seed)
+    labels = dataset.labels.numpy()
+    units = dataset.groups.numpy() if dataset.groups is not None else np.arange(len(dataset))
+    val_units: list = []
+    for c in np.unique(labels):
+        cls_units = np.unique(units[labels == c])
+        k = int(round(fraction * len(cls_units)))
+        val_units.extend(rng.permutation(cls_units)[:k].tolist())
+    is_val = np.isin(units, np.array(val_units))
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(val_idx) == 0:
+        return dataset, None
+    return dataset.subset(train_idx, f"{dataset.name}/train"), dataset.subset(val_idx, f"{dataset.name}/val")

@@ -1,0 +1,136 @@
+"""The Free Spoken Digit Dataset: WAV recordings -> fixed-size log-mel spectrograms.
+
+Recordings are ``<root>/fsdd/recordings/{digit}_{speaker}_{index}.wav`` (mono, 8 kHz). Spectrograms
+are computed once and cached under :func:`~mmdistill.data.root.cache_dir`, keyed by every
+preprocessing parameter and by the name, size and modification time of every file, so a changed
+recording or parameter never reads a stale cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from ..errors import DataError
+from .root import cache_dir, data_root, download
+from .transforms import LogMel, LogMelParams, fix_length, mix_noise
+
+NAME = re.compile(r"^(?P<digit>[^_]+)_(?P<speaker>[A-Za-z0-9-]+)_(?P<index>\d+)\.wav$")
+ARCHIVE_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
+#: sha256 over the sorted (file name, sha256 of file) pairs of the 3,000 recordings.
+CONTENT_SHA256 = "0fbe6612aaa20a80ef4371894a46e060038337a518fe3d4728cb7eee7caa013c"
+HINT = "Put the recordings in <root>/fsdd/recordings/ and point MMDISTILL_DATA (or --data-root) at <root>."
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    digit: int
+    speaker: str
+    index: int
+
+
+def list_recordings(root=None) -> list[Recording]:
+    """Every recording under the data root, sorted by file name; downloads FSDD when absent."""
+    folder = data_root(root) / "fsdd" / "recordings"
+    if not folder.is_dir():
+        fetch(data_root(root))
+    recordings = []
+    for path in sorted(folder.glob("*.wav")):
+        match = NAME.match(path.name)
+        if not match:
+            raise DataError(f"{path}: name is not {{digit}}_{{speaker}}_{{index}}.wav")
+        if not match["digit"].isdigit() or not 0 <= int(match["digit"]) <= 9:
+            raise DataError(f"{path}: unknown label {match['digit']!r} (expected a digit 0-9)")
+        recordings.append(Recording(path, int(match["digit"]), match["speaker"], int(match["index"])))
+    if not recordings:
+        raise DataError(f"{folder}: no .wav recordings. {HINT}")
+    return recordings
+
+
+def content_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("*.wav")):
+        h.update(path.name.encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def fetch(root: Path) -> None:
+    """Download the FSDD release archive, verify its recordings, and unpack them under ``root``."""
+    with tempfile.TemporaryDirectory(dir=root if root.exists() else None) as tmp:
+        archive = download([ARCHIVE_URL], Path(tmp) / "fsdd.tar.gz", dataset="FSDD", hint=HINT)
+        staging = Path(tmp) / "recordings"
+        staging.mkdir()
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and "/recordings/" in member.name and member.name.endswith(".wav"):
+                    with tar.extractfile(member) as src:
+                        (staging / Path(member.name).name).write_bytes(src.read())
+        if content_digest(staging) != CONTENT_SHA256:
+            raise DataError(f"FSDD: the recordings in {ARCHIVE_URL} do not match the expected checksum")
+        target = root / "fsdd"
+        target.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target / "recordings")
+
+
+def read_wave(path: Path, sample_rate: int) -> np.ndarray:
+    """A mono float32 waveform; a corrupt or non-mono file or a wrong rate is a DataError."""
+    try:
+        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except Exception as err:  # libsndfile raises its own error types for corrupt files
+        raise DataError(f"{path}: cannot decode audio ({err})") from None
+    if rate != sample_rate:
+        raise DataError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz")
+    if wave.shape[0] == 0:
+        raise DataError(f"{path}: empty recording")
+    return wave.mean(axis=1)
+
+
+def _cache_key(recordings: list[Recording], params: LogMelParams, snr_db, noise_seed) -> str:
+    listing = [(r.path.name, r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in recordings]
+    blob = json.dumps({"v": CACHE_VERSION, "params": params.to_dict(), "snr_db": snr_db,
+                       "noise_seed": noise_seed, "files": listing}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def log_mel_features(recordings: list[Recording], params: LogMelParams = LogMelParams(), *,
+                     snr_db: float | None = None, noise_seed: int = 0) -> torch.Tensor:
+    """[N, 1, n_mels, frames] log-mel spectrograms of ``recordings``, cached on disk.
+
+    With ``snr_db``, white noise is mixed into each waveform at that SNR first (recording ``i``
+    draws its noise from a generator seeded with ``(noise_seed, i)``, so the result is
+    deterministic).
+    """
+    path = cache_dir() / f"fsdd-logmel-{_cache_key(recordings, params, snr_db, noise_seed)}.pt"
+    if path.exists():
+        try:
+            cached = torch.load(path, weights_only=True)
+            if cached["names"] == [r.path.name for r in recordings]:
+                return cached["features"]
+        except Exception:
+            pass  # an unreadable cache is recomputed and replaced
+    length = params.num_samples
+    waves = np.zeros((len(recordings), length), dtype=np.float32)
+    for i, rec in enumerate(recordings):
+        wave = read_wave(rec.path, params.sample_rate)
+        fixed = fix_length(wave, length)
+        if snr_db is not None:
+            fixed = mix_noise(fixed, snr_db, np.random.default_rng([noise_seed, i]), min(len(wave), length))
+        waves[i] = fixed
+    features = LogMel(params)(torch.from_numpy(waves)).unsqueeze(1).contiguous()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    os.close(fd)
+    torch.save({"names": [r.path.name for r in recordings], "features": features}, tmp)
+    os.replace(tmp, path)
+    return features

@@ -1,0 +1,234 @@
+"""Bring your own data, in one ``.npz`` file: dataset ``npz``.
+
+The archive holds (``np.savez``/``np.savez_compressed``; no pickled objects):
+
+* one array per modality, any shape ``[N, ...]``: feature vectors ``[N, D]``, images
+  ``[N, C, H, W]`` or ``[N, H, W]``, sequences ``[N, T, D]``; bool, int or float;
+* ``label``: ``[N]`` class indices (ints >= 0), or strings, mapped to the indices of the sorted
+  class names (or of ``classes`` when given); the names are recorded in ``info["classes"]``;
+* optionally ``split``: ``[N]`` strings ``train``/``test`` (without it, ``test_fraction`` of each
+  class is held out for test, chosen with the run's seed);
+* optionally ``present_<modality>``: ``[N]`` bools, False where the sample lacks the modality.
+  Absent samples are zeroed (their stored values, NaN included, are ignored).
+
+Kinds (which encoder a modality gets) are guessed from the per-sample shape (see
+:func:`~mmdistill.data.dataset.guess_kind`) unless ``kinds`` names them.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import DataError
+from .batch import RESERVED_KEYS
+from .dataset import MultimodalDataset, guess_kind
+from .registry import register_dataset
+
+Kind = Literal["image", "audio", "vector", "sequence"]
+PRESENT_PREFIX = "present_"
+
+
+class NpzOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    modalities: list[str] | None = None
+    kinds: dict[str, Kind] | None = None
+    classes: list[str] | None = None
+
+
+def resolve(root: Path, path: str) -> Path:
+    """``path`` itself when absolute (or ``~``), else ``path`` under the data root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(root) / p
+
+
+def stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Bool [N]: ``fraction`` of each class (at least one, never all when it has 2+) is test."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(fraction * len(idx)))
+        if len(idx) > 1:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        is_test[rng.permutation(idx)[:k]] = True
+    return is_test
+
+
+def parse_split(where: str, values: np.ndarray, describe) -> np.ndarray:
+    """Bool [N] is_test from ``train``/``test`` strings; ``describe(i)`` names sample ``i``."""
+    is_test = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        text = (v.decode() if isinstance(v, bytes) else str(v)).strip().lower()
+        if text not in ("train", "test"):
+            raise DataError(f"{where} {describe(i)}: unknown split value {str(v)!r} (expected 'train' or 'test')")
+        is_test[i] = text == "test"
+    if not is_test.any() or is_test.all():
+        side = "test" if not is_test.any() else "train"
+        raise DataError(f"{where}: the split marks no sample as {side!r}")
+    return is_test
+
+
+def encode_labels(where: str, raw: list, classes: list[str] | None, describe) -> tuple[np.ndarray, list[str] | None]:
+    """Class indices [N] and class names (None for plain integer labels).
+
+    ``raw`` holds ints or strings. With ``classes``, every label must be one of them (strings) or
+    an index into them (ints). Without, string labels map to their sorted distinct values.
+    """
+    out = np.empty(len(raw), dtype=np.int64)
+    strings = any(isinstance(v, str) for v in raw)
+    if strings:
+        for i, v in enumerate(raw):
+            if str(v).strip() == "":
+                raise DataError(f"{where} {describe(i)}: empty label")
+        names = list(classes) if classes is not None else sorted({str(v).strip() for v in raw})
+        lookup = {name: j for j, name in enumerate(names)}
+        for i, v in enumerate(raw):
+            key = str(v).strip()
+            if key not in lookup:
+                raise DataError(f"{where} {describe(i)}: unknown label {key!r} (classes: {', '.join(names)})")
+            out[i] = lookup[key]
+        return out, names
+    for i, v in enumerate(raw):
+        if v < 0 or (classes is not None and v >= len(classes)):
+            limit = f"0..{len(classes) - 1}" if classes is not None else ">= 0"
+            raise DataError(f"{where} {describe(i)}: unknown label {v} (expected {limit})")
+        out[i] = v
+    return out, (list(classes) if classes is not None else None)
+
+
+def _read(path: Path, archive, name: str) -> np.ndarray:
+    try:
+        return archive[name]
+    except ValueError as err:  # object arrays need pickle, which is refused
+        raise DataError(f"{path}: array {name!r} cannot be read without pickle ({err}); "
+                        "store strings as a fixed-width unicode array (np.array(list_of_str))") from None
+    except Exception as err:  # a corrupt member: zlib/zipfile/OSError/EOFError
+        raise DataError(f"{path}: array {name!r} is corrupt ({err})") from None
+
+
+def _labels(path: Path, label: np.ndarray, classes) -> tuple[np.ndarray, list[str] | None]:
+    if label.ndim != 1:
+        raise DataError(f"{path}: array 'label' has shape {list(label.shape)}, expected [N]")
+    sample = lambda i: f"sample {i}"  # noqa: E731
+    if label.dtype.kind in "US":
+        raw = [v.decode() if isinstance(v, bytes) else str(v) for v in label.tolist()]
+    elif label.dtype.kind in "biu":
+        raw = [int(v) for v in label.tolist()]
+    elif label.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(label) | (label != np.round(label)))
+        if len(bad):
+            raise DataError(f"{path}: array 'label' sample {bad[0]}: label {label[bad[0]]} is not an integer")
+        raw = [int(v) for v in label.tolist()]
+    else:
+        raise DataError(f"{path}: array 'label' has dtype {label.dtype}, expected ints or strings")
+    return encode_labels(f"{path}: array 'label'", raw, classes, sample)
+
+
+@register_dataset("npz", NpzOptions)
+def build_npz(root, options: NpzOptions, seed: int):
+    path = resolve(root, options.path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (npz dataset path, relative paths are under the data root {root})")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:  # BadZipFile, ValueError, OSError, EOFError, ...
+        raise DataError(f"{path}: not a valid .npz archive ({err})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not a valid .npz archive (it holds a single array; save with np.savez)")
+    with archive:
+        try:
+            names = list(archive.files)
+        except zipfile.BadZipFile as err:
+            raise DataError(f"{path}: not a valid .npz archive ({err})") from None
+        if "label" not in names:
+            raise DataError(f"{path}: no 'label' array (arrays: {', '.join(names) or 'none'})")
+        labels, classes = _labels(path, _read(path, archive, "label"), options.classes)
+        n = len(labels)
+        if n == 0:
+            raise DataError(f"{path}: array 'label' is empty")
+
+        modal_names = [k for k in names if k not in ("label", "split") and not k.startswith(PRESENT_PREFIX)]
+        if not modal_names:
+            raise DataError(f"{path}: no modality arrays (only {', '.join(names)}); add one array per modality")
+        for key in modal_names:
+            if key in RESERVED_KEYS:
+                raise DataError(f"{path}: array {key!r} is a reserved name and cannot be a modality")
+        for key in [k for k in names if k.startswith(PRESENT_PREFIX)]:
+            if key[len(PRESENT_PREFIX):] not in modal_names:
+                raise DataError(f"{path}: array {key!r} masks modality {key[len(PRESENT_PREFIX):]!r}, "
+                                f"which is not in the file (modalities: {', '.join(modal_names)})")
+        wanted = modal_names
+        if options.modalities is not None:
+            missing = [m for m in options.modalities if m not in modal_names]
+            if missing:
+                raise DataError(f"{path}: no modality array {missing[0]!r} (modalities: {', '.join(modal_names)})")
+            wanted = list(options.modalities)
+        for m in options.kinds or {}:
+            if m not in wanted:
+                raise DataError(f"{path}: kinds names {m!r}, which is not a modality in use ({', '.join(wanted)})")
+
+        if "split" in names:
+            split = _read(path, archive, "split")
+            if split.shape != (n,):
+                raise DataError(f"{path}: array 'split' has shape {list(split.shape)}, expected [{n}] like 'label'")
+            if split.dtype.kind not in "USO":
+                raise DataError(f"{path}: array 'split' has dtype {split.dtype}, expected 'train'/'test' strings")
+            is_test = parse_split(f"{path}: array 'split'", split, lambda i: f"sample {i}")
+            split_used = "file"
+        else:
+            is_test = stratified_test_mask(labels, options.test_fraction, seed)
+            split_used = f"stratified test_fraction={options.test_fraction} seed={seed}"
+
+        modalities, present = {}, {}
+        for m in wanted:
+            arr = _read(path, archive, m)
+            if arr.ndim == 0 or len(arr) != n:
+                got = "a scalar" if arr.ndim == 0 else f"{len(arr)} samples"
+                raise DataError(f"{path}: array {m!r} has {got} but 'label' has {n}")
+            if arr.dtype.kind not in "biuf":
+                raise DataError(f"{path}: array {m!r} has dtype {arr.dtype}, expected numbers")
+            arr = arr.astype(np.float32)
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            mask = np.ones(n, dtype=bool)
+            key = PRESENT_PREFIX + m
+            if key in names:
+                mask_arr = _read(path, archive, key)
+                if mask_arr.shape != (n,):
+                    raise DataError(f"{path}: array {key!r} has shape {list(mask_arr.shape)}, expected [{n}]")
+                if mask_arr.dtype.kind not in "biu" or not np.isin(mask_arr, (0, 1)).all():
+                    raise DataError(f"{path}: array {key!r} must hold booleans")
+                mask = mask_arr.astype(bool)
+                arr[~mask] = 0.0
+            finite = np.isfinite(arr.reshape(n, -1)).all(axis=1)
+            if not finite.all():
+                first_bad = int(np.flatnonzero(~finite)[0])
+                raise DataError(f"{path}: array {m!r} sample {first_bad} has NaN or infinite values")
+            modalities[m] = torch.from_numpy(arr)
+            present[m] = torch.from_numpy(mask)
+
+    num_classes = len(classes) if classes is not None else int(labels.max()) + 1
+    kinds = {m: (options.kinds or {}).get(m) or guess_kind(t.shape[1:]) for m, t in modalities.items()}
+    labels_t = torch.from_numpy(labels)
+    out = []
+    for part, sel in (("train", ~is_test), ("test", is_test)):
+        idx = torch.from_numpy(np.flatnonzero(sel))
+        out.append(MultimodalDataset({m: t[idx] for m, t in modalities.items()}, labels_t[idx],
+                                     num_classes=num_classes, kinds=kinds,
+                                     present={m: p[idx] for m, p in present.items()}, name=f"{path.name}/{part}"))
+    info = {"dataset": "npz", "path": str(path), "split": split_used, "num_classes": num_classes,
+            "modalities": {m: {"kind": kinds[m], "shape": list(t.shape[1:]),
+                               "present": int(present[m].sum())} for m, t in modalities.items()}}
+    if classes is not None:
+        info["classes"] = classes
+    return out[0], out[1], info

@@ -1,0 +1,136 @@
+"""What the engine optimises: supervised training of one model, or distillation into a student.
+
+A task exposes ``model`` (what is trained and evaluated), ``setup(batch, num_samples)`` (called
+once before the optimiser is built, to create shape-dependent parameters), ``trainable_parameters()``
+and ``training_step(batch, progress) -> (logits, {term: weighted loss})``; the engine minimises the
+sum of the terms. Teacher training and distillation therefore share one loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import DistillationLoss
+from .adapters import Adapter
+from .hooks import OUTPUT, FeatureCapture
+
+
+class SupervisedTask(nn.Module):
+    """Cross-entropy training of ``model``: loss = CE(model(x), y)."""
+
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def setup(self, batch, num_samples: int) -> None:
+        pass
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_step(self, batch, progress: float = 0.0):
+        logits = self.model(batch)
+        return logits, {"ce": F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)}
+
+
+@dataclass
+class Term:
+    """One weighted distillation term comparing ``student_path`` with ``teacher_path``."""
+
+    name: str
+    loss: DistillationLoss
+    weight: float = 1.0
+    student_path: str = OUTPUT
+    teacher_path: str = OUTPUT
+    teacher: int = 0
+    warmup: float = 0.0  # fraction of training over which the weight ramps linearly from 0
+
+    def weight_at(self, progress: float) -> float:
+        if self.warmup > 0 and progress < self.warmup:
+            return self.weight * progress / self.warmup
+        return self.weight
+
+
+class DistillationTask(nn.Module):
+    """total = gamma * CE(student(x), y) + sum_i weight_i * term_i(student, teacher).
+
+    Teachers are frozen and kept in eval mode whatever ``train()`` is called with. When a feature
+    term compares features of different shapes and its loss needs equal shapes, an
+    :class:`~mmdistill.distill.adapters.Adapter` is created in :meth:`setup`; adapters and the
+    losses' own parameters are the task's ``extra`` parameters, trained with the student but not
+    part of it.
+    """
+
+    def __init__(self, student: nn.Module, teachers: nn.Module | Sequence[nn.Module], terms: Sequence[Term],
+                 gamma: float = 1.0):
+        super().__init__()
+        self.model = student
+        teachers = [teachers] if isinstance(teachers, nn.Module) else list(teachers)
+        self.teachers = nn.ModuleList(teachers)
+        for teacher in self.teachers:
+            teacher.requires_grad_(False)
+            teacher.eval()
+        self.terms = list(terms)
+        self.losses = nn.ModuleList(t.loss for t in self.terms)
+        self.adapters = nn.ModuleDict()
+        self.gamma = gamma
+        self._student_capture = FeatureCapture(student, [t.student_path for t in self.terms], "student")
+        self._teacher_captures = [
+            FeatureCapture(teacher, [t.teacher_path for t in self.terms if t.teacher == i], f"teacher {i}")
+            for i, teacher in enumerate(self.teachers)]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for teacher in self.teachers:
+            teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def teacher_outputs(self, batch) -> list[dict[str, torch.Tensor]]:
+        """``[{path: tensor}]`` per teacher: the single place a teacher-output cache plugs in."""
+        return [capture.run(teacher, batch) for teacher, capture in zip(self.teachers, self._teacher_captures)]
+
+    def setup(self, batch, num_samples: int) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            student = self._student_capture.run(self.model, batch)
+        self.model.train(was_training)
+        teachers = self.teacher_outputs(batch)
+        device = next(self.model.parameters()).device
+        for i, term in enumerate(self.terms):
+            s, t = student[term.student_path], teachers[term.teacher][term.teacher_path]
+            if getattr(term.loss, "needs_adapter", False) and s.shape[1:] != t.shape[1:]:
+                self.adapters[str(i)] = Adapter(s.shape, t.shape).to(device)
+                with torch.no_grad():
+                    s = self.adapters[str(i)](s)
+            term.loss.bind(s.shape, t.shape, num_samples)
+            term.loss.to(device)
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return list(self.adapters.parameters()) + list(self.losses.parameters())
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad] + self.extra_parameters()
+
+    def training_step(self, batch, progress: float = 0.0):
+        teachers = self.teacher_outputs(batch)
+        student = self._student_capture.run(self.model, batch)
+        logits = student[OUTPUT]
+        losses = {}
+        if self.gamma:
+            losses["ce"] = self.gamma * F.cross_entropy(logits, batch["label"])
+        for i, term in enumerate(self.terms):
+            s = student[term.student_path]
+            if str(i) in self.adapters:
+                s = self.adapters[str(i)](s)
+            value = term.loss(s, teachers[term.teacher][term.teacher_path].detach(),
+                              target=batch["label"], index=batch.get("index"))
+            key = term.name if term.name not in losses else f"{term.name}_{i}"
+            losses[key] = term.weight_at(progress) * value
+        return logits, losses

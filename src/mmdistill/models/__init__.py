@@ -1,0 +1,7 @@
+"""Models: per-modality encoders, fusion modules, heads, and the multimodal classifier."""
+from .encoders import ENCODERS, ConvEncoder, MLPEncoder
+from .fusion import FUSIONS, AttentionFusion, ConcatFusion, GatedFusion, LateFusion
+from .multimodal import MultimodalModel, build_model, count_parameters
+
+__all__ = ["ENCODERS", "FUSIONS", "AttentionFusion", "ConcatFusion", "ConvEncoder", "GatedFusion",
+           "LateFusion", "MLPEncoder", "MultimodalModel", "build_model", "count_parameters"]

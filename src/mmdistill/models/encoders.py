@@ -1,0 +1,64 @@
+"""Per-modality encoders: each maps ``[B, *shape]`` to an embedding ``[B, out_dim]``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import math
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
+
+
+@ENCODERS.register("conv")
+class ConvEncoder(nn.Module):
+    """A 2-D CNN for images ([C,H,W] or [H,W]) and spectrograms ([1, mels, frames]).
+
+    Each width in ``channels`` adds conv3x3 - BatchNorm - ReLU - maxpool2; global average pooling
+    follows, then an optional linear projection to ``dim``.
+    """
+
+    def __init__(self, shape: Sequence[int], channels: Sequence[int] = (32, 64), dim: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.add_channel = len(shape) == 2
+        in_ch = 1 if self.add_channel else int(shape[0])
+        layers: list[nn.Module] = []
+        for width in channels:
+            layers += [nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_ch, dim), nn.ReLU(inplace=True)) if dim else nn.Identity()
+        self.out_dim = dim or in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.add_channel:
+            x = x.unsqueeze(1)
+        return self.project(self.pool(self.features(x)))
+
+
+@ENCODERS.register("mlp")
+class MLPEncoder(nn.Module):
+    """An MLP over the flattened input: Linear - ReLU (- Dropout) for each width in ``hidden``."""
+
+    def __init__(self, shape: Sequence[int], hidden: Sequence[int] = (128,), dropout: float = 0.0,
+                 input_dropout: float = 0.0):
+        super().__init__()
+        in_dim = math.prod(shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout:
+            layers.append(nn.Dropout(input_dropout))
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

@@ -1,0 +1,63 @@
+"""Run directories that never look finished when they are not.
+
+``run.json`` is written first with ``"status": "running"`` and rewritten with ``"complete"``
+(or ``"failed"`` and the error) at the end; result files (``summary.json``, ``metrics.json``) are
+written atomically and only on success. An existing directory is reused only with
+``overwrite=True`` and only if it is an mmdistill run directory or empty.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import MMDistillError
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+class RunDir:
+    def __init__(self, path: str | Path, *, overwrite: bool = False, command: str = "", config: Any = None):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise MMDistillError(f"{self.path}: exists and is not a directory")
+        if self.path.exists() and any(self.path.iterdir()):
+            if not overwrite:
+                raise MMDistillError(f"{self.path}: directory is not empty; pass --overwrite to replace it")
+            if not (self.path / "run.json").exists():
+                raise MMDistillError(f"{self.path}: not an mmdistill run directory (no run.json); refusing to overwrite it")
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        self.info = {"status": "running", "command": command or " ".join(sys.argv), "started": self.started,
+                     "config": config}
+        write_json(self.path / "run.json", self.info)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            self.info.update(status="complete", seconds=round(time.time() - self.started, 2))
+        else:
+            self.info.update(status="failed", error=f"{exc_type.__name__}: {exc}")
+        write_json(self.path / "run.json", self.info)
+        return False

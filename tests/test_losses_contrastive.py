@@ -1,0 +1,127 @@
+"""CRD: NCE value against a loop reference, the memory bank update, Z, and that agreement lowers the loss."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmdistill.losses import build_loss
+
+torch.set_num_threads(1)
+
+
+def bound_crd(student_shape, teacher_shape, num_samples, seed=0, **options):
+    torch.manual_seed(seed)
+    loss = build_loss("crd", options)
+    loss.bind(torch.Size(student_shape), torch.Size(teacher_shape), num_samples)
+    return loss
+
+
+def unit(v):
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]
+
+
+def embed(linear, x):
+    w, b = linear.weight.tolist(), linear.bias.tolist()
+    return unit([sum(wi * xi for wi, xi in zip(row, x)) + bi for row, bi in zip(w, b)])
+
+
+def test_crd_clamps_negatives_and_creates_heads():
+    loss = bound_crd((2, 3, 2, 2), (2, 5), 10, feat_dim=4)
+    assert loss.k == 9  # 4096 clamped to num_samples - 1
+    assert loss.memory_s.shape == loss.memory_t.shape == (10, 4)
+    assert loss.embed_s.in_features == 12 and loss.embed_t.in_features == 5
+    names = {n for n, _ in loss.named_parameters()}
+    assert names == {"embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias"}
+    assert set(loss.state_dict()) >= {"memory_s", "memory_t", "z_s", "z_t"}
+
+
+def test_crd_loop_reference_two_samples():
+    # with N = 2 the only possible negative of each sample is the other one: the loss is deterministic
+    n, temp, m = 2, 0.5, 0.5
+    loss = bound_crd((2, 3), (2, 4), n, feat_dim=3, temperature=temp, momentum=m)
+    s = torch.randn(2, 3)
+    t = torch.randn(2, 4)
+    idx = [1, 0]
+    mem_s, mem_t = loss.memory_s.tolist(), loss.memory_t.tolist()
+
+    vs = [embed(loss.embed_s, x) for x in s.tolist()]
+    vt = [embed(loss.embed_t, x) for x in t.tolist()]
+
+    def scores(anchors, memory):
+        out = []
+        for b, i in enumerate(idx):
+            pos = math.exp(sum(a * w for a, w in zip(anchors[b], memory[i])) / temp)
+            neg = math.exp(sum(a * w for a, w in zip(anchors[b], memory[1 - i])) / temp)
+            out.append((pos, neg))
+        return out
+
+    def nce(pairs):
+        z = sum(p + q for p, q in pairs) / (2 * len(pairs)) * n  # Z = N * mean of the first batch
+        noise = 1 / n  # K / N with K = 1
+        total = 0.0
+        for pos, neg in pairs:
+            pos, neg = pos / z, neg / z
+            total += math.log(pos / (pos + noise + 1e-7)) + math.log(noise / (neg + noise + 1e-7))
+        return -total / len(pairs)
+
+    ref = nce(scores(vs, mem_t)) + nce(scores(vt, mem_s))
+    assert loss(s, t, index=torch.tensor(idx)).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_crd_bank_updated_at_index_only():
+    loss = bound_crd((4, 3), (4, 5), 10, feat_dim=4, momentum=0.3)
+    s, t = torch.randn(3, 3), torch.randn(3, 5)
+    idx = torch.tensor([2, 5, 7])
+    before_s, before_t = loss.memory_s.clone(), loss.memory_t.clone()
+    loss(s, t, index=idx)
+    vs = F.normalize(loss.embed_s(s), dim=1).detach()
+    vt = F.normalize(loss.embed_t(t), dim=1).detach()
+    want_s = F.normalize(0.3 * before_s[idx] + 0.7 * vs, dim=1)
+    want_t = F.normalize(0.3 * before_t[idx] + 0.7 * vt, dim=1)
+    torch.testing.assert_close(loss.memory_s[idx], want_s)
+    torch.testing.assert_close(loss.memory_t[idx], want_t)
+    others = torch.tensor([i for i in range(10) if i not in (2, 5, 7)])
+    assert torch.equal(loss.memory_s[others], before_s[others])
+    assert torch.equal(loss.memory_t[others], before_t[others])
+
+
+def test_crd_eval_mode_leaves_bank_and_z_fixed_after_first_batch():
+    loss = bound_crd((4, 3), (4, 5), 10, feat_dim=4)
+    s, t, idx = torch.randn(4, 3), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    loss(s, t, index=idx)
+    z = (loss.z_s.item(), loss.z_t.item())
+    assert z[0] > 0 and z[1] > 0
+    loss.eval()
+    bank = loss.memory_s.clone()
+    loss(torch.randn(4, 3), torch.randn(4, 5), index=idx)
+    assert torch.equal(loss.memory_s, bank)
+    assert (loss.z_s.item(), loss.z_t.item()) == z
+
+
+def test_crd_lower_when_student_agrees_with_teacher():
+    n = 32
+    loss = bound_crd((8, 6), (8, 6), n, feat_dim=8, momentum=0.0, num_negatives=16)
+    loss.embed_s.load_state_dict(loss.embed_t.state_dict())  # same head: same embedding for s == t
+    t = torch.randn(n, 6)
+    idx = torch.arange(n)
+    loss(t, t, index=idx)  # fill both banks with this epoch's embeddings (momentum 0)
+    agree, disagree = copy.deepcopy(loss), copy.deepcopy(loss)
+    batch = idx[:8]
+    torch.manual_seed(1)
+    l_agree = agree(t[batch], t[batch], index=batch).item()
+    torch.manual_seed(1)
+    l_random = disagree(torch.randn(8, 6), t[batch], index=batch).item()
+    assert l_agree < l_random
+
+
+def test_crd_needs_index_and_bind():
+    with pytest.raises(RuntimeError, match="bind"):
+        build_loss("crd")(torch.zeros(2, 3), torch.zeros(2, 3), index=torch.tensor([0, 1]))
+    loss = bound_crd((2, 3), (2, 3), 4)
+    with pytest.raises(ValueError, match="index"):
+        loss(torch.zeros(2, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="out of range"):
+        loss(torch.zeros(2, 3), torch.zeros(2, 3), index=torch.tensor([0, 4]))
