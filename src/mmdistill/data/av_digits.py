@@ -8,7 +8,7 @@
   the last 20% test; with full MNIST, its official split.
 * Levels: ``clean``, and ``hard``, where images are rebuilt from the principal components that keep
   ``image_energy`` (25%) of the training images' energy, as AV-MNIST does, and white noise is mixed
-  into the audio at ``audio_snr_db`` (-10 dB). Each modality alone is then clearly weaker than both.
+  into the audio at ``audio_snr_db`` (0 dB). Each modality alone is then clearly weaker than both.
 * Both modalities are standardised with the training split's mean and standard deviation.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _pair_images(labels: np.ndarray, image_labels: np.ndarray, per_recording: in
 
 def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = "official",
                    level: Literal["clean", "hard"] = "hard", pairs_per_recording: int = 4, seed: int = 0,
-                   image_energy: float = 0.25, audio_snr_db: float = -10.0,
+                   image_energy: float = 0.25, audio_snr_db: float = 0.0,
                    mnist_source: Literal["auto", "idx", "json10k"] = "auto"):
     """(train, test, info) datasets with modalities ``image`` [1,28,28] and ``audio`` [1,32,32]."""
     recordings = list_recordings(root)

@@ -23,7 +23,7 @@ class AVDigitsOptions(_Options):
     level: Literal["clean", "hard"] = "hard"
     pairs_per_recording: PositiveInt = 4
     image_energy: Annotated[float, Field(gt=0, le=1)] = 0.25
-    audio_snr_db: float = -10.0
+    audio_snr_db: float = 0.0
     mnist_source: Literal["auto", "idx", "json10k"] = "auto"
     pairing_seed: int = 0
 

@@ -112,7 +112,8 @@ def log_mel_features(recordings: list[Recording], params: LogMelParams = LogMelP
     draws its noise from a generator seeded with ``(noise_seed, i)``, so the result is
     deterministic).
     """
-    path = cache_dir() / f"fsdd-logmel-{_cache_key(recordings, params, snr_db, noise_seed)}.pt"
+    key = _cache_key(recordings, params, snr_db, noise_seed if snr_db is not None else 0)  # the seed only seeds noise
+    path = cache_dir() / f"fsdd-logmel-{key}.pt"
     if path.exists():
         try:
             cached = torch.load(path, weights_only=True)

@@ -41,6 +41,9 @@ class DistillationLoss(nn.Module):
 
     #: "logits" for losses on class scores, "features" for losses on intermediate features.
     inputs: str = "logits"
+    #: True when the loss compares features element-wise, so the engine must insert an adapter
+    #: when student and teacher shapes differ.
+    needs_adapter: bool = False
 
     def bind(self, student_shape: torch.Size, teacher_shape: torch.Size, num_samples: int) -> None:
         """Create shape-dependent parameters; the default needs none."""

@@ -61,6 +61,7 @@ class FitNet(DistillationLoss):
     """
 
     inputs = "features"
+    needs_adapter = True
 
     def forward(self, student, teacher, *, target=None, index=None):
         if student.shape != teacher.shape:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import pydantic
 import torch
 from torch import nn
 
@@ -60,10 +61,13 @@ def build_head(in_dim: int, num_classes: int, hidden=(), dropout: float = 0.0) -
 
 def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int) -> MultimodalModel:
     """Build a :class:`MultimodalModel` from a :class:`~mmdistill.config.ModelConfig` (or dict)."""
-    from ..config import ModelConfig
+    from ..config import ModelConfig, format_validation_error
 
     if not isinstance(cfg, ModelConfig):
-        cfg = ModelConfig.model_validate(cfg)
+        try:
+            cfg = ModelConfig.model_validate(cfg)
+        except pydantic.ValidationError as err:
+            raise ConfigError(format_validation_error(err, "model")) from None
     encoders = {}
     for name, enc_cfg in cfg.encoders.items():
         if name not in specs:

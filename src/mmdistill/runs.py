@@ -1,0 +1,118 @@
+"""Config-driven runs that write a run directory: ``train``, ``distill``, ``evaluate``.
+
+Each loads and validates everything it needs (config, data, teacher checkpoint) before it
+creates the run directory, so a user error never leaves a half-written run behind.
+
+Run directory contents: ``run.json`` (status, command, resolved config), ``metrics.jsonl`` (one
+line per epoch), ``best.pt`` / ``last.pt`` (weights-only checkpoints), ``metrics.json`` (test
+metrics) and ``summary.json``, the last two written only on success.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .api import distill, train
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import DataConfig, RunConfig
+from .data import build_data
+from .data.dataset import DataSplits
+from .distill.engine import resolve_device
+from .errors import CheckpointError, ConfigError
+from .evaluate import evaluate_model
+from .models import build_model
+from .rundir import RunDir, write_json
+
+
+def _saver(cfg: RunConfig, data: DataSplits, role: str):
+    """A checkpoint writer recording everything needed to rebuild the model and its data."""
+    meta = {"role": role, "seed": cfg.seed, "data": cfg.data.model_dump(), "data_info": data.info,
+            "val_fraction": cfg.train.val_fraction}
+
+    def save(path, model, extra):
+        save_checkpoint(path, model, model_config=cfg.model.model_dump(), specs=data.specs,
+                        num_classes=data.num_classes, meta={**meta, **extra})
+
+    return save
+
+
+def _finish(run: RunDir, summary: dict, metrics: dict) -> dict:
+    write_json(run / "metrics.json", metrics)
+    write_json(run / "summary.json", summary)
+    return summary
+
+
+def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False) -> dict:
+    """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics."""
+    device = resolve_device(cfg.device)
+    data = build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
+    model = build_model(cfg.model, data.specs, data.num_classes)
+    with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
+        fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
+                    save=_saver(cfg, data, "model"), label="train")
+        metrics = evaluate_model(model, data.test, device=device, batch_size=cfg.train.eval_batch_size)
+        summary = {"dataset": data.info, "model": metrics, "best_epoch": fit.best_epoch,
+                   "val_accuracy": fit.best_val_accuracy, "train_seconds": round(fit.seconds, 2),
+                   "checkpoint": str(run / "best.pt")}
+        return _finish(run, summary, metrics)
+
+
+def resolve_checkpoint(path: str, config_path: str | Path | None = None) -> Path:
+    """A checkpoint path as given, else relative to the config file's folder."""
+    candidate = Path(path)
+    if not candidate.exists() and config_path is not None and not candidate.is_absolute():
+        beside = Path(config_path).parent / candidate
+        if beside.exists():
+            return beside
+    return candidate
+
+
+def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
+                config_path: str | Path | None = None) -> dict:
+    """Distil the checkpointed teacher of ``cfg.distill`` into a student built from ``cfg.model``."""
+    if cfg.distill is None:
+        raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
+    device = resolve_device(cfg.device)
+    teacher, teacher_meta = load_checkpoint(resolve_checkpoint(cfg.distill.teacher.checkpoint, config_path), device)
+    data = build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
+    missing = [m for m in teacher.modalities if m not in data.specs]
+    if missing:
+        raise CheckpointError(f"distill.teacher.checkpoint: the teacher needs modality {missing[0]!r}, "
+                              f"which data {cfg.data.name!r} lacks")
+    student = build_model(cfg.model, data.specs, data.num_classes)
+    with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
+        fit = distill(student, teacher, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma, cfg=cfg.train,
+                      device=str(device), seed=cfg.seed, run_dir=run.path, save=_saver(cfg, data, "student"))
+        metrics = evaluate_model(student, data.test, device=device, teacher=teacher,
+                                 batch_size=cfg.train.eval_batch_size)
+        teacher_metrics = evaluate_model(teacher, data.test, device=device, latency=True,
+                                         batch_size=cfg.train.eval_batch_size)
+        summary = {"dataset": data.info, "student": {**metrics, "extra_params": fit.extra_params},
+                   "teacher": teacher_metrics, "best_epoch": fit.best_epoch, "val_accuracy": fit.best_val_accuracy,
+                   "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt")}
+        return _finish(run, summary, metrics)
+
+
+def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test", drop: Sequence[str] = (),
+                 data_root: str | None = None, device: str = "auto", overwrite: bool = False) -> dict:
+    """Evaluate a checkpoint on the split of the data it was trained on (``drop``: absent modalities)."""
+    dev = resolve_device(device)
+    model, payload = load_checkpoint(checkpoint, dev)
+    unknown = [m for m in drop if m not in model.modalities]
+    if unknown:
+        raise ConfigError(f"--drop {unknown[0]}: the model has no modality {unknown[0]!r} "
+                          f"(it has {', '.join(model.modalities)})")
+    meta = payload["meta"]
+    data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
+    data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
+    dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
+    if dataset is None:
+        raise ConfigError(f"--split {split}: no such split for this checkpoint (test, train"
+                          f"{', val' if data.val is not None else ''})")
+    with RunDir(out, overwrite=overwrite, config={"checkpoint": str(checkpoint), "split": split,
+                                                   "drop": list(drop)}) as run:
+        metrics = evaluate_model(model, dataset, device=dev, drop=drop)
+        metrics.update(split=split, checkpoint=str(checkpoint))
+        write_json(run / "metrics.json", metrics)
+        return metrics
+

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real data root (fails loudly when missing), a private cache, AV-Digits once."""
+import os
+from pathlib import Path
+
+# One BLAS thread: the machines running the tests are small and shared, and OpenBLAS threads
+# spinning next to torch's make an SVD 20x slower. Set before numpy/torch load their BLAS.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+try:  # numpy may already be imported (e.g. by a plugin): limit its pool at run time too
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+except ImportError:
+    pass
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Derived features go to a session tmp dir unless MMDISTILL_CACHE is set (never the data root or ~)."""
+    if os.environ.get("MMDISTILL_CACHE"):
+        yield
+        return
+    os.environ["MMDISTILL_CACHE"] = str(tmp_path_factory.mktemp("mmdistill-cache"))
+    yield
+    os.environ.pop("MMDISTILL_CACHE", None)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """$MMDISTILL_DATA, else <repo>/../shared/data; a test that needs real data fails without it."""
+    root = Path(os.environ.get("MMDISTILL_DATA") or REPO.parent / "shared" / "data").expanduser()
+    missing = [p for p in ("fsdd/recordings", "mnist10k") if not (root / p).is_dir()]
+    if missing:
+        pytest.fail(f"real data missing: {', '.join(str(root / p) for p in missing)} not found. Point MMDISTILL_DATA "
+                    f"at the folder holding fsdd/recordings/*.wav and mnist10k/{{0..9}}.json.gz", pytrace=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist10k(data_root):
+    """(train_images, train_labels, test_images, test_labels) of the real 10k JSON subset."""
+    from mmdistill.data.mnist import load_mnist
+
+    *arrays, source = load_mnist(data_root, source="json10k")
+    assert source == "json10k"
+    return tuple(arrays)
+
+
+@pytest.fixture(scope="session")
+def av_clean(data_root):
+    """AV-Digits, official split, clean level, pairing seed 0: (train, test, info). Built once."""
+    from mmdistill.data.av_digits import load_av_digits
+
+    return load_av_digits(data_root, split="official", level="clean", seed=0, mnist_source="json10k")
