@@ -26,6 +26,7 @@ class ConvEncoderConfig(Strict):
     channels: list[PositiveInt] = [32, 64]
     dim: PositiveInt | None = None
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    pool: PositiveInt = 1
 
 
 class MLPEncoderConfig(Strict):
@@ -100,6 +101,7 @@ class TrainConfig(Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     grad_clip: PositiveFloat | None = None
+    mixup: NonNegativeFloat = 0.0  # Beta(alpha, alpha) mixup across all modalities; 0 = off
     progress: bool = True
 
 

@@ -6,6 +6,7 @@ runs on the synthetic audio-visual dataset and says so.
 """
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -28,13 +29,14 @@ def recipe(name: str) -> dict:
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, device: str = "auto",
              data_root: str | None = None, overwrite: bool = False, progress: bool = True,
-             log: Callable = print) -> dict:
-    out = Path(out)
+             log: Callable = print, overrides: list[str] = ()) -> dict:
+    """The demo: :func:`run_comparison` on the packaged AV-Digits recipes (synthetic data if none)."""
     common = [f"seed={seed}", f"device={device}", f"train.progress={progress}"]
     if data_root:
         common.append(f"data.root={data_root}")
     if quick:
         common.append(f"train.epochs={QUICK_EPOCHS}")
+    common += list(overrides)
     teacher_raw = apply_overrides(recipe("av_digits_teacher"), common)
     student_raw = apply_overrides(recipe("av_digits_student"), common)
     teacher_cfg = parse_config(teacher_raw, "av_digits_teacher")
@@ -46,32 +48,46 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, device: str
         log("[yellow bold]Falling back to the SYNTHETIC audio-visual dataset: the numbers below are not AV-Digits.[/yellow bold]")
         for raw in (teacher_raw, student_raw):
             raw["data"] = {"name": "synthetic", **({"root": data_root} if data_root else {})}
-        teacher_cfg = parse_config(teacher_raw, "av_digits_teacher")
         synthetic = True
+    return run_comparison(teacher_raw, student_raw, out, overwrite=overwrite, log=log,
+                          extra={"dataset": "synthetic" if synthetic else "av_digits", "synthetic": synthetic,
+                                 "quick": quick})
+
+
+def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, overwrite: bool = False,
+                   log: Callable = print, extra: dict | None = None) -> dict:
+    """Teacher, student from scratch and distilled student from two raw recipes, in ``out/``.
+
+    ``student_raw`` is a distillation recipe; the scratch student is the same recipe without its
+    ``distill`` section, and the distilled one reads ``out/teacher/best.pt``. Writes and returns
+    ``summary.json`` with each model's test metrics and the fraction of the scratch-to-teacher
+    accuracy gap that distillation closes.
+    """
+    out = Path(out)
+    student_raw = json.loads(json.dumps(student_raw))
     with RunDir(out, overwrite=overwrite, config={"teacher": teacher_raw, "student": student_raw}) as run:
         log("[bold]1/3[/bold] training the teacher")
-        teacher = run_train(teacher_cfg, run / "teacher")
+        teacher = run_train(parse_config(teacher_raw, "teacher"), run / "teacher")
         scratch_raw = {k: v for k, v in student_raw.items() if k != "distill"}
         log("[bold]2/3[/bold] training the student from scratch")
-        scratch = run_train(parse_config(scratch_raw, "av_digits_student"), run / "student_scratch")
+        scratch = run_train(parse_config(scratch_raw, "student"), run / "student_scratch")
         student_raw["distill"]["teacher"]["checkpoint"] = str(run / "teacher" / "best.pt")
         log("[bold]3/3[/bold] distilling the teacher into the student")
-        distilled = run_distill(parse_config(student_raw, "av_digits_student"), run / "student_distilled")
+        distilled = run_distill(parse_config(student_raw, "student"), run / "student_distilled")
 
-        def entry(metrics: dict, **extra) -> dict:
-            keys = ("accuracy", "macro_f1", "ece", "params", "latency_ms", "teacher_agreement")
-            return {k: metrics[k] for k in keys if k in metrics} | extra
+        def entry(metrics: dict) -> dict:
+            keys = ("accuracy", "macro_f1", "ece", "params", "latency_ms", "teacher_agreement", "extra_params")
+            return {k: metrics[k] for k in keys if k in metrics}
 
         summary = {
-            "dataset": "synthetic" if synthetic else "av_digits",
+            "dataset": teacher["dataset"]["dataset"],
             "data": teacher["dataset"],
-            "synthetic": synthetic,
-            "quick": quick,
-            "seed": seed,
-            "distillation": student_raw["distill"]["terms"],
+            "seed": teacher_raw.get("seed", 0),
+            "distillation": {"gamma": student_raw["distill"].get("gamma", 1.0), "terms": student_raw["distill"]["terms"]},
             "teacher": entry(teacher["model"]),
             "student_scratch": entry(scratch["model"]),
             "student_distilled": entry(distilled["student"]),
+            **(extra or {}),
         }
         gap = summary["teacher"]["accuracy"] - summary["student_scratch"]["accuracy"]
         gain = summary["student_distilled"]["accuracy"] - summary["student_scratch"]["accuracy"]
@@ -83,7 +99,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, device: str
 def print_summary(summary: dict, console) -> None:
     from rich.table import Table
 
-    title = f"mmdistill demo on {summary['dataset']}" + (" (quick)" if summary["quick"] else "")
+    title = f"mmdistill demo on {summary['dataset']}" + (" (quick)" if summary.get("quick") else "")
     table = Table(title=title)
     for col in ("model", "accuracy", "macro-F1", "ECE", "params", "latency ms", "agreement"):
         table.add_column(col, justify="left" if col == "model" else "right")

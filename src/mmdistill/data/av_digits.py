@@ -8,7 +8,8 @@
   the last 20% test; with full MNIST, its official split.
 * Levels: ``clean``, and ``hard``, where images are rebuilt from the principal components that keep
   ``image_energy`` (25%) of the training images' energy, as AV-MNIST does, and white noise is mixed
-  into the audio at ``audio_snr_db`` (0 dB). Each modality alone is then clearly weaker than both.
+  into the audio at ``audio_snr_db`` (0 dB), drawn afresh for each pair (each pair is its own noisy
+  take of the recording). Each modality alone is then clearly weaker than both.
 * Both modalities are standardised with the training split's mean and standard deviation.
 """
 from __future__ import annotations
@@ -51,7 +52,6 @@ def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = 
     else:
         is_test = np.array([r.speaker == HELD_OUT_SPEAKER for r in recordings])
     hard = level == "hard"
-    audio = log_mel_features(recordings, LogMelParams(), snr_db=audio_snr_db if hard else None, noise_seed=seed)
     labels = np.array([r.digit for r in recordings])
     train_img, train_img_y, test_img, test_img_y, mnist_used = load_mnist(root, mnist_source)
     info = {"dataset": "av_digits", "split": split, "level": level, "mnist": mnist_used,
@@ -60,19 +60,29 @@ def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = 
         (train_img, test_img), k, kept = pca_degrade(train_img, [test_img], image_energy)
         info.update(pca_components=k, image_energy_kept=round(kept, 4), audio_snr_db=audio_snr_db)
     rng = np.random.default_rng(seed)
-    image_mean, image_std = float(train_img.mean()), float(train_img.std())
-    audio_train = audio[torch.from_numpy(~is_test)]
-    audio_mean, audio_std = float(audio_train.mean()), float(audio_train.std())
-    out = []
+    parts = []
     for name, mask, images, image_labels in (("train", ~is_test, train_img, train_img_y),
                                              ("test", is_test, test_img, test_img_y)):
         rec_idx = np.flatnonzero(mask)
         pairs = _pair_images(labels[rec_idx], image_labels, pairs_per_recording, rng)
-        rec_of_pair = np.repeat(rec_idx, pairs_per_recording)
-        img = torch.from_numpy((images[pairs.reshape(-1)] - image_mean) / image_std).unsqueeze(1)
-        aud = (audio[torch.from_numpy(rec_of_pair)] - audio_mean) / audio_std
-        out.append(MultimodalDataset({"image": img, "audio": aud}, torch.from_numpy(labels[rec_of_pair]),
-                                     num_classes=10, kinds={"image": "image", "audio": "audio"},
+        parts.append((name, rec_idx, np.repeat(rec_idx, pairs_per_recording), images[pairs.reshape(-1)]))
+    if hard:
+        # every pair is its own noisy take of the recording: the noise is drawn per pair, so a
+        # model cannot memorise a recording's noise across its pairs
+        rows = np.concatenate([p[2] for p in parts])
+        audio = log_mel_features([recordings[j] for j in rows], LogMelParams(), snr_db=audio_snr_db, noise_seed=seed)
+        audio_parts = [audio[: len(parts[0][2])], audio[len(parts[0][2]):]]
+    else:
+        audio = log_mel_features(recordings, LogMelParams())
+        audio_parts = [audio[torch.from_numpy(p[2])] for p in parts]
+    image_mean, image_std = float(train_img.mean()), float(train_img.std())
+    audio_mean, audio_std = float(audio_parts[0].mean()), float(audio_parts[0].std())
+    out = []
+    for (name, rec_idx, rec_of_pair, images), aud in zip(parts, audio_parts):
+        img = torch.from_numpy((images - image_mean) / image_std).unsqueeze(1)
+        out.append(MultimodalDataset({"image": img, "audio": (aud - audio_mean) / audio_std},
+                                     torch.from_numpy(labels[rec_of_pair]), num_classes=10,
+                                     kinds={"image": "image", "audio": "audio"},
                                      groups=torch.from_numpy(rec_of_pair), name=f"av_digits/{name}"))
         info[f"{name}_recordings"] = int(len(rec_idx))
     return out[0], out[1], info

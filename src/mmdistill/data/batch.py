@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-RESERVED_KEYS = frozenset({"label", "index", "present"})
+RESERVED_KEYS = frozenset({"label", "index", "present", "label_mix", "mix_lambda"})
 
 Batch = dict
 

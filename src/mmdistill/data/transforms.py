@@ -77,8 +77,13 @@ def pca_degrade(train: np.ndarray, others: list[np.ndarray], energy: float) -> t
     """
     flat = train.reshape(len(train), -1).astype(np.float64)
     mean = flat.mean(axis=0)
-    _, s, vt = np.linalg.svd(flat - mean, full_matrices=False)
-    explained = np.cumsum(s**2) / np.sum(s**2)
+    centred = flat - mean
+    # eigen-decomposition of the D x D scatter matrix: the same components as an SVD of the data,
+    # far cheaper when N >> D (MNIST: 784 x 784 instead of 8000 x 784)
+    eigvals, eigvecs = np.linalg.eigh(centred.T @ centred)
+    order = np.argsort(eigvals)[::-1]
+    eigvals, vt = np.clip(eigvals[order], 0, None), eigvecs[:, order].T
+    explained = np.cumsum(eigvals) / np.sum(eigvals)
     k = int(np.argmin(np.abs(explained - energy)) + 1)
     basis = vt[:k]
     out = []

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ..config import OptimizerConfig, SchedulerConfig, TrainConfig
+from ..data.augment import mixup
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError
@@ -112,6 +113,7 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir else None
         start = time.perf_counter()
         steps_per_epoch = len(loader)
+        mix_generator = torch.Generator().manual_seed(self.seed + 1)
         with self._progress() as bar:
             job = bar.add_task(self.label, total=cfg.epochs * steps_per_epoch, status="")
             for epoch in range(cfg.epochs):
@@ -121,6 +123,8 @@ class Trainer:
                 epoch_start = time.perf_counter()
                 for step, batch in enumerate(loader):
                     batch = to_device(batch, self.device, non_blocking=True)
+                    if cfg.mixup > 0:
+                        batch = mixup(batch, cfg.mixup, mix_generator)
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
                     logits, losses = task.training_step(batch, progress)
                     total = sum(losses.values())
@@ -135,7 +139,7 @@ class Trainer:
                     for key, value in losses.items():
                         sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
                     sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-                    correct += int((logits.detach().argmax(1) == batch["label"]).sum())
+                    correct += int((logits.detach().argmax(1) == batch["label"]).sum())  # y_i under mixup
                     seen += n
                     bar.update(job, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / seen:.4f}")
                 record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],

@@ -19,6 +19,15 @@ from .adapters import Adapter
 from .hooks import OUTPUT, FeatureCapture
 
 
+def label_loss(logits: torch.Tensor, batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy with the labels; for a mixup batch, lam * CE(y_i) + (1 - lam) * CE(y_j)."""
+    ce = F.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
+    if "mix_lambda" in batch:
+        lam = batch["mix_lambda"]
+        ce = lam * ce + (1 - lam) * F.cross_entropy(logits, batch["label_mix"], label_smoothing=label_smoothing)
+    return ce
+
+
 class SupervisedTask(nn.Module):
     """Cross-entropy training of ``model``: loss = CE(model(x), y)."""
 
@@ -35,7 +44,7 @@ class SupervisedTask(nn.Module):
 
     def training_step(self, batch, progress: float = 0.0):
         logits = self.model(batch)
-        return logits, {"ce": F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)}
+        return logits, {"ce": label_loss(logits, batch, self.label_smoothing)}
 
 
 @dataclass
@@ -124,7 +133,7 @@ class DistillationTask(nn.Module):
         logits = student[OUTPUT]
         losses = {}
         if self.gamma:
-            losses["ce"] = self.gamma * F.cross_entropy(logits, batch["label"])
+            losses["ce"] = self.gamma * label_loss(logits, batch)
         for i, term in enumerate(self.terms):
             s = student[term.student_path]
             if str(i) in self.adapters:

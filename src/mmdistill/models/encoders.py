@@ -16,12 +16,13 @@ ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
 class ConvEncoder(nn.Module):
     """A 2-D CNN for images ([C,H,W] or [H,W]) and spectrograms ([1, mels, frames]).
 
-    Each width in ``channels`` adds conv3x3 - BatchNorm - ReLU - maxpool2; global average pooling
-    follows, then an optional linear projection to ``dim``.
+    Each width in ``channels`` adds conv3x3 - BatchNorm - ReLU - maxpool2; average pooling to a
+    ``pool`` x ``pool`` grid follows (1: global pooling; more keeps coarse layout), then an optional
+    linear projection to ``dim``.
     """
 
     def __init__(self, shape: Sequence[int], channels: Sequence[int] = (32, 64), dim: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, pool: int = 1):
         super().__init__()
         self.add_channel = len(shape) == 2
         in_ch = 1 if self.add_channel else int(shape[0])
@@ -31,9 +32,10 @@ class ConvEncoder(nn.Module):
                        nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             in_ch = width
         self.features = nn.Sequential(*layers)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_ch, dim), nn.ReLU(inplace=True)) if dim else nn.Identity()
-        self.out_dim = dim or in_ch
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+        pooled = in_ch * pool * pool
+        self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(pooled, dim), nn.ReLU(inplace=True)) if dim else nn.Identity()
+        self.out_dim = dim or pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.add_channel:
