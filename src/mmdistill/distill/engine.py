@@ -106,6 +106,8 @@ class Trainer:
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train))
+        if cfg.cache_teacher and cfg.mixup == 0 and hasattr(task, "cache_teacher_outputs"):
+            task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs)
         result = FitResult()
@@ -165,6 +167,8 @@ class Trainer:
                     self.save(self.run_dir / "last.pt", task.model, meta)
                     if improved:
                         self.save(self.run_dir / "best.pt", task.model, meta)
+        if hasattr(task, "clear_cache"):
+            task.clear_cache()
         task.model.load_state_dict(best_state)
         result.seconds = time.perf_counter() - start
         return result

@@ -88,6 +88,7 @@ class DistillationTask(nn.Module):
         self.losses = nn.ModuleList(t.loss for t in self.terms)
         self.adapters = nn.ModuleDict()
         self.gamma = gamma
+        self._cache: list[dict[str, torch.Tensor]] | None = None
         self._student_capture = FeatureCapture(student, [t.student_path for t in self.terms], "student")
         self._teacher_captures = [
             FeatureCapture(teacher, [t.teacher_path for t in self.terms if t.teacher == i], f"teacher {i}")
@@ -101,8 +102,32 @@ class DistillationTask(nn.Module):
 
     @torch.no_grad()
     def teacher_outputs(self, batch) -> list[dict[str, torch.Tensor]]:
-        """``[{path: tensor}]`` per teacher: the single place a teacher-output cache plugs in."""
+        """``[{path: tensor}]`` per teacher, from the cache when one is built (see :meth:`cache_teacher_outputs`)."""
+        if self._cache is not None:
+            index = batch["index"].to(next(iter(self._cache[0].values())).device)
+            return [{path: out[index] for path, out in cache.items()} for cache in self._cache]
         return [capture.run(teacher, batch) for teacher, capture in zip(self.teachers, self._teacher_captures)]
+
+    @torch.no_grad()
+    def cache_teacher_outputs(self, dataset, *, batch_size: int, device) -> None:
+        """Run every frozen teacher once over ``dataset`` and serve its outputs by sample index.
+
+        Valid only while the training batches are the dataset's own samples, unaltered: the
+        engine builds the cache only without input augmentation, for this run, in memory, and
+        drops it at the end, so it can never be stale (teachers are frozen and in eval mode).
+        """
+        from ..data.batch import to_device
+
+        self._cache = None
+        outputs: list[dict[str, list]] = [dict() for _ in self.teachers]
+        for batch in dataset.loader(batch_size):
+            for store, out in zip(outputs, self.teacher_outputs(to_device(batch, device))):
+                for path, value in out.items():
+                    store.setdefault(path, []).append(value)
+        self._cache = [{path: torch.cat(values) for path, values in store.items()} for store in outputs]
+
+    def clear_cache(self) -> None:
+        self._cache = None
 
     def setup(self, batch, num_samples: int) -> None:
         was_training = self.model.training
