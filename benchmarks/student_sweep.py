@@ -30,14 +30,15 @@ STUDENTS = {
                                              "audio": {"type": "conv", "channels": [8, 16], "pool": 2}}},
 }
 KD4 = [{"name": "kd", "temperature": 4.0}]
+HINTS = [{"name": "fitnet", "weight": 1.0, "student": f"encoders.{m}", "teacher": f"encoders.{m}"} for m in ("audio", "image")]
 # name -> (gamma, distillation terms or None for training from scratch, mixup alpha)
 RECIPES = {
     "scratch": (1.0, None, 0.0),
-    "scratch + mixup": (1.0, None, 0.4),
     "kd T=4": (1.0, KD4, 0.0),
     "kd T=2": (1.0, [{"name": "kd", "temperature": 2.0}], 0.0),
     "kd T=4 + mixup": (1.0, KD4, 0.4),
-    "kd T=1 + mixup, no CE": (0.0, [{"name": "kd", "temperature": 1.0}], 0.4),
+    "fitnet hints on encoders": (1.0, HINTS, 0.0),
+    "fitnet hints + kd T=4": (1.0, HINTS + KD4, 0.0),
 }
 
 

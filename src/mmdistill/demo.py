@@ -14,10 +14,9 @@ from typing import Callable
 import yaml
 
 from .config import apply_overrides, parse_config
-from .data import build_data
 from .errors import DataError
 from .rundir import RunDir, write_json
-from .runs import run_distill, run_train
+from .runs import load_data, run_distill, run_train
 
 QUICK_EPOCHS = 3
 
@@ -39,19 +38,16 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, device: str
     common += list(overrides)
     teacher_raw = apply_overrides(recipe("av_digits_teacher"), common)
     student_raw = apply_overrides(recipe("av_digits_student"), common)
-    teacher_cfg = parse_config(teacher_raw, "av_digits_teacher")
-    try:
-        build_data(teacher_cfg.data, seed=seed)  # fails early, before any run directory, if data is missing
-        synthetic = False
+    extra = {"dataset": "av_digits", "synthetic": False, "quick": quick}
+    try:  # data is loaded before any run directory is created, so a fallback leaves nothing behind
+        return run_comparison(teacher_raw, student_raw, out, overwrite=overwrite, log=log, extra=extra)
     except DataError as err:
         log(f"[yellow]No real AV-Digits data: {err}[/yellow]")
         log("[yellow bold]Falling back to the SYNTHETIC audio-visual dataset: the numbers below are not AV-Digits.[/yellow bold]")
-        for raw in (teacher_raw, student_raw):
-            raw["data"] = {"name": "synthetic", **({"root": data_root} if data_root else {})}
-        synthetic = True
-    return run_comparison(teacher_raw, student_raw, out, overwrite=overwrite, log=log,
-                          extra={"dataset": "synthetic" if synthetic else "av_digits", "synthetic": synthetic,
-                                 "quick": quick})
+    for raw in (teacher_raw, student_raw):
+        raw["data"] = {"name": "synthetic", **({"root": data_root} if data_root else {})}
+    extra.update(dataset="synthetic", synthetic=True)
+    return run_comparison(teacher_raw, student_raw, out, overwrite=overwrite, log=log, extra=extra)
 
 
 def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, overwrite: bool = False,
@@ -65,15 +61,21 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     """
     out = Path(out)
     student_raw = json.loads(json.dumps(student_raw))
+    teacher_cfg = parse_config(teacher_raw, "teacher")
+    scratch_cfg = parse_config({k: v for k, v in student_raw.items() if k != "distill"}, "student")
+    data = load_data(teacher_cfg)
+    # one build serves all three runs when they ask for the same data
+    same = lambda cfg: (cfg.data, cfg.seed, cfg.train.val_fraction) == (  # noqa: E731
+        teacher_cfg.data, teacher_cfg.seed, teacher_cfg.train.val_fraction)
+    student_data = data if same(scratch_cfg) else None
     with RunDir(out, overwrite=overwrite, config={"teacher": teacher_raw, "student": student_raw}) as run:
         log("[bold]1/3[/bold] training the teacher")
-        teacher = run_train(parse_config(teacher_raw, "teacher"), run / "teacher")
-        scratch_raw = {k: v for k, v in student_raw.items() if k != "distill"}
+        teacher = run_train(teacher_cfg, run / "teacher", data=data)
         log("[bold]2/3[/bold] training the student from scratch")
-        scratch = run_train(parse_config(scratch_raw, "student"), run / "student_scratch")
+        scratch = run_train(scratch_cfg, run / "student_scratch", data=student_data)
         student_raw["distill"]["teacher"]["checkpoint"] = str(run / "teacher" / "best.pt")
         log("[bold]3/3[/bold] distilling the teacher into the student")
-        distilled = run_distill(parse_config(student_raw, "student"), run / "student_distilled")
+        distilled = run_distill(parse_config(student_raw, "student"), run / "student_distilled", data=student_data)
 
         def entry(metrics: dict) -> dict:
             keys = ("accuracy", "macro_f1", "ece", "params", "latency_ms", "teacher_agreement", "extra_params")

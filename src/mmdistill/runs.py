@@ -42,10 +42,15 @@ def _finish(run: RunDir, summary: dict, metrics: dict) -> dict:
     return summary
 
 
-def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False) -> dict:
+def load_data(cfg: RunConfig, data: DataSplits | None = None) -> DataSplits:
+    """The data ``cfg`` names; ``data``, when given, must have been built from the same config."""
+    return data if data is not None else build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
+
+
+def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None) -> dict:
     """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics."""
     device = resolve_device(cfg.device)
-    data = build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
+    data = load_data(cfg, data)
     model = build_model(cfg.model, data.specs, data.num_classes)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
@@ -68,13 +73,13 @@ def resolve_checkpoint(path: str, config_path: str | Path | None = None) -> Path
 
 
 def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
-                config_path: str | Path | None = None) -> dict:
+                config_path: str | Path | None = None, data: DataSplits | None = None) -> dict:
     """Distil the checkpointed teacher of ``cfg.distill`` into a student built from ``cfg.model``."""
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
     device = resolve_device(cfg.device)
     teacher, teacher_meta = load_checkpoint(resolve_checkpoint(cfg.distill.teacher.checkpoint, config_path), device)
-    data = build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
+    data = load_data(cfg, data)
     missing = [m for m in teacher.modalities if m not in data.specs]
     if missing:
         raise CheckpointError(f"distill.teacher.checkpoint: the teacher needs modality {missing[0]!r}, "

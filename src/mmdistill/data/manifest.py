@@ -380,12 +380,9 @@ def build_manifest(root, options: ManifestOptions, seed: int):
 
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     labels_t = torch.from_numpy(labels)
-    out = []
-    for part, sel in (("train", ~is_test), ("test", is_test)):
-        idx = torch.from_numpy(np.flatnonzero(sel))
-        out.append(MultimodalDataset({m: t[idx] for m, t in modalities.items()}, labels_t[idx],
-                                     num_classes=num_classes, kinds=kinds,
-                                     present={m: p[idx] for m, p in present.items()}, name=f"{path.name}/{part}"))
+    full = MultimodalDataset(modalities, labels_t, num_classes=num_classes, kinds=kinds, present=present,
+                             name=path.name)
+    out = [full.subset(np.flatnonzero(sel), f"{path.name}/{part}") for part, sel in (("train", ~is_test), ("test", is_test))]
     info = {"dataset": "manifest", "path": str(path), "format": "csv" if suffix == ".csv" else "jsonl",
             "split": split_used, "num_classes": num_classes, "modalities": described}
     if classes is not None:

@@ -220,12 +220,9 @@ def build_npz(root, options: NpzOptions, seed: int):
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     kinds = {m: (options.kinds or {}).get(m) or guess_kind(t.shape[1:]) for m, t in modalities.items()}
     labels_t = torch.from_numpy(labels)
-    out = []
-    for part, sel in (("train", ~is_test), ("test", is_test)):
-        idx = torch.from_numpy(np.flatnonzero(sel))
-        out.append(MultimodalDataset({m: t[idx] for m, t in modalities.items()}, labels_t[idx],
-                                     num_classes=num_classes, kinds=kinds,
-                                     present={m: p[idx] for m, p in present.items()}, name=f"{path.name}/{part}"))
+    full = MultimodalDataset(modalities, labels_t, num_classes=num_classes, kinds=kinds, present=present,
+                             name=path.name)
+    out = [full.subset(np.flatnonzero(sel), f"{path.name}/{part}") for part, sel in (("train", ~is_test), ("test", is_test))]
     info = {"dataset": "npz", "path": str(path), "split": split_used, "num_classes": num_classes,
             "modalities": {m: {"kind": kinds[m], "shape": list(t.shape[1:]),
                                "present": int(present[m].sum())} for m, t in modalities.items()}}
