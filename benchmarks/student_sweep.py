@@ -22,12 +22,10 @@ from mmdistill.evaluate import evaluate_model
 from mmdistill.models import build_model, count_parameters
 
 STUDENTS = {
-    "conv[8,16] concat": {"encoders": {"image": {"type": "conv", "channels": [8, 16]},
-                                       "audio": {"type": "conv", "channels": [8, 16]}}},
-    "conv[16,16] concat": {"encoders": {"image": {"type": "conv", "channels": [16, 16]},
-                                        "audio": {"type": "conv", "channels": [16, 16]}}},
-    "conv[8,16] pool2 concat": {"encoders": {"image": {"type": "conv", "channels": [8, 16], "pool": 2},
-                                             "audio": {"type": "conv", "channels": [8, 16], "pool": 2}}},
+    "conv[16,16] (demo student)": {"encoders": {"image": {"type": "conv", "channels": [16, 16]},
+                                                "audio": {"type": "conv", "channels": [16, 16]}}},
+    "conv[8,16] pool2": {"encoders": {"image": {"type": "conv", "channels": [8, 16], "pool": 2},
+                                      "audio": {"type": "conv", "channels": [8, 16], "pool": 2}}},
 }
 KD4 = [{"name": "kd", "temperature": 4.0}]
 HINTS = [{"name": "fitnet", "weight": 1.0, "student": f"encoders.{m}", "teacher": f"encoders.{m}"} for m in ("audio", "image")]
@@ -35,6 +33,7 @@ HINTS = [{"name": "fitnet", "weight": 1.0, "student": f"encoders.{m}", "teacher"
 RECIPES = {
     "scratch": (1.0, None, 0.0),
     "kd T=4": (1.0, KD4, 0.0),
+    "kd T=4, no CE": (0.0, KD4, 0.0),
     "kd T=2": (1.0, [{"name": "kd", "temperature": 2.0}], 0.0),
     "kd T=4 + mixup": (1.0, KD4, 0.4),
     "fitnet hints on encoders": (1.0, HINTS, 0.0),

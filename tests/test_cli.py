@@ -172,3 +172,23 @@ def test_installed_console_script_reports_user_errors_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "none.yaml: no such config file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_loss_option_replaces_the_config_terms(tmp_path):
+    teacher_cfg = write(tmp_path, "t.yaml", dict(TINY_TEACHER, train={"epochs": 1, "progress": False}))
+    assert run_cli("train", teacher_cfg, "--out", tmp_path / "t") == 0
+    student = write(tmp_path, "s.yaml", tiny_student(tmp_path / "t" / "best.pt"))
+    assert run_cli("distill", student, "--out", tmp_path / "s", "--set", "train.epochs=1",
+                   "--loss", "dkd:0.5", "--loss", "rkd") == 0
+    config = json.loads((tmp_path / "s" / "run.json").read_text())["config"]
+    terms = config["distill"]["terms"]
+    assert [(t["name"], t["weight"]) for t in terms] == [("dkd", 0.5), ("rkd", 1.0)]
+    assert terms[1]["student"] == "fusion" and terms[1]["teacher"] == "fusion"
+    assert run_cli("distill", student, "--out", tmp_path / "s2", "--loss", "kd:heavy") == 2
+
+
+def test_term_weight_warmup_is_validated(tmp_path, capsys):
+    cfg = tiny_student(tmp_path / "t.pt")
+    cfg["distill"]["terms"] = [{"name": "kd", "warmup": 2}]
+    assert run_cli("distill", write(tmp_path, "s.yaml", cfg), "--out", tmp_path / "run") == 2
+    assert "distill.terms[0].warmup" in capsys.readouterr().err

@@ -221,3 +221,11 @@ def test_predict_drop_zeros_the_modality(data):
     with torch.no_grad():
         torch.testing.assert_close(dropped, model(batch))
         assert not torch.allclose(dropped, predict(model, data.test)[0])
+
+
+def test_term_weight_warms_up_linearly():
+    from mmdistill.distill.tasks import Term
+    from mmdistill.losses import build_loss
+
+    term = Term("kd", build_loss("kd"), weight=2.0, warmup=0.5)
+    assert term.weight_at(0.0) == 0.0 and term.weight_at(0.25) == 1.0 and term.weight_at(0.5) == 2.0 == term.weight_at(0.9)

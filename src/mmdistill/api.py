@@ -42,7 +42,8 @@ def make_terms(terms: Sequence[Term | LossTermConfig | dict | str]) -> list[Term
         elif isinstance(term, dict):
             term = LossTermConfig.model_validate(term)
         out.append(Term(name=term.name, loss=build_loss(term.name, term.options, where=f"distill.terms[{i}]"),
-                        weight=term.weight, student_path=term.student, teacher_path=term.teacher))
+                        weight=term.weight, student_path=term.student, teacher_path=term.teacher,
+                        warmup=term.warmup))
     return out
 
 

@@ -75,14 +75,41 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})
 
 
+def _loss_terms(specs: list[str]) -> list[dict]:
+    """``NAME[:WEIGHT]`` -> loss terms; feature losses compare the fused representation."""
+    from .errors import ConfigError
+    from .losses import LOSSES
+
+    terms = []
+    for spec in specs:
+        name, _, weight = spec.partition(":")
+        try:
+            term = {"name": name, "weight": float(weight) if weight else 1.0}
+        except ValueError:
+            raise ConfigError(f"--loss {spec}: the weight must be a number") from None
+        if LOSSES.get(name).inputs == "features":
+            term.update(student="fusion", teacher="fusion")
+        terms.append(term)
+    return terms
+
+
 @app.command("distill")
 def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the teacher checkpoint."),
                 out: Path = OutOpt, set_: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
-                data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt):
+                data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt,
+                loss: Optional[List[str]] = typer.Option(
+                    None, "--loss", help="NAME[:WEIGHT] (repeatable): replaces the config's loss terms; feature "
+                                         "losses compare the models' fusion outputs.")):
     """Distil a trained teacher into the config's student."""
+    from .config import parse_config
     from .runs import run_distill
 
-    summary = run_distill(_config(config, set_, device, data_root), out, overwrite=overwrite, config_path=config)
+    cfg = _config(config, set_, device, data_root)
+    if loss:
+        raw = cfg.model_dump()
+        raw["distill"]["terms"] = _loss_terms(loss)
+        cfg = parse_config(raw, str(config))
+    summary = run_distill(cfg, out, overwrite=overwrite, config_path=config)
     _print_metrics(f"test metrics ({out})", {"teacher": summary["teacher"], "student": summary["student"]})
     console.print(f"teacher-student agreement: {summary['student']['teacher_agreement']:.4f}")
 

@@ -115,6 +115,7 @@ class LossTermConfig(BaseModel):
     weight: float = 1.0
     student: str = "logits"
     teacher: str = "logits"
+    warmup: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of training over which weight ramps up from 0
 
     @property
     def options(self) -> dict[str, Any]:

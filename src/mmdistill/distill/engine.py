@@ -111,9 +111,21 @@ class Trainer:
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs)
         result = FitResult()
+        start = time.perf_counter()
+        try:
+            best_state = self._epochs(task, loader, val, optimizer, scheduler, result)
+        finally:
+            if hasattr(task, "clear_cache"):
+                task.clear_cache()
+        task.model.load_state_dict(best_state)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _epochs(self, task, loader, val, optimizer, scheduler, result: FitResult) -> dict:
+        """Train for ``cfg.epochs`` epochs; returns the best model state (by validation accuracy)."""
+        cfg = self.cfg
         best_state = None
         metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir else None
-        start = time.perf_counter()
         steps_per_epoch = len(loader)
         mix_generator = torch.Generator().manual_seed(self.seed + 1)
         with self._progress() as bar:
@@ -167,8 +179,4 @@ class Trainer:
                     self.save(self.run_dir / "last.pt", task.model, meta)
                     if improved:
                         self.save(self.run_dir / "best.pt", task.model, meta)
-        if hasattr(task, "clear_cache"):
-            task.clear_cache()
-        task.model.load_state_dict(best_state)
-        result.seconds = time.perf_counter() - start
-        return result
+        return best_state
