@@ -103,12 +103,13 @@ def print_summary(summary: dict, console) -> None:
 
     title = f"mmdistill demo on {summary['dataset']}" + (" (quick)" if summary.get("quick") else "")
     table = Table(title=title)
-    for col in ("model", "accuracy", "macro-F1", "ECE", "params", "latency ms", "agreement"):
+    for col in ("model", "accuracy", "macro-F1", "ECE", "params", "ms/sample", "agreement"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for key in ("teacher", "student_scratch", "student_distilled"):
+    labels = {"teacher": "teacher", "student_scratch": "scratch", "student_distilled": "distilled"}
+    for key, label in labels.items():
         m = summary[key]
         agreement = f"{m['teacher_agreement']:.4f}" if "teacher_agreement" in m else ""
-        table.add_row(key, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['ece']:.4f}", f"{m['params']:,}",
+        table.add_row(label, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['ece']:.4f}", f"{m['params']:,}",
                       f"{m['latency_ms']:.3f}", agreement)
     console.print(table)
     if summary.get("gap_closed") is not None:
