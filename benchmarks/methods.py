@@ -10,7 +10,6 @@ and wall time per epoch, with the teacher and the scratch student as reference r
 from __future__ import annotations
 
 import argparse
-import time
 
 from _common import fmt, markdown_table, mean_std, save
 

@@ -4,7 +4,6 @@ import json
 import torch
 
 from mmdistill.config import parse_config
-from mmdistill.data import build_data
 from mmdistill.demo import recipe, run_demo
 from mmdistill.models import build_model, count_parameters
 

@@ -1,7 +1,6 @@
 """Data: modality-aware datasets, the batch format, loaders of real data, and transforms."""
 from __future__ import annotations
 
-from ..errors import ConfigError
 from .batch import collate, drop_modalities, modality_names, presence, to_device
 from .dataset import DataSplits, ModalitySpec, MultimodalDataset, split_validation
 from .registry import DATASETS, parse_options, register_dataset
