@@ -125,3 +125,16 @@ def test_crd_needs_index_and_bind():
         loss(torch.zeros(2, 3), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="out of range"):
         loss(torch.zeros(2, 3), torch.zeros(2, 3), index=torch.tensor([0, 4]))
+
+
+def test_crd_bank_scoring_paths_agree():
+    """Scoring the whole bank then picking rows equals gathering the rows first."""
+    from mmdistill.losses.contrastive import CRD
+
+    torch.manual_seed(0)
+    memory, v = torch.randn(50, 8), torch.randn(4, 8)
+    few = torch.randint(0, 50, (4, 3))      # 50 > 8 * 3: gathers rows
+    many = torch.randint(0, 50, (4, 30))    # 50 <= 8 * 30: one matrix product
+    for rows in (few, many):
+        expected = torch.stack([torch.stack([memory[r] @ v[b] for r in rows[b]]) for b in range(4)])
+        assert torch.allclose(CRD._scores(memory, v, rows), expected, atol=1e-6)

@@ -113,8 +113,8 @@ class CRD(DistillationLoss):
         neg = neg + (neg >= idx.unsqueeze(1)).long()
         rows = torch.cat([idx.unsqueeze(1), neg], dim=1)  # [B, 1 + K], positive first
 
-        out_s = torch.exp(torch.bmm(self.memory_t[rows], vs.unsqueeze(2)).squeeze(2) / self.temperature)
-        out_t = torch.exp(torch.bmm(self.memory_s[rows], vt.unsqueeze(2)).squeeze(2) / self.temperature)
+        out_s = torch.exp(self._scores(self.memory_t, vs, rows) / self.temperature)
+        out_t = torch.exp(self._scores(self.memory_s, vt, rows) / self.temperature)
         with torch.no_grad():  # the normalisation constants, set once from the first batch
             self.z_s.copy_(torch.where(self.z_s < 0, out_s.mean() * n, self.z_s))
             self.z_t.copy_(torch.where(self.z_t < 0, out_t.mean() * n, self.z_t))
@@ -126,3 +126,16 @@ class CRD(DistillationLoss):
                 self.memory_s.index_copy_(0, idx, F.normalize(self.memory_s[idx] * m + vs * (1 - m), dim=1))
                 self.memory_t.index_copy_(0, idx, F.normalize(self.memory_t[idx] * m + vt * (1 - m), dim=1))
         return loss
+
+    @staticmethod
+    def _scores(memory: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[B, 1 + K] dot products memory[rows[b, k]] . v[b].
+
+        When the sampled rows are a large share of the bank, scoring the whole bank with one
+        matrix product and picking the rows is far cheaper than gathering a [B, 1 + K, D] copy
+        of the bank; both give the same values.
+        """
+        if memory.shape[0] <= 8 * rows.shape[1]:
+            # a copy: autograd keeps the bank for the backward pass, and the bank is updated in place
+            return (v @ memory.clone().t()).gather(1, rows)
+        return torch.bmm(memory[rows], v.unsqueeze(2)).squeeze(2)
