@@ -5,11 +5,13 @@
     from mmdistill import DataConfig, TrainConfig, build_data, build_model, distill, evaluate_model, train
 
     data = build_data(DataConfig(name="av_digits", level="hard"), val_fraction=0.1)
-    teacher = build_model({"encoders": {"image": {"type": "conv", "channels": [32, 64, 128]},
-                                        "audio": {"type": "conv", "channels": [32, 64, 128]}},
-                           "fusion": {"type": "attention", "dim": 128}}, data.specs, data.num_classes)
-    train(teacher, data, TrainConfig(epochs=10))
-    student = build_model(...smaller...)
+    teacher = build_model({"encoders": {"image": {"type": "conv", "channels": [16, 32, 64]},
+                                        "audio": {"type": "conv", "channels": [16, 32, 64]}},
+                           "fusion": {"type": "attention", "dim": 64}}, data.specs, data.num_classes)
+    train(teacher, data, TrainConfig(epochs=12))
+    student = build_model({"encoders": {"image": {"type": "conv", "channels": [16, 16]},
+                                        "audio": {"type": "conv", "channels": [16, 16]}}},
+                          data.specs, data.num_classes)
     distill(student, teacher, data, terms=[{"name": "kd", "weight": 1.0, "temperature": 4.0}])
     print(evaluate_model(student, data.test, teacher=teacher))
 
