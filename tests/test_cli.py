@@ -192,3 +192,16 @@ def test_term_weight_warmup_is_validated(tmp_path, capsys):
     cfg["distill"]["terms"] = [{"name": "kd", "warmup": 2}]
     assert run_cli("distill", write(tmp_path, "s.yaml", cfg), "--out", tmp_path / "run") == 2
     assert "distill.terms[0].warmup" in capsys.readouterr().err
+
+
+def test_evaluate_all_subsets(tmp_path):
+    cfg = write(tmp_path, "t.yaml", dict(TINY_TEACHER, train={"epochs": 1, "progress": False}))
+    assert run_cli("train", cfg, "--out", tmp_path / "t") == 0
+    assert run_cli("evaluate", tmp_path / "t" / "best.pt", "--out", tmp_path / "e", "--all-subsets") == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    subsets = {frozenset(k.split("+")): v for k, v in metrics["subsets"].items()}
+    assert set(subsets) == {frozenset({"image"}), frozenset({"audio"}), frozenset({"image", "audio"})}
+    assert subsets[frozenset({"image", "audio"})] == pytest.approx(metrics["accuracy"])
+    assert run_cli("evaluate", tmp_path / "t" / "best.pt", "--out", tmp_path / "e2", "--drop", "audio") == 0
+    dropped = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert metrics["subsets"]["image"] == pytest.approx(dropped["accuracy"])

@@ -118,14 +118,23 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt c
              split: str = typer.Option("test", "--split", help="test, val or train."),
              drop: Optional[List[str]] = typer.Option(None, "--drop", help="Evaluate with this modality absent (repeatable)."),
              device: str = typer.Option("auto", "--device"), data_root: Optional[str] = RootOpt,
-             overwrite: bool = OverwriteOpt):
+             overwrite: bool = OverwriteOpt,
+             all_subsets: bool = typer.Option(False, "--all-subsets",
+                                              help="Also report accuracy for every non-empty subset of the modalities.")):
     """Evaluate a checkpoint; writes OUT/metrics.json."""
     from .runs import run_evaluate
 
     metrics = run_evaluate(checkpoint, out, split=split, drop=drop or [], data_root=data_root, device=device,
-                           overwrite=overwrite)
+                           overwrite=overwrite, all_subsets=all_subsets)
     dropped = f", without {', '.join(drop)}" if drop else ""
     _print_metrics(f"{split} metrics{dropped}", {checkpoint.name: metrics})
+    if all_subsets:
+        table = Table(title=f"{split} accuracy by modalities present")
+        table.add_column("modalities")
+        table.add_column("accuracy", justify="right")
+        for subset, acc in metrics["subsets"].items():
+            table.add_row(subset, f"{acc:.4f}")
+        console.print(table)
 
 
 @app.command()

@@ -9,6 +9,7 @@ metrics) and ``summary.json``, the last two written only on success.
 """
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +20,7 @@ from .data import build_data
 from .data.dataset import DataSplits
 from .distill.engine import resolve_device
 from .errors import CheckpointError, ConfigError
-from .evaluate import evaluate_model
+from .evaluate import accuracy, evaluate_model, predict
 from .models import build_model
 from .rundir import RunDir, write_json
 
@@ -99,8 +100,13 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
 
 
 def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test", drop: Sequence[str] = (),
-                 data_root: str | None = None, device: str = "auto", overwrite: bool = False) -> dict:
-    """Evaluate a checkpoint on the split of the data it was trained on (``drop``: absent modalities)."""
+                 data_root: str | None = None, device: str = "auto", overwrite: bool = False,
+                 all_subsets: bool = False) -> dict:
+    """Evaluate a checkpoint on the split of the data it was trained on (``drop``: absent modalities).
+
+    With ``all_subsets``, ``metrics["subsets"]`` also maps every non-empty subset of the model's
+    modalities (joined by ``+``) to the accuracy with only that subset present.
+    """
     dev = resolve_device(device)
     model, payload = load_checkpoint(checkpoint, dev)
     unknown = [m for m in drop if m not in model.modalities]
@@ -118,6 +124,19 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
                                                    "drop": list(drop)}) as run:
         metrics = evaluate_model(model, dataset, device=dev, drop=drop)
         metrics.update(split=split, checkpoint=str(checkpoint))
+        if all_subsets:
+            metrics["subsets"] = subset_accuracies(model, dataset, device=dev)
         write_json(run / "metrics.json", metrics)
         return metrics
 
+
+
+def subset_accuracies(model, dataset, *, device="cpu") -> dict[str, float]:
+    """Accuracy with only each non-empty subset of ``model.modalities`` present."""
+    names = list(model.modalities)
+    out = {}
+    for size in range(1, len(names) + 1):
+        for subset in combinations(names, size):
+            logits, labels = predict(model, dataset, device=device, drop=[m for m in names if m not in subset])
+            out["+".join(subset)] = accuracy(logits, labels)
+    return out
