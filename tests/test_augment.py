@@ -32,3 +32,51 @@ def test_mixed_cross_entropy_is_the_convex_combination():
     expected = 0.3 * F.cross_entropy(logits, b["label"]) + 0.7 * F.cross_entropy(logits, b["label_mix"])
     assert torch.allclose(label_loss(logits, b), expected)
     assert torch.allclose(label_loss(logits, {"label": b["label"]}), F.cross_entropy(logits, b["label"]))
+
+
+def test_modality_dropout_never_empties_a_sample():
+    from mmdistill.data.augment import modality_dropout
+
+    b = {"image": torch.ones(64, 2), "audio": torch.ones(64, 3), "label": torch.zeros(64, dtype=torch.long)}
+    out = modality_dropout(b, {"image": 1.0, "audio": 1.0}, torch.Generator().manual_seed(0))
+    kept = out["present"]["image"].int() + out["present"]["audio"].int()
+    assert torch.equal(kept, torch.ones(64, dtype=torch.int))          # exactly one survives
+    assert torch.equal(out["image"].sum(1) > 0, out["present"]["image"])  # dropped ones are zeroed
+    same = modality_dropout(b, {"image": 0.0}, torch.Generator().manual_seed(0))
+    assert same["present"]["image"].all() and torch.equal(same["image"], b["image"])
+    half = modality_dropout(b, {"audio": 0.5}, torch.Generator().manual_seed(0))
+    assert 16 < int(half["present"]["audio"].sum()) < 48 and half["present"]["image"].all()
+
+
+def test_teachers_see_whole_samples_under_modality_dropout():
+    """Cached and uncached distillation agree under modality dropout: teachers never see the drops."""
+    from test_teacher_cache import model, tiny_data
+
+    from mmdistill.api import distill, train
+    from mmdistill.config import TrainConfig
+
+    data = tiny_data()
+    torch.manual_seed(0)
+    teacher = model(data, [8])
+    train(teacher, data, TrainConfig(epochs=1, batch_size=50, progress=False), device="cpu")
+    results = []
+    for cache in (True, False):
+        torch.manual_seed(1)
+        student = model(data, [4])
+        cfg = TrainConfig(epochs=1, batch_size=50, progress=False, cache_teacher=cache,
+                          modality_dropout={"image": 0.5, "audio": 0.5})
+        results.append(distill(student, teacher, data, terms=["kd"], cfg=cfg, device="cpu", seed=3).history[0]["train_loss"])
+    assert results[0] == results[1]
+
+
+def test_modality_dropout_rejects_unknown_modalities():
+    import pytest
+    from test_teacher_cache import model, tiny_data
+
+    from mmdistill.api import train
+    from mmdistill.config import TrainConfig
+    from mmdistill.errors import ConfigError
+
+    data = tiny_data()
+    with pytest.raises(ConfigError, match="train.modality_dropout.video"):
+        train(model(data, [4]), data, TrainConfig(epochs=1, progress=False, modality_dropout={"video": 0.5}), device="cpu")

@@ -102,6 +102,7 @@ class TrainConfig(Strict):
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     grad_clip: PositiveFloat | None = None
     mixup: NonNegativeFloat = 0.0  # Beta(alpha, alpha) mixup across all modalities; 0 = off
+    modality_dropout: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}  # modality -> drop rate
     cache_teacher: bool = True  # compute frozen teachers' outputs once per run (not with mixup)
     progress: bool = True
 

@@ -29,3 +29,35 @@ def mixup(batch: dict, alpha: float, generator: torch.Generator) -> dict:
     out["label_mix"] = batch["label"][perm]
     out["mix_lambda"] = torch.tensor(lam, device=batch["label"].device)
     return out
+
+
+def modality_dropout(batch: dict, rates: dict[str, float], generator: torch.Generator) -> dict:
+    """Mark each modality absent in each sample with probability ``rates[modality]``.
+
+    A dropped modality is zeroed and its presence set False; a sample never loses all of its
+    present modalities (when every one is drawn to drop, one of them is kept at random), so the
+    model always sees something. In distillation the engine gives the teachers the batch before
+    dropout, so a full-modality teacher teaches a student that must cope with any subset.
+    """
+    names = [m for m in modality_names(batch) if m in rates]
+    if not names:
+        return batch
+    size = batch["label"].shape[0]
+    present = {m: presence(batch, m).cpu() for m in modality_names(batch)}
+    drop = {m: torch.rand(size, generator=generator) < rates[m] for m in names}
+    keep_any = torch.zeros(size, dtype=torch.bool)
+    for m in present:
+        keep_any |= present[m] & ~drop.get(m, torch.zeros(size, dtype=torch.bool))
+    rescue = ~keep_any  # samples that would lose everything: keep one present modality back
+    if rescue.any():
+        candidates = torch.stack([present[m] for m in names], dim=1).float()
+        choice = torch.multinomial(candidates[rescue] + 1e-9, 1, generator=generator).squeeze(1)
+        for j, m in enumerate(names):
+            drop[m][rescue.nonzero().squeeze(1)[choice == j]] = False
+    out = dict(batch)
+    out["present"] = {m: p.to(batch["label"].device) for m, p in present.items()}
+    for m in names:
+        keep = (present[m] & ~drop[m]).to(batch[m].device)
+        out[m] = batch[m] * keep.view(-1, *([1] * (batch[m].dim() - 1))).to(batch[m].dtype)
+        out["present"][m] = keep
+    return out

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ..config import OptimizerConfig, SchedulerConfig, TrainConfig
-from ..data.augment import mixup
+from ..data.augment import mixup, modality_dropout
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError
@@ -103,9 +103,14 @@ class Trainer:
     def fit(self, task: nn.Module, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
         seed_everything(self.seed)
         cfg = self.cfg
+        unknown = [m for m in cfg.modality_dropout if m not in train.modalities]
+        if unknown:
+            raise ConfigError(f"train.modality_dropout.{unknown[0]}: the data has no modality {unknown[0]!r} "
+                              f"(it has {', '.join(train.modalities)})")
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train))
+        # teachers see each sample whole under modality dropout, so only mixup changes their inputs
         if cfg.cache_teacher and cfg.mixup == 0 and hasattr(task, "cache_teacher_outputs"):
             task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
@@ -137,10 +142,13 @@ class Trainer:
                 epoch_start = time.perf_counter()
                 for step, batch in enumerate(loader):
                     batch = to_device(batch, self.device, non_blocking=True)
+                    whole = batch
+                    if cfg.modality_dropout:
+                        batch = modality_dropout(batch, cfg.modality_dropout, mix_generator)
                     if cfg.mixup > 0:
-                        batch = mixup(batch, cfg.mixup, mix_generator)
+                        batch = whole = mixup(batch, cfg.mixup, mix_generator)
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
-                    logits, losses = task.training_step(batch, progress)
+                    logits, losses = task.training_step(batch, progress, teacher_batch=whole)
                     total = sum(losses.values())
                     if not torch.isfinite(total):
                         raise FloatingPointError(f"{self.label}: loss became {float(total)} at epoch {epoch + 1}, step {step}")

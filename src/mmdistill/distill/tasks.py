@@ -4,6 +4,7 @@ A task exposes ``model`` (what is trained and evaluated), ``setup(batch, num_sam
 once before the optimiser is built, to create shape-dependent parameters), ``trainable_parameters()``
 and ``training_step(batch, progress) -> (logits, {term: weighted loss})``; the engine minimises the
 sum of the terms. Teacher training and distillation therefore share one loop.
+``training_step`` also receives ``teacher_batch``, the batch before modality dropout.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class SupervisedTask(nn.Module):
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def training_step(self, batch, progress: float = 0.0):
+    def training_step(self, batch, progress: float = 0.0, teacher_batch=None):
         logits = self.model(batch)
         return logits, {"ce": label_loss(logits, batch, self.label_smoothing)}
 
@@ -152,8 +153,10 @@ class DistillationTask(nn.Module):
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad] + self.extra_parameters()
 
-    def training_step(self, batch, progress: float = 0.0):
-        teachers = self.teacher_outputs(batch)
+    def training_step(self, batch, progress: float = 0.0, teacher_batch=None):
+        """``teacher_batch``: what the teachers see, when it differs from the student's ``batch``
+        (under modality dropout the student loses modalities, the teachers see every sample whole)."""
+        teachers = self.teacher_outputs(batch if teacher_batch is None else teacher_batch)
         student = self._student_capture.run(self.model, batch)
         logits = student[OUTPUT]
         losses = {}
