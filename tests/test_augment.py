@@ -50,23 +50,11 @@ def test_modality_dropout_never_empties_a_sample():
 
 def test_teachers_see_whole_samples_under_modality_dropout():
     """Cached and uncached distillation agree under modality dropout: teachers never see the drops."""
-    from test_teacher_cache import model, tiny_data
+    from test_teacher_cache import distill_with_and_without_cache
 
-    from mmdistill.api import distill, train
-    from mmdistill.config import TrainConfig
-
-    data = tiny_data()
-    torch.manual_seed(0)
-    teacher = model(data, [8])
-    train(teacher, data, TrainConfig(epochs=1, batch_size=50, progress=False), device="cpu")
-    results = []
-    for cache in (True, False):
-        torch.manual_seed(1)
-        student = model(data, [4])
-        cfg = TrainConfig(epochs=1, batch_size=50, progress=False, cache_teacher=cache,
-                          modality_dropout={"image": 0.5, "audio": 0.5})
-        results.append(distill(student, teacher, data, terms=["kd"], cfg=cfg, device="cpu", seed=3).history[0]["train_loss"])
-    assert results[0] == results[1]
+    (loss_a, _), (loss_b, _) = distill_with_and_without_cache(["kd"], epochs=1,
+                                                               modality_dropout={"image": 0.5, "audio": 0.5})
+    assert loss_a == loss_b
 
 
 def test_modality_dropout_rejects_unknown_modalities():

@@ -20,20 +20,24 @@ def model(data, channels):
                        data.specs, data.num_classes)
 
 
-def test_cached_teacher_outputs_match_uncached_distillation():
+def distill_with_and_without_cache(terms, epochs: int = 2, **train_options):
+    """[(per-epoch losses, student state)] for the same distillation with the cache on, then off."""
     data = tiny_data()
     torch.manual_seed(0)
     teacher = model(data, [8])
     train(teacher, data, TrainConfig(epochs=1, batch_size=50, progress=False), device="cpu")
-    histories = []
+    runs = []
     for cache in (True, False):
         torch.manual_seed(1)
         student = model(data, [4])
-        cfg = TrainConfig(epochs=2, batch_size=50, progress=False, cache_teacher=cache)
-        result = distill(student, teacher, data, terms=[{"name": "kd", "temperature": 2.0},
-                                                        {"name": "sp", "student": "encoders.image", "teacher": "encoders.image"}],
-                         cfg=cfg, device="cpu", seed=3)
-        histories.append(([h["train_loss"] for h in result.history], student.state_dict()))
-    (loss_a, state_a), (loss_b, state_b) = histories
+        cfg = TrainConfig(epochs=epochs, batch_size=50, progress=False, cache_teacher=cache, **train_options)
+        result = distill(student, teacher, data, terms=terms, cfg=cfg, device="cpu", seed=3)
+        runs.append(([h["train_loss"] for h in result.history], student.state_dict()))
+    return runs
+
+
+def test_cached_teacher_outputs_match_uncached_distillation():
+    (loss_a, state_a), (loss_b, state_b) = distill_with_and_without_cache(
+        [{"name": "kd", "temperature": 2.0}, {"name": "sp", "student": "encoders.image", "teacher": "encoders.image"}])
     assert loss_a == loss_b
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
