@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 
 from mmdistill.config import DataConfig  # noqa: E402
 from mmdistill.data import av_digits, build_data, fsdd, split_validation  # noqa: E402
-from mmdistill.data.av_digits import HELD_OUT_SPEAKER, load_av_digits  # noqa: E402
+from mmdistill.data.av_digits import load_av_digits  # noqa: E402
+from mmdistill.data.fsdd import HELD_OUT_SPEAKER  # noqa: E402
 from mmdistill.data.fsdd import list_recordings, log_mel_features  # noqa: E402
 from mmdistill.data.mnist import load_mnist, read_idx  # noqa: E402
 from mmdistill.errors import DataError  # noqa: E402

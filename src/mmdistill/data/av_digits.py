@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from .dataset import MultimodalDataset
-from .fsdd import list_recordings, log_mel_features
+from .fsdd import list_recordings, log_mel_features, test_mask
 from .mnist import load_mnist
 from .transforms import LogMelParams, pca_degrade
 
-HELD_OUT_SPEAKER = "yweweler"
 
 
 def _pair_images(labels: np.ndarray, image_labels: np.ndarray, per_recording: int, rng) -> np.ndarray:
@@ -47,10 +46,7 @@ def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = 
                    mnist_source: Literal["auto", "idx", "json10k"] = "auto"):
     """(train, test, info) datasets with modalities ``image`` [1,28,28] and ``audio`` [1,32,32]."""
     recordings = list_recordings(root)
-    if split == "official":
-        is_test = np.array([r.index <= 4 for r in recordings])
-    else:
-        is_test = np.array([r.speaker == HELD_OUT_SPEAKER for r in recordings])
+    is_test = test_mask(recordings, split)
     hard = level == "hard"
     labels = np.array([r.digit for r in recordings])
     train_img, train_img_y, test_img, test_img_y, mnist_used = load_mnist(root, mnist_source)

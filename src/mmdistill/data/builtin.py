@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from .av_digits import HELD_OUT_SPEAKER, load_av_digits
+from .av_digits import load_av_digits
 from .dataset import MultimodalDataset
-from .fsdd import list_recordings, log_mel_features
+from .fsdd import list_recordings, log_mel_features, test_mask
 from .mnist import load_mnist
 from .registry import register_dataset
 
@@ -63,10 +63,7 @@ def build_fsdd(root, options: FSDDOptions, seed: int):
     recordings = list_recordings(root)
     audio = log_mel_features(recordings, snr_db=options.snr_db)
     labels = torch.tensor([r.digit for r in recordings])
-    if options.split == "official":
-        is_test = torch.tensor([r.index <= 4 for r in recordings])
-    else:
-        is_test = torch.tensor([r.speaker == HELD_OUT_SPEAKER for r in recordings])
+    is_test = torch.from_numpy(test_mask(recordings, options.split))
     mean, std = audio[~is_test].mean(), audio[~is_test].std()
     audio = (audio - mean) / std
     out = [MultimodalDataset({"audio": audio[m]}, labels[m], num_classes=10, kinds={"audio": "audio"},

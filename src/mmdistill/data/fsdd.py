@@ -30,6 +30,7 @@ ARCHIVE_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/r
 CONTENT_SHA256 = "0fbe6612aaa20a80ef4371894a46e060038337a518fe3d4728cb7eee7caa013c"
 HINT = "Put the recordings in <root>/fsdd/recordings/ and point MMDISTILL_DATA (or --data-root) at <root>."
 CACHE_VERSION = 1
+HELD_OUT_SPEAKER = "yweweler"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,16 @@ def list_recordings(root=None) -> list[Recording]:
     if not recordings:
         raise DataError(f"{folder}: no .wav recordings. {HINT}")
     return recordings
+
+
+def test_mask(recordings: list[Recording], split: str) -> np.ndarray:
+    """Bool[N], True for test recordings: ``official`` holds out takes 0-4 of every speaker,
+    ``unseen-speaker`` holds out every take of speaker ``yweweler``."""
+    if split == "official":
+        return np.array([r.index <= 4 for r in recordings])
+    if split == "unseen-speaker":
+        return np.array([r.speaker == HELD_OUT_SPEAKER for r in recordings])
+    raise ValueError(f"unknown FSDD split {split!r}")
 
 
 def content_digest(folder: Path) -> str:
