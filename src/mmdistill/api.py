@@ -20,20 +20,23 @@ Teachers and students may be any ``nn.Module`` whose ``forward`` takes the batch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from torch import nn
 
-from .config import LossTermConfig, TrainConfig
+from .config import EnsembleConfig, LossTermConfig, TrainConfig
 from .data.dataset import DataSplits
 from .distill.engine import FitResult, Trainer, resolve_device
+from .distill.ensemble import TeacherEnsemble
 from .distill.tasks import DistillationTask, SupervisedTask, Term
+from .errors import ConfigError
 from .losses import build_loss
 
 
-def make_terms(terms: Sequence[Term | LossTermConfig | dict | str]) -> list[Term]:
+def make_terms(terms: Sequence[Term | LossTermConfig | dict | str],
+               teacher_names: Sequence[str] = ()) -> list[Term]:
     """Terms from ``Term`` objects, config entries (``{"name": "kd", "weight": 1, "temperature": 4}``)
-    or bare loss names."""
+    or bare loss names; a config entry's ``source`` is looked up in ``teacher_names``."""
     out = []
     for i, term in enumerate(terms):
         if isinstance(term, Term):
@@ -43,9 +46,15 @@ def make_terms(terms: Sequence[Term | LossTermConfig | dict | str]) -> list[Term
             term = LossTermConfig(name=term)
         elif isinstance(term, dict):
             term = LossTermConfig.model_validate(term)
+        source = None
+        if term.source is not None:
+            if term.source not in teacher_names:
+                raise ConfigError(f"distill.terms[{i}].source: no teacher named {term.source!r}"
+                                  f" (teachers: {', '.join(teacher_names) or 'unnamed'})")
+            source = list(teacher_names).index(term.source)
         out.append(Term(name=term.name, loss=build_loss(term.name, term.options, where=f"distill.terms[{i}]"),
                         weight=term.weight, student_path=term.student, teacher_path=term.teacher,
-                        warmup=term.warmup))
+                        warmup=term.warmup, teacher=source))
     return out
 
 
@@ -56,13 +65,33 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig = TrainConfig(), 
     return trainer.fit(SupervisedTask(model), data.train, data.val)
 
 
-def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module], data: DataSplits, *,
-            terms: Sequence[Term | LossTermConfig | dict | str] = ("kd",), gamma: float = 1.0,
-            cfg: TrainConfig = TrainConfig(), device: str = "auto", seed: int = 0, run_dir: Path | None = None,
-            save: Callable | None = None, label: str = "student") -> FitResult:
-    """Distil ``teachers`` into ``student``: minimise gamma * CE + sum_i weight_i * term_i."""
-    task = DistillationTask(student, teachers, make_terms(terms), gamma=gamma)
+def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module],
+            data: DataSplits, *, terms: Sequence[Term | LossTermConfig | dict | str] = ("kd",), gamma: float = 1.0,
+            ensemble: EnsembleConfig | dict | str = "average", cfg: TrainConfig = TrainConfig(),
+            device: str = "auto", seed: int = 0, run_dir: Path | None = None, save: Callable | None = None,
+            label: str = "student") -> FitResult:
+    """Distil ``teachers`` into ``student``: minimise gamma * CE + sum_i weight_i * term_i.
+
+    ``teachers``: one model, a list, or ``{name: model}`` (names are what a term's ``source`` and
+    the logged teacher weights use). With several teachers, logit terms without a ``source``
+    compare the student with their per-sample fusion by ``ensemble`` (a strategy name or
+    ``{"strategy": "fixed", "weights": {name: w}}``, see :mod:`mmdistill.distill.ensemble`).
+    ``result.task`` keeps the task, e.g. for :meth:`~DistillationTask.sample_weights`.
+    """
+    if isinstance(teachers, nn.Module):
+        teachers = [teachers]
+    names = list(teachers) if isinstance(teachers, Mapping) else [f"teacher{i}" for i in range(len(teachers))]
+    models = list(teachers.values()) if isinstance(teachers, Mapping) else list(teachers)
+    ens = EnsembleConfig(strategy=ensemble) if isinstance(ensemble, str) else EnsembleConfig.model_validate(
+        ensemble.model_dump() if isinstance(ensemble, EnsembleConfig) else ensemble)
+    try:
+        fusion = TeacherEnsemble(names, ens.strategy, weights=ens.weights, temperature=ens.temperature)
+    except ValueError as err:
+        raise ConfigError(f"distill.ensemble: {err}") from None
+    task = DistillationTask(student, models, make_terms(terms, names), gamma=gamma, teacher_names=names,
+                            ensemble=fusion)
     trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label)
     result = trainer.fit(task, data.train, data.val)
     result.extra_params = sum(p.numel() for p in task.extra_parameters())
+    result.task = task
     return result

@@ -109,8 +109,13 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
         raw["distill"]["terms"] = _loss_terms(loss)
         cfg = parse_config(raw, str(config))
     summary = run_distill(cfg, out, overwrite=overwrite, config_path=config)
-    _print_metrics(f"test metrics ({out})", {"teacher": summary["teacher"], "student": summary["student"]})
-    console.print(f"teacher-student agreement: {summary['student']['teacher_agreement']:.4f}")
+    teachers = summary.get("teachers", {"teacher": summary["teacher"]})
+    _print_metrics(f"test metrics ({out})", {**teachers, "student": summary["student"]})
+    console.print(f"agreement with {next(iter(teachers))}: {summary['student']['teacher_agreement']:.4f}")
+    if "ensemble" in summary:
+        weights = ", ".join(f"{n} {w:.3f}" for n, w in summary["ensemble"]["mean_weight"].items())
+        console.print(f"mean teacher weight ({summary['ensemble']['strategy']}): {weights}; "
+                      f"per sample in {summary['ensemble']['file']}")
 
 
 @app.command()
@@ -120,14 +125,20 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt c
              device: str = typer.Option("auto", "--device"), data_root: Optional[str] = RootOpt,
              overwrite: bool = OverwriteOpt,
              all_subsets: bool = typer.Option(False, "--all-subsets",
-                                              help="Also report accuracy for every non-empty subset of the modalities.")):
+                                              help="Also report accuracy for every non-empty subset of the modalities."),
+             corrupt: Optional[List[str]] = typer.Option(
+                 None, "--corrupt", help="MODALITY:KIND:SEVERITY (repeatable), KIND one of gaussian_noise, occlusion, "
+                                         "noise_snr, time_shift, SEVERITY 1-5; e.g. audio:noise_snr:3."),
+             corrupt_seed: int = typer.Option(0, "--corrupt-seed", help="Seed of the corruptions' randomness.")):
     """Evaluate a checkpoint; writes OUT/metrics.json."""
     from .runs import run_evaluate
 
     metrics = run_evaluate(checkpoint, out, split=split, drop=drop or [], data_root=data_root, device=device,
-                           overwrite=overwrite, all_subsets=all_subsets)
+                           overwrite=overwrite, all_subsets=all_subsets, corrupt=corrupt or [],
+                           corrupt_seed=corrupt_seed)
     dropped = f", without {', '.join(drop)}" if drop else ""
-    _print_metrics(f"{split} metrics{dropped}", {checkpoint.name: metrics})
+    corrupted = f", corrupted by {', '.join(corrupt)}" if corrupt else ""
+    _print_metrics(f"{split} metrics{dropped}{corrupted}", {checkpoint.name: metrics})
     if all_subsets:
         table = Table(title=f"{split} accuracy by modalities present")
         table.add_column("modalities")

@@ -62,6 +62,23 @@ class ModelConfig(Strict):
     encoders: Annotated[dict[str, EncoderConfig], Field(min_length=1)]
     fusion: FusionConfig = PlainFusionConfig()
     head: HeadConfig = HeadConfig()
+    # the modalities the model sees (default: every encoder's); e.g. [audio] for an audio-only
+    # student built from an audio-visual recipe
+    modalities: list[str] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _known_modalities(self):
+        if self.modalities is not None:
+            if not self.modalities:
+                raise ValueError("modalities: give at least one modality")
+            for m in self.modalities:
+                if m not in self.encoders:
+                    raise ValueError(f"modalities: {m!r} has no encoder (encoders: {', '.join(self.encoders)})")
+        return self
+
+    def selected_encoders(self) -> dict[str, Any]:
+        names = self.modalities if self.modalities is not None else list(self.encoders)
+        return {m: self.encoders[m] for m in names}
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -103,6 +120,9 @@ class TrainConfig(Strict):
     grad_clip: PositiveFloat | None = None
     mixup: NonNegativeFloat = 0.0  # Beta(alpha, alpha) mixup across all modalities; 0 = off
     modality_dropout: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}  # modality -> drop rate
+    # modality -> largest random time shift, as a fraction of the last (time) axis; the student sees
+    # shifted inputs, teachers the aligned ones
+    time_shift: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
     cache_teacher: bool = True  # compute frozen teachers' outputs once per run (not with mixup)
     progress: bool = True
 
@@ -117,6 +137,9 @@ class LossTermConfig(BaseModel):
     student: str = "logits"
     teacher: str = "logits"
     warmup: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of training over which weight ramps up from 0
+    # which teacher (by name) the term reads; None: the only teacher, or, for logits with several
+    # teachers, their per-sample fusion (``distill.ensemble``)
+    source: str | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -125,14 +148,58 @@ class LossTermConfig(BaseModel):
 
 class TeacherConfig(Strict):
     checkpoint: str
+    name: str | None = None  # how terms (``source``) and logs refer to it; default teacher0, teacher1, ...
+
+
+class EnsembleConfig(Strict):
+    """How the logits of several teachers are fused per sample (see :mod:`mmdistill.distill.ensemble`)."""
+
+    strategy: Literal["average", "fixed", "confidence", "entropy"] = "average"
+    weights: dict[str, PositiveFloat] | None = None  # ``fixed``: teacher name -> weight (normalised)
+    temperature: PositiveFloat = 1.0  # ``entropy``: softmax(-H / temperature) over teachers
 
 
 class DistillConfig(Strict):
-    """total = gamma * CE(student, label) + sum_i weight_i * term_i(student, teacher)."""
+    """total = gamma * CE(student, label) + sum_i weight_i * term_i(student, teacher).
 
-    teacher: TeacherConfig
+    One ``teacher`` or a list of ``teachers``; with several, logit terms without a ``source``
+    compare the student with the teachers' per-sample fusion (``ensemble``).
+    """
+
+    teacher: TeacherConfig | None = None
+    teachers: list[TeacherConfig] = []
+    ensemble: EnsembleConfig = EnsembleConfig()
     gamma: NonNegativeFloat = 1.0
     terms: list[LossTermConfig] = [LossTermConfig(name="kd")]
+
+    @pydantic.model_validator(mode="after")
+    def _check_teachers(self):
+        if (self.teacher is None) == (not self.teachers):
+            raise ValueError("give exactly one of teacher (one checkpoint) or teachers (a list)")
+        names = self.teacher_names()
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate:
+            raise ValueError(f"teachers: the name {duplicate!r} is used twice")
+        for i, term in enumerate(self.terms):
+            if term.source is not None and term.source not in names:
+                raise ValueError(f"terms[{i}].source: no teacher named {term.source!r} (teachers: {', '.join(names)})")
+        if self.ensemble.strategy == "fixed":
+            given = self.ensemble.weights or {}
+            for n in names:
+                if n not in given:
+                    raise ValueError(f"ensemble.weights: strategy fixed needs a weight for teacher {n!r}")
+            for n in given:
+                if n not in names:
+                    raise ValueError(f"ensemble.weights.{n}: no such teacher (teachers: {', '.join(names)})")
+        elif self.ensemble.weights is not None:
+            raise ValueError(f"ensemble.weights: only used by strategy fixed (strategy is {self.ensemble.strategy})")
+        return self
+
+    def teacher_list(self) -> list[TeacherConfig]:
+        return [self.teacher] if self.teacher is not None else list(self.teachers)
+
+    def teacher_names(self) -> list[str]:
+        return [t.name or f"teacher{i}" for i, t in enumerate(self.teacher_list())]
 
 
 class RunConfig(Strict):
@@ -156,6 +223,12 @@ def format_validation_error(err: pydantic.ValidationError, prefix: str = "") -> 
     if prefix:
         key = f"{prefix}.{key}" if key else prefix
     msg = first["msg"]
+    if first["type"] == "value_error":  # a model validator's "subkey: message" names the key below
+        msg = msg.removeprefix("Value error, ")
+        sub, sep, rest = msg.partition(": ")
+        if sep and " " not in sub:
+            key, msg = (f"{key}.{sub}" if key else sub).replace(".[", "["), rest
+        return f"{key}: {msg}" if key else msg
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):

@@ -17,6 +17,7 @@ from .api import distill, train
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, RunConfig
 from .data import build_data
+from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits
 from .distill.engine import resolve_device
 from .errors import CheckpointError, ConfigError
@@ -73,42 +74,91 @@ def resolve_checkpoint(path: str, config_path: str | Path | None = None) -> Path
     return candidate
 
 
+def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) -> dict[str, "torch.nn.Module"]:
+    """``{name: model}`` for every teacher of ``cfg.distill``, each checked against the data."""
+    teachers = {}
+    several = len(cfg.distill.teacher_list()) > 1
+    for i, (name, tcfg) in enumerate(zip(cfg.distill.teacher_names(), cfg.distill.teacher_list())):
+        key = f"distill.teachers[{i}].checkpoint" if several else "distill.teacher.checkpoint"
+        try:
+            teacher, _ = load_checkpoint(resolve_checkpoint(tcfg.checkpoint, config_path), device)
+        except CheckpointError as err:
+            raise CheckpointError(f"{key}: {err}") from None
+        missing = [m for m in teacher.modalities if m not in data.specs]
+        if missing:
+            raise CheckpointError(f"{key}: the teacher needs modality {missing[0]!r}, which data "
+                                  f"{cfg.data.name!r} lacks")
+        teachers[name] = teacher
+    return teachers
+
+
 def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
                 config_path: str | Path | None = None, data: DataSplits | None = None) -> dict:
-    """Distil the checkpointed teacher of ``cfg.distill`` into a student built from ``cfg.model``."""
+    """Distil the checkpointed teacher(s) of ``cfg.distill`` into a student built from ``cfg.model``.
+
+    With several teachers the run directory also holds ``teacher_weights.csv``: the ensemble's
+    weight of each teacher on each training sample, and the summary their mean per class.
+    """
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
     device = resolve_device(cfg.device)
-    teacher, teacher_meta = load_checkpoint(resolve_checkpoint(cfg.distill.teacher.checkpoint, config_path), device)
     data = load_data(cfg, data)
-    missing = [m for m in teacher.modalities if m not in data.specs]
-    if missing:
-        raise CheckpointError(f"distill.teacher.checkpoint: the teacher needs modality {missing[0]!r}, "
-                              f"which data {cfg.data.name!r} lacks")
+    teachers = load_teachers(cfg, data, device, config_path)
     student = build_model(cfg.model, data.specs, data.num_classes)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
-        fit = distill(student, teacher, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma, cfg=cfg.train,
-                      device=str(device), seed=cfg.seed, run_dir=run.path, save=_saver(cfg, data, "student"))
-        metrics = evaluate_model(student, data.test, device=device, teacher=teacher,
+        fit = distill(student, teachers, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma,
+                      ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
+                      run_dir=run.path, save=_saver(cfg, data, "student"))
+        first = next(iter(teachers.values()))
+        metrics = evaluate_model(student, data.test, device=device, teacher=first,
                                  batch_size=cfg.train.eval_batch_size)
-        teacher_metrics = evaluate_model(teacher, data.test, device=device, latency=True,
-                                         batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "student": {**metrics, "extra_params": fit.extra_params},
-                   "teacher": teacher_metrics, "best_epoch": fit.best_epoch, "val_accuracy": fit.best_val_accuracy,
+                   "best_epoch": fit.best_epoch, "val_accuracy": fit.best_val_accuracy,
                    "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt")}
+        reports = {name: evaluate_model(t, data.test, device=device, latency=True, batch_size=cfg.train.eval_batch_size)
+                   for name, t in teachers.items()}
+        if len(teachers) == 1:
+            summary["teacher"] = next(iter(reports.values()))
+        else:
+            summary["teachers"] = reports
+            summary["teacher"] = reports[max(reports, key=lambda n: reports[n]["accuracy"])]
+            summary["ensemble"] = write_teacher_weights(run / "teacher_weights.csv", fit.task, data.train, device,
+                                                         cfg.distill.ensemble.strategy)
         return _finish(run, summary, metrics)
+
+
+def write_teacher_weights(path: Path, task, dataset, device, strategy: str) -> dict:
+    """Per-sample teacher weights on ``dataset`` to a CSV (index, label, one column per teacher);
+    returns their overall and per-class means."""
+    weights = task.sample_weights(dataset, device=device)
+    labels = dataset.labels
+    names = task.teacher_names
+    rows = ["index,label," + ",".join(names)]
+    for i, (label, w) in enumerate(zip(labels.tolist(), weights.tolist())):
+        rows.append(f"{i},{label}," + ",".join(f"{v:.6f}" for v in w))
+    tmp = path.with_suffix(".csv.tmp")
+    tmp.write_text("\n".join(rows) + "\n")
+    tmp.replace(path)
+    per_class = {str(c): dict(zip(names, weights[labels == c].mean(0).tolist())) for c in labels.unique().tolist()}
+    return {"strategy": strategy, "mean_weight": dict(zip(names, weights.mean(0).tolist())),
+            "mean_weight_per_class": per_class, "file": str(path)}
 
 
 def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test", drop: Sequence[str] = (),
                  data_root: str | None = None, device: str = "auto", overwrite: bool = False,
-                 all_subsets: bool = False) -> dict:
-    """Evaluate a checkpoint on the split of the data it was trained on (``drop``: absent modalities).
+                 all_subsets: bool = False, corrupt: Sequence[str] = (), corrupt_seed: int = 0) -> dict:
+    """Evaluate a checkpoint on the split of the data it was trained on (``drop``: absent modalities;
+    ``corrupt``: ``MODALITY:KIND:SEVERITY`` corruptions, see :mod:`mmdistill.data.corruptions`).
 
     With ``all_subsets``, ``metrics["subsets"]`` also maps every non-empty subset of the model's
     modalities (joined by ``+``) to the accuracy with only that subset present.
     """
+    corruptions = [Corruption.parse(c) for c in corrupt]
     dev = resolve_device(device)
     model, payload = load_checkpoint(checkpoint, dev)
+    unknown = [c.modality for c in corruptions if c.modality not in model.modalities]
+    if unknown:
+        raise ConfigError(f"--corrupt: the model has no modality {unknown[0]!r} (it has {', '.join(model.modalities)})")
     unknown = [m for m in drop if m not in model.modalities]
     if unknown:
         raise ConfigError(f"--drop {unknown[0]}: the model has no modality {unknown[0]!r} "
@@ -121,22 +171,26 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
         raise ConfigError(f"--split {split}: no such split for this checkpoint (test, train"
                           f"{', val' if data.val is not None else ''})")
     with RunDir(out, overwrite=overwrite, config={"checkpoint": str(checkpoint), "split": split,
-                                                   "drop": list(drop)}) as run:
-        metrics = evaluate_model(model, dataset, device=dev, drop=drop)
-        metrics.update(split=split, checkpoint=str(checkpoint))
+                                                   "drop": list(drop), "corrupt": list(corrupt)}) as run:
+        transform = corrupter(corruptions, corrupt_seed) if corruptions else None
+        metrics = evaluate_model(model, dataset, device=dev, drop=drop, transform=transform)
+        metrics.update(split=split, checkpoint=str(checkpoint), corrupt=[str(c) for c in corruptions])
         if all_subsets:
-            metrics["subsets"] = subset_accuracies(model, dataset, device=dev)
+            metrics["subsets"] = subset_accuracies(model, dataset, device=dev, corrupt=corruptions,
+                                                   corrupt_seed=corrupt_seed)
         write_json(run / "metrics.json", metrics)
         return metrics
 
 
 
-def subset_accuracies(model, dataset, *, device="cpu") -> dict[str, float]:
+def subset_accuracies(model, dataset, *, device="cpu", corrupt=(), corrupt_seed: int = 0) -> dict[str, float]:
     """Accuracy with only each non-empty subset of ``model.modalities`` present."""
     names = list(model.modalities)
     out = {}
     for size in range(1, len(names) + 1):
         for subset in combinations(names, size):
-            logits, labels = predict(model, dataset, device=device, drop=[m for m in names if m not in subset])
+            transform = corrupter(corrupt, corrupt_seed) if corrupt else None
+            logits, labels = predict(model, dataset, device=device, drop=[m for m in names if m not in subset],
+                                     transform=transform)
             out["+".join(subset)] = accuracy(logits, labels)
     return out

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ..config import OptimizerConfig, SchedulerConfig, TrainConfig
-from ..data.augment import mixup, modality_dropout
+from ..data.augment import mixup, modality_dropout, time_shift
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import ConfigError
@@ -77,6 +77,7 @@ class FitResult:
     best_score: float = -math.inf
     extra_params: int = 0
     seconds: float = 0.0
+    task: object = None  # the task that was fitted (set by api.distill)
 
 
 class Trainer:
@@ -103,14 +104,16 @@ class Trainer:
     def fit(self, task: nn.Module, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
         seed_everything(self.seed)
         cfg = self.cfg
-        unknown = [m for m in cfg.modality_dropout if m not in train.modalities]
-        if unknown:
-            raise ConfigError(f"train.modality_dropout.{unknown[0]}: the data has no modality {unknown[0]!r} "
-                              f"(it has {', '.join(train.modalities)})")
+        for key in ("modality_dropout", "time_shift"):
+            unknown = [m for m in getattr(cfg, key) if m not in train.modalities]
+            if unknown:
+                raise ConfigError(f"train.{key}.{unknown[0]}: the data has no modality {unknown[0]!r} "
+                                  f"(it has {', '.join(train.modalities)})")
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train))
-        # teachers see each sample whole under modality dropout, so only mixup changes their inputs
+        # teachers see each sample whole and aligned under modality dropout and time shifts, so
+        # only mixup changes their inputs
         if cfg.cache_teacher and cfg.mixup == 0 and hasattr(task, "cache_teacher_outputs"):
             task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
@@ -145,6 +148,8 @@ class Trainer:
                     whole = batch
                     if cfg.modality_dropout:
                         batch = modality_dropout(batch, cfg.modality_dropout, mix_generator)
+                    if cfg.time_shift:
+                        batch = time_shift(batch, cfg.time_shift, mix_generator)
                     if cfg.mixup > 0:
                         batch = whole = mixup(batch, cfg.mixup, mix_generator)
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
@@ -167,6 +172,8 @@ class Trainer:
                 record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                           **{f"train_{k}": v / seen for k, v in sums.items()},
                           "train_accuracy": correct / seen, "epoch_seconds": time.perf_counter() - epoch_start}
+                if hasattr(task, "epoch_stats"):
+                    record.update(task.epoch_stats())
                 scheduler.step()
                 if val is not None:
                     logits_v, labels_v = predict(task.model, val, device=self.device, batch_size=cfg.eval_batch_size)

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import DistillationLoss
+from ..errors import ConfigError
 from .adapters import Adapter
+from .ensemble import TeacherEnsemble
 from .hooks import OUTPUT, FeatureCapture
 
 
@@ -57,7 +59,7 @@ class Term:
     weight: float = 1.0
     student_path: str = OUTPUT
     teacher_path: str = OUTPUT
-    teacher: int = 0
+    teacher: int | None = None  # index of the teacher it reads; None: the only one, or the ensemble
     warmup: float = 0.0  # fraction of training over which the weight ramps linearly from 0
 
     def weight_at(self, progress: float) -> float:
@@ -74,25 +76,48 @@ class DistillationTask(nn.Module):
     :class:`~mmdistill.distill.adapters.Adapter` is created in :meth:`setup`; adapters and the
     losses' own parameters are the task's ``extra`` parameters, trained with the student but not
     part of it.
+
+    With several teachers, a logit term whose ``teacher`` is None compares the student with the
+    teachers' per-sample fusion by ``ensemble`` (a :class:`~mmdistill.distill.ensemble.TeacherEnsemble`,
+    default: plain average); feature terms name their teacher. The mean weight of each teacher
+    over the epoch is reported by :meth:`epoch_stats`.
     """
 
     def __init__(self, student: nn.Module, teachers: nn.Module | Sequence[nn.Module], terms: Sequence[Term],
-                 gamma: float = 1.0):
+                 gamma: float = 1.0, *, teacher_names: Sequence[str] | None = None,
+                 ensemble: TeacherEnsemble | None = None):
         super().__init__()
         self.model = student
         teachers = [teachers] if isinstance(teachers, nn.Module) else list(teachers)
+        if not teachers:
+            raise ConfigError("distill: at least one teacher is needed")
         self.teachers = nn.ModuleList(teachers)
         for teacher in self.teachers:
             teacher.requires_grad_(False)
             teacher.eval()
+        self.teacher_names = list(teacher_names or [f"teacher{i}" for i in range(len(teachers))])
+        self.ensemble = ensemble or TeacherEnsemble(self.teacher_names, "average")
         self.terms = list(terms)
+        several = len(self.teachers) > 1
+        for i, term in enumerate(self.terms):
+            if term.teacher is None and not several:
+                term.teacher = 0
+            elif term.teacher is None and (term.teacher_path != OUTPUT or term.student_path != OUTPUT):
+                raise ConfigError(f"distill.terms[{i}].source: with several teachers a feature term names the "
+                                  f"teacher it reads ({', '.join(self.teacher_names)})")
+            elif term.teacher is not None and not 0 <= term.teacher < len(self.teachers):
+                raise ConfigError(f"distill.terms[{i}].source: no teacher number {term.teacher}")
         self.losses = nn.ModuleList(t.loss for t in self.terms)
         self.adapters = nn.ModuleDict()
         self.gamma = gamma
         self._cache: list[dict[str, torch.Tensor]] | None = None
+        self._weight_sums = torch.zeros(len(self.teachers), dtype=torch.float64)
+        self._weight_count = 0
+        uses_ensemble = any(t.teacher is None for t in self.terms)
         self._student_capture = FeatureCapture(student, [t.student_path for t in self.terms], "student")
         self._teacher_captures = [
-            FeatureCapture(teacher, [t.teacher_path for t in self.terms if t.teacher == i], f"teacher {i}")
+            FeatureCapture(teacher, [t.teacher_path for t in self.terms if t.teacher == i]
+                           + ([OUTPUT] if uses_ensemble else []), self.teacher_names[i])
             for i, teacher in enumerate(self.teachers)]
 
     def train(self, mode: bool = True):
@@ -139,7 +164,8 @@ class DistillationTask(nn.Module):
         teachers = self.teacher_outputs(batch)
         device = next(self.model.parameters()).device
         for i, term in enumerate(self.terms):
-            s, t = student[term.student_path], teachers[term.teacher][term.teacher_path]
+            s = student[term.student_path]
+            t = teachers[0][OUTPUT] if term.teacher is None else teachers[term.teacher][term.teacher_path]
             if getattr(term.loss, "needs_adapter", False) and s.shape[1:] != t.shape[1:]:
                 self.adapters[str(i)] = Adapter(s.shape, t.shape).to(device)
                 with torch.no_grad():
@@ -156,18 +182,49 @@ class DistillationTask(nn.Module):
     def training_step(self, batch, progress: float = 0.0, teacher_batch=None):
         """``teacher_batch``: what the teachers see, when it differs from the student's ``batch``
         (under modality dropout the student loses modalities, the teachers see every sample whole)."""
-        teachers = self.teacher_outputs(batch if teacher_batch is None else teacher_batch)
+        teacher_batch = batch if teacher_batch is None else teacher_batch
+        teachers = self.teacher_outputs(teacher_batch)
         student = self._student_capture.run(self.model, batch)
         logits = student[OUTPUT]
         losses = {}
         if self.gamma:
             losses["ce"] = self.gamma * label_loss(logits, batch)
+        stacked = weights = None
+        if any(t.teacher is None for t in self.terms):
+            stacked = torch.stack([out[OUTPUT].detach().float() for out in teachers])
+            weights = self.ensemble.weights(list(stacked), teacher_batch)
+            self._weight_sums += weights.detach().sum(0).double().cpu()
+            self._weight_count += weights.shape[0]
         for i, term in enumerate(self.terms):
             s = student[term.student_path]
             if str(i) in self.adapters:
                 s = self.adapters[str(i)](s)
-            value = term.loss(s, teachers[term.teacher][term.teacher_path].detach(),
-                              target=batch["label"], index=batch.get("index"))
+            if term.teacher is None:
+                target = term.loss.mix_teachers(stacked, weights)
+            else:
+                target = teachers[term.teacher][term.teacher_path].detach()
+            value = term.loss(s, target, target=batch["label"], index=batch.get("index"))
             key = term.name if term.name not in losses else f"{term.name}_{i}"
             losses[key] = term.weight_at(progress) * value
         return logits, losses
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Mean per-sample weight of each teacher since the last call (empty without an ensemble)."""
+        if not self._weight_count:
+            return {}
+        means = self._weight_sums / self._weight_count
+        self._weight_sums.zero_()
+        self._weight_count = 0
+        return {f"teacher_weight_{name}": float(m) for name, m in zip(self.teacher_names, means)}
+
+    @torch.no_grad()
+    def sample_weights(self, dataset, *, batch_size: int = 1024, device="cpu") -> torch.Tensor:
+        """[N, K] ensemble weight of each teacher on each sample of ``dataset`` (unaugmented)."""
+        from ..data.batch import to_device
+
+        out = []
+        for batch in dataset.loader(batch_size):
+            batch = to_device(batch, device)
+            logits = [teacher(batch).float() for teacher in self.teachers]
+            out.append(self.ensemble.weights(logits, batch).cpu())
+        return torch.cat(out)

@@ -51,6 +51,18 @@ class DistillationLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, *, target=None, index=None):
         raise NotImplementedError
 
+    def mix_teachers(self, logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One target [B, C] from several teachers' logits [K, B, C] and per-sample weights [B, K].
+
+        Default: the mixture of the teachers' distributions at the loss's ``temperature`` (1 if it
+        has none), returned as logits: z = T * log sum_k w_k softmax(z_k / T). For KD this equals
+        weighting each teacher's loss per sample (see :mod:`mmdistill.distill.ensemble`).
+        Losses whose target is not a distribution override it (logit MSE: the weighted mean).
+        """
+        t = float(getattr(self, "temperature", 1.0))
+        log_p = torch.log_softmax(logits / t, dim=2) + torch.log(weights.T.clamp_min(1e-12)).unsqueeze(2)
+        return t * torch.logsumexp(log_p, dim=0)
+
     @classmethod
     def describe(cls) -> str:
         """The first line of the class docstring."""

@@ -19,6 +19,10 @@ class LogitMSE(DistillationLoss):
     def forward(self, student, teacher, *, target=None, index=None):
         return (student - teacher).pow(2).sum(dim=1).mean()
 
+    def mix_teachers(self, logits, weights):
+        """sum_k w_k ||s - t_k||^2 = ||s - sum_k w_k t_k||^2 + const: the weighted mean is exact."""
+        return torch.einsum("kbc,bk->bc", logits, weights)
+
 
 @register_loss("kd")
 class KD(DistillationLoss):

@@ -69,7 +69,7 @@ def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int) -> Mul
         except pydantic.ValidationError as err:
             raise ConfigError(format_validation_error(err, "model")) from None
     encoders = {}
-    for name, enc_cfg in cfg.encoders.items():
+    for name, enc_cfg in cfg.selected_encoders().items():
         if name not in specs:
             raise ConfigError(f"model.encoders.{name}: the data has no modality {name!r} "
                               f"(it has {', '.join(specs)})")
