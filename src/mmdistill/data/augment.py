@@ -61,3 +61,17 @@ def modality_dropout(batch: dict, rates: dict[str, float], generator: torch.Gene
         out[m] = batch[m] * keep.view(-1, *([1] * (batch[m].dim() - 1))).to(batch[m].dtype)
         out["present"][m] = keep
     return out
+
+
+def time_shift(batch: dict, fractions: dict[str, float], generator: torch.Generator) -> dict:
+    """Shift each sample of each named sequence modality along its last (time) axis by a random
+    number of steps, uniform in [-f * T, f * T] for ``fractions[modality] = f``, filling the gap
+    with the sample's minimum (see :func:`mmdistill.data.corruptions.shift_time`). Trains a
+    student to tolerate a modality that is out of sync with the others."""
+    from .corruptions import random_shifts, shift_time
+
+    out = dict(batch)
+    for name, fraction in fractions.items():
+        x = batch[name]
+        out[name] = shift_time(x, random_shifts(x.shape[0], x.shape[-1], fraction, generator, exact=False))
+    return out

@@ -96,12 +96,14 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def evaluate_model(model: nn.Module, dataset: MultimodalDataset, *, device="cpu", drop: Sequence[str] = (),
-                   teacher: nn.Module | None = None, latency: bool = True, batch_size: int = 1024) -> dict:
+                   teacher: nn.Module | None = None, latency: bool = True, batch_size: int = 1024,
+                   transform=None) -> dict:
     """Every metric of ``model`` on ``dataset``: accuracy, macro-F1, ECE, parameters, latency,
-    and agreement with ``teacher`` (evaluated on the same batches, with the same drops)."""
+    and agreement with ``teacher`` (evaluated on the same batches, with the same drops).
+    ``transform``: applied to each batch before the model sees it (e.g. a corruption)."""
     from ..models import count_parameters
 
-    logits, labels = predict(model, dataset, device=device, batch_size=batch_size, drop=drop)
+    logits, labels = predict(model, dataset, device=device, batch_size=batch_size, drop=drop, transform=transform)
     report = classification_report(logits, labels)
     report["params"] = count_parameters(model)
     report["dropped"] = list(drop)
