@@ -1,5 +1,6 @@
 """Cross-modal students, several teachers and corrupted evaluation through the CLI, on real AV-Digits."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +120,12 @@ def test_feature_term_must_name_its_teacher_among_several():
     terms = make_terms([{"name": "fitnet", "student": "fusion", "teacher": "fusion"}], ["a", "b"])
     with pytest.raises(ConfigError, match="distill.terms\\[0\\].source: with several teachers a feature term"):
         DistillationTask(Tiny(), [Tiny(), Tiny()], terms)
+
+
+def test_every_shipped_recipe_validates():
+    from mmdistill.config import load_config
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(recipes) >= 9
+    for path in recipes:
+        load_config(path)
