@@ -58,9 +58,13 @@ def test_several_teachers_fuse_per_sample_and_log_their_weights(teachers, tmp_pa
 def test_cross_modal_student_and_corrupted_evaluation(teachers, tmp_path, data_root):
     """An audio-only student distilled from a teacher it cannot fully see, then evaluated under noise."""
     cfg = config(data_root, modalities=["audio"])
+    cfg["model"]["encoders"] = {"audio": {"type": "conv", "channels": [8, 12]}}  # 12-d vs the teacher's 16-d
     cfg["distill"] = {"teacher": {"checkpoint": str(teachers / "image" / "best.pt")},
-                      "terms": [{"name": "kd"}, {"name": "rkd", "student": "encoders.audio", "teacher": "encoders.image"}]}
+                      "terms": [{"name": "kd"}, {"name": "rkd", "student": "encoders.audio", "teacher": "encoders.image"},
+                                {"name": "fitnet", "student": "encoders.audio", "teacher": "encoders.image"}]}
     assert run_cli("distill", write(tmp_path, "s.yaml", cfg), "--out", tmp_path / "s") == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["student"]["extra_params"] == 12 * 16  # the FitNets adapter across the modality gap
     best = tmp_path / "s" / "best.pt"
     clean = json.loads((tmp_path / "s" / "metrics.json").read_text())["accuracy"]
     accs = []
