@@ -134,9 +134,12 @@ class Bench:
             for subset, acc in subset_accuracies(model, self.data.test, device=self.dev).items():
                 self.records.append({"split": self.split, "seed": self.seed, "table": "subsets", "row": row,
                                      "subset": subset, "accuracy": acc})
-        # 4. corruptions
+        # 4. corruptions (the models are kept, ignored by git, to re-evaluate without retraining)
+        models = RESULTS.parent / ".models"
+        models.mkdir(exist_ok=True)
         for row, model in (("audio-visual teacher", av), ("student from scratch", plain),
                            ("KD from the audio-visual teacher", single), ("KD + modality dropout", robust)):
+            torch.save(model.state_dict(), models / f"{self.split}-seed{self.seed}-{row.replace(' ', '_')}.pt")
             self.corruption_rows(row, model)
         return self.records
 

@@ -54,11 +54,11 @@ def test_occlusion_covers_a_square_of_the_severity_fraction_with_the_sample_mean
         apply("x:occlusion:1", {"x": torch.randn(4, 10), "label": torch.zeros(4, dtype=torch.long)})
 
 
-def test_time_shift_moves_along_the_last_axis_and_fills_with_the_minimum():
-    x = torch.arange(10.0).view(1, 1, 10).repeat(2, 1, 1)
+def test_time_shift_moves_along_the_last_axis_and_repeats_the_edge():
+    x = torch.arange(10.0).view(1, 1, 10).repeat(2, 1, 1) + 5
     out = shift_time(x, torch.tensor([3, -2]))
-    assert out[0, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]
-    assert out[1, 0].tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 0, 0]
+    assert out[0, 0].tolist() == [5, 5, 5, 5, 6, 7, 8, 9, 10, 11]
+    assert out[1, 0].tolist() == [7, 8, 9, 10, 11, 12, 13, 14, 14, 14]
     b = batch()
     out = apply("audio:time_shift:4", b)  # 30% of 40 frames = 12, either direction
     for i in range(8):
@@ -82,8 +82,8 @@ def test_bad_corruption_specs(spec, message):
 def test_time_shift_augmentation_stays_within_its_range():
     b = {"audio": torch.arange(20.0).view(1, 1, 20).repeat(256, 1, 1), "label": torch.zeros(256, dtype=torch.long)}
     out = time_shift(b, {"audio": 0.25}, torch.Generator().manual_seed(0))
-    # the first frame of the unshifted ramp (value 0) moves to position s, or frames move earlier by -s
-    starts = [int((row[0] == 0) and (row == 0).sum() - 1) if row[0] == 0 else -int(row[0]) for row in out["audio"][:, 0]]
+    # shifted later by s: the first value (0) is repeated s + 1 times; earlier by s: the row starts at s
+    starts = [int((row == 0).sum()) - 1 if row[0] == 0 else -int(row[0]) for row in out["audio"][:, 0]]
     assert min(starts) == -5 and max(starts) == 5 and 0 in starts
 
 

@@ -65,8 +65,8 @@ def modality_dropout(batch: dict, rates: dict[str, float], generator: torch.Gene
 
 def time_shift(batch: dict, fractions: dict[str, float], generator: torch.Generator) -> dict:
     """Shift each sample of each named sequence modality along its last (time) axis by a random
-    number of steps, uniform in [-f * T, f * T] for ``fractions[modality] = f``, filling the gap
-    with the sample's minimum (see :func:`mmdistill.data.corruptions.shift_time`). Trains a
+    number of steps, uniform in [-f * T, f * T] for ``fractions[modality] = f``, repeating the
+    edge step in the gap (see :func:`mmdistill.data.corruptions.shift_time`). Trains a
     student to tolerate a modality that is out of sync with the others."""
     from .corruptions import random_shifts, shift_time
 

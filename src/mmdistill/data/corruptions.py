@@ -15,8 +15,8 @@ kind                  what it does                                          seve
                       the sample's mean power E[x^2]
 ``time_shift``        the sample moves along its last (time) axis by a      0.05, 0.1, 0.2, 0.3, 0.4
                       fraction of its length, either direction at random;
-                      the gap is filled with the sample's minimum
-                      (silence for a log-mel spectrogram): misalignment
+                      the gap repeats the frame at the edge (the stream's
+                      background goes on): misalignment
 ====================  ====================================================  ==========================
 
 On a log-mel modality ``noise_snr`` is noise in the feature domain, not acoustic noise added to
@@ -71,15 +71,16 @@ def occlusion(x: torch.Tensor, fraction: float, generator: torch.Generator) -> t
 
 def shift_time(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Move each sample of ``x`` [B, ..., T] by ``shifts[b]`` steps along the last axis (positive:
-    later), filling the vacated steps with the sample's minimum."""
+    later); the vacated steps repeat the nearest original step (replicate padding).
+
+    Repeating the edge keeps the stream's background (silence in clean audio, the noise floor in
+    noisy audio); filling with a constant such as the sample's minimum would add an artefact that
+    no real misalignment produces, and measure that artefact instead of the shift.
+    """
     length = x.shape[-1]
     t = torch.arange(length, device=x.device)
-    source = t.view(1, length) - shifts.to(x.device).view(-1, 1)  # [B, T]: where each step reads from
-    valid = (source >= 0) & (source < length)
-    gathered = torch.gather(x, -1, source.clamp(0, length - 1).view(-1, *([1] * (x.dim() - 2)), length)
-                            .expand_as(x))
-    fill = _per_sample(x, lambda v, d: v.amin(d))
-    return torch.where(valid.view(-1, *([1] * (x.dim() - 2)), length), gathered, fill)
+    source = (t.view(1, length) - shifts.to(x.device).view(-1, 1)).clamp(0, length - 1)  # [B, T]
+    return torch.gather(x, -1, source.view(-1, *([1] * (x.dim() - 2)), length).expand_as(x))
 
 
 def random_shifts(size: int, length: int, fraction: float, generator: torch.Generator, exact: bool) -> torch.Tensor:
