@@ -96,9 +96,16 @@ class Bench:
                                      "corruption": f"{modality}:{kind}", "severity": severity,
                                      "accuracy": accuracy(logits, labels)})
 
-    def run(self) -> list[dict]:
+    def run(self, corruptions_only: bool = False) -> list[dict]:
         av, sec, _ = self.teacher()
         self.record("teachers", "audio-visual teacher", av, sec)
+        if corruptions_only:  # table 4 alone: the teacher and the three students it compares
+            plain = self.student()[0]
+            single = self.student(None, av)[0]
+            robust = self.student(None, av, modality_dropout=MODALITY_DROPOUT)[0]
+            self.records = []
+            self.corruptions(av, plain, single, robust)
+            return self.records
         unimodal = {}
         for m in ("image", "audio"):
             unimodal[m], sec, val = self.teacher([m])
@@ -134,14 +141,17 @@ class Bench:
             for subset, acc in subset_accuracies(model, self.data.test, device=self.dev).items():
                 self.records.append({"split": self.split, "seed": self.seed, "table": "subsets", "row": row,
                                      "subset": subset, "accuracy": acc})
-        # 4. corruptions (the models are kept, ignored by git, to re-evaluate without retraining)
+        self.corruptions(av, plain, single, robust)
+        return self.records
+
+    def corruptions(self, av, plain, single, robust) -> None:
+        """Table 4; the models are kept (ignored by git) to re-evaluate them without retraining."""
         models = RESULTS.parent / ".models"
         models.mkdir(exist_ok=True)
         for row, model in (("audio-visual teacher", av), ("student from scratch", plain),
                            ("KD from the audio-visual teacher", single), ("KD + modality dropout", robust)):
             torch.save(model.state_dict(), models / f"{self.split}-seed{self.seed}-{row.replace(' ', '_')}.pt")
             self.corruption_rows(row, model)
-        return self.records
 
 
 def tables(records: list[dict]) -> str:
@@ -205,16 +215,20 @@ def main() -> None:
                         help="train option for every model, e.g. epochs=1 (smoke run)")
     parser.add_argument("--name", default="multimodal")
     parser.add_argument("--merge", nargs="+", default=None, help="JSON files of earlier runs to combine")
+    parser.add_argument("--corruptions-only", action="store_true", help="only table 4 (and its four models)")
+    parser.add_argument("--drop-corruption", nargs="+", default=[], metavar="SPLIT:SEED:CORRUPTION",
+                        help="with --merge: leave out these table-4 records (e.g. from an outdated run)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:
-        records = [r for path in args.merge for r in json.loads(open(path).read())["records"]]
+        records = [r for path in args.merge for r in json.loads(open(path).read())["records"]
+                   if f"{r['split']}:{r['seed']}:{r.get('corruption')}" not in args.drop_corruption]
     else:
         records = []
         for split in args.splits:
             for seed in args.seeds:
-                records += Bench(split, seed, args.device, args.overrides).run()
+                records += Bench(split, seed, args.device, args.overrides).run(args.corruptions_only)
                 save(args.name, {"args": vars(args), "records": records}, tables(records))  # partial results survive
     save(args.name, {"args": vars(args), "records": records}, tables(records))
 
