@@ -196,3 +196,15 @@ def test_parameter_count_by_hand():
     # freezing is seen by trainable_only
     gated.encoders.requires_grad_(False)
     assert count_parameters(gated, trainable_only=True) == count_parameters(gated) - conv - mlp
+
+
+def test_build_model_seed_fixes_the_initial_weights_and_spares_the_global_rng():
+    from mmdistill.data.dataset import ModalitySpec
+
+    specs = {"image": ModalitySpec("image", "image", (1, 8, 8))}
+    cfg = {"encoders": {"image": {"type": "conv", "channels": [4]}}}
+    state = torch.random.get_rng_state()
+    a, b, c = (build_model(cfg, specs, 3, seed=s).state_dict() for s in (0, 0, 1))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -53,7 +53,7 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
     """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics."""
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
-    model = build_model(cfg.model, data.specs, data.num_classes)
+    model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
                     save=_saver(cfg, data, "model"), label="train")
@@ -104,7 +104,7 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
     teachers = load_teachers(cfg, data, device, config_path)
-    student = build_model(cfg.model, data.specs, data.num_classes)
+    student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
         fit = distill(student, teachers, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,

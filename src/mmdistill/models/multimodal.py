@@ -59,8 +59,16 @@ def build_head(in_dim: int, num_classes: int, hidden=(), dropout: float = 0.0) -
     return nn.Sequential(*layers)
 
 
-def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int) -> MultimodalModel:
-    """Build a :class:`MultimodalModel` from a :class:`~mmdistill.config.ModelConfig` (or dict)."""
+def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int, *, seed: int | None = None) -> MultimodalModel:
+    """Build a :class:`MultimodalModel` from a :class:`~mmdistill.config.ModelConfig` (or dict).
+
+    With ``seed``, the initial weights depend on that seed alone (the global RNG is left as it
+    was); without, they come from the global RNG, as in plain PyTorch.
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(cfg, specs, num_classes)
     from ..config import ModelConfig, format_validation_error
 
     if not isinstance(cfg, ModelConfig):
