@@ -216,14 +216,11 @@ def main() -> None:
     parser.add_argument("--name", default="multimodal")
     parser.add_argument("--merge", nargs="+", default=None, help="JSON files of earlier runs to combine")
     parser.add_argument("--corruptions-only", action="store_true", help="only table 4 (and its four models)")
-    parser.add_argument("--drop-corruption", nargs="+", default=[], metavar="SPLIT:SEED:CORRUPTION",
-                        help="with --merge: leave out these table-4 records (e.g. from an outdated run)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:
-        records = [r for path in args.merge for r in json.loads(open(path).read())["records"]
-                   if f"{r['split']}:{r['seed']}:{r.get('corruption')}" not in args.drop_corruption]
+        records = [r for path in args.merge for r in json.loads(open(path).read())["records"]]
     else:
         records = []
         for split in args.splits:
