@@ -82,8 +82,9 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
         teachers = [teachers]
     names = list(teachers) if isinstance(teachers, Mapping) else [f"teacher{i}" for i in range(len(teachers))]
     models = list(teachers.values()) if isinstance(teachers, Mapping) else list(teachers)
-    ens = EnsembleConfig(strategy=ensemble) if isinstance(ensemble, str) else EnsembleConfig.model_validate(
-        ensemble.model_dump() if isinstance(ensemble, EnsembleConfig) else ensemble)
+    if isinstance(ensemble, str):
+        ensemble = {"strategy": ensemble}
+    ens = ensemble if isinstance(ensemble, EnsembleConfig) else EnsembleConfig.model_validate(ensemble)
     try:
         fusion = TeacherEnsemble(names, ens.strategy, weights=ens.weights, temperature=ens.temperature)
     except ValueError as err:

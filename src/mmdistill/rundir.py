@@ -19,16 +19,20 @@ from typing import Any
 from .errors import MMDistillError
 
 
-def write_json(path: Path, payload: Any) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.write("\n")
+        f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    return write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 class RunDir:

@@ -23,7 +23,7 @@ from .distill.engine import resolve_device
 from .errors import CheckpointError, ConfigError
 from .evaluate import accuracy, evaluate_model, predict
 from .models import build_model
-from .rundir import RunDir, write_json
+from .rundir import RunDir, write_json, write_text
 
 
 def _saver(cfg: RunConfig, data: DataSplits, role: str):
@@ -136,9 +136,7 @@ def write_teacher_weights(path: Path, task, dataset, device, strategy: str) -> d
     rows = ["index,label," + ",".join(names)]
     for i, (label, w) in enumerate(zip(labels.tolist(), weights.tolist())):
         rows.append(f"{i},{label}," + ",".join(f"{v:.6f}" for v in w))
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text("\n".join(rows) + "\n")
-    tmp.replace(path)
+    write_text(path, "\n".join(rows) + "\n")
     per_class = {str(c): dict(zip(names, weights[labels == c].mean(0).tolist())) for c in labels.unique().tolist()}
     return {"strategy": strategy, "mean_weight": dict(zip(names, weights.mean(0).tolist())),
             "mean_weight_per_class": per_class, "file": str(path)}

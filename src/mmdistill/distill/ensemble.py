@@ -30,15 +30,6 @@ from ..registry import Registry
 STRATEGIES: Registry = Registry("teacher ensemble strategy")
 
 
-def _label_ce(logits: torch.Tensor, batch: Mapping) -> torch.Tensor:
-    """Per-sample CE [B] against the labels (the mixup combination when the batch is mixed)."""
-    ce = F.cross_entropy(logits, batch["label"], reduction="none")
-    if "mix_lambda" in batch:
-        lam = batch["mix_lambda"]
-        ce = lam * ce + (1 - lam) * F.cross_entropy(logits, batch["label_mix"], reduction="none")
-    return ce
-
-
 @STRATEGIES.register("average")
 def average(logits: torch.Tensor, batch: Mapping, options: Mapping) -> torch.Tensor:
     k, b = logits.shape[:2]
@@ -56,7 +47,9 @@ def confidence(logits: torch.Tensor, batch: Mapping, options: Mapping) -> torch.
     k = logits.shape[0]
     if k == 1:
         return logits.new_ones(logits.shape[1], 1)
-    ce = torch.stack([_label_ce(z, batch) for z in logits], dim=1)  # [B, K]
+    from .tasks import label_loss  # tasks imports this module
+
+    ce = torch.stack([label_loss(z, batch, reduction="none") for z in logits], dim=1)  # [B, K]
     return (1 - torch.softmax(ce, dim=1)) / (k - 1)
 
 
@@ -81,6 +74,7 @@ class TeacherEnsemble:
                 raise ValueError(f"strategy fixed needs a weight for every teacher ({', '.join(self.names)})")
             self.options["weights"] = [float(weights[n]) for n in self.names]
 
-    def weights(self, logits: Sequence[torch.Tensor], batch: Mapping) -> torch.Tensor:
-        """[B, K] weights for the teachers' logits (one [B, C] tensor per teacher)."""
-        return self._fn(torch.stack([z.float() for z in logits]), batch, self.options)
+    def weights(self, logits: torch.Tensor | Sequence[torch.Tensor], batch: Mapping) -> torch.Tensor:
+        """[B, K] weights for the teachers' logits: a [K, B, C] tensor or one [B, C] tensor per teacher."""
+        stacked = logits if torch.is_tensor(logits) else torch.stack(list(logits))
+        return self._fn(stacked.float(), batch, self.options)

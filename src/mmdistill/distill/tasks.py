@@ -22,12 +22,14 @@ from .ensemble import TeacherEnsemble
 from .hooks import OUTPUT, FeatureCapture
 
 
-def label_loss(logits: torch.Tensor, batch, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy with the labels; for a mixup batch, lam * CE(y_i) + (1 - lam) * CE(y_j)."""
-    ce = F.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
+def label_loss(logits: torch.Tensor, batch, label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy with the labels; for a mixup batch, lam * CE(y_i) + (1 - lam) * CE(y_j).
+    ``reduction="none"`` gives one value per sample."""
+    ce = F.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing, reduction=reduction)
     if "mix_lambda" in batch:
         lam = batch["mix_lambda"]
-        ce = lam * ce + (1 - lam) * F.cross_entropy(logits, batch["label_mix"], label_smoothing=label_smoothing)
+        ce = lam * ce + (1 - lam) * F.cross_entropy(logits, batch["label_mix"], label_smoothing=label_smoothing,
+                                                    reduction=reduction)
     return ce
 
 
@@ -192,7 +194,7 @@ class DistillationTask(nn.Module):
         stacked = weights = None
         if any(t.teacher is None for t in self.terms):
             stacked = torch.stack([out[OUTPUT].detach().float() for out in teachers])
-            weights = self.ensemble.weights(list(stacked), teacher_batch)
+            weights = self.ensemble.weights(stacked, teacher_batch)
             self._weight_sums += weights.detach().sum(0).double().cpu()
             self._weight_count += weights.shape[0]
         for i, term in enumerate(self.terms):
