@@ -1,13 +1,21 @@
 """Every distillation method on AV-Digits hard: one teacher, one student, one schedule.
 
-    python benchmarks/methods.py --seeds 0 1 2 [--methods kd fitnet ...] [--set train.epochs=1]
-    python benchmarks/methods.py --merge seed0.json seed1.json seed2.json   # runs made in parallel
+    # 1. tune: each method's weights times each scale, one seed; picks by *validation* accuracy
+    python benchmarks/methods.py --seeds 0 --scales 1 0.1 0.01 --name methods_tuning
+    # 2. the table: every method at its selected scale, 3 seeds
+    python benchmarks/methods.py --seeds 0 1 2 --select-from benchmarks/results/methods_tuning.json
+    # runs made in parallel (e.g. one process per seed, --threads 1) are combined with
+    python benchmarks/methods.py --merge a.json b.json [--select-from ...]
 
 The teacher and student are the packaged AV-Digits recipes; each method replaces the student
-recipe's loss terms (with CE at gamma = 1). Feature terms read the layers named below. Writes
-benchmarks/results/methods.{md,json}: test accuracy mean +- std, extra (adapter/head) parameters,
-training accuracy and agreement with the teacher on the test set (to tell underfitting from
-overfitting), and wall time per epoch, with the teacher and the scratch student as reference rows.
+recipe's loss terms (with CE at gamma = 1). Feature terms read the layers named below; their
+weights start from the papers' (RepDistiller's, mdistiller's) defaults, which were set for other
+feature sizes and losses, so step 1 scales each method's weights and keeps the scale with the best
+validation accuracy (ties: the larger weight). The test set is never used to choose. Writes
+benchmarks/results/<name>.{md,json}: test accuracy mean +- std, the weight scale, validation
+accuracy, extra (adapter/head) parameters, training accuracy and agreement with the teacher on the
+test set (to tell underfitting from overfitting), and wall time per epoch, with the teacher and
+the scratch student as reference rows.
 """
 from __future__ import annotations
 
@@ -51,10 +59,89 @@ METHODS = {
 }
 
 
+def select_scales(runs: list[dict]) -> dict[str, float]:
+    """Per method, the weight scale with the best mean validation accuracy (ties: the larger)."""
+    chosen = {}
+    for method in {r["method"] for r in runs if "scale" in r}:
+        scores = {}
+        for r in runs:
+            if r["method"] == method:
+                scores.setdefault(r["scale"], []).append(r["val_accuracy"])
+        chosen[method] = max(scores, key=lambda k: (mean_std(scores[k])[0], k))
+    return chosen
+
+
+def run_seed(seed: int, methods: list[str], scales: dict[str, list[float]], args) -> list[dict]:
+    device = api.resolve_device(args.device)
+    common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
+    tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), common))
+    scfg = parse_config(apply_overrides(recipe("av_digits_student"), common))
+    data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
+    teacher = build_model(tcfg.model, data.specs, data.num_classes, seed=seed)
+    fit = api.train(teacher, data, tcfg.train, device=args.device, seed=seed)
+    runs = [{"seed": seed, "method": "teacher", "params": count_parameters(teacher), "extra_params": 0,
+             "accuracy": evaluate_model(teacher, data.test, device=device, latency=False)["accuracy"],
+             "val_accuracy": fit.best_val_accuracy,
+             "train_accuracy": evaluate_model(teacher, data.train, device=device, latency=False)["accuracy"],
+             "epoch_seconds": fit.seconds / tcfg.train.epochs}]
+    for method, scale in [("scratch", None), *[(m, k) for m in methods for k in scales[m]]]:
+        student = build_model(scfg.model, data.specs, data.num_classes, seed=seed)
+        if method == "scratch":
+            fit = api.train(student, data, scfg.train, device=args.device, seed=seed)
+        else:
+            terms = [{**term, "weight": term["weight"] * scale} for term in METHODS[method]]
+            fit = api.distill(student, teacher, data, terms=terms, gamma=1.0, cfg=scfg.train,
+                              device=args.device, seed=seed)
+        test = evaluate_model(student, data.test, device=device, latency=False, teacher=teacher)
+        runs.append({"seed": seed, "method": method, "params": count_parameters(student),
+                     **({"scale": scale, "weights": [t["weight"] for t in terms]} if scale is not None else {}),
+                     "extra_params": fit.extra_params, "accuracy": test["accuracy"],
+                     "val_accuracy": fit.best_val_accuracy,
+                     "train_accuracy": evaluate_model(student, data.train, device=device, latency=False)["accuracy"],
+                     "teacher_agreement": test["teacher_agreement"],
+                     "epoch_seconds": fit.seconds / scfg.train.epochs})
+        print(f"seed {seed} {method:8s} x{scale if scale is not None else '':<5} test {test['accuracy']:.4f} "
+              f"val {fit.best_val_accuracy:.4f} ({fit.seconds / scfg.train.epochs:.1f} s/epoch)", flush=True)
+    return runs
+
+
+def table(runs: list[dict], methods: list[str], chosen: dict[str, float]) -> str:
+    by_seed = {r["seed"]: r["accuracy"] for r in runs if r["method"] == "scratch"}
+    scratch = mean_std(list(by_seed.values()))[0]
+    rows = []
+    for method in ["teacher", "scratch", *methods]:
+        for scale in sorted({r.get("scale") for r in runs if r["method"] == method}, key=lambda k: -(k or 0)):
+            rs = [r for r in runs if r["method"] == method and r.get("scale") == scale]
+            m = mean_std([r["accuracy"] for r in rs])[0]
+            verdict = "" if scale is None else ("beats scratch" if m > scratch else "does not beat scratch")
+            if scale is not None and chosen.get(method) == scale and len(chosen) and any(
+                    r["method"] == method and r.get("scale") != scale for r in runs):
+                verdict = f"selected; {verdict}"
+            agreement = [r["teacher_agreement"] for r in rs if "teacher_agreement" in r]
+            weights = ", ".join(f"{w:g}" for w in rs[0]["weights"]) if scale is not None else ""
+            # paired by seed: every method starts from the scratch student's initial weights
+            gains = [r["accuracy"] - by_seed[r["seed"]] for r in rs if r["seed"] in by_seed]
+            gain, spread = mean_std(gains)
+            paired = (f"{100 * gain:+.2f} ± {100 * spread:.2f} ({sum(g > 0 for g in gains)}/{len(gains)})"
+                      if scale is not None and gains else "")
+            rows.append([method, f"{rs[0]['params']:,}", f"{rs[0]['extra_params']:,}",
+                         "" if scale is None else f"{scale:g} ({weights})", fmt([r["accuracy"] for r in rs]), paired,
+                         fmt([r["val_accuracy"] for r in rs], digits=1),
+                         fmt([r["train_accuracy"] for r in rs], digits=1), fmt(agreement, digits=1) if agreement else "",
+                         f"{mean_std([r['epoch_seconds'] for r in rs])[0]:.1f}", str(len(rs)), verdict])
+    header = ["method", "params", "extra params", "weight scale (weights)", "test accuracy % (mean ± std)",
+              "minus scratch, same seed (seeds above)",
+              "val accuracy %", "train accuracy %", "agreement with teacher %", "s / epoch", "seeds", ""]
+    return markdown_table(header, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multipliers of each method's weights")
+    parser.add_argument("--select-from", default=None,
+                        help="a tuning run's JSON: run (or, with --merge, keep) each method at its selected scale")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default="methods")
@@ -63,50 +150,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = api.resolve_device(args.device)
+    chosen = select_scales(json.loads(open(args.select_from).read())["runs"]) if args.select_from else {}
+    scales = {m: [chosen[m]] if m in chosen else args.scales for m in args.methods}
     runs = []
     if args.merge:
-        runs = [r for path in args.merge for r in json.loads(open(path).read())["runs"]]
+        # a seed split across processes trains its (seeded, identical) teacher and scratch student
+        # in each: keep one row per (seed, method, scale)
+        unique = {(r["seed"], r["method"], r.get("scale")): r
+                  for path in args.merge for r in json.loads(open(path).read())["runs"]}
+        runs = [r for r in unique.values() if r["method"] not in chosen or r.get("scale") == chosen[r["method"]]]
         args.seeds = sorted({r["seed"] for r in runs})
     for seed in ([] if args.merge else args.seeds):
-        common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
-        tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), common))
-        scfg = parse_config(apply_overrides(recipe("av_digits_student"), common))
-        data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
-        teacher = build_model(tcfg.model, data.specs, data.num_classes)
-        fit = api.train(teacher, data, tcfg.train, device=args.device, seed=seed)
-        runs.append({"seed": seed, "method": "teacher", "params": count_parameters(teacher), "extra_params": 0,
-                     "accuracy": evaluate_model(teacher, data.test, device=device, latency=False)["accuracy"],
-                     "train_accuracy": evaluate_model(teacher, data.train, device=device, latency=False)["accuracy"],
-                     "epoch_seconds": fit.seconds / tcfg.train.epochs})
-        for method in ["scratch", *args.methods]:
-            student = build_model(scfg.model, data.specs, data.num_classes)
-            if method == "scratch":
-                fit = api.train(student, data, scfg.train, device=args.device, seed=seed)
-            else:
-                fit = api.distill(student, teacher, data, terms=METHODS[method], gamma=1.0, cfg=scfg.train,
-                                  device=args.device, seed=seed)
-            test = evaluate_model(student, data.test, device=device, latency=False, teacher=teacher)
-            acc = test["accuracy"]
-            runs.append({"seed": seed, "method": method, "params": count_parameters(student),
-                         "extra_params": fit.extra_params, "accuracy": acc,
-                         "train_accuracy": evaluate_model(student, data.train, device=device, latency=False)["accuracy"],
-                         "teacher_agreement": test["teacher_agreement"],
-                         "epoch_seconds": fit.seconds / scfg.train.epochs})
-            print(f"seed {seed} {method:8s} {acc:.4f} ({fit.seconds / scfg.train.epochs:.1f} s/epoch)", flush=True)
-    scratch = mean_std([r["accuracy"] for r in runs if r["method"] == "scratch"])[0]
-    rows = []
-    for method in ["teacher", "scratch", *args.methods]:
-        rs = [r for r in runs if r["method"] == method]
-        m = mean_std([r["accuracy"] for r in rs])[0]
-        verdict = "" if method in ("teacher", "scratch") else ("beats scratch" if m > scratch else "does not beat scratch")
-        agreement = [r["teacher_agreement"] for r in rs if "teacher_agreement" in r]
-        rows.append([method, f"{rs[0]['params']:,}", f"{rs[0]['extra_params']:,}", fmt([r["accuracy"] for r in rs]),
-                     fmt([r["train_accuracy"] for r in rs], digits=1), fmt(agreement, digits=1) if agreement else "",
-                     f"{mean_std([r['epoch_seconds'] for r in rs])[0]:.1f}", verdict])
-    header = ["method", "params", "extra params", "test accuracy % (mean ± std)", "train accuracy %",
-              "agreement with teacher %", "s / epoch", ""]
-    save(args.name, {"args": vars(args), "runs": runs}, markdown_table(header, rows))
+        runs += run_seed(seed, args.methods, scales, args)
+    if not chosen and any(len({r.get("scale") for r in runs if r["method"] == m}) > 1 for m in args.methods):
+        chosen = select_scales(runs)
+    methods = [m for m in args.methods if any(r["method"] == m for r in runs)]
+    save(args.name, {"args": vars(args), "selected_scales": chosen, "runs": runs}, table(runs, methods, chosen))
 
 
 if __name__ == "__main__":
