@@ -17,3 +17,16 @@ def test_readme_python_example_runs(data_root, capsys):
     exec(compile(code, str(README), "exec"), {})
     out = capsys.readouterr().out
     assert "'accuracy'" in out and "'dropped': ['image']" in out
+
+
+def test_readme_yaml_snippets_validate():
+    """Every YAML snippet of the README is a valid part of a recipe (merged into the student's)."""
+    import yaml
+
+    from mmdistill.config import parse_config
+    from mmdistill.demo import recipe
+
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        parse_config(recipe("av_digits_student") | yaml.safe_load(block))
