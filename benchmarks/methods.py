@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -59,6 +60,20 @@ METHODS = {
 }
 
 
+def load_runs(path: str) -> list[dict]:
+    return json.loads(Path(path).read_text())["runs"]
+
+
+def measure(model, fit, epochs: int, data, device, teacher=None) -> dict:
+    """Test, validation and training accuracy (and agreement with ``teacher``) and time per epoch."""
+    test = evaluate_model(model, data.test, device=device, latency=False, teacher=teacher)
+    return {"params": count_parameters(model), "extra_params": fit.extra_params, "accuracy": test["accuracy"],
+            "val_accuracy": fit.best_val_accuracy,
+            "train_accuracy": evaluate_model(model, data.train, device=device, latency=False)["accuracy"],
+            **({"teacher_agreement": test["teacher_agreement"]} if teacher is not None else {}),
+            "epoch_seconds": fit.seconds / epochs}
+
+
 def select_scales(runs: list[dict]) -> dict[str, float]:
     """Per method, the weight scale with the best mean validation accuracy (ties: the larger)."""
     chosen = {}
@@ -79,11 +94,7 @@ def run_seed(seed: int, methods: list[str], scales: dict[str, list[float]], args
     data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
     teacher = build_model(tcfg.model, data.specs, data.num_classes, seed=seed)
     fit = api.train(teacher, data, tcfg.train, device=args.device, seed=seed)
-    runs = [{"seed": seed, "method": "teacher", "params": count_parameters(teacher), "extra_params": 0,
-             "accuracy": evaluate_model(teacher, data.test, device=device, latency=False)["accuracy"],
-             "val_accuracy": fit.best_val_accuracy,
-             "train_accuracy": evaluate_model(teacher, data.train, device=device, latency=False)["accuracy"],
-             "epoch_seconds": fit.seconds / tcfg.train.epochs}]
+    runs = [{"seed": seed, "method": "teacher", **measure(teacher, fit, tcfg.train.epochs, data, device)}]
     for method, scale in [("scratch", None), *[(m, k) for m in methods for k in scales[m]]]:
         student = build_model(scfg.model, data.specs, data.num_classes, seed=seed)
         if method == "scratch":
@@ -92,16 +103,12 @@ def run_seed(seed: int, methods: list[str], scales: dict[str, list[float]], args
             terms = [{**term, "weight": term["weight"] * scale} for term in METHODS[method]]
             fit = api.distill(student, teacher, data, terms=terms, gamma=1.0, cfg=scfg.train,
                               device=args.device, seed=seed)
-        test = evaluate_model(student, data.test, device=device, latency=False, teacher=teacher)
-        runs.append({"seed": seed, "method": method, "params": count_parameters(student),
-                     **({"scale": scale, "weights": [t["weight"] for t in terms]} if scale is not None else {}),
-                     "extra_params": fit.extra_params, "accuracy": test["accuracy"],
-                     "val_accuracy": fit.best_val_accuracy,
-                     "train_accuracy": evaluate_model(student, data.train, device=device, latency=False)["accuracy"],
-                     "teacher_agreement": test["teacher_agreement"],
-                     "epoch_seconds": fit.seconds / scfg.train.epochs})
-        print(f"seed {seed} {method:8s} x{scale if scale is not None else '':<5} test {test['accuracy']:.4f} "
-              f"val {fit.best_val_accuracy:.4f} ({fit.seconds / scfg.train.epochs:.1f} s/epoch)", flush=True)
+        run = {"seed": seed, "method": method,
+               **({"scale": scale, "weights": [t["weight"] for t in terms]} if scale is not None else {}),
+               **measure(student, fit, scfg.train.epochs, data, device, teacher=teacher)}
+        runs.append(run)
+        print(f"seed {seed} {method:8s} x{scale if scale is not None else '':<5} test {run['accuracy']:.4f} "
+              f"val {run['val_accuracy']:.4f} ({run['epoch_seconds']:.1f} s/epoch)", flush=True)
     return runs
 
 
@@ -114,7 +121,7 @@ def table(runs: list[dict], methods: list[str], chosen: dict[str, float]) -> str
             rs = [r for r in runs if r["method"] == method and r.get("scale") == scale]
             m = mean_std([r["accuracy"] for r in rs])[0]
             verdict = "" if scale is None else ("beats scratch" if m > scratch else "does not beat scratch")
-            if scale is not None and chosen.get(method) == scale and len(chosen) and any(
+            if scale is not None and chosen.get(method) == scale and any(
                     r["method"] == method and r.get("scale") != scale for r in runs):
                 verdict = f"selected; {verdict}"
             agreement = [r["teacher_agreement"] for r in rs if "teacher_agreement" in r]
@@ -150,14 +157,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    chosen = select_scales(json.loads(open(args.select_from).read())["runs"]) if args.select_from else {}
+    chosen = select_scales(load_runs(args.select_from)) if args.select_from else {}
     scales = {m: [chosen[m]] if m in chosen else args.scales for m in args.methods}
     runs = []
     if args.merge:
         # a seed split across processes trains its (seeded, identical) teacher and scratch student
         # in each: keep one row per (seed, method, scale)
         unique = {(r["seed"], r["method"], r.get("scale")): r
-                  for path in args.merge for r in json.loads(open(path).read())["runs"]}
+                  for path in args.merge for r in load_runs(path)}
         runs = [r for r in unique.values() if r["method"] not in chosen or r.get("scale") == chosen[r["method"]]]
         args.seeds = sorted({r["seed"] for r in runs})
     for seed in ([] if args.merge else args.seeds):
