@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from mmdistill.data.augment import mixup
-from mmdistill.distill.tasks import label_loss
+from mmdistill.losses.labels import label_loss
 
 torch.set_num_threads(1)
 

@@ -13,6 +13,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
+from torch import nn
+
 from .api import distill, train
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, RunConfig
@@ -74,7 +76,7 @@ def resolve_checkpoint(path: str, config_path: str | Path | None = None) -> Path
     return candidate
 
 
-def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) -> dict[str, "torch.nn.Module"]:
+def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) -> dict[str, nn.Module]:
     """``{name: model}`` for every teacher of ``cfg.distill``, each checked against the data."""
     teachers = {}
     several = len(cfg.distill.teacher_list()) > 1

@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..losses.labels import label_loss
 from ..registry import Registry
 
 #: strategy name -> fn(logits [K, B, C], batch, options) -> weights [B, K]
@@ -47,8 +48,6 @@ def confidence(logits: torch.Tensor, batch: Mapping, options: Mapping) -> torch.
     k = logits.shape[0]
     if k == 1:
         return logits.new_ones(logits.shape[1], 1)
-    from .tasks import label_loss  # tasks imports this module
-
     ce = torch.stack([label_loss(z, batch, reduction="none") for z in logits], dim=1)  # [B, K]
     return (1 - torch.softmax(ce, dim=1)) / (k - 1)
 
