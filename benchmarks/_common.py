@@ -1,9 +1,12 @@
-"""Shared helpers of the benchmark scripts: mean +- std, markdown tables, result files."""
+"""Shared helpers of the benchmark scripts: mean +- std, markdown tables, result files, measuring a model."""
 from __future__ import annotations
 
 import json
 import statistics
 from pathlib import Path
+
+from mmdistill.evaluate import evaluate_model
+from mmdistill.models import count_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -26,9 +29,24 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def load_runs(path: str) -> list[dict]:
+    """The ``runs`` of a result file written by :func:`save`."""
+    return json.loads(Path(path).read_text())["runs"]
+
+
 def save(name: str, payload: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     print(markdown)
     print(f"\nwrote {RESULTS / name}.json and .md")
+
+
+def measure(model, fit, epochs: int, data, device, teacher=None) -> dict:
+    """Test, validation and training accuracy (and agreement with ``teacher``) and time per epoch."""
+    test = evaluate_model(model, data.test, device=device, latency=False, teacher=teacher)
+    return {"params": count_parameters(model), "extra_params": fit.extra_params, "accuracy": test["accuracy"],
+            "val_accuracy": fit.best_val_accuracy,
+            "train_accuracy": evaluate_model(model, data.train, device=device, latency=False)["accuracy"],
+            **({"teacher_agreement": test["teacher_agreement"]} if teacher is not None else {}),
+            "epoch_seconds": fit.seconds / epochs}

@@ -20,19 +20,16 @@ the scratch student as reference rows.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
-from _common import fmt, markdown_table, mean_std, save
+from _common import fmt, load_runs, markdown_table, mean_std, measure, save
 
 from mmdistill import api
 from mmdistill.config import apply_overrides, parse_config
 from mmdistill.data import build_data
 from mmdistill.demo import recipe
-from mmdistill.evaluate import evaluate_model
-from mmdistill.models import build_model, count_parameters
+from mmdistill.models import build_model
 
 
 def on(path: str, name: str, weight: float, **options) -> dict:
@@ -58,20 +55,6 @@ METHODS = {
     "cc": [on("fusion", "cc", 0.02)],
     "crd": [on("fusion", "crd", 0.8)],
 }
-
-
-def load_runs(path: str) -> list[dict]:
-    return json.loads(Path(path).read_text())["runs"]
-
-
-def measure(model, fit, epochs: int, data, device, teacher=None) -> dict:
-    """Test, validation and training accuracy (and agreement with ``teacher``) and time per epoch."""
-    test = evaluate_model(model, data.test, device=device, latency=False, teacher=teacher)
-    return {"params": count_parameters(model), "extra_params": fit.extra_params, "accuracy": test["accuracy"],
-            "val_accuracy": fit.best_val_accuracy,
-            "train_accuracy": evaluate_model(model, data.train, device=device, latency=False)["accuracy"],
-            **({"teacher_agreement": test["teacher_agreement"]} if teacher is not None else {}),
-            "epoch_seconds": fit.seconds / epochs}
 
 
 def select_scales(runs: list[dict]) -> dict[str, float]:
