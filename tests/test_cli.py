@@ -179,12 +179,30 @@ def test_loss_option_replaces_the_config_terms(tmp_path):
     assert run_cli("train", teacher_cfg, "--out", tmp_path / "t") == 0
     student = write(tmp_path, "s.yaml", tiny_student(tmp_path / "t" / "best.pt"))
     assert run_cli("distill", student, "--out", tmp_path / "s", "--set", "train.epochs=1",
-                   "--loss", "dkd:0.5", "--loss", "rkd") == 0
+                   "--loss", "dkd:0.5", "--loss", "rkd", "--loss", "at:10") == 0
     config = json.loads((tmp_path / "s" / "run.json").read_text())["config"]
     terms = config["distill"]["terms"]
-    assert [(t["name"], t["weight"]) for t in terms] == [("dkd", 0.5), ("rkd", 1.0)]
+    assert [(t["name"], t["weight"]) for t in terms] == [("dkd", 0.5), ("rkd", 1.0), ("at", 10.0), ("at", 10.0)]
     assert terms[1]["student"] == "fusion" and terms[1]["teacher"] == "fusion"
+    # attention transfer reads each modality's last convolutional map, in the student and the teacher
+    assert sorted((t["student"], t["teacher"]) for t in terms[2:]) == [
+        ("encoders.audio.features", "encoders.audio.features"), ("encoders.image.features", "encoders.image.features")]
     assert run_cli("distill", student, "--out", tmp_path / "s2", "--loss", "kd:heavy") == 2
+
+
+def test_loss_option_places_feature_losses_on_the_students_modalities():
+    from mmdistill.cli import _loss_terms
+    from mmdistill.config import ModelConfig
+
+    model = ModelConfig.model_validate({"encoders": {"image": {"type": "conv", "channels": [4]},
+                                                     "vector": {"type": "mlp", "hidden": [8]}}})
+    terms = _loss_terms(["fitnet", "sp:2", "pkt"], model.encoders)
+    assert [(t["name"], t["student"]) for t in terms] == [
+        ("fitnet", "encoders.image"), ("fitnet", "encoders.vector"),
+        # an MLP encoder has no map: SP reads its embedding
+        ("sp", "encoders.image.features"), ("sp", "encoders.vector"), ("pkt", "fusion")]
+    assert all(t["student"] == t["teacher"] for t in terms) and terms[2]["weight"] == 2.0
+    assert _loss_terms(["kd:0.5"], model.encoders) == [{"name": "kd", "weight": 0.5}]
 
 
 def test_term_weight_warmup_is_validated(tmp_path, capsys):

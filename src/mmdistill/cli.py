@@ -74,8 +74,10 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})
 
 
-def _loss_terms(specs: list[str]) -> list[dict]:
-    """``NAME[:WEIGHT]`` -> loss terms; feature losses compare the fused representation."""
+def _loss_terms(specs: list[str], encoders: dict) -> list[dict]:
+    """``NAME[:WEIGHT]`` -> loss terms. A feature loss reads the layer its class names
+    (``default_layer``): the fused embedding, or one term per modality of the student (``encoders``,
+    its model config's encoders) on that modality's embedding or last convolutional map."""
     from .errors import ConfigError
     from .losses import LOSSES
 
@@ -86,9 +88,16 @@ def _loss_terms(specs: list[str]) -> list[dict]:
             term = {"name": name, "weight": float(weight) if weight else 1.0}
         except ValueError:
             raise ConfigError(f"--loss {spec}: the weight must be a number") from None
-        if LOSSES.get(name).inputs == "features":
-            term.update(student="fusion", teacher="fusion")
-        terms.append(term)
+        loss = LOSSES.get(name)
+        if loss.inputs != "features":
+            terms.append(term)
+        elif loss.default_layer == "fusion":
+            terms.append({**term, "student": "fusion", "teacher": "fusion"})
+        else:
+            for modality, encoder in encoders.items():
+                maps = loss.default_layer == "maps" and encoder.type == "conv"
+                path = f"encoders.{modality}" + (".features" if maps else "")
+                terms.append({**term, "student": path, "teacher": path})
     return terms
 
 
@@ -98,7 +107,9 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
                 data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt,
                 loss: Optional[List[str]] = typer.Option(
                     None, "--loss", help="NAME[:WEIGHT] (repeatable): replaces the config's loss terms; feature "
-                                         "losses compare the models' fusion outputs.")):
+                                         "losses read the layers the method table uses (at, nst, sp: "
+                                         "each modality's conv map; fitnet, vid: each modality's "
+                                         "embedding; the others: the fused embedding).")):
     """Distil a trained teacher into the config's student."""
     from .config import parse_config
     from .runs import run_distill
@@ -106,7 +117,8 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
     cfg = _config(config, set_, device, data_root)
     if loss:
         raw = cfg.model_dump()
-        raw["distill"]["terms"] = _loss_terms(loss)
+        seen = cfg.model.modalities or list(cfg.model.encoders)
+        raw["distill"]["terms"] = _loss_terms(loss, {m: cfg.model.encoders[m] for m in seen})
         cfg = parse_config(raw, str(config))
     summary = run_distill(cfg, out, overwrite=overwrite, config_path=config)
     teachers = summary.get("teachers", {"teacher": summary["teacher"]})

@@ -44,6 +44,10 @@ class DistillationLoss(nn.Module):
     #: True when the loss compares features element-wise, so the engine must insert an adapter
     #: when student and teacher shapes differ.
     needs_adapter: bool = False
+    #: where ``mmdistill distill --loss NAME`` puts a feature loss on the built-in models:
+    #: "fusion" (the fused embedding), "encoders" (each modality's embedding, one term per
+    #: modality) or "maps" (each modality's last convolutional map, ``encoders.<m>.features``).
+    default_layer: str = "fusion"
 
     def bind(self, student_shape: torch.Size, teacher_shape: torch.Size, num_samples: int) -> None:
         """Create shape-dependent parameters; the default needs none."""

@@ -61,6 +61,7 @@ class FitNet(DistillationLoss):
     """
 
     inputs = "features"
+    default_layer = "encoders"
     needs_adapter = True
 
     def forward(self, student, teacher, *, target=None, index=None):
@@ -92,6 +93,7 @@ class AttentionTransfer(DistillationLoss):
     """
 
     inputs = "features"
+    default_layer = "maps"
 
     def __init__(self, p: float = 2.0):
         super().__init__()
@@ -122,6 +124,7 @@ class NST(DistillationLoss):
     """
 
     inputs = "features"
+    default_layer = "maps"
 
     def __init__(self, degree: int = 2, c: float = 0.0):
         super().__init__()
@@ -164,6 +167,7 @@ class VID(DistillationLoss):
     """
 
     inputs = "features"
+    default_layer = "encoders"
 
     def __init__(self, init_pred_var: float = 5.0, eps: float = 1e-5, hidden_channels: int | None = None):
         super().__init__()

@@ -38,6 +38,7 @@ class SimilarityPreserving(DistillationLoss):
     """
 
     inputs = "features"
+    default_layer = "maps"
 
     def forward(self, student, teacher, *, target=None, index=None):
         s, t = _flatten_pair("sp", student, teacher)
