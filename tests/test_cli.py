@@ -163,6 +163,7 @@ def test_losses_lists_the_registry(capsys):
     out = capsys.readouterr().out
     for name in ("mse", "kd", "dkd", "crd", "rkd"):
         assert name in out
+    assert "features: maps" in out and "features: encoders" in out and "features: fusion" in out
 
 
 def test_installed_console_script_reports_user_errors_in_one_line(tmp_path):

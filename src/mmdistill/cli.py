@@ -167,10 +167,10 @@ def losses():
 
     table = Table(title="distillation losses")
     table.add_column("name")
-    table.add_column("inputs")
+    table.add_column("reads (with --loss)")
     table.add_column("description")
     for name, cls in LOSSES.items():
-        table.add_row(name, cls.inputs, cls.describe())
+        table.add_row(name, "logits" if cls.inputs == "logits" else f"features: {cls.default_layer}", cls.describe())
     console.print(table)
 
 
