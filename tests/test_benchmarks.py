@@ -1,5 +1,6 @@
 """The methods benchmark's protocol, end to end on real AV-Digits at a tiny size: weights are tuned
-on validation accuracy, the table runs each method at its selected scale, parallel parts merge."""
+on validation accuracy, the table runs each method at its selected scale, parallel parts merge;
+and the KD capacity-gap benchmark's pairing of each taught student with the scratch student."""
 import json
 import os
 import subprocess
@@ -10,9 +11,9 @@ from conftest import REPO
 TINY = ["--threads", "1", "--set", "train.epochs=1", "--set", "data.pairs_per_recording=1"]
 
 
-def methods(tmp_path, data_root, *args: str) -> dict:
+def methods(tmp_path, data_root, *args: str, script: str = "methods.py") -> dict:
     env = {**os.environ, "MMDISTILL_DATA": str(data_root)}
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "methods.py"), *args], check=True, env=env,
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], check=True, env=env,
                    cwd=tmp_path, capture_output=True, text=True)
     return json.loads((tmp_path / f"{args[args.index('--name') + 1]}.json").read_text())
 
@@ -41,3 +42,20 @@ def test_methods_benchmark_selects_scales_on_validation_and_reports_them(tmp_pat
     assert all(scale == tuning["selected_scales"][m] for _, m, scale in kept if scale is not None)
     table = (tmp_path / "merged.md").read_text()
     assert "| teacher |" in table and "| scratch |" in table and "beat scratch" in table
+
+
+def test_kd_gap_benchmark_pairs_each_taught_student_with_scratch(tmp_path, data_root):
+    out = methods(tmp_path, data_root, "--seeds", "0", "--early-epochs", "1", "--name", str(tmp_path / "gap"), *TINY, script="kd_gap.py")
+    teachers = ["teacher", "early-stopped teacher", "assistant", "twin"]
+    assert [r["name"] for r in out["runs"] if r["role"] == "teacher"] == teachers
+    assert [r["name"] for r in out["runs"] if r["role"] == "student"] == ["scratch", *teachers]
+    by = {(r["role"], r["name"]): r for r in out["runs"]}
+    student_params = by["student", "scratch"]["params"]
+    assert by["teacher", "twin"]["params"] == student_params < by["teacher", "assistant"]["params"] < by["teacher", "teacher"]["params"]
+    assert "teacher_agreement" in by["teacher", "assistant"]  # the assistant is distilled from the teacher
+    assert all("teacher_agreement" in by["student", name] for name in teachers)
+    table = (tmp_path / "gap.md").read_text()
+    gain = by["student", "assistant"]["accuracy"] - by["student", "scratch"]["accuracy"]
+    assert "| assistant | 18,314 |" in table and f"{100 * gain:+.2f} ± 0.00 ({int(gain > 0)}/1)" in table
+    merged = methods(tmp_path, data_root, "--merge", str(tmp_path / "gap.json"), "--name", str(tmp_path / "merged"), script="kd_gap.py")
+    assert merged["runs"] == out["runs"] and (tmp_path / "merged.md").read_text() == table
