@@ -5,6 +5,10 @@ import json
 import statistics
 from pathlib import Path
 
+from mmdistill import api
+from mmdistill.config import apply_overrides, parse_config
+from mmdistill.data import build_data
+from mmdistill.demo import recipe
 from mmdistill.evaluate import evaluate_model
 from mmdistill.models import count_parameters
 
@@ -21,6 +25,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
     m, s = mean_std(values)
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+def paired_gain(gains: list[float]) -> str:
+    """Mean +- std of per-seed differences (as points) and how many are above zero: "+1.03 ± 0.38 (3/3)"."""
+    gain, spread = mean_std(gains)
+    return f"{100 * gain:+.2f} ± {100 * spread:.2f} ({sum(g > 0 for g in gains)}/{len(gains)})"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -50,3 +60,13 @@ def measure(model, fit, epochs: int, data, device, teacher=None) -> dict:
             "train_accuracy": evaluate_model(model, data.train, device=device, latency=False)["accuracy"],
             **({"teacher_agreement": test["teacher_agreement"]} if teacher is not None else {}),
             "epoch_seconds": fit.seconds / epochs}
+
+
+def av_digits_setup(seed: int, args):
+    """(device, teacher config, student config, data) of the packaged AV-Digits recipes for ``seed``,
+    with ``args.device`` and the ``--set`` overrides in ``args.overrides`` applied."""
+    common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
+    tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), common))
+    scfg = parse_config(apply_overrides(recipe("av_digits_student"), common))
+    data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
+    return api.resolve_device(args.device), tcfg, scfg, data

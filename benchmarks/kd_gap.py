@@ -25,12 +25,9 @@ import argparse
 
 import torch
 
-from _common import fmt, load_runs, markdown_table, mean_std, measure, save
+from _common import av_digits_setup, fmt, load_runs, markdown_table, measure, paired_gain, save
 
 from mmdistill import api
-from mmdistill.config import apply_overrides, parse_config
-from mmdistill.data import build_data
-from mmdistill.demo import recipe
 from mmdistill.models import build_model
 
 KD = [{"name": "kd", "weight": 1.0, "temperature": 4.0}]
@@ -40,11 +37,7 @@ TEACHERS = ["teacher", "early-stopped teacher", "assistant", "twin"]
 
 
 def run_seed(seed: int, args) -> list[dict]:
-    device = api.resolve_device(args.device)
-    common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
-    tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), common))
-    scfg = parse_config(apply_overrides(recipe("av_digits_student"), common))
-    data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
+    device, tcfg, scfg, data = av_digits_setup(seed, args)
 
     def fit(model, cfg, teacher=None):
         if teacher is None:
@@ -78,20 +71,19 @@ def run_seed(seed: int, args) -> list[dict]:
 
 
 def table(runs: list[dict]) -> str:
-    scratch = {r["seed"]: r["accuracy"] for r in runs if r["role"] == "student" and r["name"] == "scratch"}
+    scratch_runs = [r for r in runs if r["role"] == "student" and r["name"] == "scratch"]
+    scratch = {r["seed"]: r["accuracy"] for r in scratch_runs}
     rows = [["(none: student from scratch)", "", "", "", fmt(list(scratch.values())), "",
-             fmt([r["train_accuracy"] for r in runs if r["role"] == "student" and r["name"] == "scratch"], digits=1),
-             "", str(len(scratch))]]
+             fmt([r["train_accuracy"] for r in scratch_runs], digits=1), "", str(len(scratch))]]
     for name in TEACHERS:
         teach = [r for r in runs if r["role"] == "teacher" and r["name"] == name]
         taught = [r for r in runs if r["role"] == "student" and r["name"] == name]
         if not teach or not taught:
             continue
         gains = [r["accuracy"] - scratch[r["seed"]] for r in taught if r["seed"] in scratch]
-        gain, spread = mean_std(gains)
         rows.append([name, f"{teach[0]['params']:,}", fmt([r["accuracy"] for r in teach]),
                      fmt([r["train_accuracy"] for r in teach], digits=1), fmt([r["accuracy"] for r in taught]),
-                     f"{100 * gain:+.2f} ± {100 * spread:.2f} ({sum(g > 0 for g in gains)}/{len(gains)})",
+                     paired_gain(gains),
                      fmt([r["train_accuracy"] for r in taught], digits=1),
                      fmt([r["teacher_agreement"] for r in taught], digits=1), str(len(taught))])
     header = ["who teaches (KD T = 4)", "teacher params", "teacher test accuracy %", "teacher train accuracy %",

@@ -27,12 +27,9 @@ import argparse
 
 import torch
 
-from _common import fmt, load_runs, markdown_table, mean_std, measure, save
+from _common import av_digits_setup, fmt, load_runs, markdown_table, mean_std, measure, paired_gain, save
 
 from mmdistill import api
-from mmdistill.config import apply_overrides, parse_config
-from mmdistill.data import build_data
-from mmdistill.demo import recipe
 from mmdistill.models import build_model
 
 
@@ -77,11 +74,7 @@ def select_scales(runs: list[dict]) -> dict[str, float]:
 
 
 def run_seed(seed: int, methods: list[str], scales: dict[str, list[float]], args) -> list[dict]:
-    device = api.resolve_device(args.device)
-    common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
-    tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), common))
-    scfg = parse_config(apply_overrides(recipe("av_digits_student"), common))
-    data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
+    device, tcfg, scfg, data = av_digits_setup(seed, args)
     teacher = build_model(tcfg.model, data.specs, data.num_classes, seed=seed)
     fit = api.train(teacher, data, tcfg.train, device=args.device, seed=seed)
     runs = [{"seed": seed, "method": "teacher", **measure(teacher, fit, tcfg.train.epochs, data, device)}]
@@ -118,9 +111,7 @@ def table(runs: list[dict], methods: list[str], chosen: dict[str, float]) -> str
             weights = ", ".join(f"{w:g}" for w in rs[0]["weights"]) if scale is not None else ""
             # paired by seed: every method starts from the scratch student's initial weights
             gains = [r["accuracy"] - by_seed[r["seed"]] for r in rs if r["seed"] in by_seed]
-            gain, spread = mean_std(gains)
-            paired = (f"{100 * gain:+.2f} ± {100 * spread:.2f} ({sum(g > 0 for g in gains)}/{len(gains)})"
-                      if scale is not None and gains else "")
+            paired = paired_gain(gains) if scale is not None and gains else ""
             rows.append([method, f"{rs[0]['params']:,}", f"{rs[0]['extra_params']:,}",
                          "" if scale is None else f"{scale:g} ({weights})", fmt([r["accuracy"] for r in rs]), paired,
                          fmt([r["val_accuracy"] for r in rs], digits=1),

@@ -11,7 +11,7 @@ from conftest import REPO
 TINY = ["--threads", "1", "--set", "train.epochs=1", "--set", "data.pairs_per_recording=1"]
 
 
-def methods(tmp_path, data_root, *args: str, script: str = "methods.py") -> dict:
+def run_benchmark(tmp_path, data_root, *args: str, script: str = "methods.py") -> dict:
     env = {**os.environ, "MMDISTILL_DATA": str(data_root)}
     subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], check=True, env=env,
                    cwd=tmp_path, capture_output=True, text=True)
@@ -19,7 +19,7 @@ def methods(tmp_path, data_root, *args: str, script: str = "methods.py") -> dict
 
 
 def test_methods_benchmark_selects_scales_on_validation_and_reports_them(tmp_path, data_root):
-    tuning = methods(tmp_path, data_root, "--seeds", "0", "--methods", "kd", "at", "--scales", "1", "0.01",
+    tuning = run_benchmark(tmp_path, data_root, "--seeds", "0", "--methods", "kd", "at", "--scales", "1", "0.01",
                      "--name", str(tmp_path / "tuning"), *TINY)
     for method in ("kd", "at"):
         rows = [r for r in tuning["runs"] if r["method"] == method]
@@ -29,12 +29,12 @@ def test_methods_benchmark_selects_scales_on_validation_and_reports_them(tmp_pat
     at = [r for r in tuning["runs"] if r["method"] == "at" and r["scale"] == 0.01][0]
     assert at["weights"] == [10.0, 10.0]  # the scale multiplies every term's paper weight
 
-    final = methods(tmp_path, data_root, "--seeds", "1", "--methods", "kd", "at", "--name", str(tmp_path / "seed1"),
+    final = run_benchmark(tmp_path, data_root, "--seeds", "1", "--methods", "kd", "at", "--name", str(tmp_path / "seed1"),
                     "--select-from", str(tmp_path / "tuning.json"), *TINY)
     assert {r["method"]: r.get("scale") for r in final["runs"]} == {
         "teacher": None, "scratch": None, **tuning["selected_scales"]}
 
-    merged = methods(tmp_path, data_root, "--merge", str(tmp_path / "tuning.json"), str(tmp_path / "seed1.json"),
+    merged = run_benchmark(tmp_path, data_root, "--merge", str(tmp_path / "tuning.json"), str(tmp_path / "seed1.json"),
                      "--select-from", str(tmp_path / "tuning.json"), "--methods", "kd", "at",
                      "--name", str(tmp_path / "merged"))
     kept = [(r["seed"], r["method"], r.get("scale")) for r in merged["runs"]]
@@ -45,7 +45,7 @@ def test_methods_benchmark_selects_scales_on_validation_and_reports_them(tmp_pat
 
 
 def test_kd_gap_benchmark_pairs_each_taught_student_with_scratch(tmp_path, data_root):
-    out = methods(tmp_path, data_root, "--seeds", "0", "--early-epochs", "1", "--name", str(tmp_path / "gap"), *TINY, script="kd_gap.py")
+    out = run_benchmark(tmp_path, data_root, "--seeds", "0", "--early-epochs", "1", "--name", str(tmp_path / "gap"), *TINY, script="kd_gap.py")
     teachers = ["teacher", "early-stopped teacher", "assistant", "twin"]
     assert [r["name"] for r in out["runs"] if r["role"] == "teacher"] == teachers
     assert [r["name"] for r in out["runs"] if r["role"] == "student"] == ["scratch", *teachers]
@@ -57,5 +57,5 @@ def test_kd_gap_benchmark_pairs_each_taught_student_with_scratch(tmp_path, data_
     table = (tmp_path / "gap.md").read_text()
     gain = by["student", "assistant"]["accuracy"] - by["student", "scratch"]["accuracy"]
     assert "| assistant | 18,314 |" in table and f"{100 * gain:+.2f} ± 0.00 ({int(gain > 0)}/1)" in table
-    merged = methods(tmp_path, data_root, "--merge", str(tmp_path / "gap.json"), "--name", str(tmp_path / "merged"), script="kd_gap.py")
+    merged = run_benchmark(tmp_path, data_root, "--merge", str(tmp_path / "gap.json"), "--name", str(tmp_path / "merged"), script="kd_gap.py")
     assert merged["runs"] == out["runs"] and (tmp_path / "merged.md").read_text() == table
