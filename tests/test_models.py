@@ -208,3 +208,21 @@ def test_build_model_seed_fixes_the_initial_weights_and_spares_the_global_rng():
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_strided_stem_and_separable_blocks():
+    """stride 2 halves the first map; separable blocks cost depthwise 3x3 + pointwise 1x1 weights."""
+    shape = (1, 28, 28)
+    plain = ConvEncoder(shape, channels=[4, 6])
+    strided = ConvEncoder(shape, channels=[4, 6], stride=2)
+    separable = ConvEncoder(shape, channels=[4, 6], separable=True)
+    x = torch.randn(2, *shape)
+    assert plain.features(x).shape == (2, 6, 7, 7)
+    assert strided.features(x).shape == (2, 6, 3, 3)
+    bn = 2 * 4 + 2 * 6
+    assert count_parameters(plain) == 9 * 4 + 4 * 6 * 9 + bn
+    assert count_parameters(strided) == count_parameters(plain)
+    assert count_parameters(separable) == 9 * 4 + (4 * 9 + 4 * 6) + bn
+    assert separable(x).shape == (2, 6)
+    with pytest.raises(ConfigError, match="model.encoders.image.stride"):
+        build_model({"encoders": {"image": {"type": "conv", "stride": 3}}}, SPECS, K)

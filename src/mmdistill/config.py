@@ -27,6 +27,8 @@ class ConvEncoderConfig(Strict):
     dim: PositiveInt | None = None
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     pool: PositiveInt = 1
+    stride: Literal[1, 2] = 1  # stride of the first convolution
+    separable: bool = False  # depthwise-separable blocks after the first
 
 
 class MLPEncoderConfig(Strict):

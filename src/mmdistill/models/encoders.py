@@ -19,17 +19,25 @@ class ConvEncoder(nn.Module):
     Each width in ``channels`` adds conv3x3 - BatchNorm - ReLU - maxpool2; average pooling to a
     ``pool`` x ``pool`` grid follows (1: global pooling; more keeps coarse layout), then an optional
     linear projection to ``dim``.
+
+    Cheaper variants for small students: ``stride`` 2 makes the first convolution strided (a
+    "stem" that quarters every later block's cost); ``separable`` replaces each later block's
+    conv3x3 by a depthwise conv3x3 and a pointwise conv1x1 (MobileNet, Howard et al. 2017).
     """
 
     def __init__(self, shape: Sequence[int], channels: Sequence[int] = (32, 64), dim: int | None = None,
-                 dropout: float = 0.0, pool: int = 1):
+                 dropout: float = 0.0, pool: int = 1, stride: int = 1, separable: bool = False):
         super().__init__()
         self.add_channel = len(shape) == 2
         in_ch = 1 if self.add_channel else int(shape[0])
         layers: list[nn.Module] = []
-        for width in channels:
-            layers += [nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        for i, width in enumerate(channels):
+            if separable and i > 0:
+                conv = [nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
+                        nn.Conv2d(in_ch, width, 1, bias=False)]
+            else:
+                conv = [nn.Conv2d(in_ch, width, 3, stride=stride if i == 0 else 1, padding=1, bias=False)]
+            layers += [*conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             in_ch = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten())
