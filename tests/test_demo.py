@@ -1,6 +1,7 @@
-"""The demo's contract: summary.json keys, the student budget, and the plain synthetic fallback."""
+"""The demo's contract: summary.json keys, the student budget, teacher reuse, and a clear stop without data."""
 import json
 
+import pytest
 import torch
 
 from mmdistill.config import parse_config
@@ -18,19 +19,39 @@ def test_packaged_recipes_keep_the_student_under_a_tenth_of_the_teacher(av_clean
     assert count_parameters(student) * 10 <= count_parameters(teacher)
 
 
-def test_demo_falls_back_to_synthetic_data_and_says_so(tmp_path, monkeypatch):
+def test_demo_without_data_stops_with_one_line_on_how_to_get_it(tmp_path, monkeypatch):
+    from mmdistill.cli import main
     from mmdistill.data import fsdd, mnist
 
     monkeypatch.setattr(fsdd, "ARCHIVE_URL", (tmp_path / "offline" / "fsdd.tar.gz").as_uri())
     monkeypatch.setattr(mnist, "MIRRORS", [(tmp_path / "offline").as_uri() + "/"])
-    messages = []
-    summary = run_demo(tmp_path / "demo", quick=True, device="cpu", data_root=str(tmp_path / "empty"),
-                       progress=False, log=messages.append,
-                       overrides=["train.epochs=1"])
-    assert summary["synthetic"] is True and summary["dataset"] == "synthetic"
-    assert any("SYNTHETIC" in m for m in messages)
-    written = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--quick", "--device", "cpu", "--data-root", str(tmp_path / "empty"),
+              "--out", str(tmp_path / "demo")])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "demo").exists()
+
+
+TINY = ["train.epochs=1", "data.pairs_per_recording=1", "model.encoders.image.channels=[4]",
+        "model.encoders.audio.channels=[4]", "model.fusion={type: concat}"]
+
+
+def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, monkeypatch, data_root):
+    monkeypatch.setenv("MMDISTILL_CACHE", str(tmp_path / "cache"))
+    runs = []
+    for attempt in range(2):
+        messages = []
+        runs.append(run_demo(tmp_path / f"demo{attempt}", device="cpu", data_root=str(data_root), progress=False,
+                             log=messages.append, overrides=TINY))
+        reused = any("reusing the teacher" in str(m) for m in messages)
+        assert reused == (attempt == 1)
+    assert runs[0]["teacher"]["accuracy"] == runs[1]["teacher"]["accuracy"]
+    written = json.loads((tmp_path / "demo1" / "summary.json").read_text())
     for key in ("teacher", "student_scratch", "student_distilled"):
         assert 0 <= written[key]["accuracy"] <= 1 and written[key]["params"] > 0
-    assert written["student_distilled"]["params"] * 10 <= written["teacher"]["params"]
-    assert json.loads((tmp_path / "demo" / "run.json").read_text())["status"] == "complete"
+    assert json.loads((tmp_path / "demo1" / "run.json").read_text())["status"] == "complete"
+    # another seed is another teacher
+    messages = []
+    run_demo(tmp_path / "demo2", seed=1, device="cpu", data_root=str(data_root), progress=False,
+             log=messages.append, overrides=TINY)
+    assert not any("reusing the teacher" in str(m) for m in messages)

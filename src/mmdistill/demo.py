@@ -1,24 +1,31 @@
 """``mmdistill demo``: teacher, student from scratch and distilled student on AV-Digits ``hard``.
 
 The recipes are the packaged ``recipes/av_digits_teacher.yaml`` and ``av_digits_student.yaml``
-(also under ``configs/``). When no real data can be had (no local copy, no network), the demo
-runs on the synthetic audio-visual dataset and says so.
+(also under ``configs/``). A finished teacher is kept in ``$MMDISTILL_CACHE/teachers/`` under a
+key of its resolved recipe and data, so a second demo with the same recipe, data and seed reuses
+it (and says so). Without the real data the demo stops with one line on how to get it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from .config import apply_overrides, parse_config
+from .config import RunConfig, apply_overrides, parse_config
+from .data.root import cache_dir
 from .errors import DataError
 from .rundir import RunDir, write_json
 from .runs import load_data, run_distill, run_train
 
-QUICK_EPOCHS = 3
+# --quick: the same recipes on a shorter schedule (see README: it shows the workflow in under
+# 3 minutes; its numbers are not the demo's)
+QUICK_TEACHER = ["train.epochs=3"]
+QUICK_STUDENT = ["train.epochs=3"]
 
 
 def recipe(name: str) -> dict:
@@ -28,30 +35,49 @@ def recipe(name: str) -> dict:
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, device: str = "auto",
              data_root: str | None = None, overwrite: bool = False, progress: bool = True,
-             log: Callable = print, overrides: list[str] = ()) -> dict:
-    """The demo: :func:`run_comparison` on the packaged AV-Digits recipes (synthetic data if none)."""
+             log: Callable = print, overrides: list[str] = (), reuse_teacher: bool = True) -> dict:
+    """The demo: :func:`run_comparison` on the packaged AV-Digits recipes."""
     common = [f"seed={seed}", f"device={device}", f"train.progress={progress}"]
     if data_root:
         common.append(f"data.root={data_root}")
-    if quick:
-        common.append(f"train.epochs={QUICK_EPOCHS}")
-    common += list(overrides)
-    teacher_raw = apply_overrides(recipe("av_digits_teacher"), common)
-    student_raw = apply_overrides(recipe("av_digits_student"), common)
+    teacher_raw = apply_overrides(recipe("av_digits_teacher"), common + (QUICK_TEACHER if quick else []) + list(overrides))
+    student_raw = apply_overrides(recipe("av_digits_student"), common + (QUICK_STUDENT if quick else []) + list(overrides))
     extra = {"dataset": "av_digits", "synthetic": False, "quick": quick}
-    try:  # data is loaded before any run directory is created, so a fallback leaves nothing behind
-        return run_comparison(teacher_raw, student_raw, out, overwrite=overwrite, log=log, extra=extra)
-    except DataError as err:
-        log(f"[yellow]No real AV-Digits data: {err}[/yellow]")
-        log("[yellow bold]Falling back to the SYNTHETIC audio-visual dataset: the numbers below are not AV-Digits.[/yellow bold]")
-    for raw in (teacher_raw, student_raw):
-        raw["data"] = {"name": "synthetic", **({"root": data_root} if data_root else {})}
-    extra.update(dataset="synthetic", synthetic=True)
-    return run_comparison(teacher_raw, student_raw, out, overwrite=overwrite, log=log, extra=extra)
+    return run_comparison(teacher_raw, student_raw, out, overwrite=overwrite, log=log, extra=extra,
+                          reuse_teacher=reuse_teacher)
+
+
+def teacher_key(cfg: RunConfig, data_info: dict) -> str:
+    """A key of everything that decides a trained teacher: its resolved recipe (less the device and
+    the progress bar) and the data it was trained on."""
+    config = cfg.model_dump(exclude={"device": True, "train": {"progress"}})
+    text = json.dumps({"config": config, "data": data_info}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _train_or_reuse_teacher(cfg: RunConfig, data, folder: Path, log: Callable, reuse: bool) -> dict:
+    """Train the teacher into ``folder``, or copy a finished run with the same key from the cache."""
+    cached = cache_dir() / "teachers" / teacher_key(cfg, data.info)
+    if reuse and (cached / "summary.json").is_file() and (cached / "best.pt").is_file():
+        log(f"reusing the teacher trained earlier with the same recipe, data and seed ({cached}; "
+            "delete it to train again)")
+        shutil.copytree(cached, folder)
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["checkpoint"] = str(folder / "best.pt")
+        summary["reused_from"] = str(cached)
+        return summary
+    summary = run_train(cfg, folder, data=data)
+    if reuse:
+        tmp = cached.with_name(cached.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(folder, tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+    return summary
 
 
 def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, overwrite: bool = False,
-                   log: Callable = print, extra: dict | None = None) -> dict:
+                   log: Callable = print, extra: dict | None = None, reuse_teacher: bool = False) -> dict:
     """Teacher, student from scratch and distilled student from two raw recipes, in ``out/``.
 
     ``student_raw`` is a distillation recipe; the scratch student is the same recipe without its
@@ -63,14 +89,19 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     student_raw = json.loads(json.dumps(student_raw))
     teacher_cfg = parse_config(teacher_raw, "teacher")
     scratch_cfg = parse_config({k: v for k, v in student_raw.items() if k != "distill"}, "student")
-    data = load_data(teacher_cfg)
+    try:
+        data = load_data(teacher_cfg)
+    except DataError as err:
+        raise DataError(f"the demo needs the real AV-Digits data (FSDD and MNIST): {err}. Download them into a "
+                        "folder and pass --data-root DIR or set MMDISTILL_DATA (README, 'Where the data comes "
+                        "from'); an online machine downloads them by itself") from None
     # one build serves all three runs when they ask for the same data
     same = lambda cfg: (cfg.data, cfg.seed, cfg.train.val_fraction) == (  # noqa: E731
         teacher_cfg.data, teacher_cfg.seed, teacher_cfg.train.val_fraction)
     student_data = data if same(scratch_cfg) else None
     with RunDir(out, overwrite=overwrite, config={"teacher": teacher_raw, "student": student_raw}) as run:
         log("[bold]1/3[/bold] training the teacher")
-        teacher = run_train(teacher_cfg, run / "teacher", data=data)
+        teacher = _train_or_reuse_teacher(teacher_cfg, data, run / "teacher", log, reuse_teacher)
         log("[bold]2/3[/bold] training the student from scratch")
         scratch = run_train(scratch_cfg, run / "student_scratch", data=student_data)
         student_raw["distill"]["teacher"]["checkpoint"] = str(run / "teacher" / "best.pt")

@@ -1,0 +1,291 @@
+"""The accuracy-cost frontier of AV-Digits ``hard`` students: from scratch and distilled.
+
+A family of small students (width, depth, strided stem, depthwise-separable blocks, pooling
+grid), each trained from scratch and distilled from the packaged teacher with the candidate
+methods; the method is chosen per student on *validation* accuracy (seed 0), then run on the
+other seeds, paired with the same seed's scratch student (same initial weights, same data order).
+Cost is measured where the model runs: exported to ONNX and timed with ONNX Runtime on one
+thread (batch 1 latency p50, batch 64 throughput), in one process, alone.
+
+    # 1. seed 0: every student, scratch and every candidate method (processes can split students)
+    python benchmarks/frontier.py --seeds 0 --name frontier_seed0
+    # 2. seeds 1 and 2: scratch and each student's method chosen on seed 0's validation accuracy
+    python benchmarks/frontier.py --seeds 1 2 --select-from benchmarks/results/frontier_seed0.json \
+        --name frontier_seeds12
+    # 3. cost (run alone: timings), merge, table and plot
+    python benchmarks/frontier.py --merge benchmarks/results/frontier_seed0.json \
+        benchmarks/results/frontier_seeds12.json
+
+The teacher is the packaged teacher recipe trained once (seed ``--teacher-seed``) and kept in
+``benchmarks/.models/`` (reused when its recipe, data and seed match): like a user's teacher, it
+is fixed while the students' seeds vary. Writes ``benchmarks/results/frontier.{md,json,png}``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from _common import RESULTS, fmt, load_runs, markdown_table, mean_std, paired_gain
+
+from mmdistill import api
+from mmdistill.checkpoint import load_checkpoint, save_checkpoint
+from mmdistill.config import apply_overrides, parse_config
+from mmdistill.data import build_data
+from mmdistill.demo import recipe
+from mmdistill.evaluate import evaluate_model
+from mmdistill.models import build_model, count_parameters
+
+MODELS = Path(__file__).resolve().parent / ".models"
+MODALITIES = ("audio", "image")
+
+
+def conv(**encoder) -> dict:
+    """The same conv encoder for both modalities, concatenation fusion, a linear head."""
+    return {"encoders": {m: {"type": "conv", **encoder} for m in MODALITIES}}
+
+
+STUDENTS = {
+    "conv[8,16] pool2": conv(channels=[8, 16], pool=2),
+    "conv[8,16,32] separable": conv(channels=[8, 16, 32], separable=True),
+    "conv[16,32] stride2 pool2": conv(channels=[16, 32], stride=2, pool=2),
+    "conv[16,32,64] separable": conv(channels=[16, 32, 64], separable=True),
+    "conv[8,16,32]": conv(channels=[8, 16, 32]),
+    "conv[16,32] pool2": conv(channels=[16, 32], pool=2),
+}
+
+
+def maps(name: str, weight: float) -> list[dict]:
+    return [{"name": name, "weight": weight, "student": f"encoders.{m}.features",
+             "teacher": f"encoders.{m}.features"} for m in MODALITIES]
+
+
+# candidate methods (weights: the method table's choices on validation, benchmarks/results/methods.md)
+METHODS = {
+    "kd": [{"name": "kd", "weight": 1.0, "temperature": 4.0}],
+    "dist": [{"name": "dist", "weight": 1.0}],
+    "at": maps("at", 10.0),
+    "nst": maps("nst", 0.5),
+    "sp": maps("sp", 300.0),
+}
+
+
+def teacher_for(seed: int, args, data) -> torch.nn.Module:
+    """The packaged teacher recipe trained with ``seed``, from ``benchmarks/.models`` when its
+    recipe and seed match (a checkpoint keyed by a hash of the resolved config)."""
+    raw = apply_overrides(recipe("av_digits_teacher"), [f"seed={seed}", f"device={args.device}",
+                                                        "train.progress=false", *args.overrides])
+    cfg = parse_config(raw)
+    key = hashlib.sha256(json.dumps(cfg.model_dump(exclude={"device"}), sort_keys=True).encode()).hexdigest()[:12]
+    path = MODELS / f"teacher_{key}.pt"
+    device = api.resolve_device(args.device)
+    if path.exists():
+        print(f"reusing the teacher {path}", flush=True)
+        return load_checkpoint(path, device)[0]
+    teacher = build_model(cfg.model, data.specs, data.num_classes, seed=seed)
+    start = time.perf_counter()
+    fit = api.train(teacher, data, cfg.train, device=args.device, seed=seed, label="teacher")
+    save_checkpoint(path, teacher, model_config=cfg.model.model_dump(), specs=data.specs,
+                    num_classes=data.num_classes, meta={"seed": seed, "val_accuracy": fit.best_val_accuracy,
+                                                       "train_seconds": time.perf_counter() - start})
+    return teacher
+
+
+def student_config(seed: int, args):
+    return parse_config(apply_overrides(recipe("av_digits_student"), [
+        f"seed={seed}", f"device={args.device}", "train.progress=false", f"train.epochs={args.epochs}",
+        *args.overrides]))
+
+
+def run_one(student: str, method: str, seed: int, teacher, data, args) -> dict:
+    scfg = student_config(seed, args)
+    model = build_model(copy.deepcopy(STUDENTS[student]), data.specs, data.num_classes, seed=seed)
+    start = time.perf_counter()
+    if method == "scratch":
+        fit = api.train(model, data, scfg.train, device=args.device, seed=seed, label=student)
+    else:
+        fit = api.distill(model, teacher, data, terms=METHODS[method], gamma=1.0, cfg=scfg.train,
+                          device=args.device, seed=seed, label=f"{student} {method}")
+    device = api.resolve_device(args.device)
+    test = evaluate_model(model, data.test, device=device, latency=False, teacher=teacher)
+    train_acc = evaluate_model(model, data.train, device=device, latency=False)["accuracy"]
+    return {"student": student, "method": method, "seed": seed, "params": count_parameters(model),
+            "accuracy": test["accuracy"], "val_accuracy": fit.best_val_accuracy, "train_accuracy": train_acc,
+            "teacher_agreement": test["teacher_agreement"], "seconds": round(time.perf_counter() - start, 1)}
+
+
+def chosen_methods(runs: list[dict]) -> dict[str, str]:
+    """student -> the distillation method with the best validation accuracy on seed 0 (ties: listing order)."""
+    best: dict[str, tuple[float, int, str]] = {}
+    order = list(METHODS)
+    for r in runs:
+        if r["seed"] != 0 or r["method"] in ("scratch", "teacher"):
+            continue
+        score = (r["val_accuracy"], -order.index(r["method"]), r["method"])
+        if r["student"] not in best or score > best[r["student"]]:
+            best[r["student"]] = score
+    return {s: b[2] for s, b in best.items()}
+
+
+def train_part(args) -> None:
+    runs: list[dict] = []
+    chosen = chosen_methods(load_runs(args.select_from)) if args.select_from else None
+    students = args.students or list(STUDENTS)
+    for seed in args.seeds:
+        tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), [f"seed={seed}", *args.overrides]))
+        data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
+        teacher = teacher_for(args.teacher_seed, args, data)
+        t = evaluate_model(teacher, data.test, device=api.resolve_device(args.device), latency=False)
+        runs.append({"student": "teacher", "method": "teacher", "seed": seed, "params": t["params"],
+                     "accuracy": t["accuracy"], "teacher_seed": args.teacher_seed})
+        print(f"seed {seed} teacher {t['accuracy']:.4f}", flush=True)
+        for student in students:
+            methods = ["scratch", *(args.methods or METHODS)] if chosen is None else ["scratch", chosen[student]]
+            for method in methods:
+                runs.append(run_one(student, method, seed, teacher, data, args))
+                r = runs[-1]
+                print(f"seed {seed} {student:28s} {method:8s} test {r['accuracy']:.4f} val {r['val_accuracy']:.4f} "
+                      f"({r['seconds']:.0f} s)", flush=True)
+    out = RESULTS / f"{args.name}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def cost(model: torch.nn.Module, specs, folder: Path) -> dict:
+    """Parameters, MACs per sample and ONNX Runtime timings (one thread) of ``model``."""
+    from mmdistill.export.onnx import export_onnx
+    from mmdistill.export.profile import count_macs, onnx_latency
+
+    path = export_onnx(model, specs, folder / "model.onnx")
+    b1 = onnx_latency(path, specs, batch=1, threads=1)
+    b64 = onnx_latency(path, specs, batch=64, threads=1)
+    return {"params": count_parameters(model), "macs": count_macs(model, specs), "onnx_ms_b1": b1["p50_ms"],
+            "onnx_ms_b1_p95": b1["p95_ms"], "onnx_sps_b64": b64["samples_per_s"]}
+
+
+def report(args) -> None:
+    """Merge result parts, measure every model's cost alone, write frontier.{json,md,png}."""
+    import tempfile
+
+    runs = [r for path in args.merge for r in load_runs(path)]
+    teacher_runs = [r for r in runs if r["method"] == "teacher"]
+    specs_data = build_data(parse_config(recipe("av_digits_teacher")).data, seed=0, val_fraction=0.1)
+    specs, k = specs_data.specs, specs_data.num_classes
+    tcfg = parse_config(recipe("av_digits_teacher"))
+    costs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, mcfg in [("teacher", tcfg.model.model_dump()), *STUDENTS.items()]:
+            folder = Path(tmp) / str(len(costs))
+            folder.mkdir()
+            costs[name] = cost(build_model(copy.deepcopy(mcfg), specs, k, seed=0).eval(), specs, folder)
+            print(f"{name:28s} {costs[name]}", flush=True)
+    chosen = chosen_methods(runs)
+    rows = []
+    for r in runs:
+        if r["method"] != "scratch":
+            continue
+        method = chosen.get(r["student"])
+        pair = next((d for d in runs if d["student"] == r["student"] and d["seed"] == r["seed"]
+                     and d["method"] == method), None)
+        if pair is None:
+            continue
+        rows.append({"student": r["student"], **costs[r["student"]], "seed": r["seed"],
+                     "scratch_accuracy": r["accuracy"], "distilled_accuracy": pair["accuracy"], "method": method,
+                     "scratch_val_accuracy": r["val_accuracy"], "distilled_val_accuracy": pair["val_accuracy"],
+                     "scratch_train_accuracy": r["train_accuracy"],
+                     "distilled_train_accuracy": pair["train_accuracy"]})
+    teacher_acc = [r["accuracy"] for r in teacher_runs]
+    payload = {"teacher": {**costs["teacher"], "accuracy": mean_std(teacher_acc)[0], "accuracy_per_seed": teacher_acc,
+                           "teacher_seed": teacher_runs[0]["teacher_seed"] if teacher_runs else None},
+               "rows": rows, "candidates": [r for r in runs if r["method"] not in ("teacher",)],
+               "chosen_on_validation": chosen, "onnx_threads": 1}
+    (RESULTS / "frontier.json").write_text(json.dumps(payload, indent=2) + "\n")
+    markdown = frontier_table(payload)
+    (RESULTS / "frontier.md").write_text(markdown + "\n")
+    plot(payload, RESULTS / "frontier.png")
+    print(markdown)
+    print(f"wrote {RESULTS}/frontier.json, .md and .png")
+
+
+def frontier_table(payload: dict) -> str:
+    t = payload["teacher"]
+    header = ["model", "params", "MACs", "ONNX ms (b1, p50)", "ONNX samples/s (b64)", "speed-up b1",
+              "method (val)", "scratch %", "distilled %", "distilled minus scratch (seeds above)",
+              "% of teacher"]
+    lines = [["teacher", f"{t['params']:,}", f"{t['macs'] / 1e6:.2f} M", f"{t['onnx_ms_b1']:.3f}",
+              f"{t['onnx_sps_b64']:,.0f}", "1.0x", "", "", fmt(t["accuracy_per_seed"]), "", "100"]]
+    for student in dict.fromkeys(r["student"] for r in payload["rows"]):
+        rows = [r for r in payload["rows"] if r["student"] == student]
+        r0 = rows[0]
+        gains = [r["distilled_accuracy"] - r["scratch_accuracy"] for r in rows]
+        dist_mean = mean_std([r["distilled_accuracy"] for r in rows])[0]
+        lines.append([student, f"{r0['params']:,}", f"{r0['macs'] / 1e6:.2f} M", f"{r0['onnx_ms_b1']:.3f}",
+                      f"{r0['onnx_sps_b64']:,.0f}", f"{t['onnx_ms_b1'] / r0['onnx_ms_b1']:.1f}x", r0["method"],
+                      fmt([r["scratch_accuracy"] for r in rows]), fmt([r["distilled_accuracy"] for r in rows]),
+                      paired_gain(gains), f"{100 * dist_mean / t['accuracy']:.1f}"])
+    note = (f"Teacher: the packaged recipe, seed {t['teacher_seed']}, fixed for every student seed. "
+            f"Students: {len(payload['rows'])} (student, seed) pairs; method chosen per student on seed 0's "
+            "validation accuracy among " + ", ".join(METHODS) + ". Cost: ONNX Runtime, CPU, one thread, "
+            "batch 1 latency median and batch 64 throughput.")
+    return markdown_table(header, lines) + "\n\n" + note
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    students = list(dict.fromkeys(r["student"] for r in payload["rows"]))
+    points = []
+    for student in students:
+        rows = [r for r in payload["rows"] if r["student"] == student]
+        points.append((rows[0]["onnx_ms_b1"], 100 * mean_std([r["scratch_accuracy"] for r in rows])[0],
+                       100 * mean_std([r["distilled_accuracy"] for r in rows])[0], student))
+    points.sort()
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o--", label="from scratch")
+    ax.plot([p[0] for p in points], [p[2] for p in points], "s-", label="distilled")
+    for x, _, y, name in points:
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    t = payload["teacher"]
+    ax.plot([t["onnx_ms_b1"]], [100 * t["accuracy"]], "k*", markersize=12, label="teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel("ONNX Runtime latency, batch 1, one thread (ms, log scale)")
+    ax.set_ylabel("AV-Digits hard test accuracy (%, mean of seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--students", nargs="+", choices=list(STUDENTS), default=None)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--select-from", default=None, help="seed-0 results: run each student's chosen method only")
+    parser.add_argument("--teacher-seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=20, help="student epochs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every recipe")
+    parser.add_argument("--name", default="frontier_part")
+    parser.add_argument("--merge", nargs="+", default=None, help="merge result parts, measure cost, write the table")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.merge:
+        report(args)
+    else:
+        train_part(args)
+
+
+if __name__ == "__main__":
+    main()
