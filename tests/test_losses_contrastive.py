@@ -11,10 +11,12 @@ from mmdistill.losses import build_loss
 torch.set_num_threads(1)
 
 
-def bound_crd(student_shape, teacher_shape, num_samples, seed=0, **options):
+def bound_crd(student_shape, teacher_shape, num_samples, seed=0, labels=None, **options):
+    """CRD bound to a bank of ``num_samples``; by default every sample is its own class."""
     torch.manual_seed(seed)
     loss = build_loss("crd", options)
-    loss.bind(torch.Size(student_shape), torch.Size(teacher_shape), num_samples)
+    labels = torch.arange(num_samples) if labels is None else labels
+    loss.bind(torch.Size(student_shape), torch.Size(teacher_shape), num_samples, labels=labels)
     return loss
 
 
@@ -138,3 +140,79 @@ def test_crd_bank_scoring_paths_agree():
     for rows in (few, many):
         expected = torch.stack([torch.stack([memory[r] @ v[b] for r in rows[b]]) for b in range(4)])
         assert torch.allclose(CRD._scores(memory, v, rows), expected, atol=1e-6)
+
+
+# --- negatives: other classes by default (RepDistiller's rule), uniform as an option -----------
+
+def test_crd_negatives_come_from_other_classes_without_replacement():
+    labels = torch.arange(40) % 4  # 30 samples of other classes per sample
+    loss = bound_crd((8, 3), (8, 3), 40, labels=labels, num_negatives=12)
+    idx = torch.arange(0, 40, 5)
+    torch.manual_seed(0)
+    for _ in range(20):
+        neg = loss.sample_negatives(idx)
+        assert neg.shape == (8, 12)
+        assert (labels[neg] != labels[idx].unsqueeze(1)).all()
+        assert all(len(set(row)) == 12 for row in neg.tolist())  # K <= 30: without replacement
+
+
+def test_crd_few_other_class_samples_are_drawn_with_replacement():
+    labels = torch.tensor([1, 1] + [0] * 18)  # a class-0 sample has only 2 other-class samples
+    loss = bound_crd((2, 3), (2, 3), 20, labels=labels, num_negatives=16)
+    torch.manual_seed(0)
+    neg = loss.sample_negatives(torch.tensor([5, 0]))
+    assert set(neg[0].tolist()) == {0, 1}  # 16 draws from 2 candidates: with replacement
+    assert set(neg[1].tolist()) <= set(range(2, 20)) and len(set(neg[1].tolist())) == 16
+
+
+@pytest.mark.parametrize("num_negatives", [3, 9])  # 3: without replacement; 9 > 6 others: with
+def test_crd_other_class_negatives_are_uniform_over_those_samples(num_negatives):
+    labels = torch.tensor([2, 0, 1, 2, 0, 2, 1, 2, 0, 2])  # sizes 3, 2, 5
+    loss = bound_crd((1, 3), (1, 3), 10, labels=labels, num_negatives=num_negatives)
+    torch.manual_seed(0)
+    idx = torch.tensor([1] * 2000)  # class 0: the 7 samples of classes 1 and 2 are candidates
+    counts = torch.bincount(loss.sample_negatives(idx).flatten(), minlength=10).double()
+    allowed = labels != 0
+    assert counts[~allowed].sum() == 0
+    share = counts[allowed] / counts[allowed].sum()
+    assert (share - 1 / 7).abs().max() < 0.01
+
+
+def test_crd_uniform_negatives_include_the_own_class_but_not_the_positive():
+    loss = bound_crd((4, 3), (4, 3), 6, negatives="uniform", num_negatives=5)
+    torch.manual_seed(0)
+    idx = torch.tensor([0, 1, 2, 3])
+    neg = loss.sample_negatives(idx.repeat(50))
+    assert (neg != idx.repeat(50).unsqueeze(1)).all()
+    assert loss.labels is None and not loss.needs_labels
+
+
+def test_crd_other_class_needs_labels_of_two_classes():
+    loss = build_loss("crd")
+    assert loss.needs_labels
+    with pytest.raises(ValueError, match="labels"):
+        loss.bind(torch.Size((2, 3)), torch.Size((2, 3)), 4)
+    with pytest.raises(ValueError, match="3 labels for a dataset of 4"):
+        loss.bind(torch.Size((2, 3)), torch.Size((2, 3)), 4, labels=torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="negatives: uniform"):
+        loss.bind(torch.Size((2, 3)), torch.Size((2, 3)), 4, labels=torch.zeros(4, dtype=torch.long))
+
+
+def test_crd_labels_are_not_saved_with_the_bank():
+    loss = bound_crd((2, 3), (2, 3), 4)
+    assert {"memory_s", "memory_t", "z_s", "z_t"} <= set(loss.state_dict())
+    assert not {"labels", "order", "class_start", "class_count"} & set(loss.state_dict())
+
+
+def test_crd_two_forwards_then_one_backward():
+    """Z is set once, by replacing the buffer: a graph of the first forward stays valid."""
+    loss = bound_crd((4, 3), (4, 5), 10, feat_dim=4)
+    s1, s2 = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    first = loss(s1, torch.randn(4, 5), index=torch.tensor([0, 1, 2, 3]))
+    z = (loss.z_s.item(), loss.z_t.item())
+    second = loss(s2, torch.randn(4, 5), index=torch.tensor([4, 5, 6, 7]))
+    (first + second).backward()
+    assert torch.isfinite(s1.grad).all() and s1.grad.abs().sum() > 0
+    assert torch.isfinite(s2.grad).all() and s2.grad.abs().sum() > 0
+    assert (loss.z_s.item(), loss.z_t.item()) == z
+

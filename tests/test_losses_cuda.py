@@ -29,7 +29,8 @@ def test_cuda_matches_cpu(name):
     s, t = s.double(), t.double()
     index = torch.arange(s.shape[0])
     loss = build_loss(name)
-    loss.bind(s.shape, t.shape, n)
+    # two bank entries of two classes: each sample's only negative is the other one
+    loss.bind(s.shape, t.shape, n, **({"labels": torch.arange(n) % 2} if loss.needs_labels else {}))
     loss.double()
     on_cpu, on_gpu = copy.deepcopy(loss), copy.deepcopy(loss).cuda()
 

@@ -105,9 +105,14 @@ def make_inputs(name, batch, kind, constant=None):
     return s, t, target, index, 2 * batch
 
 
+def bind_kwargs(loss, num_samples):
+    """The training labels for losses that need them, consistent with make_inputs' targets."""
+    return {"labels": torch.arange(num_samples) % 5} if loss.needs_labels else {}
+
+
 def run(name, s, t, target, index, num_samples):
     loss = build_loss(name)
-    loss.bind(s.shape, t.shape, num_samples)
+    loss.bind(s.shape, t.shape, num_samples, **bind_kwargs(loss, num_samples))
     s = s.clone().requires_grad_(True)
     out = loss(s, t, target=target, index=index)
     out.backward()
@@ -132,7 +137,7 @@ def test_finite_scalar_with_gradient(name, kind):
 def test_float64_module(name, kind):
     s, t, target, index, n = make_inputs(name, 4, kind)
     loss = build_loss(name)
-    loss.bind(s.shape, t.shape, n)
+    loss.bind(s.shape, t.shape, n, **bind_kwargs(loss, n))
     loss.double()
     out = loss(s.double(), t.double(), target=target, index=index)
     assert out.dtype == torch.float64 and torch.isfinite(out)

@@ -195,3 +195,68 @@ def test_cc_high_order_matches_gaussian_rbf(feats):
 
     got = build_loss("cc", {"gamma": gamma, "p_order": 20})(s, t).item()
     assert got == pytest.approx(cc_reference(s, t, rbf), rel=1e-8)
+
+
+def cckd_reference(s, t, gamma=0.4, max_p=2, kernel="gaussian"):
+    """torchdistill's CCKDLoss (reduction "batchmean"), restated in plain Python: each row of the
+    correlation matrix from the raw (unnormalised) features, then the Frobenius distance, not
+    squared, divided by B^2."""
+    def corr(x):
+        x = rows(x)
+        if kernel == "bilinear":
+            return [[dot(a, b) for b in x] for a in x]
+        out = []
+        for a in x:
+            row = [1.0] * len(x)
+            for p in range(1, max_p + 1):
+                row = [r + (2 * gamma) ** p / math.factorial(p) * dot(a, b) ** p for r, b in zip(row, x)]
+            out.append([r * math.exp(-2 * gamma) for r in row])
+        return out
+
+    cs, ct = corr(s), corr(t)
+    b = len(cs)
+    return math.sqrt(sum((ct[i][j] - cs[i][j]) ** 2 for i in range(b) for j in range(b))) / b**2
+
+
+@pytest.mark.parametrize("gamma,p_order", [(0.4, 2), (1.0, 3)])
+def test_cc_torchdistill_form_matches_cckd(gamma, p_order):
+    s, t = rand(6, 5, seed=3), rand(6, 7, seed=4)
+    got = build_loss("cc", {"gamma": gamma, "p_order": p_order, "form": "torchdistill"})(s, t).item()
+    assert got == pytest.approx(cckd_reference(s, t, gamma, p_order), rel=1e-9)
+
+
+def test_cc_bilinear_kernel_in_both_forms():
+    s, t = rand(5, 4, seed=5), rand(5, 6, seed=6)
+    got = build_loss("cc", {"kernel": "bilinear", "form": "torchdistill"})(s, t).item()
+    assert got == pytest.approx(cckd_reference(s, t, kernel="bilinear"), rel=1e-9)
+    got = build_loss("cc", {"kernel": "bilinear"})(s, t).item()
+    assert got == pytest.approx(cc_reference(s, t, dot), rel=1e-9)  # cosine similarities
+
+
+def test_cc_forms_are_different_quantities():
+    """The paper's form (unit features, squared norm) and torchdistill's differ by orders of magnitude."""
+    s, t = rand(8, 16, seed=7), rand(8, 16, seed=8)
+    paper = build_loss("cc")(s, t).item()
+    td = build_loss("cc", {"form": "torchdistill"})(s, t).item()
+    assert paper == pytest.approx(cc_reference(s, t, lambda a, b: sum(
+        math.exp(-0.8) * 0.8**p / math.factorial(p) * dot(a, b) ** p for p in range(3))), rel=1e-9)
+    assert td > 100 * paper
+
+
+def test_cc_torchdistill_form_does_not_overflow_in_float32():
+    """Correlations of order 1e20 (features of 3e4): the norm is scaled, so its squares, 1e40,
+    cannot overflow (an unscaled torch.dist gives inf here)."""
+    s, t = rand(4, 48, seed=9, scale=3e4), rand(4, 48, seed=10, scale=3e4)
+    loss = build_loss("cc", {"form": "torchdistill"})
+    s32 = s.float().requires_grad_(True)
+    got = loss(s32, t.float())
+    got.backward()
+    assert torch.isfinite(got) and torch.isfinite(s32.grad).all()
+    assert got.item() == pytest.approx(loss(s, t).item(), rel=1e-4)
+
+
+def test_cc_rejects_unknown_form():
+    from mmdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="form"):
+        build_loss("cc", {"form": "repdistiller"})

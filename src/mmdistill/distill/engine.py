@@ -111,7 +111,8 @@ class Trainer:
                                   f"(it has {', '.join(train.modalities)})")
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
-        task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train))
+        task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train),
+                   labels=train.labels)
         # teachers see each sample whole and aligned under modality dropout and time shifts, so
         # only mixup changes their inputs
         if cfg.cache_teacher and cfg.mixup == 0 and hasattr(task, "cache_teacher_outputs"):
@@ -125,6 +126,8 @@ class Trainer:
         finally:
             if hasattr(task, "clear_cache"):
                 task.clear_cache()
+            if hasattr(task, "teardown"):  # forward hooks and whatever else the fit set up
+                task.teardown()
         task.model.load_state_dict(best_state)
         result.seconds = time.perf_counter() - start
         return result

@@ -1,9 +1,11 @@
 """What the engine optimises: supervised training of one model, or distillation into a student.
 
-A task exposes ``model`` (what is trained and evaluated), ``setup(batch, num_samples)`` (called
-once before the optimiser is built, to create shape-dependent parameters), ``trainable_parameters()``
-and ``training_step(batch, progress) -> (logits, {term: weighted loss})``; the engine minimises the
-sum of the terms. Teacher training and distillation therefore share one loop.
+A task exposes ``model`` (what is trained and evaluated), ``setup(batch, num_samples, labels=None)``
+(called once before the optimiser is built, to create shape-dependent parameters; ``labels`` are the
+training set's), ``trainable_parameters()``, ``training_step(batch, progress) -> (logits, {term:
+weighted loss})`` and ``teardown()`` (called when a fit ends or fails, to release what the fit set
+up: forward hooks, the teacher cache); the engine minimises the sum of the terms. Teacher training
+and distillation therefore share one loop.
 ``training_step`` also receives ``teacher_batch``, the batch before modality dropout.
 """
 from __future__ import annotations
@@ -30,7 +32,10 @@ class SupervisedTask(nn.Module):
         self.model = model
         self.label_smoothing = label_smoothing
 
-    def setup(self, batch, num_samples: int) -> None:
+    def setup(self, batch, num_samples: int, labels: torch.Tensor | None = None) -> None:
+        pass
+
+    def teardown(self) -> None:
         pass
 
     def trainable_parameters(self):
@@ -146,7 +151,22 @@ class DistillationTask(nn.Module):
     def clear_cache(self) -> None:
         self._cache = None
 
-    def setup(self, batch, num_samples: int) -> None:
+    def _captures(self) -> list[FeatureCapture]:
+        return [self._student_capture, *self._teacher_captures]
+
+    def teardown(self) -> None:
+        """End of a fit, successful or not: unregister every forward hook and drop the teacher cache.
+
+        The hooks are registered by the first :meth:`training_step` (setup and the cache register
+        them per forward only), so after teardown the models carry none of this task's hooks.
+        """
+        for capture in self._captures():
+            capture.remove()
+        self.clear_cache()
+
+    def setup(self, batch, num_samples: int, labels: torch.Tensor | None = None) -> None:
+        """Create adapters and bind the losses; ``labels`` (the training set's) go to losses with
+        ``needs_labels``."""
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
@@ -161,7 +181,10 @@ class DistillationTask(nn.Module):
                 self.adapters[str(i)] = Adapter(s.shape, t.shape).to(device)
                 with torch.no_grad():
                     s = self.adapters[str(i)](s)
-            term.loss.bind(s.shape, t.shape, num_samples)
+            extra = {"labels": labels} if getattr(term.loss, "needs_labels", False) else {}
+            if extra and labels is None:
+                raise ConfigError(f"distill.terms[{i}]: loss {term.name!r} needs the training labels")
+            term.loss.bind(s.shape, t.shape, num_samples, **extra)
             term.loss.to(device)
 
     def extra_parameters(self) -> list[nn.Parameter]:
@@ -174,6 +197,8 @@ class DistillationTask(nn.Module):
         """``teacher_batch``: what the teachers see, when it differs from the student's ``batch``
         (under modality dropout the student loses modalities, the teachers see every sample whole)."""
         teacher_batch = batch if teacher_batch is None else teacher_batch
+        for capture in self._captures():  # until teardown (see there)
+            capture.attach()
         teachers = self.teacher_outputs(teacher_batch)
         student = self._student_capture.run(self.model, batch)
         logits = student[OUTPUT]

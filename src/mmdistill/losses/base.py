@@ -9,7 +9,12 @@ features for feature losses. ``target`` holds the class labels and ``index`` the
 of the batch's samples (for losses with a memory bank). A loss that needs the feature shapes or
 the dataset size to create its parameters overrides :meth:`DistillationLoss.bind`, which the
 engine calls once before training; parameters it creates train with the student and are
-reported apart from it.
+reported apart from it. A loss that sets ``needs_labels`` also receives the class labels of the
+whole training set there (``bind(..., labels=...)``, indexed like ``index``).
+
+Precision: the built-in losses compute in float32 whatever their inputs (float16 and bfloat16
+features are upcast and autocast is off inside them, see :func:`compute_in_float32`), so a
+half-precision student gets a finite loss and finite gradients; float64 stays float64.
 
 A user adds a loss without editing the package::
 
@@ -23,6 +28,7 @@ A user adds a loss without editing the package::
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Mapping
 
@@ -34,6 +40,30 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 LOSSES: Registry[type["DistillationLoss"]] = Registry("loss")
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def full_precision(x):
+    """``x`` as float32 when it is a float16/bfloat16 tensor, else unchanged (float64 stays float64)."""
+    return x.float() if isinstance(x, torch.Tensor) and x.dtype in _HALF else x
+
+
+def compute_in_float32(forward):
+    """Decorate a loss's ``forward(student, teacher, ...)``: upcast half inputs, autocast off.
+
+    Softmaxes, norms, exp(score / tau) and the epsilons of the losses then act in float32: in
+    float16 an epsilon of 1e-8 rounds to 0 and exp(1 / 0.07) overflows. Gradients flow back to
+    the inputs in their own dtype.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self, student, teacher, *args, **kwargs):
+        device = student.device.type if isinstance(student, torch.Tensor) else "cpu"
+        with torch.autocast(device_type=device, enabled=False):
+            return forward(self, full_precision(student), full_precision(teacher), *args, **kwargs)
+
+    return wrapper
 
 
 class DistillationLoss(nn.Module):
@@ -48,9 +78,15 @@ class DistillationLoss(nn.Module):
     #: "fusion" (the fused embedding), "encoders" (each modality's embedding, one term per
     #: modality) or "maps" (each modality's last convolutional map, ``encoders.<m>.features``).
     default_layer: str = "fusion"
+    #: True when :meth:`bind` needs the class labels of the training set (``labels=``).
+    needs_labels: bool = False
 
-    def bind(self, student_shape: torch.Size, teacher_shape: torch.Size, num_samples: int) -> None:
-        """Create shape-dependent parameters; the default needs none."""
+    def bind(self, student_shape: torch.Size, teacher_shape: torch.Size, num_samples: int, *,
+             labels: torch.Tensor | None = None) -> None:
+        """Create shape-dependent parameters; the default needs none.
+
+        ``labels`` [num_samples]: the training labels, passed only to losses with ``needs_labels``.
+        """
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, *, target=None, index=None):
         raise NotImplementedError
@@ -64,6 +100,7 @@ class DistillationLoss(nn.Module):
         Losses whose target is not a distribution override it (logit MSE: the weighted mean).
         """
         t = float(getattr(self, "temperature", 1.0))
+        logits, weights = full_precision(logits), full_precision(weights)
         log_p = torch.log_softmax(logits / t, dim=2) + torch.log(weights.T.clamp_min(1e-12)).unsqueeze(2)
         return t * torch.logsumexp(log_p, dim=0)
 
@@ -88,7 +125,11 @@ def register_loss(name: str):
 
 def loss_options(name: str) -> dict[str, inspect.Parameter]:
     """The constructor options of loss ``name``."""
-    params = inspect.signature(LOSSES.get(name).__init__).parameters
+    init = LOSSES.get(name).__init__
+    try:  # resolve string annotations (``from __future__ import annotations``, e.g. Literal[...])
+        params = inspect.signature(init, eval_str=True).parameters
+    except Exception:  # an annotation that does not evaluate: validate against the raw strings
+        params = inspect.signature(init).parameters
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {k: p for k, p in params.items() if k != "self" and p.kind in named}
 

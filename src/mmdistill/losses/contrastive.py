@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DistillationLoss, register_loss
+from .base import DistillationLoss, compute_in_float32, register_loss
 
 
 def nce_loss(scores: torch.Tensor, num_samples: int, eps: float = 1e-7) -> torch.Tensor:
@@ -30,8 +31,15 @@ class CRD(DistillationLoss):
     Linear heads g_S, g_T map the flattened features to ``feat_dim`` and l2-normalise them. Two
     memory banks of size N = num_samples (the dataset size) keep a running embedding per sample.
     For sample i of the batch, the positive is bank entry ``index[i]`` and K negatives are drawn
-    uniformly from the other N - 1 entries; the critic is h(v, w) = exp(v^T w / tau) / Z with Z
-    fixed from the first batch (Z = N * mean exp(v^T w / tau)), and
+
+    * ``negatives="other_class"`` (default): from the samples of the other classes, without
+      replacement when there are at least K of them, else with replacement, as the authors'
+      reference does by default (RepDistiller's ``CIFAR100InstanceSample``, mode "exact");
+      :meth:`bind` then needs the training labels;
+    * ``negatives="uniform"``: uniformly from the other N - 1 entries, with replacement.
+
+    The critic is h(v, w) = exp(v^T w / tau) / Z with Z fixed from the first batch
+    (Z = N * mean exp(v^T w / tau)), and
 
     L = NCE(g_S(s) vs teacher bank) + NCE(g_T(t) vs student bank),
     NCE = -1/B * sum_b [log h_pos / (h_pos + K/N) + sum_k log (K/N) / (h_k + K/N)]
@@ -40,7 +48,8 @@ class CRD(DistillationLoss):
     form of the authors' ``CRDLoss``/``ContrastMemory``). In training mode each forward then
     updates the banks at ``index``: w <- normalise(momentum * w + (1 - momentum) * v).
     :meth:`bind` creates the heads (extra trainable parameters) and the banks (buffers, saved in
-    checkpoints); ``num_negatives`` is clamped to N - 1. Needs ``index``.
+    checkpoints with Z); ``num_negatives`` is clamped to N - 1. Needs ``index``. Z is set by
+    replacing its buffer, never by an in-place write, so several forwards may precede a backward.
     """
 
     inputs = "features"
@@ -51,6 +60,7 @@ class CRD(DistillationLoss):
         num_negatives: int = 4096,
         temperature: float = 0.07,
         momentum: float = 0.5,
+        negatives: Literal["other_class", "uniform"] = "other_class",
     ):
         super().__init__()
         if feat_dim < 1:
@@ -61,23 +71,34 @@ class CRD(DistillationLoss):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if negatives not in ("other_class", "uniform"):
+            raise ValueError(f"negatives must be 'other_class' or 'uniform', got {negatives!r}")
         self.feat_dim, self.num_negatives = feat_dim, num_negatives
-        self.temperature, self.momentum = temperature, momentum
+        self.temperature, self.momentum, self.negatives = temperature, momentum, negatives
+        self.needs_labels = negatives == "other_class"
         self.num_samples = 0
         self.embed_s: nn.Module | None = None
         self.embed_t: nn.Module | None = None
         for name in ("memory_s", "memory_t", "z_s", "z_t"):
             self.register_buffer(name, None)
+        # the training labels, sorted: derived from the data at bind, not saved in checkpoints
+        for name in ("labels", "order", "class_start", "class_count"):
+            self.register_buffer(name, None, persistent=False)
 
     @property
     def k(self) -> int:
         """The number of negatives per positive: num_negatives clamped to num_samples - 1."""
         return min(self.num_negatives, self.num_samples - 1)
 
-    def bind(self, student_shape, teacher_shape, num_samples):
-        """Create the heads and the banks; shapes are batch shapes [B, ...], flattened after dim 0."""
+    def bind(self, student_shape, teacher_shape, num_samples, *, labels=None):
+        """Create the heads and the banks; shapes are batch shapes [B, ...], flattened after dim 0.
+
+        ``labels`` [num_samples]: the class of each bank entry (needed for other-class negatives).
+        """
         if num_samples < 2:
             raise ValueError(f"crd needs a dataset of at least 2 samples, got num_samples={num_samples}")
+        if self.negatives == "other_class":
+            self._bind_labels(labels, int(num_samples))
         d_s, d_t = math.prod(student_shape[1:]), math.prod(teacher_shape[1:])
         self.num_samples = int(num_samples)
         self.embed_s = nn.Linear(d_s, self.feat_dim)
@@ -88,6 +109,48 @@ class CRD(DistillationLoss):
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
 
+    def _bind_labels(self, labels, num_samples: int) -> None:
+        if labels is None:
+            raise ValueError("crd draws negatives from other classes and needs the training labels: "
+                             "bind(..., labels=...), or set negatives: uniform")
+        labels = torch.as_tensor(labels).long().view(-1).cpu()
+        if labels.numel() != num_samples:
+            raise ValueError(f"crd: got {labels.numel()} labels for a dataset of {num_samples} samples")
+        if bool((labels < 0).any()):
+            raise ValueError(f"crd: negative label {int(labels.min())}")
+        count = torch.bincount(labels)
+        if int((count > 0).sum()) < 2:
+            raise ValueError(f"crd draws negatives from other classes, but every training sample has class "
+                             f"{int(labels[0])}: set negatives: uniform")
+        self.register_buffer("labels", labels, persistent=False)
+        self.register_buffer("order", torch.argsort(labels, stable=True), persistent=False)
+        self.register_buffer("class_start", torch.cumsum(count, 0) - count, persistent=False)
+        self.register_buffer("class_count", count, persistent=False)
+
+    def sample_negatives(self, idx: torch.Tensor) -> torch.Tensor:
+        """[B, K] bank rows, none equal to its own ``idx`` (and of another class by default)."""
+        b, k, n = idx.numel(), self.k, self.num_samples
+        if self.negatives == "uniform":
+            neg = torch.randint(0, n - 1, (b, k), device=idx.device)
+            return neg + (neg >= idx.unsqueeze(1)).long()
+        y = self.labels[idx]
+        start, count = self.class_start[y], self.class_count[y]
+        others = n - count
+        neg = torch.empty(b, k, dtype=torch.long, device=idx.device)
+        few = others < k  # fewer other-class samples than negatives: drawn with replacement
+        if bool(few.any()):
+            o = others[few].unsqueeze(1)
+            r = (torch.rand(o.shape[0], k, dtype=torch.float64, device=idx.device) * o).long()
+            r = torch.minimum(r, o - 1)  # r uniform in [0, others): skip the own class's block of order
+            r = r + (r >= start[few].unsqueeze(1)).long() * count[few].unsqueeze(1)
+            neg[few] = self.order[r]
+        rows = (~few).nonzero().squeeze(1)
+        for chunk in rows.split(max(1, 2**22 // n)):  # at most ~4M mask entries at a time
+            mask = (self.labels.unsqueeze(0) != y[chunk].unsqueeze(1)).float()
+            neg[chunk] = torch.multinomial(mask, k, replacement=False)
+        return neg
+
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         if self.embed_s is None:
             raise RuntimeError("crd: call bind(student_shape, teacher_shape, num_samples) before the first forward")
@@ -108,16 +171,14 @@ class CRD(DistillationLoss):
         vs = F.normalize(self.embed_s(student.flatten(1)), dim=1).to(dtype)
         vt = F.normalize(self.embed_t(teacher.flatten(1)), dim=1).to(dtype)
 
-        # K negatives per sample, uniform over the bank without the positive itself
-        neg = torch.randint(0, n - 1, (b, self.k), device=device)
-        neg = neg + (neg >= idx.unsqueeze(1)).long()
-        rows = torch.cat([idx.unsqueeze(1), neg], dim=1)  # [B, 1 + K], positive first
+        rows = torch.cat([idx.unsqueeze(1), self.sample_negatives(idx)], dim=1)  # [B, 1 + K], positive first
 
         out_s = torch.exp(self._scores(self.memory_t, vs, rows) / self.temperature)
         out_t = torch.exp(self._scores(self.memory_s, vt, rows) / self.temperature)
         with torch.no_grad():  # the normalisation constants, set once from the first batch
-            self.z_s.copy_(torch.where(self.z_s < 0, out_s.mean() * n, self.z_s))
-            self.z_t.copy_(torch.where(self.z_t < 0, out_t.mean() * n, self.z_t))
+            # new tensors replace the buffers: a graph built by an earlier forward keeps the old ones
+            self.z_s = torch.where(self.z_s < 0, out_s.mean() * n, self.z_s)
+            self.z_t = torch.where(self.z_t < 0, out_t.mean() * n, self.z_t)
         loss = nce_loss(out_s / self.z_s, n) + nce_loss(out_t / self.z_t, n)
 
         if self.training:

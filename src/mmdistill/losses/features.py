@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DistillationLoss, register_loss
+from .base import DistillationLoss, compute_in_float32, register_loss
 
 
 def _check_batch(name: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -64,6 +64,7 @@ class FitNet(DistillationLoss):
     default_layer = "encoders"
     needs_adapter = True
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         if student.shape != teacher.shape:
             raise ValueError(
@@ -101,6 +102,7 @@ class AttentionTransfer(DistillationLoss):
             raise ValueError(f"p must be > 0, got {p}")
         self.p = p
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         _check_batch("at", student, teacher)
         s, t = match_spatial(_as_map("at", student), _as_map("at", teacher))
@@ -135,6 +137,7 @@ class NST(DistillationLoss):
     def _kernel_mean(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a @ b.transpose(1, 2) + self.c).pow(self.degree).mean()
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         _check_batch("nst", student, teacher)
         s, t = match_spatial(_as_map("nst", student), _as_map("nst", teacher))
@@ -194,6 +197,7 @@ class VID(DistillationLoss):
         )
         self.log_scale = nn.Parameter(torch.full((c_t,), _inverse_softplus(self.init_pred_var - self.eps)))
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         if self.regressor is None:
             raise RuntimeError("vid: call bind(student_shape, teacher_shape, num_samples) before the first forward")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationLoss, register_loss
+from .base import DistillationLoss, compute_in_float32, register_loss
 
 
 @register_loss("mse")
@@ -16,6 +16,7 @@ class LogitMSE(DistillationLoss):
     the objective, not a per-element mean).
     """
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         return (student - teacher).pow(2).sum(dim=1).mean()
 
@@ -39,6 +40,7 @@ class KD(DistillationLoss):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         t = self.temperature
         log_q = F.log_softmax(student / t, dim=1)
@@ -79,6 +81,7 @@ class DKD(DistillationLoss):
             raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         _check_logits(student, teacher)
         if target is None:
@@ -109,10 +112,11 @@ class DKD(DistillationLoss):
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Pearson correlation of each row of ``a`` with the same row of ``b``."""
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (``eps`` at least the
+    dtype's smallest normal number, so that it never rounds to 0 in half precision)."""
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
-    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + max(eps, torch.finfo(a.dtype).tiny))
 
 
 @register_loss("dist")
@@ -138,6 +142,7 @@ class DIST(DistillationLoss):
             raise ValueError(f"beta and gamma must be >= 0, got beta={beta}, gamma={gamma}")
         self.beta, self.gamma, self.temperature = beta, gamma, temperature
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         _check_logits(student, teacher)
         t = self.temperature

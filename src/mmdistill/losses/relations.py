@@ -6,11 +6,12 @@ differ in dimension, only the batch size must agree.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationLoss, register_loss
+from .base import DistillationLoss, compute_in_float32, register_loss
 
 
 def _flatten_pair(name: str, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +41,7 @@ class SimilarityPreserving(DistillationLoss):
     inputs = "features"
     default_layer = "maps"
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         s, t = _flatten_pair("sp", student, teacher)
         b = s.shape[0]
@@ -49,9 +51,10 @@ class SimilarityPreserving(DistillationLoss):
 
 
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Euclidean distances [B, B] with a zero diagonal; squared distances are clamped at ``eps``."""
+    """Euclidean distances [B, B] with a zero diagonal; squared distances are clamped at ``eps``
+    (at least the dtype's smallest normal number, so that it never rounds to 0 in half precision)."""
     sq = e.pow(2).sum(dim=1)
-    d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.t()).clamp(min=eps)
+    d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.t()).clamp(min=max(eps, torch.finfo(e.dtype).tiny))
     eye = torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
     return d2.sqrt().masked_fill(eye, 0)
 
@@ -114,6 +117,7 @@ class RKD(DistillationLoss):
             )
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         s, t = _flatten_pair("rkd", student, teacher)
         loss = _zero(s)
@@ -133,6 +137,7 @@ class RKDDistance(DistillationLoss):
 
     inputs = "features"
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         return rkd_distance_loss(*_flatten_pair("rkd_distance", student, teacher))
 
@@ -146,6 +151,7 @@ class RKDAngle(DistillationLoss):
 
     inputs = "features"
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         return rkd_angle_loss(*_flatten_pair("rkd_angle", student, teacher))
 
@@ -176,6 +182,7 @@ class PKT(DistillationLoss):
         k = (x @ x.t() + 1) / 2
         return k / k.sum(dim=1, keepdim=True)
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         s, t = _flatten_pair("pkt", student, teacher)
         q, p = self._conditional(s), self._conditional(t)
@@ -186,33 +193,60 @@ class PKT(DistillationLoss):
 class CorrelationCongruence(DistillationLoss):
     """Correlation congruence: match the batch correlation matrices under a Taylor-expanded Gaussian kernel (Peng et al. 2019).
 
-    On l2-normalised features f, the Gaussian RBF k(f_i, f_j) = exp(-gamma ||f_i - f_j||^2)
-    = exp(-2 gamma) exp(2 gamma f_i^T f_j) is approximated by its P-order Taylor expansion,
-    k(f_i, f_j) ~ sum_{p=0}^{P} exp(-2 gamma) (2 gamma)^p / p! (f_i^T f_j)^p, giving the B x B
-    correlation matrix Psi, and L = 1/B^2 * ||Psi_T - Psi_S||_F^2 ("Correlation Congruence for
-    Knowledge Distillation", ICCV 2019, arXiv:1904.01802, the L_CC with the Gaussian-RBF correlation; defaults gamma = 0.4,
-    P = 2 as in torchdistill's ImageNet configuration).
+    Two forms, which differ in value by orders of magnitude (weights do not carry over):
+
+    * ``form="paper"`` (default) follows "Correlation Congruence for Knowledge Distillation"
+      (ICCV 2019, arXiv:1904.01802, L_CC with the generalised kernel correlation): on
+      l2-normalised features f the Gaussian RBF k(f_i, f_j) = exp(-gamma ||f_i - f_j||^2)
+      = exp(-2 gamma) exp(2 gamma f_i^T f_j) is approximated by its P-order Taylor expansion,
+      k(f_i, f_j) ~ sum_{p=0}^{P} exp(-2 gamma) (2 gamma)^p / p! (f_i^T f_j)^p, giving the B x B
+      correlation matrix Psi, and L = 1/B^2 * ||Psi_T - Psi_S||_F^2.
+    * ``form="torchdistill"`` is torchdistill's ``CCKDLoss`` (reduction "batchmean"): the same
+      expansion on the features as given, not normalised, and the norm not squared,
+      L = 1/B^2 * ||Psi_T - Psi_S||_F. (torchdistill applies it to the 128-d outputs of a
+      trainable linear layer on each network, ``Linear4CCKD``; here the term compares the
+      captured features, so add such a layer to the models to reproduce that setup.)
+
+    ``kernel="bilinear"`` replaces the expansion by Psi = F F^T in either form. Defaults
+    gamma = 0.4, P = 2 as in torchdistill's ImageNet configuration. (RepDistiller's
+    ``Correlation``, taken from the authors' code, computes a third quantity, a product of
+    consecutive samples' feature differences; it is not offered.)
     """
 
     inputs = "features"
 
-    def __init__(self, gamma: float = 0.4, p_order: int = 2):
+    def __init__(self, gamma: float = 0.4, p_order: int = 2, form: Literal["paper", "torchdistill"] = "paper",
+                 kernel: Literal["gaussian", "bilinear"] = "gaussian"):
         super().__init__()
         if gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         if p_order < 0:
             raise ValueError(f"p_order must be >= 0, got {p_order}")
-        self.gamma, self.p_order = gamma, p_order
+        if form not in ("paper", "torchdistill"):
+            raise ValueError(f"form must be 'paper' or 'torchdistill', got {form!r}")
+        if kernel not in ("gaussian", "bilinear"):
+            raise ValueError(f"kernel must be 'gaussian' or 'bilinear', got {kernel!r}")
+        self.gamma, self.p_order, self.form, self.kernel = gamma, p_order, form, kernel
 
     def correlation(self, x: torch.Tensor) -> torch.Tensor:
-        g = F.normalize(x, dim=1)
+        """Psi [B, B] of features [B, D] (l2-normalised first in the paper form)."""
+        g = F.normalize(x, dim=1) if self.form == "paper" else x
         g = g @ g.t()
+        if self.kernel == "bilinear":
+            return g
         out = torch.ones_like(g)
         for p in range(1, self.p_order + 1):
             out = out + (2 * self.gamma) ** p / math.factorial(p) * g.pow(p)
         return out * math.exp(-2 * self.gamma)
 
+    @compute_in_float32
     def forward(self, student, teacher, *, target=None, index=None):
         s, t = _flatten_pair("cc", student, teacher)
         b = s.shape[0]
-        return (self.correlation(t) - self.correlation(s)).pow(2).sum() / (b * b)
+        diff = self.correlation(t) - self.correlation(s)
+        if self.form == "paper":
+            return diff.pow(2).sum() / (b * b)
+        # ||diff||_F, scaled by its largest entry so that the squares cannot overflow
+        scale = diff.detach().abs().amax()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return torch.linalg.vector_norm(diff / scale) * scale / (b * b)
