@@ -17,6 +17,7 @@ from mmdistill.cli import main
 from mmdistill.config import TrainConfig
 from mmdistill.data import DataSplits
 from mmdistill.data.registry import DATASETS, parse_options
+from mmdistill.errors import CheckpointError
 from mmdistill.losses.contrastive import CRD
 from mmdistill.models import build_model
 
@@ -188,6 +189,16 @@ def test_resume_after_a_crash_skips_the_unsaved_epoch_and_logs_each_epoch_once(t
     assert any(isinstance(loss, CRD) for loss in resumed.task.losses)
 
 
+def test_resume_refuses_changed_training_data(tmp_path):
+    data = tiny_data()
+    cfg = TrainConfig(epochs=2, batch_size=40, progress=False)
+    with pytest.raises(Crash):
+        train(model(data, [4]), data, cfg, device="cpu", run_dir=tmp_path, save=crashing_save(2))
+    data.train.modalities["audio"][7, 0, 0, 0] += 1
+    with pytest.raises(CheckpointError, match="state.pt: the training data differ"):
+        train(model(data, [4]), data, cfg, device="cpu", run_dir=tmp_path, save=crashing_save(None), resume=True)
+
+
 def test_training_state_is_weights_only_and_complete(tmp_path):
     data = tiny_data()
     teacher = model(data, [8])
@@ -256,3 +267,21 @@ def test_resume_refuses_a_replaced_teacher(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli("distill", tmp_path / "s.yaml", "--out", tmp_path / "s", "--resume") == 2
     assert "teacher weights differ" in one_line_error(capsys)
+
+
+def test_resume_after_the_last_epoch_only_finishes_the_run(tmp_path):
+    """Killed after the last state.pt but before the test metrics: resuming trains nothing more."""
+    small = dict(TEACHER, data={**TEACHER["data"], "train_size": 100}, train={**TEACHER["train"], "epochs": 2})
+    cfg = write(tmp_path, "t.yaml", small)
+    assert run_cli("train", cfg, "--out", tmp_path / "run") == 0
+    weights = (tmp_path / "run" / "best.pt").read_bytes()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for name in ("summary.json", "metrics.json"):
+        (tmp_path / "run" / name).unlink()
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    assert run_cli("train", cfg, "--out", tmp_path / "run", "--resume") == 0
+    assert (tmp_path / "run" / "best.pt").read_bytes() == weights
+    again = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert again["model"]["accuracy"] == summary["model"]["accuracy"] and again["best_epoch"] == summary["best_epoch"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

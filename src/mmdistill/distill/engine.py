@@ -121,6 +121,8 @@ class Trainer:
                                   f"(it has {', '.join(train.modalities)})")
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
+        if self.run_dir:
+            self._fingerprints = self._inputs_fingerprint(task, train)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train))
         # teachers see each sample whole and aligned under modality dropout and time shifts, so
         # only mixup changes their inputs
@@ -222,15 +224,16 @@ class Trainer:
 
         Called last in an epoch, so every RNG state is the one the next epoch starts from. The
         task's state dict covers the model, adapters and the losses' parameters and buffers (e.g.
-        VID's variances, CRD's memory banks); frozen teachers are stored as a fingerprint only.
+        VID's variances, CRD's memory banks); the frozen teachers and the training data are stored
+        as fingerprints only, so a resumed run refuses different ones.
         Tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it.
         """
-        task_state, teachers = _split_teachers(task.state_dict())
+        task_state, _ = _split_teachers(task.state_dict())
         payload = {
             "format": self.STATE_FORMAT,
             "epoch": epoch,
             "task": {k: v.detach().cpu() for k, v in task_state.items()},
-            "teachers_sha256": _fingerprint(teachers),
+            "inputs_sha256": self._fingerprints,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": {**rng_state(), "mix": mix_generator.get_state()},
@@ -243,6 +246,13 @@ class Trainer:
         if sampler_generator is not None:
             payload["rng"]["sampler"] = sampler_generator.get_state()
         _atomic_save(payload, self.run_dir / self.STATE_FILE)
+
+    @staticmethod
+    def _inputs_fingerprint(task, train: MultimodalDataset) -> dict[str, str]:
+        """SHA-256 of what a run reads but does not train: the frozen teachers and the training set."""
+        data = {f"x.{k}": v for k, v in train.modalities.items()}
+        data.update({f"present.{k}": v for k, v in train.present.items()}, label=train.labels)
+        return {"teachers": _fingerprint(_split_teachers(task.state_dict())[1]), "data": _fingerprint(data)}
 
     def _load_state(self, task, loader, optimizer, scheduler, mix_generator, result: FitResult) -> tuple[int, dict]:
         """Restore what :meth:`_save_state` wrote; returns (epochs done, best model state so far).
@@ -262,10 +272,13 @@ class Trainer:
         if state["epoch"] > self.cfg.epochs:
             raise CheckpointError(f"{path}: the run already trained {state['epoch']} epochs, more than "
                                   f"train.epochs = {self.cfg.epochs}")
-        task_state, teachers = _split_teachers(task.state_dict())
-        if _fingerprint(teachers) != state["teachers_sha256"]:
+        task_state, _ = _split_teachers(task.state_dict())
+        if self._fingerprints["teachers"] != state["inputs_sha256"]["teachers"]:
             raise CheckpointError(f"{path}: the teacher weights differ from the interrupted run's "
                                   f"(was a teacher checkpoint replaced?)")
+        if self._fingerprints["data"] != state["inputs_sha256"]["data"]:
+            raise CheckpointError(f"{path}: the training data differ from the interrupted run's "
+                                  f"(were the data files changed?)")
         missing = sorted(set(task_state) ^ set(state["task"]))
         if missing:
             raise CheckpointError(f"{path}: the training state does not match the model ({missing[0]!r} "
@@ -329,7 +342,8 @@ def _fingerprint(state: dict) -> str:
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
