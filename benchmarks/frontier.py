@@ -113,6 +113,7 @@ def run_one(student: str, method: str, seed: int, teacher, data, args) -> dict:
                           device=args.device, seed=seed, label=f"{student} {method}")
     device = api.resolve_device(args.device)
     test = evaluate_model(model, data.test, device=device, latency=False, teacher=teacher)
+    test.setdefault("teacher_agreement", None)
     train_acc = evaluate_model(model, data.train, device=device, latency=False)["accuracy"]
     return {"student": student, "method": method, "seed": seed, "params": count_parameters(model),
             "accuracy": test["accuracy"], "val_accuracy": fit.best_val_accuracy, "train_accuracy": train_acc,
@@ -139,13 +140,17 @@ def train_part(args) -> None:
     for seed in args.seeds:
         tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), [f"seed={seed}", *args.overrides]))
         data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
-        teacher = teacher_for(args.teacher_seed, args, data)
-        t = evaluate_model(teacher, data.test, device=api.resolve_device(args.device), latency=False)
-        runs.append({"student": "teacher", "method": "teacher", "seed": seed, "params": t["params"],
-                     "accuracy": t["accuracy"], "teacher_seed": args.teacher_seed})
-        print(f"seed {seed} teacher {t['accuracy']:.4f}", flush=True)
+        teacher = None
+        if chosen is not None or args.methods != ["scratch"]:
+            teacher = teacher_for(args.teacher_seed, args, data)
+            t = evaluate_model(teacher, data.test, device=api.resolve_device(args.device), latency=False)
+            runs.append({"student": "teacher", "method": "teacher", "seed": seed, "params": t["params"],
+                         "accuracy": t["accuracy"], "teacher_seed": args.teacher_seed})
+            print(f"seed {seed} teacher {t['accuracy']:.4f}", flush=True)
         for student in students:
-            methods = ["scratch", *(args.methods or METHODS)] if chosen is None else ["scratch", chosen[student]]
+            methods = (args.methods or ["scratch", *METHODS]) if chosen is None else ["scratch", chosen[student]]
+            if chosen is not None and args.skip_scratch:
+                methods = [chosen[student]]
             for method in methods:
                 runs.append(run_one(student, method, seed, teacher, data, args))
                 r = runs[-1]
@@ -270,7 +275,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--students", nargs="+", choices=list(STUDENTS), default=None)
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--methods", nargs="+", choices=["scratch", *METHODS], default=None,
+                        help="default: scratch and every candidate method")
+    parser.add_argument("--skip-scratch", action="store_true", help="with --select-from: the chosen methods only")
     parser.add_argument("--select-from", default=None, help="seed-0 results: run each student's chosen method only")
     parser.add_argument("--teacher-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=20, help="student epochs")

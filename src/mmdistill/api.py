@@ -59,9 +59,13 @@ def make_terms(terms: Sequence[Term | LossTermConfig | dict | str],
 
 
 def train(model: nn.Module, data: DataSplits, cfg: TrainConfig = TrainConfig(), *, device: str = "auto",
-          seed: int = 0, run_dir: Path | None = None, save: Callable | None = None, label: str = "teacher") -> FitResult:
-    """Train ``model`` with cross-entropy on ``data.train`` (model selection on ``data.val``)."""
-    trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label)
+          seed: int = 0, run_dir: Path | None = None, save: Callable | None = None, label: str = "teacher",
+          resume: bool = False) -> FitResult:
+    """Train ``model`` with cross-entropy on ``data.train`` (model selection on ``data.val``).
+
+    ``resume``: continue the run whose training state ``run_dir`` holds (see :class:`Trainer`)."""
+    trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label,
+                      resume=resume)
     return trainer.fit(SupervisedTask(model), data.train, data.val)
 
 
@@ -69,7 +73,7 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
             data: DataSplits, *, terms: Sequence[Term | LossTermConfig | dict | str] = ("kd",), gamma: float = 1.0,
             ensemble: EnsembleConfig | dict | str = "average", cfg: TrainConfig = TrainConfig(),
             device: str = "auto", seed: int = 0, run_dir: Path | None = None, save: Callable | None = None,
-            label: str = "student") -> FitResult:
+            label: str = "student", resume: bool = False) -> FitResult:
     """Distil ``teachers`` into ``student``: minimise gamma * CE + sum_i weight_i * term_i.
 
     ``teachers``: one model, a list, or ``{name: model}`` (names are what a term's ``source`` and
@@ -77,6 +81,7 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
     compare the student with their per-sample fusion by ``ensemble`` (a strategy name or
     ``{"strategy": "fixed", "weights": {name: w}}``, see :mod:`mmdistill.distill.ensemble`).
     ``result.task`` keeps the task, e.g. for :meth:`~DistillationTask.sample_weights`.
+    ``resume``: continue the run whose training state ``run_dir`` holds (see :class:`Trainer`).
     """
     if isinstance(teachers, nn.Module):
         teachers = [teachers]
@@ -91,7 +96,8 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
         raise ConfigError(f"distill.ensemble: {err}") from None
     task = DistillationTask(student, models, make_terms(terms, names), gamma=gamma, teacher_names=names,
                             ensemble=fusion)
-    trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label)
+    trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label,
+                      resume=resume)
     result = trainer.fit(task, data.train, data.val)
     result.extra_params = sum(p.numel() for p in task.extra_parameters())
     result.task = task

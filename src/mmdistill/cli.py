@@ -25,6 +25,8 @@ SetOpt = typer.Option(None, "--set", help="Override a config key: key.path=value
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config).")
 RootOpt = typer.Option(None, "--data-root", help="Data root (overrides MMDISTILL_DATA and the config).")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing run directory.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last complete "
+                                                 "epoch (same config).")
 
 
 def _config(path: Path, overrides, device, data_root):
@@ -66,11 +68,11 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run director
 @app.command("train")
 def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path = OutOpt,
               set_: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
-              data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt):
+              data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt, resume: bool = ResumeOpt):
     """Train a model with cross-entropy (e.g. a teacher)."""
     from .runs import run_train
 
-    summary = run_train(_config(config, set_, device, data_root), out, overwrite=overwrite)
+    summary = run_train(_config(config, set_, device, data_root), out, overwrite=overwrite, resume=resume)
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})
 
 
@@ -104,7 +106,7 @@ def _loss_terms(specs: list[str], encoders: dict) -> list[dict]:
 @app.command("distill")
 def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the teacher checkpoint."),
                 out: Path = OutOpt, set_: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
-                data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt,
+                data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt, resume: bool = ResumeOpt,
                 loss: Optional[List[str]] = typer.Option(
                     None, "--loss", help="NAME[:WEIGHT] (repeatable): replaces the config's loss terms; feature "
                                          "losses read the layers the method table uses (at, nst, sp: "
@@ -120,7 +122,7 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
         seen = cfg.model.modalities or list(cfg.model.encoders)
         raw["distill"]["terms"] = _loss_terms(loss, {m: cfg.model.encoders[m] for m in seen})
         cfg = parse_config(raw, str(config))
-    summary = run_distill(cfg, out, overwrite=overwrite, config_path=config)
+    summary = run_distill(cfg, out, overwrite=overwrite, config_path=config, resume=resume)
     teachers = summary.get("teachers", {"teacher": summary["teacher"]})
     _print_metrics(f"test metrics ({out})", {**teachers, "student": summary["student"]})
     console.print(f"agreement with {next(iter(teachers))}: {summary['student']['teacher_agreement']:.4f}")

@@ -3,7 +3,8 @@
 ``run.json`` is written first with ``"status": "running"`` and rewritten with ``"complete"``
 (or ``"failed"`` and the error) at the end; result files (``summary.json``, ``metrics.json``) are
 written atomically and only on success. An existing directory is reused only with
-``overwrite=True`` and only if it is an mmdistill run directory or empty.
+``overwrite=True`` and only if it is an mmdistill run directory or empty; ``resume=True`` reopens
+one as it is (its files kept, ``status`` back to ``running``) to continue an interrupted run.
 """
 from __future__ import annotations
 
@@ -36,8 +37,12 @@ def write_json(path: Path, payload: Any) -> Path:
 
 
 class RunDir:
-    def __init__(self, path: str | Path, *, overwrite: bool = False, command: str = "", config: Any = None):
+    def __init__(self, path: str | Path, *, overwrite: bool = False, command: str = "", config: Any = None,
+                 resume: bool = False):
         self.path = Path(path)
+        if resume:
+            self._reopen()
+            return
         if self.path.exists() and not self.path.is_dir():
             raise MMDistillError(f"{self.path}: exists and is not a directory")
         if self.path.exists() and any(self.path.iterdir()):
@@ -50,6 +55,16 @@ class RunDir:
         self.started = time.time()
         self.info = {"status": "running", "command": command or " ".join(sys.argv), "started": self.started,
                      "config": config}
+        write_json(self.path / "run.json", self.info)
+
+    def _reopen(self) -> None:
+        try:
+            info = json.loads((self.path / "run.json").read_text())
+        except (OSError, ValueError) as err:
+            raise MMDistillError(f"{self.path / 'run.json'}: cannot reopen the run ({err})") from None
+        self.started = time.time()
+        info.pop("error", None)
+        self.info = {**info, "status": "running", "resumed": [*info.get("resumed", []), self.started]}
         write_json(self.path / "run.json", self.info)
 
     def __truediv__(self, name: str) -> Path:

@@ -5,10 +5,13 @@ creates the run directory, so a user error never leaves a half-written run behin
 
 Run directory contents: ``run.json`` (status, command, resolved config), ``metrics.jsonl`` (one
 line per epoch), ``best.pt`` / ``last.pt`` (weights-only checkpoints), ``metrics.json`` (test
-metrics) and ``summary.json``, the last two written only on success.
+metrics) and ``summary.json``, the last two written only on success, and ``state.pt``, the
+training state after the last complete epoch, from which ``resume=True`` continues the run (see
+:func:`check_resumable`).
 """
 from __future__ import annotations
 
+import json
 from itertools import combinations
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +25,8 @@ from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits
 from .distill.engine import resolve_device
-from .errors import CheckpointError, ConfigError
+from .distill.engine import Trainer
+from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
 from .models import build_model
 from .rundir import RunDir, write_json, write_text
@@ -51,14 +55,75 @@ def load_data(cfg: RunConfig, data: DataSplits | None = None) -> DataSplits:
     return data if data is not None else build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
 
 
-def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None) -> dict:
-    """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics."""
+#: config keys that do not change what a run computes, so a resumed run may differ in them
+RESUME_IGNORES = ("train.progress",)
+
+
+def _first_difference(old, new, key: str = ""):
+    """(dotted key, old value, new value) of the first difference between two JSON values, or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in list(old) + [k for k in new if k not in old]:
+            sub = f"{key}.{k}" if key else str(k)
+            if sub in RESUME_IGNORES:
+                continue
+            found = _first_difference(old.get(k), new.get(k), sub)
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            found = _first_difference(a, b, f"{key}[{i}]")
+            if found:
+                return found
+        return None
+    return None if old == new else (key, old, new)
+
+
+def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse (one line) unless ``out`` holds an unfinished run of exactly ``cfg`` with a training state.
+
+    The recorded config must equal ``cfg`` in every key but ``train.progress``; ``train.epochs``
+    too, because the learning-rate schedule and loss warm-ups depend on it: a resumed run is the
+    run that was started, bit for bit, not a longer one.
+    """
+    out = Path(out)
+    if overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one of them")
+    record = out / "run.json"
+    if not record.is_file():
+        raise MMDistillError(f"{out}: no run to resume (no run.json)")
+    try:
+        info = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        raise MMDistillError(f"{record}: not a readable run record ({err})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise MMDistillError(f"{record}: not a train or distill run record; nothing to resume")
+    if info.get("status") == "complete":
+        raise MMDistillError(f"{out}: the run is already complete; nothing to resume")
+    if not (out / Trainer.STATE_FILE).is_file():
+        raise MMDistillError(f"{out}: no training state to resume from ({Trainer.STATE_FILE} is missing: the run "
+                             f"stopped before its first epoch ended); start it again with --overwrite")
+    now = json.loads(json.dumps(cfg.model_dump(), default=str))
+    diff = _first_difference(info["config"], now)
+    if diff:
+        key, old, new = diff
+        raise ConfigError(f"{key}: {json.dumps(new)} in the config but {json.dumps(old)} in the run in {out}; "
+                          f"a run resumes only with the config it started with")
+
+
+def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None,
+              resume: bool = False) -> dict:
+    """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics.
+
+    ``resume``: continue the interrupted run in ``out`` from its last complete epoch."""
+    if resume:
+        check_resumable(cfg, out, overwrite=overwrite)
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
     model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
-    with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
+    with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
-                    save=_saver(cfg, data, "model"), label="train")
+                    save=_saver(cfg, data, "model"), label="train", resume=resume)
         metrics = evaluate_model(model, data.test, device=device, batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "model": metrics, "best_epoch": fit.best_epoch,
                    "val_accuracy": fit.best_val_accuracy, "train_seconds": round(fit.seconds, 2),
@@ -95,22 +160,25 @@ def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) ->
 
 
 def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
-                config_path: str | Path | None = None, data: DataSplits | None = None) -> dict:
+                config_path: str | Path | None = None, data: DataSplits | None = None, resume: bool = False) -> dict:
     """Distil the checkpointed teacher(s) of ``cfg.distill`` into a student built from ``cfg.model``.
 
     With several teachers the run directory also holds ``teacher_weights.csv``: the ensemble's
     weight of each teacher on each training sample, and the summary their mean per class.
+    ``resume``: continue the interrupted run in ``out`` from its last complete epoch.
     """
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
+    if resume:
+        check_resumable(cfg, out, overwrite=overwrite)
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
     teachers = load_teachers(cfg, data, device, config_path)
     student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
-    with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
+    with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
         fit = distill(student, teachers, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
-                      run_dir=run.path, save=_saver(cfg, data, "student"))
+                      run_dir=run.path, save=_saver(cfg, data, "student"), resume=resume)
         first = next(iter(teachers.values()))
         metrics = evaluate_model(student, data.test, device=device, teacher=first,
                                  batch_size=cfg.train.eval_batch_size)

@@ -2,14 +2,18 @@
 
 Per epoch: one pass over the training set minimising the sum of the task's loss terms, then
 validation accuracy; one JSON line of metrics is appended to ``metrics.jsonl``; ``last.pt`` and
-(by validation accuracy) ``best.pt`` are written atomically. At the end the model holds the best
-weights. Seeded and deterministic on CPU.
+(by validation accuracy) ``best.pt`` are written atomically, then ``state.pt``, the training state
+(see :meth:`Trainer._save_state`), from which ``Trainer(resume=True)`` continues an interrupted
+run bit-identically. At the end the model holds the best weights. Seeded and deterministic on CPU.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ from ..config import OptimizerConfig, SchedulerConfig, TrainConfig
 from ..data.augment import mixup, modality_dropout, time_shift
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
 
 
@@ -84,17 +88,23 @@ class Trainer:
     """Runs a task (see :mod:`mmdistill.distill.tasks`) for ``cfg.epochs`` epochs.
 
     ``save(path, model, meta)`` writes a checkpoint; the engine calls it for ``last.pt`` and
-    ``best.pt`` in ``run_dir`` (nothing is written when ``run_dir`` is None).
+    ``best.pt`` in ``run_dir`` (nothing is written when ``run_dir`` is None). With ``run_dir``,
+    ``state.pt`` holds the training state after the last complete epoch; ``resume=True`` loads it
+    and continues from that epoch.
     """
 
     def __init__(self, cfg: TrainConfig, *, device: torch.device | str = "cpu", seed: int = 0,
-                 run_dir: Path | None = None, save: Callable | None = None, label: str = "train"):
+                 run_dir: Path | None = None, save: Callable | None = None, label: str = "train",
+                 resume: bool = False):
         self.cfg = cfg
         self.device = torch.device(device)
         self.seed = seed
         self.run_dir = Path(run_dir) if run_dir else None
         self.save = save
         self.label = label
+        if resume and self.run_dir is None:
+            raise ConfigError("resume: needs the run directory of the run to continue")
+        self.resume = resume
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -111,6 +121,8 @@ class Trainer:
                                   f"(it has {', '.join(train.modalities)})")
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
+        if self.run_dir:
+            self._fingerprints = self._inputs_fingerprint(task, train)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train),
                    labels=train.labels)
         # teachers see each sample whole and aligned under modality dropout and time shifts, so
@@ -139,9 +151,13 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir else None
         steps_per_epoch = len(loader)
         mix_generator = torch.Generator().manual_seed(self.seed + 1)
+        first_epoch = 0
+        if self.resume:
+            first_epoch, best_state = self._load_state(task, loader, optimizer, scheduler, mix_generator, result)
         with self._progress() as bar:
-            job = bar.add_task(self.label, total=cfg.epochs * steps_per_epoch, status="")
-            for epoch in range(cfg.epochs):
+            job = bar.add_task(self.label, total=cfg.epochs * steps_per_epoch, status="",
+                               completed=first_epoch * steps_per_epoch)
+            for epoch in range(first_epoch, cfg.epochs):
                 task.train()
                 sums: dict[str, float] = {}
                 correct = seen = 0
@@ -197,4 +213,160 @@ class Trainer:
                     self.save(self.run_dir / "last.pt", task.model, meta)
                     if improved:
                         self.save(self.run_dir / "best.pt", task.model, meta)
+                if self.run_dir:
+                    self._save_state(task, loader, optimizer, scheduler, mix_generator, result, epoch + 1, best_state)
         return best_state
+
+    # --- resumable training state ----------------------------------------------------------
+    STATE_FILE = "state.pt"
+    STATE_FORMAT = "mmdistill-state/1"
+
+    def _save_state(self, task, loader, optimizer, scheduler, mix_generator, result: FitResult, epoch: int,
+                    best_state: dict) -> None:
+        """Write ``run_dir/state.pt`` atomically: everything a resumed run needs to continue exactly.
+
+        Called last in an epoch, so every RNG state is the one the next epoch starts from. The
+        task's state dict covers the model, adapters and the losses' parameters and buffers (e.g.
+        VID's variances, CRD's memory banks); the frozen teachers and the training data are stored
+        as fingerprints only, so a resumed run refuses different ones.
+        Tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it.
+        """
+        task_state, _ = _split_teachers(task.state_dict())
+        payload = {
+            "format": self.STATE_FORMAT,
+            "epoch": epoch,
+            "task": {k: v.detach().cpu() for k, v in task_state.items()},
+            "inputs_sha256": self._fingerprints,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": {**rng_state(), "mix": mix_generator.get_state()},
+            "best": {"score": result.best_score, "epoch": result.best_epoch,
+                     "val_accuracy": result.best_val_accuracy,
+                     "state": {k: v.detach().cpu() for k, v in best_state.items()}},
+            "history": json.loads(json.dumps(result.history)),  # plain floats, ints and strings
+        }
+        sampler_generator = getattr(loader.sampler, "generator", None)
+        if sampler_generator is not None:
+            payload["rng"]["sampler"] = sampler_generator.get_state()
+        _atomic_save(payload, self.run_dir / self.STATE_FILE)
+
+    @staticmethod
+    def _inputs_fingerprint(task, train: MultimodalDataset) -> dict[str, str]:
+        """SHA-256 of what a run reads but does not train: the frozen teachers and the training set."""
+        data = {f"x.{k}": v for k, v in train.modalities.items()}
+        data.update({f"present.{k}": v for k, v in train.present.items()}, label=train.labels)
+        return {"teachers": _fingerprint(_split_teachers(task.state_dict())[1]), "data": _fingerprint(data)}
+
+    def _load_state(self, task, loader, optimizer, scheduler, mix_generator, result: FitResult) -> tuple[int, dict]:
+        """Restore what :meth:`_save_state` wrote; returns (epochs done, best model state so far).
+
+        ``metrics.jsonl`` is rewritten to the restored history, so epochs after the saved one are
+        not logged twice.
+        """
+        path = self.run_dir / self.STATE_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no training state to resume from (the run ended before its first epoch)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable training state ({str(err).splitlines()[0]})") from None
+        if not isinstance(state, dict) or state.get("format") != self.STATE_FORMAT:
+            raise CheckpointError(f"{path}: not an mmdistill training state (format {self.STATE_FORMAT})")
+        if state["epoch"] > self.cfg.epochs:
+            raise CheckpointError(f"{path}: the run already trained {state['epoch']} epochs, more than "
+                                  f"train.epochs = {self.cfg.epochs}")
+        task_state, _ = _split_teachers(task.state_dict())
+        if self._fingerprints["teachers"] != state["inputs_sha256"]["teachers"]:
+            raise CheckpointError(f"{path}: the teacher weights differ from the interrupted run's "
+                                  f"(was a teacher checkpoint replaced?)")
+        if self._fingerprints["data"] != state["inputs_sha256"]["data"]:
+            raise CheckpointError(f"{path}: the training data differ from the interrupted run's "
+                                  f"(were the data files changed?)")
+        missing = sorted(set(task_state) ^ set(state["task"]))
+        if missing:
+            raise CheckpointError(f"{path}: the training state does not match the model ({missing[0]!r} "
+                                  f"is in one but not the other)")
+        try:
+            task.load_state_dict(state["task"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{path}: the training state does not match the model "
+                                  f"({str(err).splitlines()[0]})") from None
+        scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        set_rng_state(rng)
+        mix_generator.set_state(rng["mix"])
+        sampler_generator = getattr(loader.sampler, "generator", None)
+        if sampler_generator is not None and "sampler" in rng:
+            sampler_generator.set_state(rng["sampler"])
+        best = state["best"]
+        result.best_score, result.best_epoch, result.best_val_accuracy = best["score"], best["epoch"], best["val_accuracy"]
+        result.history = list(state["history"])
+        metrics_path = self.run_dir / "metrics.jsonl"
+        _atomic_write_text("".join(json.dumps(r) + "\n" for r in result.history), metrics_path)
+        best_state = {k: v.to(self.device) for k, v in best["state"].items()}
+        return int(state["epoch"]), best_state
+
+
+def rng_state() -> dict:
+    """Every global RNG state as tensors and plain lists (weights-only loadable)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"torch": torch.get_rng_state(),
+           "python": [version, list(internal), gauss],
+           "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _split_teachers(state: dict) -> tuple[dict, dict]:
+    """(trained entries, frozen teacher entries) of a task's state dict."""
+    teachers = {k: v for k, v in state.items() if k.startswith("teachers.")}
+    return {k: v for k, v in state.items() if k not in teachers}, teachers
+
+
+def _fingerprint(state: dict) -> str:
+    """SHA-256 of the names, dtypes, shapes and bytes of ``state``'s tensors."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _atomic_save(payload, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
