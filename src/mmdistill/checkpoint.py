@@ -61,9 +61,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode on ``device``, payload without the state dict)."""
     from .models import build_model
 
+    from .errors import ConfigError
+
     payload = read_checkpoint(path)
-    specs = {m: ModalitySpec.from_dict(s) for m, s in payload["specs"].items()}
-    model = build_model(payload["model_config"], specs, payload["num_classes"])
+    missing = [k for k in ("model_config", "specs", "num_classes", "state_dict") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete mmdistill checkpoint (no {missing[0]!r})")
+    try:
+        specs = {m: ModalitySpec.from_dict(s) for m, s in payload["specs"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: malformed 'specs' (expected {{modality: {{name, kind, shape}}}})") from None
+    try:
+        model = build_model(payload["model_config"], specs, payload["num_classes"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its stored model config is invalid ({err})") from None
     try:
         model.load_state_dict(payload.pop("state_dict"))
     except RuntimeError as err:

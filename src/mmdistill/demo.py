@@ -42,7 +42,9 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, device: str
     try:  # data is loaded before any run directory is created, so a fallback leaves nothing behind
         return run_comparison(teacher_raw, student_raw, out, overwrite=overwrite, log=log, extra=extra)
     except DataError as err:
-        log(f"[yellow]No real AV-Digits data: {err}[/yellow]")
+        from rich.markup import escape
+
+        log(f"[yellow]No real AV-Digits data: {escape(str(err))}[/yellow]")
         log("[yellow bold]Falling back to the SYNTHETIC audio-visual dataset: the numbers below are not AV-Digits.[/yellow bold]")
     for raw in (teacher_raw, student_raw):
         raw["data"] = {"name": "synthetic", **({"root": data_root} if data_root else {})}
