@@ -175,7 +175,7 @@ def _file(manifest: Path, row: Row, column: str, cell: str) -> Path:
         if os.path.commonpath([inside, os.path.abspath(manifest.parent)]) != os.path.abspath(manifest.parent):
             raise DataError(f"{row.where}: column {column}: {cell} leads out of the manifest's folder "
                             f"{manifest.parent}; paths are relative to it (give an absolute path to use another)")
-        p = manifest.parent / p
+        p = Path(inside)
     if not p.is_file():
         raise DataError(f"{row.where}: column {column}: no such file {cell}")
     return p
