@@ -395,10 +395,11 @@ def tampered(w, t, name, edit) -> Path:
 
 CHECKPOINTS = {
     "missing": (lambda w, t: t / "nope.pt", "nope.pt: no such checkpoint"),
-    "text_file": (lambda w, t: (t / "t.pt").write_text("hello") and t / "t.pt", "t.pt"),
+    "text_file": (lambda w, t: (t / "t.pt").write_text("hello") and t / "t.pt", ("t.pt", "not a PyTorch checkpoint")),
     "not_mmdistill": (lambda w, t: torch.save({"a": torch.zeros(1)}, t / "o.pt") or t / "o.pt", ("o.pt", "not an mmdistill")),
-    "pickled_object": (lambda w, t: torch.save({"f": SimpleNamespace()}, t / "p.pt") or t / "p.pt", ("p.pt", "weights-only")),
-    "no_specs": (lambda w, t: tampered(w, t, "s.pt", lambda p: p.pop("specs")), ("s.pt", "'specs'")),
+    "pickled_object": (lambda w, t: torch.save({"f": SimpleNamespace()}, t / "p.pt") or t / "p.pt",
+                       ("p.pt", "objects other than tensors")),
+    "no_specs": (lambda w, t: tampered(w, t, "s.pt", lambda p: p.pop("specs")), ("s.pt", "no 'specs'")),
     "bad_specs": (lambda w, t: tampered(w, t, "b.pt", lambda p: p.update(specs={"x": 3})), ("b.pt", "'specs'")),
     "no_state_dict": (lambda w, t: tampered(w, t, "d.pt", lambda p: p.pop("state_dict")), ("d.pt", "'state_dict'")),
     "bad_model_config": (lambda w, t: tampered(w, t, "m.pt", lambda p: p["model_config"].update(fusion={"type": "sum"})),
@@ -413,7 +414,7 @@ for _name, (_make, _culprit) in CHECKPOINTS.items():
 @case("checkpoint/data_shape_changed")
 def _(w, t, mp):
     make_npz(w.shape_data, img=np.zeros((N, 1, 10, 10), dtype=np.float32))
-    return Case(evaluate(w, t, w.shape_ckpt), ("'img'", "[1, 8, 8]", "[1, 10, 10]"))
+    return Case(evaluate(w, t, w.shape_ckpt), ("shape_run/best.pt", "'img'", "[1, 8, 8]", "[1, 10, 10]"))
 
 
 @case("checkpoint/data_classes_changed")
@@ -451,7 +452,8 @@ def _(w, t, mp):
 def _(w, t, mp):
     cfg = yaml.safe_load(w.student.read_text())
     cfg["distill"]["teacher"]["checkpoint"] = str(w.cfg)
-    return Case(["distill", write_yaml(t / "s.yaml", cfg), "--out", t / "run"], ("distill.teacher.checkpoint", "cfg.yaml"))
+    return Case(["distill", write_yaml(t / "s.yaml", cfg), "--out", t / "run"],
+                ("distill.teacher.checkpoint", "cfg.yaml", "not a PyTorch checkpoint"))
 
 
 # --- 8. run directories --------------------------------------------------------------------------------------

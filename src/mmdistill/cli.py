@@ -8,6 +8,7 @@ a bug and keeps its traceback. Messages are printed without rich markup, so ``[b
 """
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -181,9 +182,13 @@ def losses():
     console.print(table)
 
 
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _error(message: object, code: int) -> int:
     """Print ``error: message`` as one line, verbatim (no markup, no emoji codes); returns ``code``."""
-    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    text = _CONTROL.sub("", str(message))  # terminal escapes from a library's message
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
     err_console.print(Text.assemble(("error:", "red"), " ", text), soft_wrap=True)
     return code
 
@@ -221,9 +226,9 @@ def run(argv: list[str] | None = None) -> int:
             command.invoke(ctx)
         return 0
     except Interrupted as err:
-        return _error(f"interrupted by {err}; the run directory says interrupted", err.exit_code)
+        return _error(f"interrupted by {err}", err.exit_code)
     except KeyboardInterrupt:
-        return _error("interrupted (Ctrl-C); the run directory says interrupted", 130)
+        return _error("interrupted (Ctrl-C)", 130)
     except typer.Exit as err:  # --help, or a command's own exit
         return err.exit_code
     except typer.Abort:

@@ -71,18 +71,19 @@ def check_train_options(cfg: RunConfig, data: DataSplits) -> None:
                               f"time shifts apply to {' and '.join(TIME_KINDS)} modalities")
 
 
-def check_checkpoint_data(where: str, modalities, specs: dict[str, ModalitySpec], num_classes: int,
+def check_checkpoint_data(where: str, what: str, modalities, specs: dict[str, ModalitySpec], num_classes: int,
                           data: DataSplits, data_name: str) -> None:
-    """A checkpoint's class count and the shape of each modality its model reads against ``data``."""
+    """A checkpoint's class count and the shape of each modality its model reads against ``data``
+    (``what`` names the model in messages: "the teacher", "the model")."""
     for m in modalities:
         if m not in data.specs:
-            raise CheckpointError(f"{where}: the model needs modality {m!r}, which data {data_name!r} lacks "
+            raise CheckpointError(f"{where}: {what} needs modality {m!r}, which data {data_name!r} lacks "
                                   f"(it has {', '.join(data.specs)})")
         if m in specs and tuple(specs[m].shape) != tuple(data.specs[m].shape):
-            raise CheckpointError(f"{where}: modality {m!r} has shape {list(specs[m].shape)} in the checkpoint but "
-                                  f"{list(data.specs[m].shape)} in data {data_name!r}")
+            raise CheckpointError(f"{where}: {what} was trained on modality {m!r} of shape {list(specs[m].shape)}, "
+                                  f"but data {data_name!r} gives {list(data.specs[m].shape)}")
     if int(num_classes) != data.num_classes:
-        raise CheckpointError(f"{where}: the model has {num_classes} classes but data {data_name!r} has "
+        raise CheckpointError(f"{where}: {what} has {num_classes} classes but data {data_name!r} has "
                               f"{data.num_classes}")
 
 
@@ -127,7 +128,7 @@ def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) ->
         if missing:
             raise CheckpointError(f"{key}: the teacher needs modality {missing[0]!r}, which data "
                                   f"{cfg.data.name!r} lacks")
-        check_checkpoint_data(f"{key}: the teacher", teacher.modalities, payload["specs"], payload["num_classes"],
+        check_checkpoint_data(key, "the teacher", teacher.modalities, payload["specs"], payload["num_classes"],
                               data, cfg.data.name)
         teachers[name] = teacher
     return teachers
@@ -210,7 +211,7 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
         raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
     data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
     data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
-    check_checkpoint_data(str(checkpoint), model.modalities, payload["specs"], payload["num_classes"], data,
+    check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"], data,
                           data_cfg.name)
     dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
     if dataset is None:
