@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import io
 import json
 import os
@@ -29,7 +30,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mmdistill.cli import main
-from mmdistill.errors import RunDirError
+from mmdistill.errors import Interrupted, RunDirError
 from mmdistill.rundir import FORMAT, LOCK, RunDir, read_record
 
 N = 60
@@ -499,6 +500,7 @@ RUNDIRS = {
                                                                          ("f", "not a directory")),
     "evaluate_into_finished": lambda w, t: Case(["evaluate", w.ckpt, "--out", w.finished], ("finished", "--overwrite")),
     "distill_into_finished": lambda w, t: Case(["distill", w.student, "--out", w.finished], ("finished", "--overwrite")),
+    "demo_into_finished": lambda w, t: Case(["demo", "--out", w.finished, "--device", "cpu"], ("finished", "--overwrite")),
 }
 for _name, _make in RUNDIRS.items():
     def _rundir(w, t, mp, make=_make):
@@ -763,6 +765,20 @@ def test_resume_reopens_an_unfinished_run(tmp_path):
         RunDir(tmp_path / "plain", resume=True)
     with pytest.raises(RunDirError, match="no run to resume"):
         RunDir(tmp_path / "missing", resume=True)
+
+
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt, 130), (lambda: Interrupted(signal.SIGTERM), 143)])
+def test_stopping_mid_run_in_process(world, tmp_path, monkeypatch, stop, code):
+    """Ctrl-C / SIGTERM raised inside training: one line, exit 130 / 143, run.json interrupted, no lock."""
+    engine = importlib.import_module("mmdistill.distill.engine")
+
+    def stopped(*a, **k):
+        raise stop()
+    monkeypatch.setattr(engine, "predict", stopped)  # called at the end of the first epoch (validation)
+    cfg = write_yaml(tmp_path / "c.yaml", npz_config(world.data, val_fraction=0.2))
+    rc, _, err = cli("train", cfg, "--out", tmp_path / "run")
+    assert rc == code and len(err.strip().splitlines()) == 1 and "interrupted" in err
+    assert read_record(tmp_path / "run")["status"] == "interrupted" and not (tmp_path / "run" / LOCK).exists()
 
 
 # --- signals (subprocesses) -------------------------------------------------------------------------------------------
