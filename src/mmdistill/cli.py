@@ -201,7 +201,8 @@ def _usage_error(err: typer.TyperException) -> int:
         return 2
     where = f"{ctx.command_path}: " if ctx is not None else ""
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    return _error(f"{where}{err.format_message()}{hint}", 2 if getattr(err, "exit_code", 1) in (1, 2) else err.exit_code)
+    code = getattr(err, "exit_code", 2)
+    return _error(f"{where}{err.format_message()}{hint}", 2 if code in (1, 2) else code)
 
 
 def _disk_error(err: OSError) -> int:

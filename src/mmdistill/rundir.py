@@ -233,7 +233,8 @@ class RunDir:
             except FileExistsError:
                 holder = lock_holder(self.path)
                 if holder is not None:
-                    raise RunDirError(f"{self.path}: a run (pid {holder['pid']}) is writing into this directory") from None
+                    raise RunDirError(f"{self.path}: a run (pid {holder['pid']}) is writing into this "
+                                      "directory") from None
                 recover(self.path)  # stale: its run is reported interrupted and the lock removed
                 continue
             with os.fdopen(fd, "w") as f:

@@ -211,8 +211,8 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
         raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
     data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
     data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
-    check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"], data,
-                          data_cfg.name)
+    check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
+                          data, data_cfg.name)
     dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
     if dataset is None:
         raise ConfigError(f"--split {split}: no such split for this checkpoint (test, train"
