@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,16 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a torch.save archive)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable weights-only checkpoint ({str(err).splitlines()[0]})") from None
+        if "Weights only load failed" in str(err):  # pickled objects: never unpickled, they could run code
+            raise CheckpointError(f"{path}: holds objects other than tensors and plain values, which are never "
+                                  "loaded (a checkpoint is loaded weights-only)") from None
+        why = (str(err).splitlines() or [""])[0] if not isinstance(err, KeyError) else ""
+        raise CheckpointError(f"{path}: not a readable weights-only checkpoint{f' ({why})' if why else ''}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mmdistill checkpoint (format {FORMAT})")
     return payload
@@ -61,9 +68,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode on ``device``, payload without the state dict)."""
     from .models import build_model
 
+    from .errors import ConfigError
+
     payload = read_checkpoint(path)
-    specs = {m: ModalitySpec.from_dict(s) for m, s in payload["specs"].items()}
-    model = build_model(payload["model_config"], specs, payload["num_classes"])
+    missing = [k for k in ("model_config", "specs", "num_classes", "state_dict") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete mmdistill checkpoint (no {missing[0]!r})")
+    try:
+        specs = {m: ModalitySpec.from_dict(s) for m, s in payload["specs"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: malformed 'specs' (expected {{modality: {{name, kind, shape}}}})") from None
+    try:
+        model = build_model(payload["model_config"], specs, payload["num_classes"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its stored model config is invalid ({err})") from None
     try:
         model.load_state_dict(payload.pop("state_dict"))
     except RuntimeError as err:

@@ -1,24 +1,32 @@
 """The ``mmdistill`` command line: a thin layer over :mod:`mmdistill.runs` and :mod:`mmdistill.demo`.
 
-User errors (bad config, bad data, missing checkpoint) print one line and exit with code 2;
-anything else is a bug and keeps its traceback.
+Exit codes: 0 success; 2 a user error (bad config, data, checkpoint or command line, an unusable
+run directory, a full or read-only disk), printed as one line naming the key, file or sample; 3 a
+diverged run; 130 Ctrl-C and 143 SIGTERM (``run.json`` then says ``interrupted``). Anything else is
+a bug and keeps its traceback. Messages are printed without rich markup, so ``[bold]`` or
+``:name:`` in a path or key is shown as written.
 """
 from __future__ import annotations
 
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from .errors import MMDistillError
+from .errors import Interrupted, MMDistillError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal knowledge distillation: train a teacher, distil it into a small student.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False, highlight=False)
 
 OutOpt = typer.Option(..., "--out", help="Run directory to create.")
 SetOpt = typer.Option(None, "--set", help="Override a config key: key.path=value (repeatable).")
@@ -41,11 +49,11 @@ def _config(path: Path, overrides, device, data_root):
 
 
 def _print_metrics(title: str, rows: dict[str, dict]) -> None:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col in ("", "accuracy", "macro-F1", "ECE", "params", "latency ms"):
         table.add_column(col, justify="right" if col else "left")
     for name, m in rows.items():
-        table.add_row(name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['ece']:.4f}",
+        table.add_row(Text(name), f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['ece']:.4f}",
                       f"{m['params']:,}", f"{m.get('latency_ms', float('nan')):.3f}")
     console.print(table)
 
@@ -62,7 +70,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run director
     summary = run_demo(out, quick=quick, seed=seed, device=device, data_root=data_root, overwrite=overwrite,
                        log=console.print)
     print_summary(summary, console)
-    console.print(f"wrote {out / 'summary.json'}")
+    console.print(Text(f"wrote {out / 'summary.json'}"))
 
 
 @app.command("train")
@@ -125,11 +133,11 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
     summary = run_distill(cfg, out, overwrite=overwrite, config_path=config, resume=resume)
     teachers = summary.get("teachers", {"teacher": summary["teacher"]})
     _print_metrics(f"test metrics ({out})", {**teachers, "student": summary["student"]})
-    console.print(f"agreement with {next(iter(teachers))}: {summary['student']['teacher_agreement']:.4f}")
+    console.print(Text(f"agreement with {next(iter(teachers))}: {summary['student']['teacher_agreement']:.4f}"))
     if "ensemble" in summary:
         weights = ", ".join(f"{n} {w:.3f}" for n, w in summary["ensemble"]["mean_weight"].items())
-        console.print(f"mean teacher weight ({summary['ensemble']['strategy']}): {weights}; "
-                      f"per sample in {summary['ensemble']['file']}")
+        console.print(Text(f"mean teacher weight ({summary['ensemble']['strategy']}): {weights}; "
+                           f"per sample in {summary['ensemble']['file']}"))
 
 
 @app.command()
@@ -158,7 +166,7 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt c
         table.add_column("modalities")
         table.add_column("accuracy", justify="right")
         for subset, acc in metrics["subsets"].items():
-            table.add_row(subset, f"{acc:.4f}")
+            table.add_row(Text(subset), f"{acc:.4f}")
         console.print(table)
 
 
@@ -176,29 +184,84 @@ def losses():
     console.print(table)
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        app(args=argv, standalone_mode=False)
-    except MMDistillError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except FloatingPointError as err:
-        err_console.print(f"[red]error:[/red] training diverged: {err}", highlight=False, soft_wrap=True)
-        sys.exit(3)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as err:  # click's own usage errors carry an exit code and a message
-        import click
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+
+def _error(message: object, code: int) -> int:
+    """Print ``error: message`` as one line, verbatim (no markup, no emoji codes); returns ``code``."""
+    text = _CONTROL.sub("", str(message))  # terminal escapes from a library's message
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    err_console.print(Text.assemble(("error:", "red"), " ", text), soft_wrap=True)
+    return code
+
+
+def _usage_error(err: typer.TyperException) -> int:
+    """A command-line error (unknown command or option, missing or invalid value): one line, exit 2."""
+    ctx = getattr(err, "ctx", None)
+    if type(err).__name__ == "NoArgsIsHelpError":  # plain ``mmdistill``: the help, as click does
+        console.print(Text(ctx.get_help() if ctx is not None else err.format_message()))
+        return 2
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    code = getattr(err, "exit_code", 2)
+    return _error(f"{where}{err.format_message()}{hint}", 2 if code in (1, 2) else code)
+
+
+def _disk_error(err: OSError) -> int:
+    """An OSError from the environment (disk full, read-only, permission): one line naming the file."""
+    import errno
+
+    name = errno.errorcode.get(err.errno or 0, "")
+    where = f"{err.filename}: " if err.filename else ""
+    return _error(f"{where}{err.strerror or err}{f' ({name})' if name else ''}", 2)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` and return the exit code (see the module docstring)."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with command.make_context("mmdistill", args) as ctx:
+            command.invoke(ctx)
+        return 0
+    except Interrupted as err:
+        return _error(f"interrupted by {err}", err.exit_code)
+    except KeyboardInterrupt:
+        return _error("interrupted (Ctrl-C)", 130)
+    except typer.Exit as err:  # --help, or a command's own exit
+        return err.exit_code
+    except typer.Abort:
+        return _error("aborted", 1)
+    except MMDistillError as err:
+        return _error(err, 2)
+    except typer.TyperException as err:  # click's usage errors (typer bundles its own click)
+        return _usage_error(err)
+    except FloatingPointError as err:
+        return _error(f"training diverged: {err}", 3)
+    except OSError as err:
+        return _disk_error(err)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``mmdistill`` entry point: :func:`run`, exiting with its code when it is not 0.
+
+    SIGTERM is turned into :class:`~mmdistill.errors.Interrupted` while it runs, so a run
+    directory records ``interrupted`` and the process exits 143.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        code = run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

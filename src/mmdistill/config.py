@@ -11,9 +11,12 @@ from typing import Annotated, Any, Literal, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, StrictBool, StrictInt
 
 from .errors import ConfigError
+
+# Strict: YAML ``true`` is a bool, never the integer 1 (``epochs: true`` is an error naming the key).
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 
 
 class Strict(BaseModel):
@@ -102,14 +105,14 @@ class OptimizerConfig(Strict):
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegativeFloat = 0.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    nesterov: bool = False
+    nesterov: StrictBool = False
 
 
 class SchedulerConfig(Strict):
     name: Literal["none", "cosine", "step", "exponential"] = "none"
     step_size: PositiveInt = 10
     gamma: PositiveFloat = 0.1
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_epochs: Annotated[int, Field(strict=True, ge=0)] = 0
 
 
 class TrainConfig(Strict):
@@ -125,8 +128,8 @@ class TrainConfig(Strict):
     # modality -> largest random time shift, as a fraction of the last (time) axis; the student sees
     # shifted inputs, teachers the aligned ones
     time_shift: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
-    cache_teacher: bool = True  # compute frozen teachers' outputs once per run (not with mixup)
-    progress: bool = True
+    cache_teacher: StrictBool = True  # compute frozen teachers' outputs once per run (not with mixup)
+    progress: StrictBool = True
 
 
 # --- distillation -------------------------------------------------------------------------
@@ -205,7 +208,7 @@ class DistillConfig(Strict):
 
 
 class RunConfig(Strict):
-    seed: int = 0
+    seed: StrictInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig
     model: ModelConfig

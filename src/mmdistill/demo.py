@@ -19,7 +19,7 @@ import yaml
 from .config import RunConfig, apply_overrides, parse_config
 from .data.root import cache_dir
 from .errors import DataError
-from .rundir import RunDir, write_json
+from .rundir import RunDir, check_run_dir, write_json
 from .runs import load_data, run_distill, run_train
 
 # --quick: the same recipes on a shorter schedule (see README: it shows the workflow in under
@@ -86,6 +86,7 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     accuracy gap that distillation closes.
     """
     out = Path(out)
+    check_run_dir(out, overwrite=overwrite)  # before any data is loaded or model trained
     student_raw = json.loads(json.dumps(student_raw))
     teacher_cfg = parse_config(teacher_raw, "teacher")
     scratch_cfg = parse_config({k: v for k, v in student_raw.items() if k != "distill"}, "student")

@@ -20,3 +20,21 @@ class DataError(MMDistillError):
 
 class CheckpointError(MMDistillError):
     """A checkpoint is missing, corrupt or not an mmdistill checkpoint."""
+
+
+class RunDirError(MMDistillError):
+    """A run directory cannot be created, reused or written (not empty, locked, disk full, read-only)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGTERM); a KeyboardInterrupt, so nothing swallows it.
+
+    ``exit_code`` is what the CLI exits with: 128 + the signal number (143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -1,7 +1,10 @@
 """Config-driven runs that write a run directory: ``train``, ``distill``, ``evaluate``.
 
 Each loads and validates everything it needs (config, data, teacher checkpoint) before it
-creates the run directory, so a user error never leaves a half-written run behind.
+creates the run directory, so a user error never leaves a half-written run behind: the run
+directory itself is checked first (:func:`~mmdistill.rundir.check_run_dir`), then the data against
+the config (:func:`check_train_options`) and every checkpoint against the data
+(:func:`check_checkpoint_data`).
 
 Run directory contents: ``run.json`` (status, command, resolved config), ``metrics.jsonl`` (one
 line per epoch), ``best.pt`` / ``last.pt`` (weights-only checkpoints), ``metrics.json`` (test
@@ -23,13 +26,16 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, RunConfig
 from .data import build_data
 from .data.corruptions import Corruption, corrupter
-from .data.dataset import DataSplits
+from .data.dataset import DataSplits, ModalitySpec
 from .distill.engine import resolve_device
 from .distill.engine import Trainer
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
 from .models import build_model
-from .rundir import RunDir, write_json, write_text
+from .rundir import RunDir, check_run_dir, write_json, write_text
+
+#: kinds whose last axis is time, the only ones a time shift makes sense for
+TIME_KINDS = ("audio", "sequence")
 
 
 def _saver(cfg: RunConfig, data: DataSplits, role: str):
@@ -53,6 +59,36 @@ def _finish(run: RunDir, summary: dict, metrics: dict) -> dict:
 def load_data(cfg: RunConfig, data: DataSplits | None = None) -> DataSplits:
     """The data ``cfg`` names; ``data``, when given, must have been built from the same config."""
     return data if data is not None else build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
+
+
+def check_train_options(cfg: RunConfig, data: DataSplits) -> None:
+    """The ``train`` options that name modalities against the data: each must exist, and a time
+    shift only applies to a modality whose last axis is time (audio, sequence)."""
+    for key in ("modality_dropout", "time_shift"):
+        for m in getattr(cfg.train, key):
+            if m not in data.specs:
+                raise ConfigError(f"train.{key}.{m}: the data has no modality {m!r} (it has {', '.join(data.specs)})")
+    for m in cfg.train.time_shift:
+        kind = data.specs[m].kind
+        if kind not in TIME_KINDS:
+            raise ConfigError(f"train.time_shift.{m}: modality {m!r} is {kind} data with no time axis; "
+                              f"time shifts apply to {' and '.join(TIME_KINDS)} modalities")
+
+
+def check_checkpoint_data(where: str, what: str, modalities, specs: dict[str, ModalitySpec], num_classes: int,
+                          data: DataSplits, data_name: str) -> None:
+    """A checkpoint's class count and the shape of each modality its model reads against ``data``
+    (``what`` names the model in messages: "the teacher", "the model")."""
+    for m in modalities:
+        if m not in data.specs:
+            raise CheckpointError(f"{where}: {what} needs modality {m!r}, which data {data_name!r} lacks "
+                                  f"(it has {', '.join(data.specs)})")
+        if m in specs and tuple(specs[m].shape) != tuple(data.specs[m].shape):
+            raise CheckpointError(f"{where}: {what} was trained on modality {m!r} of shape {list(specs[m].shape)}, "
+                                  f"but data {data_name!r} gives {list(data.specs[m].shape)}")
+    if int(num_classes) != data.num_classes:
+        raise CheckpointError(f"{where}: {what} has {num_classes} classes but data {data_name!r} has "
+                              f"{data.num_classes}")
 
 
 #: config keys that do not change what a run computes, so a resumed run may differ in them
@@ -118,8 +154,10 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
     ``resume``: continue the interrupted run in ``out`` from its last complete epoch."""
     if resume:
         check_resumable(cfg, out, overwrite=overwrite)
+    check_run_dir(out, overwrite=overwrite, resume=resume)
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
+    check_train_options(cfg, data)
     model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
@@ -148,13 +186,15 @@ def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) ->
     for i, (name, tcfg) in enumerate(zip(cfg.distill.teacher_names(), cfg.distill.teacher_list())):
         key = f"distill.teachers[{i}].checkpoint" if several else "distill.teacher.checkpoint"
         try:
-            teacher, _ = load_checkpoint(resolve_checkpoint(tcfg.checkpoint, config_path), device)
+            teacher, payload = load_checkpoint(resolve_checkpoint(tcfg.checkpoint, config_path), device)
         except CheckpointError as err:
             raise CheckpointError(f"{key}: {err}") from None
         missing = [m for m in teacher.modalities if m not in data.specs]
         if missing:
             raise CheckpointError(f"{key}: the teacher needs modality {missing[0]!r}, which data "
                                   f"{cfg.data.name!r} lacks")
+        check_checkpoint_data(key, "the teacher", teacher.modalities, payload["specs"], payload["num_classes"],
+                              data, cfg.data.name)
         teachers[name] = teacher
     return teachers
 
@@ -171,8 +211,10 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
     if resume:
         check_resumable(cfg, out, overwrite=overwrite)
+    check_run_dir(out, overwrite=overwrite, resume=resume)
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
+    check_train_options(cfg, data)
     teachers = load_teachers(cfg, data, device, config_path)
     student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
@@ -222,6 +264,7 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
     modalities (joined by ``+``) to the accuracy with only that subset present.
     """
     corruptions = [Corruption.parse(c) for c in corrupt]
+    check_run_dir(out, overwrite=overwrite)
     dev = resolve_device(device)
     model, payload = load_checkpoint(checkpoint, dev)
     unknown = [c.modality for c in corruptions if c.modality not in model.modalities]
@@ -231,9 +274,13 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
     if unknown:
         raise ConfigError(f"--drop {unknown[0]}: the model has no modality {unknown[0]!r} "
                           f"(it has {', '.join(model.modalities)})")
-    meta = payload["meta"]
+    meta = payload.get("meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict) or "name" not in meta["data"]:
+        raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
     data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
     data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
+    check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
+                          data, data_cfg.name)
     dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
     if dataset is None:
         raise ConfigError(f"--split {split}: no such split for this checkpoint (test, train"

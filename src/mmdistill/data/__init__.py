@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .batch import collate, drop_modalities, modality_names, presence, to_device
 from .dataset import DataSplits, ModalitySpec, MultimodalDataset, split_validation
+from ..errors import DataError
 from .registry import DATASETS, parse_options, register_dataset
 from .root import data_root
 from . import builtin  # noqa: F401  (registers av_digits, mnist, fsdd)
@@ -18,11 +19,27 @@ def validate_data_options(cfg) -> None:
     parse_options(cfg.name, cfg.options)
 
 
+def check_classes(where: str, train: MultimodalDataset, test: MultimodalDataset) -> None:
+    """Refuse data a classifier cannot meaningfully learn: fewer than 2 classes among the training
+    labels (accuracy would be 1.0 whatever the model does), or more classes than samples."""
+    import torch
+
+    seen = torch.unique(train.labels)
+    if len(seen) < 2:
+        only = f"label {int(seen[0])}" if len(seen) else "no samples"
+        raise DataError(f"{where}: every training sample has {only}; a classifier needs at least 2 classes")
+    total = len(train) + len(test)
+    if train.num_classes > total:
+        raise DataError(f"{where}: {train.num_classes} classes for {total} samples; labels must be class "
+                        f"indices 0..K-1")
+
+
 def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0) -> DataSplits:
     """Build the train/val/test splits a data config names (validation held out of train)."""
     entry = DATASETS.get(cfg.name)
     options = parse_options(cfg.name, cfg.options)
     train, test, info = entry.builder(data_root(cfg.root), options, seed)
+    check_classes(f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else ""), train, test)
     train, val = split_validation(train, val_fraction, seed)
     info = {**info, "train_samples": len(train), "val_samples": len(val) if val else 0, "test_samples": len(test)}
     return DataSplits(train=train, test=test, val=val, info=info)

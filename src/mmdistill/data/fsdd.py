@@ -21,6 +21,7 @@ import soundfile
 import torch
 
 from ..errors import DataError
+from .audio import wav_truncation
 from .root import cache_dir, data_root, download
 from .transforms import LogMel, LogMelParams, fix_length, mix_noise
 
@@ -96,7 +97,15 @@ def fetch(root: Path) -> None:
 
 
 def read_wave(path: Path, sample_rate: int) -> np.ndarray:
-    """A mono float32 waveform; a corrupt or non-mono file or a wrong rate is a DataError."""
+    """A mono float32 waveform; stereo (or more channels) is downmixed to the channels' mean.
+
+    A corrupt file, a file cut short mid-data, a wrong rate or a NaN/infinite sample is a
+    DataError naming the file.
+    """
+    truncated = wav_truncation(path)
+    if truncated:
+        raise DataError(f"{path}: WAV file cut short (its data chunk declares {truncated[0]} bytes, "
+                        f"{truncated[1]} are present)")
     try:
         wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile raises its own error types for corrupt files
@@ -105,6 +114,8 @@ def read_wave(path: Path, sample_rate: int) -> np.ndarray:
         raise DataError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz")
     if wave.shape[0] == 0:
         raise DataError(f"{path}: empty recording")
+    if not np.isfinite(wave).all():
+        raise DataError(f"{path}: NaN or infinite sample at frame {int(np.flatnonzero(~np.isfinite(wave).all(1))[0])}")
     return wave.mean(axis=1)
 
 

@@ -4,9 +4,11 @@ The manifest is a CSV file (``.csv``, with a header row) or a JSON-lines file (`
 one object per line). Besides the label column (``label_column``) and the optional split column
 (``split_column``, values ``train``/``test``; without it ``test_fraction`` of each class is held out
 with the run's seed), every column is a modality (or only those ``modalities`` lists) whose cells
-are file paths, relative to the manifest's folder:
+are file paths, relative to the manifest's folder and inside it (a path whose ``..`` leads out of
+the folder is refused; absolute paths are taken as given):
 
-* ``.wav``/``.flac``: audio, resampled to ``audio.sample_rate`` when it differs, cut or padded to a
+* ``.wav``/``.flac``: audio (stereo downmixed to the channels' mean; a WAV file cut short is
+  refused), resampled to ``audio.sample_rate`` when it differs, cut or padded to a
   fixed length and turned into a ``[1, n_mels, frames]`` log-mel spectrogram (standardised with the
   training split's mean and deviation unless ``audio.standardize`` is false);
 * ``.png``/``.jpg``/``.jpeg``: an image ``[C, H, W]`` in [0, 1]; grayscale gives ``C = 1``, colour
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from ..errors import DataError
 from .batch import RESERVED_KEYS
+from .audio import wav_truncation
 from .dataset import MultimodalDataset, guess_kind
 from .npz import Kind, encode_labels, parse_split, resolve, stratified_test_mask
 from .registry import register_dataset
@@ -166,7 +170,12 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[Row]]:
 # --- loading the files -------------------------------------------------------------------------
 def _file(manifest: Path, row: Row, column: str, cell: str) -> Path:
     p = Path(cell).expanduser()
-    p = p if p.is_absolute() else manifest.parent / p
+    if not p.is_absolute():
+        inside = os.path.normpath(os.path.join(os.path.abspath(manifest.parent), p))
+        if os.path.commonpath([inside, os.path.abspath(manifest.parent)]) != os.path.abspath(manifest.parent):
+            raise DataError(f"{row.where}: column {column}: {cell} leads out of the manifest's folder "
+                            f"{manifest.parent}; paths are relative to it (give an absolute path to use another)")
+        p = Path(inside)
     if not p.is_file():
         raise DataError(f"{row.where}: column {column}: no such file {cell}")
     return p
@@ -175,6 +184,10 @@ def _file(manifest: Path, row: Row, column: str, cell: str) -> Path:
 def _load_wave(file: Path, row: Row, column: str, cell: str, sample_rate: int) -> np.ndarray:
     import soundfile
 
+    truncated = wav_truncation(file)
+    if truncated:
+        raise DataError(f"{row.where}: column {column}: WAV file {cell} is cut short (its data chunk declares "
+                        f"{truncated[0]} bytes, {truncated[1]} are present)")
     try:
         wave, rate = soundfile.read(file, dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile raises its own error types for corrupt files

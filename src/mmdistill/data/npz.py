@@ -82,7 +82,9 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe) ->
     """Class indices [N] and class names (None for plain integer labels).
 
     ``raw`` holds ints or strings. With ``classes``, every label must be one of them (strings) or
-    an index into them (ints). Without, string labels map to their sorted distinct values.
+    an index into them (ints). Without, string labels map to their sorted distinct values, and
+    integer labels are indices 0..K-1 with K (the largest + 1) at most the number of samples, so
+    a stray huge label is an error here rather than a K-way model that does not fit in memory.
     """
     out = np.empty(len(raw), dtype=np.int64)
     strings = any(isinstance(v, str) for v in raw)
@@ -103,6 +105,10 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe) ->
             limit = f"0..{len(classes) - 1}" if classes is not None else ">= 0"
             raise DataError(f"{where} {describe(i)}: unknown label {v} (expected {limit})")
         out[i] = v
+    if classes is None and len(raw) and max(raw) >= len(raw):
+        i = max(range(len(raw)), key=lambda j: raw[j])
+        raise DataError(f"{where} {describe(i)}: label {raw[i]} would make {raw[i] + 1} classes for {len(raw)} "
+                        "samples; integer labels are class indices 0..K-1 (name the classes with `classes`)")
     return out, (list(classes) if classes is not None else None)
 
 

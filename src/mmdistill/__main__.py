@@ -1,0 +1,4 @@
+"""``python -m mmdistill``: the command line (see :mod:`mmdistill.cli`)."""
+from .cli import main
+
+main()
