@@ -239,6 +239,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.part-"))
+    tmp.chmod(0o755)
     try:
         start = time.perf_counter()
         files = {"runtime": RUNTIME_FILE}

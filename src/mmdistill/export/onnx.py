@@ -84,7 +84,23 @@ def export_onnx(model: nn.Module, specs: Mapping | None, path: str | Path, *, op
         torch.onnx.export(wrapper, args, str(path), input_names=input_names(list(shapes)), output_names=["logits"],
                           dynamic_shapes=(tuple({0: batch} for _ in args),), opset_version=opset, dynamo=True,
                           external_data=False, verbose=False)
+    _strip_debug_info(path)
     return path
+
+
+def _strip_debug_info(path: Path) -> None:
+    """Drop the exporter's per-node metadata (source stack traces with local paths, FX node text):
+    it is most of a small model's file and nothing a deployment needs."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    for value in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
+        del value.metadata_props[:]
+    for tensor in proto.graph.initializer:
+        del tensor.metadata_props[:]
+    onnx.save(proto, str(path))
 
 
 def onnx_opset(path: str | Path) -> int:
