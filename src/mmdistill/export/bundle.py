@@ -136,12 +136,16 @@ def check_parity(model: nn.Module, run: Callable[[dict, dict], np.ndarray], inpu
     worst = max(diffs, key=diffs.get)
     if not diffs[worst] <= tolerance:
         raise ParityError(f"exported model differs from PyTorch by {diffs[worst]:.3g} (> {tolerance:g}) "
-                          f"with {worst} on {len(next(iter(inputs.values())))} samples")
+                          f"in case '{worst}' on {len(next(iter(inputs.values())))} real samples")
     return diffs
 
 
 def _torchscript_runner(path: Path, modalities: Sequence[str]):
-    module = torch.jit.load(str(path))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path))
 
     @torch.no_grad()
     def run(x, mask):

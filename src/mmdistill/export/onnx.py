@@ -119,7 +119,7 @@ def export_torchscript(model: nn.Module, specs: Mapping | None, path: str | Path
     wrapper = PositionalModel(_cpu_eval_copy(model)).eval()
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(wrapper, example_inputs(shapes, batch=2), check_trace=False)
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))
     return path
 
 
