@@ -243,7 +243,7 @@ def profile_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint to mea
         table.add_column(label(m["checkpoint"]), justify="right")
     ratios = result.get("ratios", [])
     for r in ratios:
-        table.add_column(f"ratio to {label(r['checkpoint'])}", justify="right")
+        table.add_column(f"{label(r['checkpoint'])}: x cheaper", justify="right")
     for key, label, _ in COST_ROWS:
         if any(key in m for m in models):
             table.add_row(label, *(format_cost(key, m.get(key)) for m in models),

@@ -205,7 +205,8 @@ def format_cost(key: str, value) -> str:
 def profile_checkpoints(checkpoints: Sequence[str | Path], out: str | Path, *, threads: int = 1, repeats: int = 200,
                         warmup: int = 20, cuda: bool | None = None) -> dict:
     """Measure each checkpoint (:func:`measure_cost`) and write ``out/profile.json``; with two or
-    more, ``ratios`` holds the first over each other for every field (params: how many times larger).
+    more, ``ratios`` says for each other model how many times cheaper it is than the first: the
+    first's value over its value (its over the first's for the throughputs, ``*_sps_*``).
     ``cuda``: None times CUDA too when available, False never."""
     from ..checkpoint import load_checkpoint
     from ..rundir import write_json
@@ -221,8 +222,8 @@ def profile_checkpoints(checkpoints: Sequence[str | Path], out: str | Path, *, t
     if len(models) > 1:
         first = models[0]
         result["ratios"] = [{"checkpoint": m["checkpoint"],
-                             **{k: round(first[k] / m[k], 3) for k, _, _ in COST_ROWS
-                                if isinstance(first.get(k), (int, float)) and m.get(k)}} for m in models[1:]]
+                             **{k: round(m[k] / first[k] if "_sps_" in k else first[k] / m[k], 3)
+                                for k, _, _ in COST_ROWS if first.get(k) and m.get(k)}} for m in models[1:]]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "profile.json", result)
