@@ -81,6 +81,17 @@ def test_predict_equals_evaluate_and_refuses_overwrite(synthetic_run, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_parity_failure_exits_2_and_writes_nothing(synthetic_run, monkeypatch, capsys):
+    import mmdistill.export.bundle as bundle
+
+    tmp, _ = synthetic_run
+    monkeypatch.setattr(bundle, "TOLERANCE", -1.0)  # any difference, even 0, now fails
+    assert run_cli("export", tmp / "run" / "best.pt", "--out", tmp / "bad") == 2
+    err = capsys.readouterr().err
+    assert "differs from PyTorch by" in err and "on 60 real samples" in err and len(err.strip().splitlines()) <= 2
+    assert not (tmp / "bad").exists() and not list(tmp.glob(".bad*"))
+
+
 def test_runtime_does_not_import_torch(synthetic_run):
     """The runtime copied into the export folder predicts with numpy and onnxruntime alone."""
     tmp, _ = synthetic_run
