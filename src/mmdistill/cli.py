@@ -151,16 +151,21 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt c
              corrupt: Optional[List[str]] = typer.Option(
                  None, "--corrupt", help="MODALITY:KIND:SEVERITY (repeatable), KIND one of gaussian_noise, occlusion, "
                                          "noise_snr, time_shift, SEVERITY 1-5; e.g. audio:noise_snr:3."),
-             corrupt_seed: int = typer.Option(0, "--corrupt-seed", help="Seed of the corruptions' randomness.")):
+             corrupt_seed: int = typer.Option(0, "--corrupt-seed", help="Seed of the corruptions' randomness."),
+             cost: bool = typer.Option(True, "--cost/--no-cost", help="Also measure MACs, ONNX size and ONNX "
+                                                                      "Runtime latency (exports the model).")):
     """Evaluate a checkpoint; writes OUT/metrics.json."""
     from .runs import run_evaluate
 
     metrics = run_evaluate(checkpoint, out, split=split, drop=drop or [], data_root=data_root, device=device,
                            overwrite=overwrite, all_subsets=all_subsets, corrupt=corrupt or [],
-                           corrupt_seed=corrupt_seed)
+                           corrupt_seed=corrupt_seed, cost=cost)
     dropped = f", without {', '.join(drop)}" if drop else ""
     corrupted = f", corrupted by {', '.join(corrupt)}" if corrupt else ""
     _print_metrics(f"{split} metrics{dropped}{corrupted}", {checkpoint.name: metrics})
+    if cost:
+        console.print(f"cost per sample: {metrics['macs']:,} MACs, ONNX Runtime {metrics['onnx_ms_b1']:.3f} ms at "
+                      f"batch 1, {metrics['onnx_sps_b64']:,.0f} samples/s at batch 64 ({metrics['threads']} thread)")
     if all_subsets:
         table = Table(title=f"{split} accuracy by modalities present")
         table.add_column("modalities")
@@ -182,6 +187,79 @@ def losses():
     for name, cls in LOSSES.items():
         table.add_row(name, "logits" if cls.inputs == "logits" else f"features: {cls.default_layer}", cls.describe())
     console.print(table)
+
+
+@app.command("export")
+def export_cmd(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt checkpoint."),
+               out: Path = typer.Option(..., "--out", help="Export folder to create."),
+               format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+               quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: add a statically quantised "
+                                                      "ONNX model calibrated on training samples."),
+               data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt):
+    """Export a checkpoint (ONNX or TorchScript + model.json), checked against PyTorch on real samples."""
+    from .export.bundle import export_checkpoint
+
+    meta = export_checkpoint(checkpoint, out, format=format, quantize=quantize, data_root=data_root,
+                             overwrite=overwrite, log=console.print)
+    acc = meta["accuracy"]
+    console.print(f"test accuracy: PyTorch {acc['pytorch']:.4f}, {format} {acc[format]:.4f} ({acc['samples']} samples)")
+    if "quantized" in meta:
+        q = meta["quantized"]
+        table = Table(title=f"ONNX Runtime, CPU, {q['fp32']['threads']} thread")
+        for col in ("model", "accuracy", "p50 ms b1", "p95 ms b1", "samples/s b64", "KB"):
+            table.add_column(col, justify="right" if col != "model" else "left")
+        for name in ("fp32", "int8"):
+            r = q[name]
+            size = q["fp32_bytes"] if name == "fp32" else q["bytes"]
+            table.add_row(name, f"{r['accuracy']:.4f}", f"{r['onnx_ms_b1']:.3f}", f"{r['onnx_p95_ms_b1']:.3f}",
+                          f"{r['onnx_sps_b64']:,.0f}", f"{size / 1024:,.1f}")
+        console.print(table)
+    console.print(Text(f"wrote {out}/ ({', '.join(meta['files'].values())}, model.json)"))
+
+
+@app.command("predict")
+def predict_cmd(export_dir: Path = typer.Argument(..., help="A folder written by `mmdistill export` (ONNX)."),
+                data: Path = typer.Option(..., "--data", help="YAML recipe whose data section names the data."),
+                out: Path = typer.Option(..., "--out", help="Predictions file to write (JSON lines)."),
+                split: str = typer.Option("test", "--split", help="test, val or train."),
+                int8: bool = typer.Option(False, "--int8", help="Use the int8 model of the export."),
+                data_root: Optional[str] = RootOpt):
+    """Predict with an exported model on ONNX Runtime; prints the accuracy, writes one line per sample."""
+    from .export.bundle import predict_export
+
+    result = predict_export(export_dir, data, out, split=split, data_root=data_root,
+                            variant="int8" if int8 else "fp32")
+    console.print(Text(f"{split} accuracy ({result['variant']}, ONNX Runtime): {result['accuracy']:.4f} "
+                       f"on {result['samples']} samples; wrote {out}"))
+
+
+@app.command("profile")
+def profile_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint to measure."),
+                out: Path = typer.Option(..., "--out", help="Folder for profile.json."),
+                compare: Optional[List[Path]] = typer.Option(None, "--compare", help="Another checkpoint to "
+                                                             "measure beside it (repeatable)."),
+                threads: int = typer.Option(1, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime."),
+                repeats: int = typer.Option(200, "--repeats", help="Timed runs at batch 1 (a tenth of it at batch 64).")):
+    """Parameters, MACs, ONNX size and latency (eager PyTorch and ONNX Runtime) of checkpoints."""
+    from .export.profile import COST_ROWS, format_cost, profile_checkpoints
+
+    result = profile_checkpoints([checkpoint, *(compare or [])], out, threads=threads, repeats=repeats)
+    models = result["models"]
+    table = Table(title=f"cost per sample ({threads} thread{'s' if threads > 1 else ''}, "
+                       f"{repeats} runs at batch 1 after warm-up)")
+    label = lambda path: "/".join(Path(path).parts[-2:])  # noqa: E731  (run folder / file)
+    table.add_column("")
+    for m in models:
+        table.add_column(label(m["checkpoint"]), justify="right")
+    ratios = result.get("ratios", [])
+    for r in ratios:
+        table.add_column(f"{label(r['checkpoint'])}: x cheaper", justify="right")
+    for key, label, _ in COST_ROWS:
+        if any(key in m for m in models):
+            table.add_row(label, *(format_cost(key, m.get(key)) for m in models),
+                          *(f"{r[key]:.2f}x" if key in r else "-" for r in ratios))
+    console.print(table)
+    console.print(Text(f"wrote {out / 'profile.json'}"))
 
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")

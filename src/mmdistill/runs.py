@@ -256,12 +256,15 @@ def write_teacher_weights(path: Path, task, dataset, device, strategy: str) -> d
 
 def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test", drop: Sequence[str] = (),
                  data_root: str | None = None, device: str = "auto", overwrite: bool = False,
-                 all_subsets: bool = False, corrupt: Sequence[str] = (), corrupt_seed: int = 0) -> dict:
+                 all_subsets: bool = False, corrupt: Sequence[str] = (), corrupt_seed: int = 0,
+                 cost: bool = True) -> dict:
     """Evaluate a checkpoint on the split of the data it was trained on (``drop``: absent modalities;
     ``corrupt``: ``MODALITY:KIND:SEVERITY`` corruptions, see :mod:`mmdistill.data.corruptions`).
 
     With ``all_subsets``, ``metrics["subsets"]`` also maps every non-empty subset of the model's
     modalities (joined by ``+``) to the accuracy with only that subset present.
+    With ``cost``, it also holds the cost fields of :func:`mmdistill.export.profile.measure_cost`
+    (``macs``, ``onnx_bytes``, ``onnx_ms_b1``, ``onnx_sps_b64``, ...; ONNX Runtime on one CPU thread).
     """
     corruptions = [Corruption.parse(c) for c in corrupt]
     check_run_dir(out, overwrite=overwrite)
@@ -293,6 +296,10 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
         if all_subsets:
             metrics["subsets"] = subset_accuracies(model, dataset, device=dev, corrupt=corruptions,
                                                    corrupt_seed=corrupt_seed)
+        if cost:
+            from .export.profile import measure_cost
+
+            metrics.update(measure_cost(model, payload["specs"], repeats=50, warmup=5, eager=False, cuda=False))
         write_json(run / "metrics.json", metrics)
         return metrics
 

@@ -73,6 +73,7 @@ def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = 
         audio_parts = [audio[torch.from_numpy(p[2])] for p in parts]
     image_mean, image_std = float(train_img.mean()), float(train_img.std())
     audio_mean, audio_std = float(audio_parts[0].mean()), float(audio_parts[0].std())
+    info["standardise"] = {"image": {"mean": image_mean, "std": image_std}, "audio": {"mean": audio_mean, "std": audio_std}}
     out = []
     for (name, rec_idx, rec_of_pair, images), aud in zip(parts, audio_parts):
         img = torch.from_numpy((images - image_mean) / image_std).unsqueeze(1)

@@ -69,4 +69,5 @@ def build_fsdd(root, options: FSDDOptions, seed: int):
     out = [MultimodalDataset({"audio": audio[m]}, labels[m], num_classes=10, kinds={"audio": "audio"},
                              groups=torch.from_numpy(np.flatnonzero(m.numpy())), name=f"fsdd/{part}")
            for part, m in (("train", ~is_test), ("test", is_test))]
-    return out[0], out[1], {"dataset": "fsdd", "split": options.split, "snr_db": options.snr_db}
+    return out[0], out[1], {"dataset": "fsdd", "split": options.split, "snr_db": options.snr_db,
+                            "standardise": {"audio": {"mean": float(mean), "std": float(std)}}}

@@ -356,7 +356,7 @@ def build_manifest(root, options: ManifestOptions, seed: int):
         column_types[column] = kind
 
     params = options.audio.params()
-    modalities, present, kinds, described = {}, {}, {}, {}
+    modalities, present, kinds, described, stats = {}, {}, {}, {}, {}
     for column, ftype in column_types.items():
         cells = [r.cells[column] for r in rows]
         loaded: list[np.ndarray | None] = []
@@ -379,6 +379,7 @@ def build_manifest(root, options: ManifestOptions, seed: int):
                 ref = ref if len(ref) else tensor[mask]
                 mean, std = ref.mean(), ref.std().clamp_min(1e-6)
                 tensor[mask] = (tensor[mask] - mean) / std
+                stats[column] = {"mean": float(mean), "std": float(std)}
         elif ftype == "image":
             tensor = _stack(_images(loaded, options.image_size), rows, column, cells,
                             "" if options.image_size else "; set image_size: [H, W] to resize")
@@ -404,4 +405,6 @@ def build_manifest(root, options: ManifestOptions, seed: int):
         info["image_size"] = list(options.image_size)
     if "audio" in column_types.values():
         info["audio"] = {**params.to_dict(), "standardize": options.audio.standardize}
+    if stats:
+        info["standardise"] = stats
     return out[0], out[1], info

@@ -1,0 +1,388 @@
+"""Export a checkpoint to a deployable folder, check it against PyTorch, quantise it, predict with it.
+
+An export folder holds ``model.onnx`` (or ``model.pt`` for TorchScript), ``model.json`` (inputs,
+preprocessing and standardisation statistics, class names, opset, accuracy, parity) and
+``mmdistill_runtime.py``, the torch-free ONNX Runtime loader (:mod:`mmdistill.export.runtime`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, DataError, MMDistillError
+from .onnx import export_onnx, export_torchscript, input_names, onnx_opset
+from .runtime import MODEL_JSON, PRESENT_PREFIX, ExportedModel, softmax
+
+FORMAT = "mmdistill-export/1"
+TOLERANCE = 1e-4
+RUNTIME_FILE = "mmdistill_runtime.py"
+
+
+class ParityError(MMDistillError):
+    """The exported model's logits differ from PyTorch's by more than the tolerance."""
+
+
+# --- data of a checkpoint ----------------------------------------------------------------------
+def checkpoint_data(payload: dict, data_root: str | None = None):
+    """(data config, DataSplits) a checkpoint was trained on, rebuilt from its metadata."""
+    from ..config import DataConfig
+    from ..data import build_data
+
+    meta = payload["meta"]
+    if "data" not in meta:
+        raise ConfigError("the checkpoint records no data config, so its data cannot be rebuilt")
+    cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
+    return cfg, build_data(cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
+
+
+def class_names(dataset: str, info: Mapping, num_classes: int) -> list[str]:
+    """The dataset's class names when it records them, else the class indices (digits: "0".."9")."""
+    if info.get("classes"):
+        return [str(c) for c in info["classes"]]
+    return [str(i) for i in range(num_classes)]
+
+
+def dataset_arrays(dataset, modalities: Sequence[str], limit: int | None = None):
+    """(inputs, present, labels) of a MultimodalDataset as numpy arrays."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    inputs = {m: dataset.modalities[m][:n].numpy() for m in modalities}
+    present = {m: dataset.present[m][:n].numpy() for m in modalities}
+    return inputs, present, dataset.labels[:n].numpy()
+
+
+# --- preprocessing description -----------------------------------------------------------------
+def _log_mel_text(p: Mapping) -> str:
+    return (f"{p['sample_rate']} Hz mono waveform cut or zero-padded to {p['hop_length'] * (p['frames'] - 1)} "
+            f"samples; log(mel(|STFT|^2) + 1e-6) with a Hann window, n_fft {p['n_fft']}, hop {p['hop_length']}, "
+            f"centred (torch.stft), {p['n_mels']} librosa mel bands (htk=False, norm='slaney'), first "
+            f"{p['frames']} frames -> [1, {p['n_mels']}, {p['frames']}]")
+
+
+def describe_preprocessing(cfg, info: Mapping, specs: Mapping) -> dict:
+    """What a deployer must do to a raw sample to get the model's input, per modality."""
+    from ..data.transforms import LogMelParams
+
+    name, options = cfg.name, cfg.options
+    stats = info.get("standardise", {})
+    out = {}
+    for m, spec in specs.items():
+        entry: dict = {"kind": spec.kind, "shape": list(spec.shape)}
+        if name in ("av_digits", "fsdd") and m == "audio":
+            params = LogMelParams().to_dict()
+            text = "FSDD spoken digit: " + _log_mel_text(params)
+            snr = info.get("audio_snr_db") if info.get("level") == "hard" else info.get("snr_db")
+            if snr is not None:
+                text += f"; training data had white noise mixed in at {snr} dB SNR before the spectrogram"
+            entry.update(description=text, log_mel=params)
+        elif name == "av_digits" and m == "image":
+            text = "MNIST digit, 28x28 grayscale in [0, 1] -> [1, 28, 28]"
+            if info.get("level") == "hard":
+                text += (f"; training data was rebuilt from the {info.get('pca_components')} leading principal "
+                         f"components of the training images ({info.get('image_energy_kept')} of their energy)")
+            entry["description"] = text
+        elif name == "mnist":
+            entry["description"] = "MNIST digit, 28x28 grayscale in [0, 1]" + (
+                ", flattened row-major -> [784]" if options.get("flatten") else " -> [1, 28, 28]")
+        elif name == "manifest" and spec.kind == "audio" and "audio" in info:
+            entry.update(description="audio file: " + _log_mel_text(info["audio"]),
+                         log_mel={k: v for k, v in info["audio"].items() if k != "standardize"})
+        elif name == "manifest" and spec.kind == "image":
+            entry["description"] = (f"image file decoded to [0, 1], channels first, resized (bilinear, antialiased) "
+                                    f"to {info.get('image_size') or list(spec.shape[1:])} -> {list(spec.shape)}")
+        else:
+            entry["description"] = f"{spec.kind} array of shape {list(spec.shape)} as dataset {name!r} stores it"
+        entry["standardise"] = stats.get(m)
+        if entry["standardise"]:
+            entry["description"] += "; then (x - mean) / std with the training split's statistics below"
+        out[m] = entry
+    return {"dataset": name, "options": options, "data_info": dict(info), "modalities": out}
+
+
+# --- parity ------------------------------------------------------------------------------------
+@torch.no_grad()
+def _torch_logits(model: nn.Module, inputs, present) -> np.ndarray:
+    batch = {m: torch.from_numpy(x) for m, x in inputs.items()}
+    batch["present"] = {m: torch.from_numpy(p) for m, p in present.items()}
+    return model(batch).float().cpu().numpy()
+
+
+def parity_cases(inputs: Mapping, present: Mapping) -> dict[str, tuple[dict, dict]]:
+    """``{"all present": ..., "without <m>": ...}``: each absent modality zeroed and marked absent."""
+    cases = {"all present": (dict(inputs), {m: np.ones_like(p) for m, p in present.items()})}
+    for m in inputs:
+        x = dict(inputs)
+        x[m] = np.zeros_like(inputs[m])
+        mask = {k: (np.zeros_like(p) if k == m else np.ones_like(p)) for k, p in present.items()}
+        cases[f"without {m}"] = (x, mask)
+    return cases
+
+
+def check_parity(model: nn.Module, run: Callable[[dict, dict], np.ndarray], inputs: Mapping, present: Mapping,
+                 tolerance: float = TOLERANCE) -> dict[str, float]:
+    """Max abs logit difference between ``model`` and ``run(inputs, present)`` per case; raises
+    :class:`ParityError` naming the worst case above ``tolerance``."""
+    model = model.cpu().eval()
+    diffs = {}
+    for case, (x, mask) in parity_cases(inputs, present).items():
+        diffs[case] = float(np.abs(_torch_logits(model, x, mask) - run(x, mask)).max())
+    worst = max(diffs, key=diffs.get)
+    if not diffs[worst] <= tolerance:
+        raise ParityError(f"exported model differs from PyTorch by {diffs[worst]:.3g} (> {tolerance:g}) "
+                          f"in case '{worst}' on {len(next(iter(inputs.values())))} real samples")
+    return diffs
+
+
+def _torchscript_runner(path: Path, modalities: Sequence[str]):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path))
+
+    @torch.no_grad()
+    def run(x, mask):
+        args = [torch.from_numpy(x[m]) for m in modalities] + [torch.from_numpy(mask[m]) for m in modalities]
+        return module(*args).numpy()
+
+    return run
+
+
+# --- quantisation ------------------------------------------------------------------------------
+def quantize_int8(fp32: Path, out: Path, inputs: Mapping, present: Mapping, *, batch: int = 64) -> Path:
+    """Static int8 quantisation of the convolutions and matmuls (ONNX Runtime, QDQ, per-channel
+    weights, min-max calibration) calibrated on ``inputs``: each batch with every modality present and with each one absent."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    modalities = list(inputs)
+    n = len(next(iter(inputs.values())))
+    feeds = []
+    for start in range(0, n, batch):
+        x = {m: inputs[m][start:start + batch] for m in modalities}
+        p = {m: present[m][start:start + batch] for m in modalities}
+        for xs, masks in parity_cases(x, p).values():
+            feeds.append({**xs, **{PRESENT_PREFIX + m: masks[m] for m in modalities}})
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory(prefix="mmdistill-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        # only the matmuls and convolutions: the masked attention scores hold -inf, which has no int8 scale
+        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    return out
+
+
+# --- export ------------------------------------------------------------------------------------
+def _checkpoint_record(path: Path, payload: dict) -> dict:
+    meta = payload["meta"]
+    record = {"path": str(path), "role": meta.get("role"), "seed": meta.get("seed"), "epoch": meta.get("epoch"),
+              "val_accuracy": (meta.get("metrics") or {}).get("val_accuracy")}
+    metrics = path.parent / "metrics.json"
+    if metrics.is_file():
+        try:
+            record["test_accuracy"] = json.loads(metrics.read_text()).get("accuracy")
+        except (ValueError, AttributeError):
+            pass
+    return record
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise ConfigError(f"--out {out}: already exists; pass --overwrite to replace it")
+        if not out.is_dir() or not (out / MODEL_JSON).is_file():
+            raise ConfigError(f"--out {out}: exists and is not an mmdistill export folder; refusing to replace it")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = "onnx", quantize: str | None = None,
+                      data_root: str | None = None, tolerance: float | None = None, parity_samples: int = 256,
+                      calibration_samples: int = 512, overwrite: bool = False, opset: int | None = None,
+                      log: Callable[[str], None] = print) -> dict:
+    """Export ``checkpoint`` to the folder ``out`` and return its ``model.json``.
+
+    Parity with PyTorch is checked on ``parity_samples`` test samples with every modality present
+    and with each one absent; above ``tolerance`` (default :data:`TOLERANCE`, 1e-4) it raises :class:`ParityError` and writes nothing.
+    With ``quantize="int8"`` (ONNX only) a statically quantised ``model.int8.onnx`` is added,
+    calibrated on ``calibration_samples`` training samples; test accuracy and latency of both
+    are recorded under ``quantized``.
+    """
+    from ..checkpoint import load_checkpoint
+
+    if format not in ("onnx", "torchscript"):
+        raise ConfigError(f"--format {format}: expected onnx or torchscript")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize {quantize}: only int8 is supported")
+    if quantize and format != "onnx":
+        raise ConfigError("--quantize int8: needs --format onnx (ONNX Runtime quantises ONNX models)")
+    checkpoint, out = Path(checkpoint), Path(out)
+    tolerance = TOLERANCE if tolerance is None else tolerance
+    _prepare_out(out, overwrite)
+    model, payload = load_checkpoint(checkpoint, "cpu")
+    data_cfg, data = checkpoint_data(payload, data_root)
+    modalities = list(model.modalities)
+    missing = [m for m in modalities if m not in data.specs]
+    if missing:
+        raise DataError(f"{checkpoint}: the model needs modality {missing[0]!r}, which its data lacks")
+    specs = {m: payload["specs"][m] for m in modalities}
+    classes = class_names(data_cfg.name, data.info, payload["num_classes"])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.part-"))
+    tmp.chmod(0o755)
+    try:
+        start = time.perf_counter()
+        files = {"runtime": RUNTIME_FILE}
+        if format == "onnx":
+            files["onnx"] = export_onnx(model, specs, tmp / "model.onnx", opset=opset).name
+        else:
+            files["torchscript"] = export_torchscript(model, specs, tmp / "model.pt").name
+        log(f"exported {checkpoint} to {format} in {time.perf_counter() - start:.1f} s")
+        shutil.copyfile(Path(__file__).with_name("runtime.py"), tmp / RUNTIME_FILE)
+        meta = {
+            "format": FORMAT, "export_format": format, "files": files, "modalities": modalities,
+            "inputs": {m: {"shape": list(specs[m].shape), "dtype": "float32", "kind": specs[m].kind,
+                           "batch_axis": 0} for m in modalities},
+            "presence_inputs": {m: {"name": PRESENT_PREFIX + m, "dtype": "bool", "shape": ["batch"]}
+                                for m in modalities},
+            "input_order": input_names(modalities),
+            "output": {"name": "logits", "dtype": "float32", "shape": ["batch", payload["num_classes"]]},
+            "classes": classes, "num_classes": payload["num_classes"],
+            "opset": onnx_opset(tmp / files["onnx"]) if format == "onnx" else None,
+            "preprocessing": describe_preprocessing(data_cfg, data.info, specs),
+            "checkpoint": _checkpoint_record(checkpoint, payload), "model_config": payload["model_config"],
+            "versions": _versions(),
+        }
+        _write(tmp / MODEL_JSON, meta)
+
+        if format == "onnx":
+            runtime = ExportedModel(tmp)
+            run = runtime.logits
+        else:
+            runtime = None
+            script = _torchscript_runner(tmp / files["torchscript"], modalities)
+            run = lambda x, mask: script(x, mask)  # noqa: E731
+        x, present, _ = dataset_arrays(data.test, modalities, parity_samples)
+        diffs = check_parity(model, run, x, present, tolerance)
+        meta["parity"] = {"tolerance": tolerance, "samples": len(next(iter(x.values()))), "split": "test",
+                          "max_abs_diff": diffs}
+        for case, d in diffs.items():
+            log(f"parity {case:>20}: max |logits - PyTorch logits| = {d:.2e}")
+
+        x, present, labels = dataset_arrays(data.test, modalities)
+        torch_acc = float((_torch_logits(model, x, present).argmax(1) == labels).mean())
+        meta["accuracy"] = {"split": "test", "samples": int(len(labels)), "pytorch": torch_acc,
+                            format: float((run(x, present).argmax(1) == labels).mean())}
+        if quantize:
+            meta["quantized"] = _quantize(tmp, files, runtime, data, modalities, calibration_samples, log)
+        _write(tmp / MODEL_JSON, meta)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _quantize(folder: Path, files: dict, fp32: ExportedModel, data, modalities, calibration_samples: int, log) -> dict:
+    from .profile import onnx_latency
+
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.permutation(len(data.train))[:calibration_samples])
+    calib = data.train.subset(idx)
+    x, present, _ = dataset_arrays(calib, modalities)
+    start = time.perf_counter()
+    files["onnx_int8"] = quantize_int8(folder / files["onnx"], folder / "model.int8.onnx", x, present).name
+    log(f"quantised to int8 on {len(idx)} training samples in {time.perf_counter() - start:.1f} s")
+    meta = json.loads((folder / MODEL_JSON).read_text())
+    _write(folder / MODEL_JSON, {**meta, "files": files})
+    int8 = ExportedModel(folder, variant="int8")
+    x, present, labels = dataset_arrays(data.test, modalities)
+    report = {"method": "onnxruntime quantize_static, QDQ, int8 activations and per-channel int8 weights, "
+                        "min-max calibration", "calibration_samples": int(len(idx)), "file": files["onnx_int8"],
+              "bytes": (folder / files["onnx_int8"]).stat().st_size, "fp32_bytes": (folder / files["onnx"]).stat().st_size}
+    for name, runtime, file in (("fp32", fp32, files["onnx"]), ("int8", int8, files["onnx_int8"])):
+        acc = float((runtime.predict(x, present) == labels).mean())
+        b1 = onnx_latency(folder / file, batch=1, threads=1, repeats=100, warmup=10)
+        b64 = onnx_latency(folder / file, batch=64, threads=1, repeats=10, warmup=2)
+        report[name] = {"accuracy": acc, "onnx_ms_b1": b1["p50_ms"], "onnx_p95_ms_b1": b1["p95_ms"],
+                        "onnx_sps_b64": b64["samples_per_s"], "threads": 1}
+    return report
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _write(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+# --- predict -----------------------------------------------------------------------------------
+def predict_export(export_dir: str | Path, data_config: str | Path, out: str | Path, *, split: str = "test",
+                   data_root: str | None = None, variant: str = "fp32") -> dict:
+    """Run an ONNX export on a split of the data a config names; write one JSON line per sample
+    (``index``, ``label``, ``pred``, ``class``, ``prob``) to ``out``; return accuracy and counts.
+
+    ``data_config``: a YAML recipe with a ``data:`` section (its ``seed`` and
+    ``train.val_fraction``, when present, pick the split; otherwise the exported checkpoint's).
+    """
+    from ..config import DataConfig, format_validation_error, read_yaml
+    from ..data import build_data
+
+    export_dir = Path(export_dir)
+    if not (export_dir / MODEL_JSON).is_file():
+        raise ConfigError(f"{export_dir}: no {MODEL_JSON}; not an mmdistill export folder")
+    try:
+        model = ExportedModel(export_dir, variant=variant)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    raw = read_yaml(data_config)
+    ckpt = model.meta.get("checkpoint", {})
+    seed = raw.get("seed", ckpt.get("seed") or 0)
+    val_fraction = (raw.get("train") or {}).get("val_fraction", 0.0)
+    import pydantic
+
+    try:
+        cfg = DataConfig.model_validate({**raw.get("data", raw), **({"root": data_root} if data_root else {})})
+    except pydantic.ValidationError as err:
+        raise ConfigError(f"{data_config}: {format_validation_error(err, 'data')}") from None
+    data = build_data(cfg, seed=seed, val_fraction=val_fraction)
+    dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
+    if dataset is None:
+        raise ConfigError(f"--split {split}: no such split (test, train{', val' if data.val is not None else ''})")
+    for m in model.modalities:
+        if m not in dataset.specs:
+            raise DataError(f"{data_config}: the data has no modality {m!r}, which the exported model takes")
+        if list(dataset.specs[m].shape) != list(model.inputs[m]["shape"]):
+            raise DataError(f"{data_config}: modality {m!r} has shape {list(dataset.specs[m].shape)}, the exported "
+                            f"model takes {model.inputs[m]['shape']}")
+    x, present, labels = dataset_arrays(dataset, model.modalities)
+    logits = model.logits(x, present)
+    pred, prob = logits.argmax(1), softmax(logits).max(1)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for i, (y, p, q) in enumerate(zip(labels.tolist(), pred.tolist(), prob.tolist())):
+            f.write(json.dumps({"index": i, "label": y, "pred": p, "class": model.classes[p], "prob": round(q, 6)}) + "\n")
+    return {"split": split, "samples": int(len(labels)), "accuracy": float((pred == labels).mean()),
+            "variant": variant, "out": str(out)}
