@@ -7,14 +7,12 @@ other seeds, paired with the same seed's scratch student (same initial weights, 
 Cost is measured where the model runs: exported to ONNX and timed with ONNX Runtime on one
 thread (batch 1 latency p50, batch 64 throughput), in one process, alone.
 
-    # 1. seed 0: every student, scratch and every candidate method (processes can split students)
-    python benchmarks/frontier.py --seeds 0 --name frontier_seed0
-    # 2. seeds 1 and 2: scratch and each student's method chosen on seed 0's validation accuracy
-    python benchmarks/frontier.py --seeds 1 2 --select-from benchmarks/results/frontier_seed0.json \
-        --name frontier_seeds12
-    # 3. cost (run alone: timings), merge, table and plot
-    python benchmarks/frontier.py --merge benchmarks/results/frontier_seed0.json \
-        benchmarks/results/frontier_seeds12.json
+    # each process takes some students (every seed); timings are not taken here
+    python benchmarks/frontier.py --seeds 0 1 2 --students "conv[8,16] pool2" "conv[16,32] pool2" --name frontier_a
+    python benchmarks/frontier.py --seeds 0 1 2 --students "conv[16,32] stride2 pool2" \
+        "conv[16,32,64] separable" --name frontier_b
+    # then, alone on the machine: cost (ONNX Runtime), the table and the plot
+    python benchmarks/frontier.py --merge benchmarks/results/frontier_a.json benchmarks/results/frontier_b.json
 
 The teacher is the packaged teacher recipe trained once (seed ``--teacher-seed``) and kept in
 ``benchmarks/.models/`` (reused when its recipe, data and seed match): like a user's teacher, it
@@ -52,10 +50,8 @@ def conv(**encoder) -> dict:
 
 STUDENTS = {
     "conv[8,16] pool2": conv(channels=[8, 16], pool=2),
-    "conv[8,16,32] separable": conv(channels=[8, 16, 32], separable=True),
     "conv[16,32] stride2 pool2": conv(channels=[16, 32], stride=2, pool=2),
     "conv[16,32,64] separable": conv(channels=[16, 32, 64], separable=True),
-    "conv[8,16,32]": conv(channels=[8, 16, 32]),
     "conv[16,32] pool2": conv(channels=[16, 32], pool=2),
 }
 
@@ -71,7 +67,6 @@ METHODS = {
     "dist": [{"name": "dist", "weight": 1.0}],
     "at": maps("at", 10.0),
     "nst": maps("nst", 0.5),
-    "sp": maps("sp", 300.0),
 }
 
 
@@ -113,19 +108,18 @@ def run_one(student: str, method: str, seed: int, teacher, data, args) -> dict:
                           device=args.device, seed=seed, label=f"{student} {method}")
     device = api.resolve_device(args.device)
     test = evaluate_model(model, data.test, device=device, latency=False, teacher=teacher)
-    test.setdefault("teacher_agreement", None)
     train_acc = evaluate_model(model, data.train, device=device, latency=False)["accuracy"]
     return {"student": student, "method": method, "seed": seed, "params": count_parameters(model),
             "accuracy": test["accuracy"], "val_accuracy": fit.best_val_accuracy, "train_accuracy": train_acc,
             "teacher_agreement": test["teacher_agreement"], "seconds": round(time.perf_counter() - start, 1)}
 
 
-def chosen_methods(runs: list[dict]) -> dict[str, str]:
-    """student -> the distillation method with the best validation accuracy on seed 0 (ties: listing order)."""
+def chosen_methods(runs: list[dict], seed: int = 0) -> dict[str, str]:
+    """student -> the distillation method with the best validation accuracy on ``seed`` (ties: listing order)."""
     best: dict[str, tuple[float, int, str]] = {}
     order = list(METHODS)
     for r in runs:
-        if r["seed"] != 0 or r["method"] in ("scratch", "teacher"):
+        if r["seed"] != seed or r["method"] in ("scratch", "teacher"):
             continue
         score = (r["val_accuracy"], -order.index(r["method"]), r["method"])
         if r["student"] not in best or score > best[r["student"]]:
@@ -134,62 +128,60 @@ def chosen_methods(runs: list[dict]) -> dict[str, str]:
 
 
 def train_part(args) -> None:
+    """Per student: seed 0 from scratch and with every candidate method; the method with the best
+    validation accuracy; then the other seeds from scratch and with that method. Results are
+    written after every run, so a part that is stopped keeps what it finished."""
+    out = RESULTS / f"{args.name}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
-    chosen = chosen_methods(load_runs(args.select_from)) if args.select_from else None
-    students = args.students or list(STUDENTS)
-    for seed in args.seeds:
-        tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), [f"seed={seed}", *args.overrides]))
-        data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
-        teacher = None
-        if chosen is not None or args.methods != ["scratch"]:
-            teacher = teacher_for(args.teacher_seed, args, data)
-            t = evaluate_model(teacher, data.test, device=api.resolve_device(args.device), latency=False)
+    data_by_seed, teacher = {}, None
+
+    def setup(seed):
+        nonlocal teacher
+        if seed not in data_by_seed:
+            tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), [f"seed={seed}", *args.overrides]))
+            data_by_seed[seed] = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
+            teacher = teacher or teacher_for(args.teacher_seed, args, data_by_seed[seed])
+            t = evaluate_model(teacher, data_by_seed[seed].test, device=api.resolve_device(args.device), latency=False)
             runs.append({"student": "teacher", "method": "teacher", "seed": seed, "params": t["params"],
                          "accuracy": t["accuracy"], "teacher_seed": args.teacher_seed})
             print(f"seed {seed} teacher {t['accuracy']:.4f}", flush=True)
-        for student in students:
-            methods = (args.methods or ["scratch", *METHODS]) if chosen is None else ["scratch", chosen[student]]
-            if chosen is not None and args.skip_scratch:
-                methods = [chosen[student]]
+        return data_by_seed[seed]
+
+    for student in args.students or list(STUDENTS):
+        for seed in args.seeds:
+            if seed == args.seeds[0]:
+                methods = ["scratch", *(args.methods or METHODS)]
+            else:
+                methods = ["scratch", chosen_methods(runs, args.seeds[0])[student]]
             for method in methods:
-                runs.append(run_one(student, method, seed, teacher, data, args))
+                runs.append(run_one(student, method, seed, teacher, setup(seed), args))
                 r = runs[-1]
                 print(f"seed {seed} {student:28s} {method:8s} test {r['accuracy']:.4f} val {r['val_accuracy']:.4f} "
                       f"({r['seconds']:.0f} s)", flush=True)
-    out = RESULTS / f"{args.name}.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
+                out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
-def cost(model: torch.nn.Module, specs, folder: Path) -> dict:
+def cost(model: torch.nn.Module, specs) -> dict:
     """Parameters, MACs per sample and ONNX Runtime timings (one thread) of ``model``."""
-    from mmdistill.export.onnx import export_onnx
-    from mmdistill.export.profile import count_macs, onnx_latency
+    from mmdistill.export.profile import measure_cost
 
-    path = export_onnx(model, specs, folder / "model.onnx")
-    b1 = onnx_latency(path, specs, batch=1, threads=1)
-    b64 = onnx_latency(path, specs, batch=64, threads=1)
-    return {"params": count_parameters(model), "macs": count_macs(model, specs), "onnx_ms_b1": b1["p50_ms"],
-            "onnx_ms_b1_p95": b1["p95_ms"], "onnx_sps_b64": b64["samples_per_s"]}
+    c = measure_cost(model, specs, threads=1, repeats=300, eager=False, cuda=False)
+    return {k: c[k] for k in ("params", "macs", "onnx_bytes", "onnx_ms_b1", "onnx_p95_ms_b1", "onnx_sps_b64")}
 
 
 def report(args) -> None:
     """Merge result parts, measure every model's cost alone, write frontier.{json,md,png}."""
-    import tempfile
-
     runs = [r for path in args.merge for r in load_runs(path)]
     teacher_runs = [r for r in runs if r["method"] == "teacher"]
     specs_data = build_data(parse_config(recipe("av_digits_teacher")).data, seed=0, val_fraction=0.1)
     specs, k = specs_data.specs, specs_data.num_classes
     tcfg = parse_config(recipe("av_digits_teacher"))
     costs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, mcfg in [("teacher", tcfg.model.model_dump()), *STUDENTS.items()]:
-            folder = Path(tmp) / str(len(costs))
-            folder.mkdir()
-            costs[name] = cost(build_model(copy.deepcopy(mcfg), specs, k, seed=0).eval(), specs, folder)
-            print(f"{name:28s} {costs[name]}", flush=True)
+    for name, mcfg in [("teacher", tcfg.model.model_dump()), *STUDENTS.items()]:
+        costs[name] = cost(build_model(copy.deepcopy(mcfg), specs, k, seed=0).eval(), specs)
+        print(f"{name:28s} {costs[name]}", flush=True)
     chosen = chosen_methods(runs)
     rows = []
     for r in runs:
@@ -275,10 +267,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--students", nargs="+", choices=list(STUDENTS), default=None)
-    parser.add_argument("--methods", nargs="+", choices=["scratch", *METHODS], default=None,
-                        help="default: scratch and every candidate method")
-    parser.add_argument("--skip-scratch", action="store_true", help="with --select-from: the chosen methods only")
-    parser.add_argument("--select-from", default=None, help="seed-0 results: run each student's chosen method only")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                        help="candidate methods (default: all)")
     parser.add_argument("--teacher-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=20, help="student epochs")
     parser.add_argument("--device", default="cpu")
