@@ -95,6 +95,8 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
         gain = summary["student_distilled"]["accuracy"] - summary["student_scratch"]["accuracy"]
         summary["gap_closed"] = gain / gap if gap > 0 else None
         write_json(run / "summary.json", summary)
+    from .report import write_report
+    log(f"wrote {write_report([out], out / 'report.html', title='mmdistill demo report')}")
     return summary
 
 
