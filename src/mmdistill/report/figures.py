@@ -98,7 +98,7 @@ def curves(run: Run) -> Figure:
 
 def validation_overlay(runs: list[Run], colors: dict[str, str]) -> Figure:
     """Validation accuracy per epoch of several runs on one axis."""
-    fig = Figure(figsize=(10, 3.2))
+    fig = Figure(figsize=(10, 2.8))
     ax = fig.subplots()
     for run in runs:
         x, y = _series(run.history, "val_accuracy")
@@ -118,16 +118,16 @@ def confusion(run: Run) -> Figure:
     """Row-normalised confusion matrix (true class down, predicted across), counts in the cells."""
     matrix = run.metrics["confusion"]
     k = len(matrix)
-    size = min(5.2, 2.2 + 0.3 * k)
-    fig = Figure(figsize=(size, size * 0.9))
+    size = min(4.6, 1.6 + 0.18 * k)
+    fig = Figure(figsize=(size, size))
     ax = fig.subplots()
     rates = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in matrix]
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if k <= 12:
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
                 if count:
-                    ax.text(j, i, str(count), ha="center", va="center", fontsize=7 if k > 6 else 9,
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=6.5 if k > 6 else 9,
                             color="white" if rates[i][j] > 0.55 else "#222222")
     ticks = list(range(k)) if k <= 20 else list(range(0, k, max(1, k // 10)))
     ax.set_xticks(ticks)
@@ -135,8 +135,9 @@ def confusion(run: Run) -> Figure:
     ax.tick_params(labelsize=8)
     accuracy = run.metrics.get("accuracy")
     title = run.name + (f" ({100 * accuracy:.1f}%)" if isinstance(accuracy, (int, float)) else "")
-    ax.set(title=title, xlabel="predicted class", ylabel="true class")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("predicted class", fontsize=9)
+    ax.set_ylabel("true class", fontsize=9)
     fig.tight_layout()
     return fig
 

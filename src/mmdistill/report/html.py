@@ -15,7 +15,7 @@ main{max-width:1080px;margin:0 auto;padding:24px 28px 48px;background:#fff}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:34px 0 10px;border-bottom:2px solid #e3e6ea;padding-bottom:4px}
 h3{font-size:16px;margin:22px 0 6px}.muted{color:#6b7280;font-size:13px}
 table{border-collapse:collapse;font-size:13.5px;margin:8px 0}th,td{padding:5px 10px;border-bottom:1px solid #e5e7eb;text-align:right}
-th{background:#f3f4f6;font-weight:600}td:first-child,th:first-child{text-align:left}
+th{background:#f3f4f6;font-weight:600}td:first-child,th:first-child,.t{text-align:left}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
 .badge{display:inline-block;font-size:11px;padding:1px 7px;border-radius:9px;background:#e5e7eb;margin-left:6px}
 .badge.complete{background:#d1fae5;color:#065f46}.badge.failed,.badge.running{background:#fee2e2;color:#991b1b}
@@ -69,11 +69,13 @@ def _cost_rows(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def _ratio(teacher: dict, row: dict, key: str, word: str) -> str:
+def _ratio(teacher: dict, row: dict, key: str, better: str, worse: str) -> str:
+    """``teacher[key] / row[key]`` as "N× better" (or "N× worse" when below 1)."""
     a, b = teacher.get(key), row.get(key)
-    if key == "onnx_sps_b64":
-        a, b = b, a
-    return f"{a / b:.1f}× {word}" if _num(a) and _num(b) and b > 0 else ""
+    if not (_num(a) and _num(b) and a > 0 and b > 0):
+        return ""
+    r = a / b
+    return f"{r:.1f}× {better}" if r >= 1 else f"{1 / r:.1f}× {worse}"
 
 
 def cost_table(runs: list[Run], colors: dict[str, str]) -> str:
@@ -85,7 +87,8 @@ def cost_table(runs: list[Run], colors: dict[str, str]) -> str:
     head = ["model", "role", "test accuracy", "macro-F1"] + [COST_LABELS[k] for k in keys]
     if teacher:
         head += ["vs teacher"]
-    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    text = {"role", "vs teacher"}
+    out = ["<table><tr>" + "".join(f'<th{" class=t" if h in text else ""}>{_e(h)}</th>' for h in head) + "</tr>"]
     for row in rows:
         swatch = f'<span class="swatch" style="background:{colors[row["name"]]}"></span>' if row["name"] in colors else ""
         cells = [swatch + _e(row["name"]), _e(row["role"]), _fmt("accuracy", row.get("accuracy")),
@@ -94,14 +97,15 @@ def cost_table(runs: list[Run], colors: dict[str, str]) -> str:
             if row is teacher:
                 cells.append("reference")
             else:
-                parts = [_ratio(teacher, row, "params", "fewer params"), _ratio(teacher, row, "macs", "fewer MACs"),
-                         _ratio(teacher, row, "onnx_ms_b1", "faster (ONNX)"),
-                         _ratio(teacher, row, "latency_ms", "faster (eager)")]
+                parts = [_ratio(teacher, row, "params", "fewer params", "more params"),
+                         _ratio(teacher, row, "macs", "fewer MACs", "more MACs"),
+                         _ratio(teacher, row, "onnx_ms_b1", "faster (ONNX)", "slower (ONNX)"),
+                         _ratio(teacher, row, "latency_ms", "faster (eager)", "slower (eager)")]
                 acc_t, acc = teacher.get("accuracy"), row.get("accuracy")
                 if _num(acc_t) and _num(acc) and acc_t > 0:
                     parts.append(f"{100 * acc / acc_t:.0f}% of its accuracy")
                 cells.append("<br>".join(p for p in parts if p))
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        out.append("<tr>" + "".join(f'<td{" class=t" if h in text else ""}>{c}</td>' for h, c in zip(head, cells)) + "</tr>")
     out.append("</table>")
     out.append('<p class="muted">Test-set metrics from each run\'s metrics.json (cost fields also from a demo '
                'summary.json); a blank cell: not measured for that model. Eager latency is PyTorch at batch 1.</p>')
@@ -142,12 +146,13 @@ def render(runs: list[Run], groups: list[Group], *, title: str = "mmdistill repo
             '<a href="#confusion">confusion &amp; per-class</a>'
             + ('<a href="#subsets">modality subsets</a>' if with_subsets else "") + "</nav>"]
     body += [_group_note(g) for g in groups]
-    body.append("<table><tr><th>run</th><th>role</th><th>kind</th><th>status</th><th>epochs</th><th>folder</th></tr>")
+    body.append("<table><tr><th>run</th><th class=t>role</th><th class=t>kind</th><th class=t>status</th><th>epochs</th>"
+                "<th class=t>folder</th></tr>")
     for r in runs:
         body.append(f'<tr><td><span class="swatch" style="background:{colors[r.name]}"></span>{_e(r.name)}</td>'
-                    f"<td>{_e(r.role)}</td><td>{_e(r.kind)}</td>"
-                    f'<td><span class="badge {_e(r.status)}">{_e(r.status)}</span></td><td>{len(r.history) or ""}</td>'
-                    f"<td><code>{_e(r.path)}</code></td></tr>")
+                    f"<td class=t>{_e(r.role)}</td><td class=t>{_e(r.kind)}</td>"
+                    f'<td class=t><span class="badge {_e(r.status)}">{_e(r.status)}</span></td>'
+                    f"<td>{len(r.history) or ''}</td><td class=t><code>{_e(r.path)}</code></td></tr>")
     body.append("</table>")
 
     body.append('<h2 id="cost">Cost: teacher vs students</h2>')

@@ -156,6 +156,11 @@ def _assign_roles(runs: list[Run]) -> None:
         elif "scratch" in run.path.name:
             run.role = "student (scratch)"
         elif run.kind == "evaluate":
-            run.role = "evaluation"
+            checkpoint = Path(str(run.metrics.get("checkpoint", "")))
+            run.role = f"evaluation of {checkpoint.parent.name or checkpoint.name}".strip()
+            if run.metrics.get("dropped"):
+                run.role += f" without {', '.join(run.metrics['dropped'])}"
+            if run.metrics.get("corrupt"):
+                run.role += f", corrupted ({', '.join(run.metrics['corrupt'])})"
         else:
             run.role = "model"
