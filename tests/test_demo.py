@@ -34,3 +34,5 @@ def test_demo_falls_back_to_synthetic_data_and_says_so(tmp_path, monkeypatch):
         assert 0 <= written[key]["accuracy"] <= 1 and written[key]["params"] > 0
     assert written["student_distilled"]["params"] * 10 <= written["teacher"]["params"]
     assert json.loads((tmp_path / "demo" / "run.json").read_text())["status"] == "complete"
+    report = (tmp_path / "demo" / "report.html").read_text()  # the demo writes its report
+    assert all(f"{name}</td>" in report for name in ("teacher", "student_scratch", "student_distilled"))
