@@ -135,7 +135,8 @@ class TrainConfig(Strict):
         import importlib.util
 
         if "tensorboard" in sinks and importlib.util.find_spec("tensorboard") is None:
-            raise ValueError("tensorboard is not installed; pip install 'mmdistill[tensorboard]' (or remove it from train.log)")
+            raise ValueError("tensorboard is not installed; pip install 'mmdistill[tensorboard]' "
+                             "(or remove it from train.log)")
         return sinks
 
 

@@ -33,7 +33,8 @@ class TensorBoardSink:
     def write(self, record: dict) -> None:
         step = int(record["epoch"])
         for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key != "epoch" and numeric and math.isfinite(value):
                 self.writer.add_scalar(_tag(key), value, step)
         self.writer.flush()
 

@@ -161,6 +161,7 @@ def grouped_bars(groups: list[str], series: dict[str, list[float | None]], color
     ax.set_ylabel("accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(fontsize=8, frameon=False, ncols=min(n, 4), loc="upper center", bbox_to_anchor=(0.5, -0.18 if not rotate else -0.3))
+    ax.legend(fontsize=8, frameon=False, ncols=min(n, 4), loc="upper center",
+              bbox_to_anchor=(0.5, -0.3 if rotate else -0.18))
     fig.tight_layout()
     return fig

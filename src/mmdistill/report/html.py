@@ -90,7 +90,8 @@ def cost_table(runs: list[Run], colors: dict[str, str]) -> str:
     text = {"role", "vs teacher"}
     out = ["<table><tr>" + "".join(f'<th{" class=t" if h in text else ""}>{_e(h)}</th>' for h in head) + "</tr>"]
     for row in rows:
-        swatch = f'<span class="swatch" style="background:{colors[row["name"]]}"></span>' if row["name"] in colors else ""
+        color = colors.get(row["name"])
+        swatch = f'<span class="swatch" style="background:{color}"></span>' if color else ""
         cells = [swatch + _e(row["name"]), _e(row["role"]), _fmt("accuracy", row.get("accuracy")),
                  _fmt("macro_f1", row.get("macro_f1"))] + [_fmt(k, row.get(k)) for k in keys]
         if teacher:
@@ -105,7 +106,8 @@ def cost_table(runs: list[Run], colors: dict[str, str]) -> str:
                 if _num(acc_t) and _num(acc) and acc_t > 0:
                     parts.append(f"{100 * acc / acc_t:.0f}% of its accuracy")
                 cells.append("<br>".join(p for p in parts if p))
-        out.append("<tr>" + "".join(f'<td{" class=t" if h in text else ""}>{c}</td>' for h, c in zip(head, cells)) + "</tr>")
+        out.append("<tr>" + "".join(f'<td{" class=t" if h in text else ""}>{c}</td>' for h, c in zip(head, cells))
+                   + "</tr>")
     out.append("</table>")
     out.append('<p class="muted">Test-set metrics from each run\'s metrics.json (cost fields also from a demo '
                'summary.json); a blank cell: not measured for that model. Eager latency is PyTorch at batch 1.</p>')
@@ -146,8 +148,8 @@ def render(runs: list[Run], groups: list[Group], *, title: str = "mmdistill repo
             '<a href="#confusion">confusion &amp; per-class</a>'
             + ('<a href="#subsets">modality subsets</a>' if with_subsets else "") + "</nav>"]
     body += [_group_note(g) for g in groups]
-    body.append("<table><tr><th>run</th><th class=t>role</th><th class=t>kind</th><th class=t>status</th><th>epochs</th>"
-                "<th class=t>folder</th></tr>")
+    body.append("<table><tr><th>run</th><th class=t>role</th><th class=t>kind</th><th class=t>status</th>"
+                "<th>epochs</th><th class=t>folder</th></tr>")
     for r in runs:
         body.append(f'<tr><td><span class="swatch" style="background:{colors[r.name]}"></span>{_e(r.name)}</td>'
                     f"<td class=t>{_e(r.role)}</td><td class=t>{_e(r.kind)}</td>"
