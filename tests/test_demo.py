@@ -55,3 +55,5 @@ def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, 
     run_demo(tmp_path / "demo2", seed=1, device="cpu", data_root=str(data_root), progress=False,
              log=messages.append, overrides=TINY)
     assert not any("reusing the teacher" in str(m) for m in messages)
+    report = (tmp_path / "demo1" / "report.html").read_text()  # the demo writes its report
+    assert all(f"{name}</td>" in report for name in ("teacher", "student_scratch", "student_distilled"))

@@ -176,6 +176,17 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt c
 
 
 @app.command()
+def report(run_dirs: List[Path] = typer.Argument(..., help="Run directories (train, distill, evaluate), or folders "
+                                                           "of them such as the demo's."),
+           out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+           title: str = typer.Option("mmdistill report", "--title")):
+    """One self-contained HTML page: cost table, training curves, confusion matrices, subset accuracy."""
+    from .report import write_report
+
+    console.print(f"wrote {write_report(run_dirs, out, title=title)}")
+
+
+@app.command()
 def losses():
     """List every registered distillation loss."""
     from .losses import LOSSES

@@ -130,6 +130,19 @@ class TrainConfig(Strict):
     time_shift: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
     cache_teacher: StrictBool = True  # compute frozen teachers' outputs once per run (not with mixup)
     progress: StrictBool = True
+    # extra sinks for the per-epoch metrics (metrics.jsonl is always written): tensorboard writes
+    # event files to RUN_DIR/tensorboard (needs the optional extra: pip install 'mmdistill[tensorboard]')
+    log: list[Literal["tensorboard"]] = []
+
+    @pydantic.field_validator("log")
+    @classmethod
+    def _sinks_installed(cls, sinks):
+        import importlib.util
+
+        if "tensorboard" in sinks and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("tensorboard is not installed; pip install 'mmdistill[tensorboard]' "
+                             "(or remove it from train.log)")
+        return sinks
 
 
 # --- distillation -------------------------------------------------------------------------

@@ -135,6 +135,8 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
                              "max_abs_diff": max(export["parity"]["max_abs_diff"].values()),
                              "onnx_accuracy": export["accuracy"]["onnx"]}
         write_json(run / "summary.json", summary)
+    from .report import write_report
+    log(f"wrote {write_report([out], out / 'report.html', title='mmdistill demo report')}")
     return summary
 
 

@@ -30,6 +30,7 @@ from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
+from .sinks import MetricSinks
 
 
 def seed_everything(seed: int) -> None:
@@ -105,6 +106,7 @@ class Trainer:
         if resume and self.run_dir is None:
             raise ConfigError("resume: needs the run directory of the run to continue")
         self.resume = resume
+        self.sinks = MetricSinks((), None)  # fit opens the sinks train.log asks for
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -133,9 +135,11 @@ class Trainer:
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs)
         result = FitResult()
         start = time.perf_counter()
+        self.sinks = MetricSinks(cfg.log, self.run_dir)  # train.log: e.g. TensorBoard, beside metrics.jsonl
         try:
             best_state = self._epochs(task, loader, val, optimizer, scheduler, result)
         finally:
+            self.sinks.close()
             if hasattr(task, "clear_cache"):
                 task.clear_cache()
             if hasattr(task, "teardown"):  # forward hooks and whatever else the fit set up
@@ -208,6 +212,7 @@ class Trainer:
                 if metrics_path:
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
+                    self.sinks.write(record)
                 if self.save and self.run_dir:
                     meta = {"epoch": epoch + 1, "metrics": record}
                     self.save(self.run_dir / "last.pt", task.model, meta)

@@ -1,4 +1,4 @@
-"""Evaluation: accuracy, macro-F1, expected calibration error, agreement, latency."""
+"""Evaluation: accuracy, macro-F1, expected calibration error, confusion matrix, agreement, latency."""
 from __future__ import annotations
 
 import time
@@ -90,6 +90,18 @@ def latency_ms(model: nn.Module, dataset: MultimodalDataset, *, device="cpu", sa
     return times[len(times) // 2] if times else float("nan")
 
 
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> list[list[int]]:
+    """``C[i][j]`` = number of samples of true class ``i`` predicted as class ``j``."""
+    k = int(num_classes if num_classes is not None else logits.shape[1])
+    flat = labels.long() * k + logits.argmax(1)
+    return torch.bincount(flat, minlength=k * k).reshape(k, k).tolist()
+
+
+def per_class_accuracy(confusion: list[list[int]]) -> list[float | None]:
+    """Recall of each true class (diagonal over row sum); None for a class with no samples."""
+    return [row[i] / sum(row) if sum(row) else None for i, row in enumerate(confusion)]
+
+
 def classification_report(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     return {"accuracy": accuracy(logits, labels), "macro_f1": macro_f1(logits, labels),
             "ece": expected_calibration_error(logits, labels), "samples": int(len(labels))}
@@ -105,6 +117,8 @@ def evaluate_model(model: nn.Module, dataset: MultimodalDataset, *, device="cpu"
 
     logits, labels = predict(model, dataset, device=device, batch_size=batch_size, drop=drop, transform=transform)
     report = classification_report(logits, labels)
+    report["confusion"] = confusion_matrix(logits, labels)
+    report["per_class_accuracy"] = per_class_accuracy(report["confusion"])
     report["params"] = count_parameters(model)
     report["dropped"] = list(drop)
     if teacher is not None:

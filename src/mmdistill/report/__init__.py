@@ -1,0 +1,26 @@
+"""``mmdistill report``: one self-contained HTML page from run directories.
+
+It shows the teacher-vs-student cost table, training curves (loss and each loss term, train and
+validation accuracy per epoch), confusion matrices and per-class accuracy, and the accuracy with
+each subset of modalities present when an ``evaluate --all-subsets`` run is given. Figures are
+matplotlib PNGs embedded as ``data:`` URIs, so the file can be mailed or archived alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from ..rundir import write_text
+from .html import render
+from .runs import ReportError, Run, collect
+
+__all__ = ["ReportError", "Run", "collect", "render", "write_report"]
+
+
+def write_report(paths: Iterable[str | Path], out: str | Path, *, title: str = "mmdistill report") -> Path:
+    """Write the report of the runs under ``paths`` (run directories, or folders of them) to ``out``."""
+    paths = list(paths)
+    if not paths:
+        raise ReportError("report: give at least one run directory")
+    runs, groups = collect(paths)
+    return write_text(Path(out), render(runs, groups, title=title))

@@ -1,0 +1,166 @@
+"""What a report reads: run directories (``train``, ``distill``, ``evaluate``) and folders of them
+(the demo's ``teacher/``, ``student_scratch/``, ``student_distilled/`` with a ``summary.json``)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MMDistillError
+
+# cost fields shown when a run's metrics.json (or its parent's summary.json) has them
+COST_KEYS = ("params", "macs", "onnx_ms_b1", "onnx_sps_b64", "latency_ms")
+
+
+class ReportError(MMDistillError):
+    """A report input is not a run directory, or one of its files cannot be read."""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: cannot be read as JSON ({err})") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise ReportError(f"{path}: cannot be read ({err})") from None
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                raise ReportError(f"{path}: line {i} is not JSON ({err})") from None
+    return rows
+
+
+@dataclass
+class Run:
+    """One run directory, as far as its files go (any of them may be missing)."""
+
+    name: str
+    path: Path
+    kind: str  # train, distill, evaluate or run
+    status: str = "unknown"
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl
+    metrics: dict = field(default_factory=dict)  # metrics.json (test metrics)
+    summary: dict = field(default_factory=dict)  # summary.json
+    teacher_checkpoint: str | None = None  # a distill run's (first) teacher checkpoint
+    role: str = ""  # teacher, student (distilled), ... as the report labels it
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.summary.get("best_epoch")
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in ("metrics.jsonl", "metrics.json"))
+
+
+def load_run(path: Path, name: str | None = None) -> Run:
+    path = Path(path)
+    info = _read_json(path / "run.json") if (path / "run.json").is_file() else {}
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    history = _read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
+    teacher_checkpoint = None
+    if "student" in summary or config.get("distill"):
+        kind = "distill"
+        distill = config.get("distill") or {}
+        teachers = distill.get("teachers") or ([distill["teacher"]] if distill.get("teacher") else [])
+        teacher_checkpoint = teachers[0].get("checkpoint") if teachers else None
+    elif "model" in summary or history:
+        kind = "train"
+    elif "checkpoint" in metrics:
+        kind = "evaluate"
+    else:
+        kind = "run"
+    return Run(name=name or path.name, path=path, kind=kind, status=info.get("status", "unknown"),
+               history=history, metrics=metrics, summary=summary, teacher_checkpoint=teacher_checkpoint)
+
+
+@dataclass
+class Group:
+    """A folder of runs with its own ``summary.json`` (the demo's comparison)."""
+
+    name: str
+    path: Path
+    summary: dict
+    runs: list[Run]
+
+
+def collect(paths) -> tuple[list[Run], list[Group]]:
+    """Every run under ``paths``: a run directory is taken as is; a folder whose sub-folders are
+    runs contributes each of them (with the folder's ``summary.json`` cost fields filled in)."""
+    runs, groups = [], []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise ReportError(f"{path}: no such run directory")
+        if is_run(path):
+            runs.append(load_run(path))
+            continue
+        children = sorted(p for p in path.iterdir() if is_run(p))
+        if not children:
+            raise ReportError(f"{path}: not a run directory (no metrics.jsonl or metrics.json), "
+                              "and none of its sub-folders is one")
+        summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+        order = [k for k in summary if isinstance(summary.get(k), dict)]
+        children.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+        members = []
+        for child in children:
+            run = load_run(child)
+            entry = summary.get(child.name)
+            if isinstance(entry, dict):  # e.g. the demo's macs / onnx_ms_b1 per model
+                for key in COST_KEYS:
+                    if key in entry and key not in run.metrics:
+                        run.metrics[key] = entry[key]
+            members.append(run)
+        runs += members
+        groups.append(Group(name=path.name, path=path, summary=summary, runs=members))
+    _name_uniquely(runs)
+    _assign_roles(runs)
+    return runs, groups
+
+
+def _name_uniquely(runs: list[Run]) -> None:
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run.name] = seen.get(run.name, 0) + 1
+    for run in runs:
+        if seen[run.name] > 1:
+            run.name = f"{run.path.parent.name}/{run.path.name}"
+
+
+def same_file(a, b: Path) -> bool:
+    if not a:
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _assign_roles(runs: list[Run]) -> None:
+    teacher_ckpts = [r.teacher_checkpoint for r in runs if r.teacher_checkpoint]
+    for run in runs:
+        if any(same_file(c, run.path / "best.pt") for c in teacher_ckpts) or run.path.name == "teacher":
+            run.role = "teacher"
+        elif run.kind == "distill":
+            run.role = "student (distilled)"
+        elif "scratch" in run.path.name:
+            run.role = "student (scratch)"
+        elif run.kind == "evaluate":
+            checkpoint = Path(str(run.metrics.get("checkpoint", "")))
+            run.role = f"evaluation of {checkpoint.parent.name or checkpoint.name}".strip()
+            if run.metrics.get("dropped"):
+                run.role += f" without {', '.join(run.metrics['dropped'])}"
+            if run.metrics.get("corrupt"):
+                run.role += f", corrupted ({', '.join(run.metrics['corrupt'])})"
+        else:
+            run.role = "model"
