@@ -49,6 +49,10 @@ def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, 
     written = json.loads((tmp_path / "demo1" / "summary.json").read_text())
     for key in ("teacher", "student_scratch", "student_distilled"):
         assert 0 <= written[key]["accuracy"] <= 1 and written[key]["params"] > 0
+        assert written[key]["macs"] > 0 and written[key]["onnx_ms_b1"] > 0
+    export = tmp_path / "demo1" / "student_distilled" / "export"
+    assert (export / "model.onnx").is_file() and (export / "model.json").is_file()
+    assert written["export"]["max_abs_diff"] <= 1e-4
     assert json.loads((tmp_path / "demo1" / "run.json").read_text())["status"] == "complete"
     # another seed is another teacher
     messages = []
