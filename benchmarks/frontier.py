@@ -155,7 +155,8 @@ def train_part(args) -> None:
             else:
                 methods = ["scratch", chosen_methods(runs, args.seeds[0])[student]]
             for method in methods:
-                runs.append(run_one(student, method, seed, teacher, setup(seed), args))
+                data = setup(seed)  # loads the teacher on first use
+                runs.append(run_one(student, method, seed, teacher, data, args))
                 r = runs[-1]
                 print(f"seed {seed} {student:28s} {method:8s} test {r['accuracy']:.4f} val {r['val_accuracy']:.4f} "
                       f"({r['seconds']:.0f} s)", flush=True)
