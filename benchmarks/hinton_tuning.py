@@ -53,7 +53,6 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every cell")
     args = parser.parse_args()
     path = RESULTS / "hinton_tuning.json"
-    results = json.loads(path.read_text()) if path.exists() else {"cells": []}
     teacher_cfg = _cfg("mnist_hinton_teacher", args.overrides)
     data = build_data(teacher_cfg.data, seed=0, val_fraction=teacher_cfg.train.val_fraction)
     teacher = None
@@ -75,6 +74,8 @@ def main() -> None:
                 out = _fit(cfg, data, t)
                 cell = {"role": role, "lr": lr, "epochs": epochs, "overrides": args.overrides,
                         "val_accuracy": out["val_accuracy"], "best_epoch": out["best_epoch"]}
+                # re-read before writing: several tuning processes may share the file
+                results = json.loads(path.read_text()) if path.exists() else {"cells": []}
                 results["cells"] = [c for c in results["cells"] if (c["role"], c["lr"], c["epochs"], c["overrides"])
                                     != (role, lr, epochs, args.overrides)] + [cell]
                 print(json.dumps(cell), flush=True)

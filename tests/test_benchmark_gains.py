@@ -31,6 +31,11 @@ def test_hinton_recipe_reports_full_mnist_errors_beside_the_paper(tmp_path):
     assert run["data"]["source"] == "idx" and run["data"]["test_samples"] == 100
     assert run["teacher"]["params"] == 784 * 16 + 16 + 16 * 10 + 10  # the override reached the recipe
     assert entry["title"].startswith("MNIST 60k/10k")
+    assert run["scratch_overrides"] == ["train.optimizer.lr=0.1"]  # the scratch baseline's own learning rate
+    runs_dir = tmp_path / "runs" / "hinton" / "seed0"
+    lr = {role: json.loads((runs_dir / role / "run.json").read_text())["config"]["train"]["optimizer"]["lr"]
+          for role in ("student_scratch", "student_distilled")}
+    assert lr == {"student_scratch": 0.1, "student_distilled": 0.05}
     table = (tmp_path / "gains.md").read_text()
     for role, paper in (("teacher", 67), ("student_scratch", 146), ("student_distilled", 74)):
         errors = round((1 - run[role]["accuracy"]) * 100)
@@ -54,3 +59,14 @@ def test_seeds_run_apart_are_collected_into_one_table(tmp_path):
     assert entry["seeds"] == [0, 1]
     assert [r["teacher"]["accuracy"] for r in entry["runs"]] == [p["teacher"]["accuracy"] for p in parts]
     assert "| 2 |" in (tmp_path / "joined.md").read_text()  # the rows count both seeds
+
+
+def test_docs_results_are_generated_from_the_benchmark_json():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "results_doc.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -51,18 +51,21 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, device: str
 
 
 def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, overwrite: bool = False,
-                   log: Callable = print, extra: dict | None = None) -> dict:
+                   log: Callable = print, extra: dict | None = None, scratch_overrides: list[str] = ()) -> dict:
     """Teacher, student from scratch and distilled student from two raw recipes, in ``out/``.
 
     ``student_raw`` is a distillation recipe; the scratch student is the same recipe without its
-    ``distill`` section, and the distilled one reads ``out/teacher/best.pt``. Writes and returns
+    ``distill`` section (plus ``scratch_overrides``, e.g. its own validation-chosen learning rate),
+    and the distilled one reads ``out/teacher/best.pt``. Writes and returns
     ``summary.json`` with each model's test metrics and the fraction of the scratch-to-teacher
     accuracy gap that distillation closes.
     """
     out = Path(out)
     student_raw = json.loads(json.dumps(student_raw))
     teacher_cfg = parse_config(teacher_raw, "teacher")
-    scratch_cfg = parse_config({k: v for k, v in student_raw.items() if k != "distill"}, "student")
+    scratch_raw = apply_overrides({k: v for k, v in json.loads(json.dumps(student_raw)).items() if k != "distill"},
+                                  list(scratch_overrides))
+    scratch_cfg = parse_config(scratch_raw, "student")
     data = load_data(teacher_cfg)
     # one build serves all three runs when they ask for the same data
     same = lambda cfg: (cfg.data, cfg.seed, cfg.train.val_fraction) == (  # noqa: E731
@@ -89,6 +92,7 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
             "teacher": entry(teacher["model"]),
             "student_scratch": entry(scratch["model"]),
             "student_distilled": entry(distilled["student"]),
+            **({"scratch_overrides": list(scratch_overrides)} if scratch_overrides else {}),
             **(extra or {}),
         }
         gap = summary["teacher"]["accuracy"] - summary["student_scratch"]["accuracy"]
