@@ -148,7 +148,7 @@ def _gains(results: Path):
         roles = Namespace({role: Runs({"seed": r["seed"], **r[role]} for r in runs)
                            for role in ("teacher", "student_scratch", "student_distilled")})
         roles.gap_closed = Runs({"seed": r["seed"], "accuracy": r["gap_closed"]} for r in runs)
-        roles.seconds = [r["seconds"] for r in runs]
+        roles.seconds = [r["seconds"] for r in runs if "seconds" in r]
         roles.data = runs[0]["data"]
         roles.distillation = runs[0]["distillation"]
         roles.seeds = entry["seeds"]
@@ -403,6 +403,51 @@ def _modalities(results: Path):
     """benchmarks/modalities.py: each AV-Digits modality alone and both together."""
     data = _load(results, "modalities.json")
     return Namespace(runs=Runs(data["runs"]), args=data["args"])
+
+
+@source("hinton_tuning")
+def _hinton_tuning(results: Path):
+    """benchmarks/hinton_tuning.py: validation accuracy of each learning-rate / epochs cell (seed 0)."""
+    cells = _load(results, "hinton_tuning.json")["cells"]
+
+    def best(role: str) -> dict:
+        return max((c for c in cells if c["role"] == role), key=lambda c: c["val_accuracy"])
+
+    def table() -> str:
+        rows = sorted(cells, key=lambda c: (c["role"], c["lr"], c["epochs"]))
+        return markdown_table(["model", "lr", "epochs", "validation accuracy %", "best epoch"],
+                              [[c["role"], f"{c['lr']:g}", c["epochs"], f"{100 * c['val_accuracy']:.2f}", c["best_epoch"]]
+                               for c in rows])
+
+    return Namespace(cells=cells, best=best, table=table)
+
+
+@source("frontier")
+def _frontier(results: Path):
+    """benchmarks/frontier.py: AV-Digits students from scratch and distilled, with their ONNX cost."""
+    import frontier
+
+    data = _load(results, "frontier.json")
+    x = Namespace(data)
+    x.table = frontier.frontier_table(data)
+    x.rows = Runs(data["rows"])
+    x.students = list(dict.fromkeys(r["student"] for r in data["rows"]))
+
+    def student(name: str) -> Namespace:
+        rows = x.rows(student=name)
+        s = Namespace(rows.rows[0])
+        s.scratch = Runs({"seed": r["seed"], "accuracy": r["scratch_accuracy"]} for r in rows)
+        s.distilled = Runs({"seed": r["seed"], "accuracy": r["distilled_accuracy"]} for r in rows)
+        s.gains = paired_diffs(s.distilled, s.scratch)
+        s.wins = sum(g > 0 for g in s.gains)
+        s.speedup = data["teacher"]["onnx_ms_b1"] / s.onnx_ms_b1
+        s.smaller = data["teacher"]["params"] / s.params
+        s.kept = s.distilled.mean() / data["teacher"]["accuracy"]
+        return s
+
+    x.student = student
+    x.all = [student(n) for n in x.students]
+    return x
 
 
 @source("losses")

@@ -155,7 +155,7 @@ def crashing_save(at_epoch: int):
 
 
 def test_resume_after_a_crash_skips_the_unsaved_epoch_and_logs_each_epoch_once(tmp_path):
-    """Mixup (the augmentation generator and Beta draws), VID and CRD (trained loss state and
+    """Mixup (the augmentation generator and Beta draws), input augmentation (its own generator), VID and CRD (trained loss state and
     memory banks), cosine schedule, no teacher cache; the crash leaves epoch 3 in metrics.jsonl
     without a state, so the resumed run redoes it."""
     data = tiny_data()
@@ -163,7 +163,8 @@ def test_resume_after_a_crash_skips_the_unsaved_epoch_and_logs_each_epoch_once(t
     terms = [{"name": "kd"}, {"name": "vid", "student": "encoders.image", "teacher": "encoders.image"},
              {"name": "crd", "student": "fusion", "teacher": "fusion", "feat_dim": 8, "num_negatives": 16}]
     cfg = TrainConfig(epochs=4, batch_size=40, progress=False, mixup=0.4, scheduler={"name": "cosine"},
-                      optimizer={"name": "sgd", "lr": 0.05})
+                      optimizer={"name": "sgd", "lr": 0.05}, augment_teacher="clean",
+                      augment={"image": [{"type": "translate", "pixels": 1}]})
 
     def run(out, *, save, resume=False):
         return distill(model(data, [4]), teacher, data, terms=terms, cfg=cfg, device="cpu", seed=5, run_dir=out,
@@ -207,7 +208,7 @@ def test_training_state_is_weights_only_and_complete(tmp_path):
     fit = distill(model(data, [4]), teacher, data, terms=terms, cfg=cfg, device="cpu", seed=0, run_dir=tmp_path)
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["epoch"] == 1 and state["best"]["epoch"] == fit.best_epoch
-    assert set(state["rng"]) >= {"torch", "numpy", "python", "sampler", "mix"}
+    assert set(state["rng"]) >= {"torch", "numpy", "python", "sampler", "mix", "augment"}
     crd = fit.task.losses[0]
     assert torch.equal(state["task"]["losses.0.memory_s"], crd.memory_s)
     assert torch.equal(state["task"]["losses.0.z_t"], crd.z_t) and float(crd.z_t) > 0

@@ -113,6 +113,45 @@ class SchedulerConfig(Strict):
     step_size: PositiveInt = 10
     gamma: PositiveFloat = 0.1
     warmup_epochs: Annotated[int, Field(strict=True, ge=0)] = 0
+    # epoch: the factor changes once per epoch; step: after every optimiser step, with the epoch
+    # counted fractionally (cosine then decays smoothly, as in Hinton et al.'s recipe)
+    interval: Literal["epoch", "step"] = "epoch"
+
+
+# --- input augmentation (``train.augment``), per modality ----------------------------------------
+class TranslateAugment(Strict):
+    """Images: move by (dx, dy), each uniform in [-pixels, pixels], zero fill (= pad + random crop)."""
+
+    type: Literal["translate"]
+    pixels: PositiveInt = 2
+
+
+class BandMaskAugment(Strict):
+    """Spectrograms (SpecAugment): ``count`` bands of time steps / frequency bins set to zero, each
+    uniform in [min_width, width] wide."""
+
+    type: Literal["time_mask", "freq_mask"]
+    width: PositiveInt
+    count: PositiveInt = 1
+    min_width: Annotated[int, Field(ge=0)] = 0
+
+    @pydantic.model_validator(mode="after")
+    def _widths(self):
+        if self.min_width > self.width:
+            raise ValueError(f"min_width: {self.min_width} is more than width {self.width}")
+        return self
+
+
+class TimeShiftAugment(Strict):
+    """Spectrograms: shift along time by up to ``fraction`` of the length either way, edge repeated."""
+
+    type: Literal["time_shift"]
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+
+AugmentConfig = Annotated[Union[TranslateAugment, BandMaskAugment, TimeShiftAugment], Field(discriminator="type")]
+#: which modality kinds (:data:`mmdistill.data.dataset.MODALITY_KINDS`) each augmentation applies to
+AUGMENT_KINDS = {"translate": ("image",), "time_mask": ("audio",), "freq_mask": ("audio",), "time_shift": ("audio",)}
 
 
 class TrainConfig(Strict):
@@ -129,6 +168,12 @@ class TrainConfig(Strict):
     # shifted inputs, teachers the aligned ones
     time_shift: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
     cache_teacher: StrictBool = True  # compute frozen teachers' outputs once per run (not with mixup)
+    # modality -> input augmentations, applied in order to every training batch (teachers being
+    # trained and distilled students see them); e.g. {image: [{type: translate, pixels: 2}]}
+    augment: dict[str, list[AugmentConfig]] = {}
+    # what distillation teachers see under ``augment``: ``same`` augmented input as the student, or
+    # the ``clean`` one. The teacher-output cache is only valid for clean inputs: ``same`` disables it
+    augment_teacher: Literal["same", "clean"] = "same"
     progress: StrictBool = True
     # extra sinks for the per-epoch metrics (metrics.jsonl is always written): tensorboard writes
     # event files to RUN_DIR/tensorboard (needs the optional extra: pip install 'mmdistill[tensorboard]')
@@ -230,13 +275,15 @@ class RunConfig(Strict):
 
 
 _TAGS = {"conv", "mlp", "concat", "late", "attention", "gated"}
+_LIST_TAGS = set(AUGMENT_KINDS)  # tags of list entries (``train.augment.image[0]``), dropped after an index
 
 
 def format_validation_error(err: pydantic.ValidationError, prefix: str = "") -> str:
     """One line naming the first offending key, e.g. ``train.epochs: Input should be ...``."""
     first = err.errors()[0]
     loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in first["loc"]]
-    loc = [p for i, p in enumerate(loc) if not (p in _TAGS and i + 1 < len(loc))]
+    loc = [p for i, p in enumerate(loc) if not (p in _TAGS and i + 1 < len(loc))
+           and not (p in _LIST_TAGS and i and loc[i - 1].startswith("["))]
     key = ".".join(loc).replace(".[", "[")
     if prefix:
         key = f"{prefix}.{key}" if key else prefix

@@ -78,11 +78,13 @@ def _train_or_reuse_teacher(cfg: RunConfig, data, folder: Path, log: Callable, r
 
 
 def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, overwrite: bool = False,
-                   log: Callable = print, extra: dict | None = None, reuse_teacher: bool = False) -> dict:
+                   log: Callable = print, extra: dict | None = None, reuse_teacher: bool = False,
+                   scratch_overrides: list[str] = ()) -> dict:
     """Teacher, student from scratch and distilled student from two raw recipes, in ``out/``.
 
     ``student_raw`` is a distillation recipe; the scratch student is the same recipe without its
-    ``distill`` section, and the distilled one reads ``out/teacher/best.pt``. Writes and returns
+    ``distill`` section (plus ``scratch_overrides``, e.g. its own validation-chosen learning rate),
+    and the distilled one reads ``out/teacher/best.pt``. Writes and returns
     ``summary.json`` with each model's test metrics and the fraction of the scratch-to-teacher
     accuracy gap that distillation closes.
     """
@@ -90,7 +92,9 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     check_run_dir(out, overwrite=overwrite)  # before any data is loaded or model trained
     student_raw = json.loads(json.dumps(student_raw))
     teacher_cfg = parse_config(teacher_raw, "teacher")
-    scratch_cfg = parse_config({k: v for k, v in student_raw.items() if k != "distill"}, "student")
+    scratch_raw = apply_overrides({k: v for k, v in json.loads(json.dumps(student_raw)).items() if k != "distill"},
+                                  list(scratch_overrides))
+    scratch_cfg = parse_config(scratch_raw, "student")
     try:
         data = load_data(teacher_cfg)
     except DataError as err:
@@ -122,6 +126,7 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
             "teacher": entry(teacher["model"]),
             "student_scratch": entry(scratch["model"]),
             "student_distilled": entry(distilled["student"]),
+            **({"scratch_overrides": list(scratch_overrides)} if scratch_overrides else {}),
             **(extra or {}),
         }
         gap = summary["teacher"]["accuracy"] - summary["student_scratch"]["accuracy"]

@@ -75,3 +75,86 @@ def time_shift(batch: dict, fractions: dict[str, float], generator: torch.Genera
         x = batch[name]
         out[name] = shift_time(x, random_shifts(x.shape[0], x.shape[-1], fraction, generator, exact=False))
     return out
+
+
+# --- per-modality input augmentation (``train.augment``) ----------------------------------------
+def translate(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Move each image of ``x`` [B, ..., H, W] by ``shifts[b] = (dx, dy)`` whole pixels (dx > 0:
+    right, dy > 0: down), filling the uncovered border with zeros: out[..., r, c] = x[..., r - dy, c - dx].
+
+    A random shift in [-k, k]^2 is the same as zero-padding by k and cropping a random H x W window,
+    so this is also the "random crop" of image pipelines.
+    """
+    size, (height, width) = x.shape[0], x.shape[-2:]
+    k = int(shifts.abs().max()) if shifts.numel() else 0
+    flat = x.reshape(size, -1, height, width)
+    padded = torch.nn.functional.pad(flat, (k, k, k, k))
+    shifts = shifts.to(x.device)
+    rows = (torch.arange(height, device=x.device).view(1, -1) + k - shifts[:, 1:2]).view(size, height, 1)
+    cols = (torch.arange(width, device=x.device).view(1, -1) + k - shifts[:, 0:1]).view(size, 1, width)
+    batch = torch.arange(size, device=x.device).view(size, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2).reshape(x.shape)
+
+
+def random_translate(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """:func:`translate` by (dx, dy), each uniform in {-pixels, ..., pixels}, drawn per sample: the
+    "jittered by up to two pixels in any direction" of Hinton et al. (2015) with ``pixels = 2``."""
+    return translate(x, torch.randint(-pixels, pixels + 1, (x.shape[0], 2), generator=generator))
+
+
+def band_mask(size: int, length: int, width: int, count: int, min_width: int,
+              generator: torch.Generator) -> torch.Tensor:
+    """[size, length] bool, True inside ``count`` random bands per sample: each band's width is uniform in
+    {min_width, ..., width} (clipped to ``length``) and its start uniform over the positions where it fits."""
+    mask = torch.zeros(size, length, dtype=torch.bool)
+    steps = torch.arange(length).view(1, -1)
+    for _ in range(count):
+        w = torch.randint(min(min_width, length), min(width, length) + 1, (size, 1), generator=generator)
+        start = (torch.rand(size, 1, generator=generator) * (length - w + 1)).floor().long()
+        mask |= (steps >= start) & (steps < start + w)
+    return mask
+
+
+def mask_axis(x: torch.Tensor, mask: torch.Tensor, axis: int) -> torch.Tensor:
+    """Zero ``x`` [B, ...] where ``mask`` [B, x.shape[axis]] is True, along ``axis`` (negative)."""
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[axis] = x.shape[axis]
+    return x.masked_fill(mask.to(x.device).view(shape), 0.0)
+
+
+def time_mask(x: torch.Tensor, width: int, count: int, generator: torch.Generator, min_width: int = 0) -> torch.Tensor:
+    """SpecAugment time masking (Park et al., Interspeech 2019, arXiv:1904.08779): ``count`` bands of
+    consecutive time steps (last axis) per sample, each t ~ U{min_width..width} wide, set to zero
+    (the mean of a standardised spectrogram, as in the paper)."""
+    return mask_axis(x, band_mask(x.shape[0], x.shape[-1], width, count, min_width, generator), -1)
+
+
+def freq_mask(x: torch.Tensor, width: int, count: int, generator: torch.Generator, min_width: int = 0) -> torch.Tensor:
+    """SpecAugment frequency masking: as :func:`time_mask` on the frequency (second-last) axis."""
+    return mask_axis(x, band_mask(x.shape[0], x.shape[-2], width, count, min_width, generator), -2)
+
+
+def augment_batch(batch: dict, plan: dict, generator: torch.Generator) -> dict:
+    """Apply ``plan`` (``{modality: [entry, ...]}``, entries of ``train.augment``) to a batch, in
+    order, each sample drawn independently from ``generator``. Every transform maps a zero sample
+    (an absent modality) to zero, so presence is unchanged."""
+    from .corruptions import random_shifts, shift_time
+
+    out = dict(batch)
+    for name, entries in plan.items():
+        if name not in batch:
+            continue
+        x = batch[name]
+        for entry in entries:
+            if entry.type == "translate":
+                x = random_translate(x, entry.pixels, generator)
+            elif entry.type in ("time_mask", "freq_mask"):
+                fn = time_mask if entry.type == "time_mask" else freq_mask
+                x = fn(x, entry.width, entry.count, generator, min_width=entry.min_width)
+            elif entry.type == "time_shift":
+                x = shift_time(x, random_shifts(x.shape[0], x.shape[-1], entry.fraction, generator, exact=False))
+            else:  # the config schema admits no other type
+                raise ValueError(f"unknown augmentation {entry.type!r}")
+        out[name] = x
+    return out

@@ -24,8 +24,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from ..config import OptimizerConfig, SchedulerConfig, TrainConfig
-from ..data.augment import mixup, modality_dropout, time_shift
+from ..config import AUGMENT_KINDS, OptimizerConfig, SchedulerConfig, TrainConfig
+from ..data.augment import augment_batch, mixup, modality_dropout, time_shift
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
@@ -56,13 +56,21 @@ def build_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer, cfg: SchedulerConfig, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-epoch learning-rate factor: linear warm-up, then constant, cosine, step or exponential."""
+def build_scheduler(optimizer, cfg: SchedulerConfig, epochs: int,
+                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning-rate factor: linear warm-up, then constant, cosine, step or exponential.
 
-    def factor(epoch: int) -> float:
-        if epoch < cfg.warmup_epochs:
-            return (epoch + 1) / (cfg.warmup_epochs + 1)
-        e = epoch - cfg.warmup_epochs
+    With ``cfg.interval == "epoch"`` the scheduler is stepped once per epoch; with ``"step"`` once
+    per optimiser step, and the factor is that of the fractional epoch e = step / steps_per_epoch
+    (e.g. cosine: 0.5 * (1 + cos(pi * e / epochs))). Warm-up counts in the same units.
+    """
+    per = steps_per_epoch if cfg.interval == "step" else 1
+
+    def factor(count: int) -> float:
+        warm = cfg.warmup_epochs * per
+        if count < warm:
+            return (count + 1) / (warm + 1)
+        e = (count - warm) / per
         if cfg.name == "cosine":
             return 0.5 * (1 + math.cos(math.pi * e / max(1, epochs - cfg.warmup_epochs)))
         if cfg.name == "step":
@@ -121,6 +129,17 @@ class Trainer:
             if unknown:
                 raise ConfigError(f"train.{key}.{unknown[0]}: the data has no modality {unknown[0]!r} "
                                   f"(it has {', '.join(train.modalities)})")
+        for name, entries in cfg.augment.items():
+            if name not in train.modalities:
+                raise ConfigError(f"train.augment.{name}: the data has no modality {name!r} "
+                                  f"(it has {', '.join(train.modalities)})")
+            kind = train.specs[name].kind
+            for i, entry in enumerate(entries):
+                if kind not in AUGMENT_KINDS[entry.type]:
+                    raise ConfigError(f"train.augment.{name}[{i}]: {entry.type} applies to "
+                                      f"{' or '.join(AUGMENT_KINDS[entry.type])} modalities, {name!r} is {kind}")
+        # the input augmentation's own random stream, seeded from the run seed
+        self.augment_generator = torch.Generator().manual_seed(self.seed + 2)
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
         if self.run_dir:
@@ -128,11 +147,12 @@ class Trainer:
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train),
                    labels=train.labels)
         # teachers see each sample whole and aligned under modality dropout and time shifts, so
-        # only mixup changes their inputs
-        if cfg.cache_teacher and cfg.mixup == 0 and hasattr(task, "cache_teacher_outputs"):
+        # only mixup, and ``augment`` with ``augment_teacher: same``, change their inputs
+        teacher_sees_clean = cfg.mixup == 0 and (not cfg.augment or cfg.augment_teacher == "clean")
+        if cfg.cache_teacher and teacher_sees_clean and hasattr(task, "cache_teacher_outputs"):
             task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
-        scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs)
+        scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
         result = FitResult()
         start = time.perf_counter()
         self.sinks = MetricSinks(cfg.log, self.run_dir)  # train.log: e.g. TensorBoard, beside metrics.jsonl
@@ -169,6 +189,10 @@ class Trainer:
                 for step, batch in enumerate(loader):
                     batch = to_device(batch, self.device, non_blocking=True)
                     whole = batch
+                    if cfg.augment:
+                        batch = augment_batch(batch, cfg.augment, self.augment_generator)
+                        if cfg.augment_teacher == "same":
+                            whole = batch
                     if cfg.modality_dropout:
                         batch = modality_dropout(batch, cfg.modality_dropout, mix_generator)
                     if cfg.time_shift:
@@ -185,6 +209,9 @@ class Trainer:
                     if cfg.grad_clip:
                         nn.utils.clip_grad_norm_(task.trainable_parameters(), cfg.grad_clip)
                     optimizer.step()
+                    lr = optimizer.param_groups[0]["lr"]
+                    if cfg.scheduler.interval == "step":
+                        scheduler.step()
                     n = len(batch["label"])
                     for key, value in losses.items():
                         sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
@@ -192,12 +219,13 @@ class Trainer:
                     correct += int((logits.detach().argmax(1) == batch["label"]).sum())  # y_i under mixup
                     seen += n
                     bar.update(job, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / seen:.4f}")
-                record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                record = {"epoch": epoch + 1, "lr": lr,
                           **{f"train_{k}": v / seen for k, v in sums.items()},
                           "train_accuracy": correct / seen, "epoch_seconds": time.perf_counter() - epoch_start}
                 if hasattr(task, "epoch_stats"):
                     record.update(task.epoch_stats())
-                scheduler.step()
+                if cfg.scheduler.interval == "epoch":
+                    scheduler.step()
                 if val is not None:
                     logits_v, labels_v = predict(task.model, val, device=self.device, batch_size=cfg.eval_batch_size)
                     record["val_accuracy"] = accuracy(logits_v, labels_v)
@@ -244,7 +272,7 @@ class Trainer:
             "inputs_sha256": self._fingerprints,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": {**rng_state(), "mix": mix_generator.get_state()},
+            "rng": {**rng_state(), "mix": mix_generator.get_state(), "augment": self.augment_generator.get_state()},
             "best": {"score": result.best_score, "epoch": result.best_epoch,
                      "val_accuracy": result.best_val_accuracy,
                      "state": {k: v.detach().cpu() for k, v in best_state.items()}},
@@ -301,6 +329,8 @@ class Trainer:
         rng = state["rng"]
         set_rng_state(rng)
         mix_generator.set_state(rng["mix"])
+        if "augment" in rng:
+            self.augment_generator.set_state(rng["augment"])
         sampler_generator = getattr(loader.sampler, "generator", None)
         if sampler_generator is not None and "sampler" in rng:
             sampler_generator.set_state(rng["sampler"])

@@ -6,7 +6,8 @@ training set's), ``trainable_parameters()``, ``training_step(batch, progress) ->
 weighted loss})`` and ``teardown()`` (called when a fit ends or fails, to release what the fit set
 up: forward hooks, the teacher cache); the engine minimises the sum of the terms. Teacher training
 and distillation therefore share one loop.
-``training_step`` also receives ``teacher_batch``, the batch before modality dropout.
+``training_step`` also receives ``teacher_batch``, the batch before modality dropout (and before
+``train.augment`` when ``train.augment_teacher`` is ``clean``).
 """
 from __future__ import annotations
 
@@ -134,9 +135,10 @@ class DistillationTask(nn.Module):
     def cache_teacher_outputs(self, dataset, *, batch_size: int, device) -> None:
         """Run every frozen teacher once over ``dataset`` and serve its outputs by sample index.
 
-        Valid only while the training batches are the dataset's own samples, unaltered: the
-        engine builds the cache only without input augmentation, for this run, in memory, and
-        drops it at the end, so it can never be stale (teachers are frozen and in eval mode).
+        Valid only while the teachers see the dataset's own samples, unaltered: the engine builds
+        the cache only when they do (no mixup; ``train.augment`` only with ``augment_teacher:
+        clean``), for this run, in memory, and drops it at the end, so it can never be stale
+        (teachers are frozen and in eval mode).
         """
         from ..data.batch import to_device
 
@@ -195,7 +197,8 @@ class DistillationTask(nn.Module):
 
     def training_step(self, batch, progress: float = 0.0, teacher_batch=None):
         """``teacher_batch``: what the teachers see, when it differs from the student's ``batch``
-        (under modality dropout the student loses modalities, the teachers see every sample whole)."""
+        (under modality dropout the student loses modalities, the teachers see every sample whole;
+        under ``train.augment`` with ``augment_teacher: clean`` they see the unaugmented input)."""
         teacher_batch = batch if teacher_batch is None else teacher_batch
         for capture in self._captures():  # until teardown (see there)
             capture.attach()
