@@ -34,6 +34,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: dict, s
         "meta": meta or {},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: the file appears only once
+    complete, and no ``.part`` file survives a failure."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(fd)
     try:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +22,14 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from ..checkpoint import atomic_torch_save
 from ..config import AUGMENT_KINDS, OptimizerConfig, SchedulerConfig, TrainConfig
 from ..data.augment import augment_batch, mixup, modality_dropout, time_shift
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
+from ..rundir import write_text
 from .sinks import MetricSinks
 
 
@@ -281,7 +281,7 @@ class Trainer:
         sampler_generator = getattr(loader.sampler, "generator", None)
         if sampler_generator is not None:
             payload["rng"]["sampler"] = sampler_generator.get_state()
-        _atomic_save(payload, self.run_dir / self.STATE_FILE)
+        atomic_torch_save(payload, self.run_dir / self.STATE_FILE)
 
     @staticmethod
     def _inputs_fingerprint(task, train: MultimodalDataset) -> dict[str, str]:
@@ -338,7 +338,7 @@ class Trainer:
         result.best_score, result.best_epoch, result.best_val_accuracy = best["score"], best["epoch"], best["val_accuracy"]
         result.history = list(state["history"])
         metrics_path = self.run_dir / "metrics.jsonl"
-        _atomic_write_text("".join(json.dumps(r) + "\n" for r in result.history), metrics_path)
+        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
         best_state = {k: v.to(self.device) for k, v in best["state"].items()}
         return int(state["epoch"]), best_state
 
@@ -385,23 +385,3 @@ def _fingerprint(state: dict) -> str:
     return digest.hexdigest()
 
 
-def _atomic_save(payload, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
