@@ -10,12 +10,11 @@ import argparse
 import time
 
 import torch
-from _common import fmt, markdown_table, save
+from _common import fmt, markdown_table, save, small_recipe
 
 from mmdistill import api
 from mmdistill.config import parse_config
 from mmdistill.data import build_data
-from mmdistill.demo import recipe
 from mmdistill.evaluate import evaluate_model
 from mmdistill.models import build_model
 
@@ -34,7 +33,7 @@ def main() -> None:
     runs = []
     for level in args.levels:
         for seed in args.seeds:
-            raw = recipe("av_digits_teacher") | {"seed": seed, "device": args.device}
+            raw = small_recipe("teacher") | {"seed": seed, "device": args.device}
             raw["data"] = {**raw["data"], "level": level}
             raw["train"] = {**raw["train"], "progress": False}
             cfg = parse_config(raw)

@@ -28,13 +28,12 @@ import json
 import time
 
 import torch
-from _common import RESULTS, fmt, markdown_table, save
+from _common import RESULTS, fmt, markdown_table, save, small_recipe
 
 from mmdistill import api
 from mmdistill.config import parse_config
 from mmdistill.data import build_data
 from mmdistill.data.corruptions import SEVERITIES, corrupter
-from mmdistill.demo import recipe
 from mmdistill.evaluate import accuracy, evaluate_model, predict
 from mmdistill.models import build_model, count_parameters
 from mmdistill.runs import subset_accuracies
@@ -51,8 +50,8 @@ class Bench:
     def __init__(self, split: str, seed: int, device: str, overrides: list[str]):
         self.split, self.seed, self.device = split, seed, device
         common = {"seed": seed, "device": device}
-        self.tcfg = parse_config(recipe("av_digits_teacher") | common | {"data": {**recipe("av_digits_teacher")["data"], "split": split}})
-        self.scfg = parse_config(recipe("av_digits_student") | common | {"data": {**recipe("av_digits_student")["data"], "split": split}})
+        self.tcfg = parse_config(small_recipe("teacher") | common | {"data": {**small_recipe("teacher")["data"], "split": split}})
+        self.scfg = parse_config(small_recipe("student") | common | {"data": {**small_recipe("student")["data"], "split": split}})
         self.ttrain = self.tcfg.train.model_copy(update={"progress": False})
         self.strain = self.scfg.train.model_copy(update={"progress": False})
         for key, value in (o.split("=", 1) for o in overrides):  # e.g. epochs=1 for a smoke run

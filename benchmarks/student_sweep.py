@@ -12,12 +12,11 @@ import argparse
 import copy
 import time
 
-from _common import fmt, markdown_table, save
+from _common import fmt, markdown_table, save, small_recipe
 
 from mmdistill import api
 from mmdistill.config import parse_config
 from mmdistill.data import build_data
-from mmdistill.demo import recipe
 from mmdistill.evaluate import evaluate_model
 from mmdistill.models import build_model, count_parameters
 
@@ -52,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     results: dict = {"args": vars(args), "runs": []}
     for seed in args.seeds:
-        raw = recipe("av_digits_teacher") | {"seed": seed, "device": args.device}
+        raw = small_recipe("teacher") | {"seed": seed, "device": args.device}
         raw["train"] = {**raw["train"], "epochs": args.teacher_epochs, "progress": False}
         tcfg = parse_config(raw)
         data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction)
@@ -62,7 +61,7 @@ def main() -> None:
         results["runs"].append({"seed": seed, "student": "teacher", "recipe": "-", "accuracy": t_acc,
                                 "params": count_parameters(teacher)})
         print(f"seed {seed} teacher {t_acc:.4f}", flush=True)
-        scfg = parse_config(recipe("av_digits_student") | {"seed": seed, "device": args.device})
+        scfg = parse_config(small_recipe("student") | {"seed": seed, "device": args.device})
         train_cfg = scfg.train.model_copy(update={"epochs": args.student_epochs, "progress": False})
         for sname, mcfg in list(STUDENTS.items())[: args.limit]:
             for rname, (gamma, terms, alpha) in RECIPES.items():
