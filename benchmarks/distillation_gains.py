@@ -68,9 +68,10 @@ def main() -> None:
         for seed in [] if args.collect else args.seeds:
             common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
             start = time.perf_counter()
+            # the demo reuses a finished teacher of the same recipe, data and seed, as `mmdistill demo` does
             summary = run_comparison(apply_overrides(teacher_fn(), common), apply_overrides(student_fn(), common),
                                      Path(args.out) / key / f"seed{seed}", overwrite=True, log=lambda *a: None,
-                                     scratch_overrides=SCRATCH_OVERRIDES.get(key, []))
+                                     scratch_overrides=SCRATCH_OVERRIDES.get(key, []), reuse_teacher=key == "demo")
             summary["seconds"] = round(time.perf_counter() - start, 1)
             runs.append(summary)
             print(f"{key} seed {seed}: teacher {summary['teacher']['accuracy']:.4f} "

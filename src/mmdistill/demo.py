@@ -127,6 +127,8 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
             "student_scratch": entry(scratch["model"]),
             "student_distilled": entry(distilled["student"]),
             **({"scratch_overrides": list(scratch_overrides)} if scratch_overrides else {}),
+            "teacher_train_seconds": teacher.get("train_seconds"),
+            "teacher_reused_from": teacher.get("reused_from"),
             **(extra or {}),
         }
         gap = summary["teacher"]["accuracy"] - summary["student_scratch"]["accuracy"]
