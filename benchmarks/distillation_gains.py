@@ -3,6 +3,7 @@
     python benchmarks/distillation_gains.py --recipe demo spec hinton --seeds 0 1 2
 
 * ``demo``: the full ``mmdistill demo`` (AV-Digits hard, official split; packaged recipes).
+* ``demo_small``: the same comparison with the method-table recipes (configs/av_digits_small_*.yaml).
 * ``spec``: the specification's own example (MNIST MLP 784-128-64-10 -> 784-64-10, logit MSE alone).
 * ``hinton``: Hinton et al.'s MNIST recipe (784-1200-1200-10 with dropout -> 784-800-800-10, T = 20).
 
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import RESULTS, fmt, markdown_table, mean_std, save
+from _common import RESULTS, fmt, markdown_table, mean_std, save, small_recipe
 
 from mmdistill.config import apply_overrides
 from mmdistill.demo import recipe, run_comparison
@@ -37,6 +38,8 @@ PAPER_ERRORS = {"hinton": {"teacher": 67, "student_scratch": 146, "student_disti
 SCRATCH_OVERRIDES = {"hinton": ["train.optimizer.lr=0.1"]}
 RECIPES = {
     "demo": ("AV-Digits hard (mmdistill demo)", lambda: recipe("av_digits_teacher"), lambda: recipe("av_digits_student")),
+    "demo_small": ("AV-Digits hard, method-table recipes (small teacher and student)",
+                   lambda: small_recipe("teacher"), lambda: small_recipe("student")),
     "spec": ("MNIST 10k, spec example, MSE alone", lambda: _yaml("mnist_mlp_teacher"), lambda: _yaml("mnist_mlp_student")),
     "hinton": ("MNIST 10k, Hinton KD T=20", lambda: _yaml("mnist_hinton_teacher"), lambda: _yaml("mnist_hinton_student")),
 }
