@@ -77,8 +77,9 @@ def teacher_for(seed: int, args, data) -> torch.nn.Module:
                                                         "train.progress=false", *args.overrides])
     cfg = parse_config(raw)
     key = hashlib.sha256(json.dumps(cfg.model_dump(exclude={"device"}), sort_keys=True).encode()).hexdigest()[:12]
-    path = MODELS / f"teacher_{key}.pt"
+    path = Path(args.models) / f"teacher_{key}.pt"
     device = api.resolve_device(args.device)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         print(f"reusing the teacher {path}", flush=True)
         return load_checkpoint(path, device)[0]
@@ -131,8 +132,8 @@ def train_part(args) -> None:
     """Per student: seed 0 from scratch and with every candidate method; the method with the best
     validation accuracy; then the other seeds from scratch and with that method. Results are
     written after every run, so a part that is stopped keeps what it finished."""
-    out = RESULTS / f"{args.name}.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{args.name}.json"  # an absolute --name writes there instead
+    out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     data_by_seed, teacher = {}, None
 
@@ -176,9 +177,9 @@ def report(args) -> None:
     """Merge result parts, measure every model's cost alone, write frontier.{json,md,png}."""
     runs = [r for path in args.merge for r in load_runs(path)]
     teacher_runs = [r for r in runs if r["method"] == "teacher"]
-    specs_data = build_data(parse_config(recipe("av_digits_teacher")).data, seed=0, val_fraction=0.1)
+    tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), args.overrides))
+    specs_data = build_data(tcfg.data, seed=0, val_fraction=tcfg.train.val_fraction)
     specs, k = specs_data.specs, specs_data.num_classes
-    tcfg = parse_config(recipe("av_digits_teacher"))
     costs = {}
     for name, mcfg in [("teacher", tcfg.model.model_dump()), *STUDENTS.items()]:
         costs[name] = cost(build_model(copy.deepcopy(mcfg), specs, k, seed=0).eval(), specs)
@@ -203,12 +204,13 @@ def report(args) -> None:
                            "teacher_seed": teacher_runs[0]["teacher_seed"] if teacher_runs else None},
                "rows": rows, "candidates": [r for r in runs if r["method"] not in ("teacher",)],
                "chosen_on_validation": chosen, "onnx_threads": 1}
-    (RESULTS / "frontier.json").write_text(json.dumps(payload, indent=2) + "\n")
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     markdown = frontier_table(payload)
-    (RESULTS / "frontier.md").write_text(markdown + "\n")
-    plot(payload, RESULTS / "frontier.png")
+    out.with_suffix(".md").write_text(markdown + "\n")
+    plot(payload, out.with_suffix(".png"))
     print(markdown)
-    print(f"wrote {RESULTS}/frontier.json, .md and .png")
+    print(f"wrote {out}.json, .md and .png")
 
 
 def frontier_table(payload: dict) -> str:
@@ -277,6 +279,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every recipe")
     parser.add_argument("--name", default="frontier_part")
     parser.add_argument("--merge", nargs="+", default=None, help="merge result parts, measure cost, write the table")
+    parser.add_argument("--out", default=str(RESULTS / "frontier"), help="with --merge: the .json/.md/.png path, no suffix")
+    parser.add_argument("--models", default=str(MODELS), help="where trained teachers are kept for reuse")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.merge:

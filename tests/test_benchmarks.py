@@ -59,3 +59,31 @@ def test_kd_gap_benchmark_pairs_each_taught_student_with_scratch(tmp_path, data_
     assert "| assistant | 18,314 |" in table and f"{100 * gain:+.2f} ± 0.00 ({int(gain > 0)}/1)" in table
     merged = run_benchmark(tmp_path, data_root, "--merge", str(tmp_path / "gap.json"), "--name", str(tmp_path / "merged"), script="kd_gap.py")
     assert merged["runs"] == out["runs"] and (tmp_path / "merged.md").read_text() == table
+
+
+def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp_path, data_root):
+    """Tiny teacher and schedule: seed 0 runs scratch and every candidate, seed 1 scratch and the
+    method with the best seed-0 validation accuracy; the merge measures cost and writes the rows."""
+    tiny = ["--threads", "1", "--set", "train.epochs=1", "--set", "data.pairs_per_recording=1",
+            "--set", "model.encoders.image.channels=[4]", "--set", "model.encoders.audio.channels=[4]",
+            "--set", "model.fusion={type: concat}", "--models", str(tmp_path / "models")]
+    students = ["conv[8,16] pool2", "conv[16,32] stride2 pool2"]
+    part = run_benchmark(tmp_path, data_root, "--seeds", "0", "1", "--students", *students, "--methods", "kd", "at",
+                         "--name", str(tmp_path / "part"), *tiny, script="frontier.py")
+    runs = part["runs"]
+    for student in students:
+        seed0 = {r["method"]: r for r in runs if r["student"] == student and r["seed"] == 0}
+        assert set(seed0) == {"scratch", "kd", "at"}
+        chosen = max(("kd", "at"), key=lambda m: (seed0[m]["val_accuracy"], -("kd", "at").index(m)))
+        assert {r["method"] for r in runs if r["student"] == student and r["seed"] == 1} == {"scratch", chosen}
+    scratch = {(r["student"], r["seed"]): r for r in runs if r["method"] == "scratch"}
+    assert scratch[students[0], 0]["params"] == 3834 and scratch[students[1], 0]["params"] == 12266
+    run_benchmark(tmp_path, data_root, "--merge", str(tmp_path / "part.json"), "--out", str(tmp_path / "frontier"),
+                  "--name", "unused", *tiny, script="frontier.py")
+    merged = json.loads((tmp_path / "frontier.json").read_text())
+    assert {(r["student"], r["seed"]) for r in merged["rows"]} == {(s, seed) for s in students for seed in (0, 1)}
+    for row in merged["rows"]:
+        assert row["macs"] > 0 and row["onnx_ms_b1"] > 0 and row["onnx_sps_b64"] > 0
+        assert row["method"] == merged["chosen_on_validation"][row["student"]]
+    assert merged["teacher"]["params"] > merged["rows"][0]["params"] and (tmp_path / "frontier.png").stat().st_size > 0
+    assert "| teacher |" in (tmp_path / "frontier.md").read_text()
