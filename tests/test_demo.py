@@ -61,3 +61,15 @@ def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, 
     assert not any("reusing the teacher" in str(m) for m in messages)
     report = (tmp_path / "demo1" / "report.html").read_text()  # the demo writes its report
     assert all(f"{name}</td>" in report for name in ("teacher", "student_scratch", "student_distilled"))
+
+
+def test_teacher_key_ignores_last_bit_differences_in_data_statistics():
+    """Standardisation means computed with another thread count differ in their last bits; the
+    same recipe and data must still find the same cached teacher."""
+    from mmdistill.demo import teacher_key
+
+    cfg = parse_config(recipe("av_digits_teacher"))
+    info = {"dataset": "av_digits", "train_samples": 9720, "standardise": {"image": {"mean": 0.13088330626487732}}}
+    nudged = {**info, "standardise": {"image": {"mean": 0.13088330626487735}}}
+    other = {**info, "train_samples": 9719}
+    assert teacher_key(cfg, info) == teacher_key(cfg, nudged) != teacher_key(cfg, other)

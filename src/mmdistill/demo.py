@@ -52,8 +52,20 @@ def teacher_key(cfg: RunConfig, data_info: dict) -> str:
     """A key of everything that decides a trained teacher: its resolved recipe (less the device and
     the progress bar) and the data it was trained on."""
     config = cfg.model_dump(exclude={"device": True, "train": {"progress"}})
-    text = json.dumps({"config": config, "data": data_info}, sort_keys=True, default=str)
+    text = json.dumps({"config": config, "data": _rounded(data_info)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _rounded(value):
+    """Floats to 6 significant digits, recursively: statistics such as the standardisation means
+    differ in their last bits with the number of threads that computed them."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def _train_or_reuse_teacher(cfg: RunConfig, data, folder: Path, log: Callable, reuse: bool) -> dict:
