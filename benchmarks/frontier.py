@@ -238,6 +238,7 @@ def frontier_table(payload: dict) -> str:
 
 def plot(payload: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -250,17 +251,21 @@ def plot(payload: dict, path: Path) -> None:
         points.append((rows[0]["onnx_ms_b1"], 100 * mean_std([r["scratch_accuracy"] for r in rows])[0],
                        100 * mean_std([r["distilled_accuracy"] for r in rows])[0], student))
     points.sort()
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o--", label="from scratch")
-    ax.plot([p[0] for p in points], [p[2] for p in points], "s-", label="distilled")
-    for x, _, y, name in points:
-        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.scatter([p[0] for p in points], [p[1] for p in points], marker="o", label="from scratch", zorder=3)
+    ax.scatter([p[0] for p in points], [p[2] for p in points], marker="s", label="distilled (method chosen on validation)",
+               zorder=3)
+    for x, scratch, distilled, name in points:
+        ax.plot([x, x], [scratch, distilled], color="grey", linewidth=1, zorder=2)
+        ax.annotate(name, (x, max(scratch, distilled)), fontsize=7, xytext=(4, 4), textcoords="offset points")
     t = payload["teacher"]
     ax.plot([t["onnx_ms_b1"]], [100 * t["accuracy"]], "k*", markersize=12, label="teacher")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("ONNX Runtime latency, batch 1, one thread (ms, log scale)")
     ax.set_ylabel("AV-Digits hard test accuracy (%, mean of seeds)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
