@@ -21,6 +21,26 @@ except ImportError:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def write(tmp_path: Path, name: str, cfg: dict) -> Path:
+    """``cfg`` as a YAML config file in ``tmp_path``."""
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(*args) -> int:
+    """The ``mmdistill`` command line in-process; returns its exit code."""
+    from mmdistill.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exit:
+        return exit.code or 0
+    return 0
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Derived features go to a session tmp dir unless MMDISTILL_CACHE is set (never the data root or ~)."""

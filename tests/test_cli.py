@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from mmdistill.cli import main
+from conftest import run_cli, write
 
 torch.set_num_threads(1)
 
@@ -29,19 +28,6 @@ def tiny_student(checkpoint) -> dict:
                                 {"name": "fitnet", "weight": 0.1, "student": "encoders.audio", "teacher": "encoders.audio"}]}
     return cfg
 
-
-def write(tmp_path: Path, name: str, cfg: dict) -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def run_cli(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit:
-        return exit.code or 0
-    return 0
 
 
 def test_train_distill_evaluate_end_to_end(tmp_path, capsys):

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import mmdistill
 from mmdistill.api import distill, train
-from mmdistill.cli import main
+from conftest import run_cli, write
 from mmdistill.config import TrainConfig
 from mmdistill.data import DataSplits
 from mmdistill.data.registry import DATASETS, parse_options
@@ -48,19 +47,6 @@ def student(checkpoint) -> dict:
                                  "feat_dim": 16, "num_negatives": 64}]}
     return cfg
 
-
-def write(tmp_path: Path, name: str, cfg: dict) -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def run_cli(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit:
-        return exit.code or 0
-    return 0
 
 
 def kill_after_epoch(command: str, config: Path, out: Path, epoch: int) -> None:
