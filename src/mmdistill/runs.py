@@ -3,7 +3,7 @@
 Each loads and validates everything it needs (config, data, teacher checkpoint) before it
 creates the run directory, so a user error never leaves a half-written run behind: the run
 directory itself is checked first (:func:`~mmdistill.rundir.check_run_dir`), then the data against
-the config (:func:`check_train_options`) and every checkpoint against the data
+the config (:func:`~mmdistill.distill.engine.check_train_options`) and every checkpoint against the data
 (:func:`check_checkpoint_data`).
 
 Run directory contents: ``run.json`` (status, command, resolved config), ``metrics.jsonl`` (one
@@ -27,16 +27,11 @@ from .config import DataConfig, RunConfig
 from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits, ModalitySpec
-from .distill.engine import resolve_device
-from .distill.engine import Trainer
+from .distill.engine import Trainer, check_train_options, resolve_device
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
 from .models import build_model
-from .rundir import RunDir, check_run_dir, write_json, write_text
-
-#: kinds whose last axis is time, the only ones a time shift makes sense for
-TIME_KINDS = ("audio", "sequence")
-
+from .rundir import RunDir, check_run_dir, read_record, write_json, write_text
 
 def _saver(cfg: RunConfig, data: DataSplits, role: str):
     """A checkpoint writer recording everything needed to rebuild the model and its data."""
@@ -61,20 +56,6 @@ def load_data(cfg: RunConfig, data: DataSplits | None = None) -> DataSplits:
     return data if data is not None else build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
 
 
-def check_train_options(cfg: RunConfig, data: DataSplits) -> None:
-    """The ``train`` options that name modalities against the data: each must exist, and a time
-    shift only applies to a modality whose last axis is time (audio, sequence)."""
-    for key in ("modality_dropout", "time_shift"):
-        for m in getattr(cfg.train, key):
-            if m not in data.specs:
-                raise ConfigError(f"train.{key}.{m}: the data has no modality {m!r} (it has {', '.join(data.specs)})")
-    for m in cfg.train.time_shift:
-        kind = data.specs[m].kind
-        if kind not in TIME_KINDS:
-            raise ConfigError(f"train.time_shift.{m}: modality {m!r} is {kind} data with no time axis; "
-                              f"time shifts apply to {' and '.join(TIME_KINDS)} modalities")
-
-
 def check_checkpoint_data(where: str, what: str, modalities, specs: dict[str, ModalitySpec], num_classes: int,
                           data: DataSplits, data_name: str) -> None:
     """A checkpoint's class count and the shape of each modality its model reads against ``data``
@@ -89,6 +70,20 @@ def check_checkpoint_data(where: str, what: str, modalities, specs: dict[str, Mo
     if int(num_classes) != data.num_classes:
         raise CheckpointError(f"{where}: {what} has {num_classes} classes but data {data_name!r} has "
                               f"{data.num_classes}")
+
+
+def checkpoint_data(checkpoint: str | Path, model: nn.Module, payload: dict,
+                    data_root: str | None = None) -> tuple[DataConfig, DataSplits]:
+    """(data config, data) a checkpoint was trained on, rebuilt from its metadata (``data_root``
+    replaces the recorded root) and checked against the model it holds."""
+    meta = payload.get("meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict) or "name" not in meta["data"]:
+        raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
+    data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
+    data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
+    check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
+                          data, data_cfg.name)
+    return data_cfg, data
 
 
 #: config keys that do not change what a run computes, so a resumed run may differ in them
@@ -116,7 +111,8 @@ def _first_difference(old, new, key: str = ""):
 
 
 def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False) -> None:
-    """Refuse (one line) unless ``out`` holds an unfinished run of exactly ``cfg`` with a training state.
+    """Refuse (one line) unless ``out`` holds an unfinished run of exactly ``cfg`` with a training state
+    (the run directory checks of :func:`~mmdistill.rundir.check_run_dir` included).
 
     The recorded config must equal ``cfg`` in every key but ``train.progress``; ``train.epochs``
     too, because the learning-rate schedule and loss warm-ups depend on it: a resumed run is the
@@ -125,17 +121,10 @@ def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False)
     out = Path(out)
     if overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one of them")
-    record = out / "run.json"
-    if not record.is_file():
-        raise MMDistillError(f"{out}: no run to resume (no run.json)")
-    try:
-        info = json.loads(record.read_text())
-    except (OSError, ValueError) as err:
-        raise MMDistillError(f"{record}: not a readable run record ({err})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise MMDistillError(f"{record}: not a train or distill run record; nothing to resume")
-    if info.get("status") == "complete":
-        raise MMDistillError(f"{out}: the run is already complete; nothing to resume")
+    check_run_dir(out, resume=True)  # an unfinished mmdistill run, locked by no live process
+    info = read_record(out)
+    if not isinstance(info.get("config"), dict):
+        raise MMDistillError(f"{out / 'run.json'}: not a train or distill run record; nothing to resume")
     if not (out / Trainer.STATE_FILE).is_file():
         raise MMDistillError(f"{out}: no training state to resume from ({Trainer.STATE_FILE} is missing: the run "
                              f"stopped before its first epoch ended); start it again with --overwrite")
@@ -154,10 +143,11 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
     ``resume``: continue the interrupted run in ``out`` from its last complete epoch."""
     if resume:
         check_resumable(cfg, out, overwrite=overwrite)
-    check_run_dir(out, overwrite=overwrite, resume=resume)
+    else:
+        check_run_dir(out, overwrite=overwrite)
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
-    check_train_options(cfg, data)
+    check_train_options(cfg.train, data.specs)
     model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
@@ -189,10 +179,6 @@ def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) ->
             teacher, payload = load_checkpoint(resolve_checkpoint(tcfg.checkpoint, config_path), device)
         except CheckpointError as err:
             raise CheckpointError(f"{key}: {err}") from None
-        missing = [m for m in teacher.modalities if m not in data.specs]
-        if missing:
-            raise CheckpointError(f"{key}: the teacher needs modality {missing[0]!r}, which data "
-                                  f"{cfg.data.name!r} lacks")
         check_checkpoint_data(key, "the teacher", teacher.modalities, payload["specs"], payload["num_classes"],
                               data, cfg.data.name)
         teachers[name] = teacher
@@ -211,10 +197,11 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
     if resume:
         check_resumable(cfg, out, overwrite=overwrite)
-    check_run_dir(out, overwrite=overwrite, resume=resume)
+    else:
+        check_run_dir(out, overwrite=overwrite)
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
-    check_train_options(cfg, data)
+    check_train_options(cfg.train, data.specs)
     teachers = load_teachers(cfg, data, device, config_path)
     student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
@@ -277,13 +264,7 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
     if unknown:
         raise ConfigError(f"--drop {unknown[0]}: the model has no modality {unknown[0]!r} "
                           f"(it has {', '.join(model.modalities)})")
-    meta = payload.get("meta")
-    if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict) or "name" not in meta["data"]:
-        raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
-    data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
-    data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
-    check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
-                          data, data_cfg.name)
+    _, data = checkpoint_data(checkpoint, model, payload, data_root)
     dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
     if dataset is None:
         raise ConfigError(f"--split {split}: no such split for this checkpoint (test, train"

@@ -93,6 +93,32 @@ class FitResult:
     task: object = None  # the task that was fitted (set by api.distill)
 
 
+#: kinds whose last axis is time, the only ones a time shift makes sense for
+TIME_KINDS = ("audio", "sequence")
+
+
+def check_train_options(cfg: TrainConfig, specs: dict) -> None:
+    """The ``train`` options that name modalities, against the data's ``specs``: each must exist,
+    a time shift only applies to a modality whose last axis is time (audio, sequence), and each
+    ``augment`` entry only to the kinds it is made for. Called before a run writes anything and
+    again by :meth:`Trainer.fit`, for the Python API."""
+    for key in ("modality_dropout", "time_shift", "augment"):
+        for m in getattr(cfg, key):
+            if m not in specs:
+                raise ConfigError(f"train.{key}.{m}: the data has no modality {m!r} (it has {', '.join(specs)})")
+    for m in cfg.time_shift:
+        kind = specs[m].kind
+        if kind not in TIME_KINDS:
+            raise ConfigError(f"train.time_shift.{m}: modality {m!r} is {kind} data with no time axis; "
+                              f"time shifts apply to {' and '.join(TIME_KINDS)} modalities")
+    for m, entries in cfg.augment.items():
+        kind = specs[m].kind
+        for i, entry in enumerate(entries):
+            if kind not in AUGMENT_KINDS[entry.type]:
+                raise ConfigError(f"train.augment.{m}[{i}]: {entry.type} applies to "
+                                  f"{' or '.join(AUGMENT_KINDS[entry.type])} modalities, {m!r} is {kind}")
+
+
 class Trainer:
     """Runs a task (see :mod:`mmdistill.distill.tasks`) for ``cfg.epochs`` epochs.
 
@@ -124,20 +150,7 @@ class Trainer:
     def fit(self, task: nn.Module, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
         seed_everything(self.seed)
         cfg = self.cfg
-        for key in ("modality_dropout", "time_shift"):
-            unknown = [m for m in getattr(cfg, key) if m not in train.modalities]
-            if unknown:
-                raise ConfigError(f"train.{key}.{unknown[0]}: the data has no modality {unknown[0]!r} "
-                                  f"(it has {', '.join(train.modalities)})")
-        for name, entries in cfg.augment.items():
-            if name not in train.modalities:
-                raise ConfigError(f"train.augment.{name}: the data has no modality {name!r} "
-                                  f"(it has {', '.join(train.modalities)})")
-            kind = train.specs[name].kind
-            for i, entry in enumerate(entries):
-                if kind not in AUGMENT_KINDS[entry.type]:
-                    raise ConfigError(f"train.augment.{name}[{i}]: {entry.type} applies to "
-                                      f"{' or '.join(AUGMENT_KINDS[entry.type])} modalities, {name!r} is {kind}")
+        check_train_options(cfg, train.specs)
         # the input augmentation's own random stream, seeded from the run seed
         self.augment_generator = torch.Generator().manual_seed(self.seed + 2)
         task.to(self.device)

@@ -30,19 +30,6 @@ class ParityError(MMDistillError):
     """The exported model's logits differ from PyTorch's by more than the tolerance."""
 
 
-# --- data of a checkpoint ----------------------------------------------------------------------
-def checkpoint_data(payload: dict, data_root: str | None = None):
-    """(data config, DataSplits) a checkpoint was trained on, rebuilt from its metadata."""
-    from ..config import DataConfig
-    from ..data import build_data
-
-    meta = payload["meta"]
-    if "data" not in meta:
-        raise ConfigError("the checkpoint records no data config, so its data cannot be rebuilt")
-    cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
-    return cfg, build_data(cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
-
-
 def class_names(dataset: str, info: Mapping, num_classes: int) -> list[str]:
     """The dataset's class names when it records them, else the class indices (digits: "0".."9")."""
     if info.get("classes"):
@@ -223,6 +210,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
     are recorded under ``quantized``.
     """
     from ..checkpoint import load_checkpoint
+    from ..runs import checkpoint_data
 
     if format not in ("onnx", "torchscript"):
         raise ConfigError(f"--format {format}: expected onnx or torchscript")
@@ -234,11 +222,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
     tolerance = TOLERANCE if tolerance is None else tolerance
     _prepare_out(out, overwrite)
     model, payload = load_checkpoint(checkpoint, "cpu")
-    data_cfg, data = checkpoint_data(payload, data_root)
+    data_cfg, data = checkpoint_data(checkpoint, model, payload, data_root)
     modalities = list(model.modalities)
-    missing = [m for m in modalities if m not in data.specs]
-    if missing:
-        raise DataError(f"{checkpoint}: the model needs modality {missing[0]!r}, which its data lacks")
     specs = {m: payload["specs"][m] for m in modalities}
     classes = class_names(data_cfg.name, data.info, payload["num_classes"])
 
