@@ -298,11 +298,9 @@ def _usage_error(err: typer.TyperException) -> int:
 
 def _disk_error(err: OSError) -> int:
     """An OSError from the environment (disk full, read-only, permission): one line naming the file."""
-    import errno
+    from .rundir import disk_message
 
-    name = errno.errorcode.get(err.errno or 0, "")
-    where = f"{err.filename}: " if err.filename else ""
-    return _error(f"{where}{err.strerror or err}{f' ({name})' if name else ''}", 2)
+    return _error(disk_message(err), 2)
 
 
 def _raise_interrupted(signum, frame):

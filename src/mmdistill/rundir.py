@@ -61,10 +61,12 @@ def write_json(path: Path, payload: Any) -> Path:
     return write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def disk_message(err: OSError, fallback: str | Path) -> str:
-    """``<file>: No space left on device (ENOSPC)``: one line naming the file an OSError is about."""
+def disk_message(err: OSError, fallback: str | Path | None = None) -> str:
+    """``<file>: No space left on device (ENOSPC)``: one line naming the file an OSError is about
+    (``fallback`` when the error names none)."""
     name = errno.errorcode.get(err.errno or 0, "")
-    return f"{err.filename or fallback}: {err.strerror or err}" + (f" ({name})" if name else "")
+    where = err.filename or fallback
+    return (f"{where}: " if where else "") + f"{err.strerror or err}" + (f" ({name})" if name else "")
 
 
 def read_record(path: str | Path) -> dict | None:

@@ -77,7 +77,7 @@ def export_onnx(model: nn.Module, specs: Mapping | None, path: str | Path, *, op
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shapes = input_shapes(model, specs)
-    wrapper = PositionalModel(_cpu_eval_copy(model)).eval()
+    wrapper = PositionalModel(cpu_eval_copy(model)).eval()
     args = example_inputs(shapes, batch=2)
     batch = torch.export.Dim("batch")
     with _quiet():
@@ -116,14 +116,15 @@ def export_torchscript(model: nn.Module, specs: Mapping | None, path: str | Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shapes = input_shapes(model, specs)
-    wrapper = PositionalModel(_cpu_eval_copy(model)).eval()
+    wrapper = PositionalModel(cpu_eval_copy(model)).eval()
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(wrapper, example_inputs(shapes, batch=2), check_trace=False)
         torch.jit.save(traced, str(path))
     return path
 
 
-def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+def cpu_eval_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the CPU in eval mode (the original is left where it is)."""
     import copy
 
     return copy.deepcopy(model).cpu().eval()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .onnx import example_inputs, export_onnx, input_names, input_shapes
+from .onnx import cpu_eval_copy, example_inputs, export_onnx, input_names, input_shapes
 
 
 def count_params(model: nn.Module) -> int:
@@ -140,7 +140,7 @@ def measure_cost(model: nn.Module, specs: Mapping | None = None, *, threads: int
     """
     large_repeats = large_repeats or max(3, repeats // 10)
     shapes = input_shapes(model, specs)
-    cpu_model = model if next(model.parameters()).device.type == "cpu" else _cpu_copy(model)
+    cpu_model = model if next(model.parameters()).device.type == "cpu" else cpu_eval_copy(model)
     tag = f"b{large_batch}"
     out: dict = {"params": count_params(model), "macs": count_macs(cpu_model, shapes), "threads": threads,
                  "timing_repeats": repeats, "timing_warmup": warmup}
@@ -163,18 +163,12 @@ def measure_cost(model: nn.Module, specs: Mapping | None = None, *, threads: int
         big = torch_latency(cpu_model, shapes, batch=large_batch, threads=threads, repeats=large_repeats, warmup=2)
         out.update(torch_ms_b1=b1["p50_ms"], torch_p95_ms_b1=b1["p95_ms"], **{f"torch_sps_{tag}": big["samples_per_s"]})
         if use_cuda["torch"]:
-            gpu = _cpu_copy(model).cuda()
+            gpu = cpu_eval_copy(model).cuda()
             b1 = torch_latency(gpu, shapes, batch=1, threads=threads, repeats=repeats, warmup=warmup)
             big = torch_latency(gpu, shapes, batch=large_batch, threads=threads, repeats=large_repeats, warmup=2)
             out.update(cuda_torch_ms_b1=b1["p50_ms"], cuda_torch_p95_ms_b1=b1["p95_ms"],
                        **{f"cuda_torch_sps_{tag}": big["samples_per_s"]})
     return out
-
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).cpu().eval()
 
 
 #: (key, label, format) of the rows of the cost table, in order.
