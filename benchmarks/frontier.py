@@ -15,15 +15,15 @@ thread (batch 1 latency p50, batch 64 throughput), in one process, alone.
     python benchmarks/frontier.py --merge benchmarks/results/frontier_a.json benchmarks/results/frontier_b.json
 
 The teacher is the packaged teacher recipe trained once (seed ``--teacher-seed``) and kept in
-``benchmarks/.models/`` (reused when its recipe, data and seed match): like a user's teacher, it
-is fixed while the students' seeds vary. Writes ``benchmarks/results/frontier.{md,json,png}``.
+``$MMDISTILL_CACHE/teachers/``, as the demo keeps it (reused when its recipe, data and seed
+match): like a user's teacher, it is fixed while the students' seeds vary. Writes ``benchmarks/results/frontier.{md,json,png}``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +32,13 @@ import torch
 from _common import RESULTS, fmt, load_runs, markdown_table, mean_std, paired_gain
 
 from mmdistill import api
-from mmdistill.checkpoint import load_checkpoint, save_checkpoint
+from mmdistill.checkpoint import load_checkpoint
 from mmdistill.config import apply_overrides, parse_config
 from mmdistill.data import build_data
-from mmdistill.demo import recipe
+from mmdistill.demo import recipe, train_or_reuse_teacher
 from mmdistill.evaluate import evaluate_model
 from mmdistill.models import build_model, count_parameters
 
-MODELS = Path(__file__).resolve().parent / ".models"
 MODALITIES = ("audio", "image")
 
 
@@ -71,25 +70,14 @@ METHODS = {
 
 
 def teacher_for(seed: int, args, data) -> torch.nn.Module:
-    """The packaged teacher recipe trained with ``seed``, from ``benchmarks/.models`` when its
-    recipe and seed match (a checkpoint keyed by a hash of the resolved config)."""
+    """The packaged teacher recipe trained with ``seed``, or the finished one that a demo or an
+    earlier run trained with the same recipe, data and seed (``$MMDISTILL_CACHE/teachers``)."""
     raw = apply_overrides(recipe("av_digits_teacher"), [f"seed={seed}", f"device={args.device}",
                                                         "train.progress=false", *args.overrides])
-    cfg = parse_config(raw)
-    key = hashlib.sha256(json.dumps(cfg.model_dump(exclude={"device"}), sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(args.models) / f"teacher_{key}.pt"
-    device = api.resolve_device(args.device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        print(f"reusing the teacher {path}", flush=True)
-        return load_checkpoint(path, device)[0]
-    teacher = build_model(cfg.model, data.specs, data.num_classes, seed=seed)
-    start = time.perf_counter()
-    fit = api.train(teacher, data, cfg.train, device=args.device, seed=seed, label="teacher")
-    save_checkpoint(path, teacher, model_config=cfg.model.model_dump(), specs=data.specs,
-                    num_classes=data.num_classes, meta={"seed": seed, "val_accuracy": fit.best_val_accuracy,
-                                                       "train_seconds": time.perf_counter() - start})
-    return teacher
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "teacher"
+        train_or_reuse_teacher(parse_config(raw), data, folder, print, reuse=True)
+        return load_checkpoint(folder / "best.pt", api.resolve_device(args.device))[0]
 
 
 def student_config(seed: int, args):
@@ -285,7 +273,6 @@ def main() -> None:
     parser.add_argument("--name", default="frontier_part")
     parser.add_argument("--merge", nargs="+", default=None, help="merge result parts, measure cost, write the table")
     parser.add_argument("--out", default=str(RESULTS / "frontier"), help="with --merge: the .json/.md/.png path, no suffix")
-    parser.add_argument("--models", default=str(MODELS), help="where trained teachers are kept for reuse")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.merge:

@@ -66,7 +66,7 @@ def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp
     method with the best seed-0 validation accuracy; the merge measures cost and writes the rows."""
     tiny = ["--threads", "1", "--set", "train.epochs=1", "--set", "data.pairs_per_recording=1",
             "--set", "model.encoders.image.channels=[4]", "--set", "model.encoders.audio.channels=[4]",
-            "--set", "model.fusion={type: concat}", "--models", str(tmp_path / "models")]
+            "--set", "model.fusion={type: concat}"]
     students = ["conv[8,16] pool2", "conv[16,32] stride2 pool2"]
     part = run_benchmark(tmp_path, data_root, "--seeds", "0", "1", "--students", *students, "--methods", "kd", "at",
                          "--name", str(tmp_path / "part"), *tiny, script="frontier.py")

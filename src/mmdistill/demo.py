@@ -68,7 +68,7 @@ def _rounded(value):
     return value
 
 
-def _train_or_reuse_teacher(cfg: RunConfig, data, folder: Path, log: Callable, reuse: bool) -> dict:
+def train_or_reuse_teacher(cfg: RunConfig, data, folder: Path, log: Callable, reuse: bool) -> dict:
     """Train the teacher into ``folder``, or copy a finished run with the same key from the cache."""
     cached = cache_dir() / "teachers" / teacher_key(cfg, data.info)
     if reuse and (cached / "summary.json").is_file() and (cached / "best.pt").is_file():
@@ -119,7 +119,7 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     student_data = data if same(scratch_cfg) else None
     with RunDir(out, overwrite=overwrite, config={"teacher": teacher_raw, "student": student_raw}) as run:
         log("[bold]1/3[/bold] training the teacher")
-        teacher = _train_or_reuse_teacher(teacher_cfg, data, run / "teacher", log, reuse_teacher)
+        teacher = train_or_reuse_teacher(teacher_cfg, data, run / "teacher", log, reuse_teacher)
         log("[bold]2/3[/bold] training the student from scratch")
         scratch = run_train(scratch_cfg, run / "student_scratch", data=student_data)
         student_raw["distill"]["teacher"]["checkpoint"] = str(run / "teacher" / "best.pt")
