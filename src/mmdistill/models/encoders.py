@@ -25,6 +25,8 @@ class ConvEncoder(nn.Module):
     conv3x3 by a depthwise conv3x3 and a pointwise conv1x1 (MobileNet, Howard et al. 2017).
     """
 
+    map_module = "features"  # the submodule whose output is the last activation map (a feature point)
+
     def __init__(self, shape: Sequence[int], channels: Sequence[int] = (32, 64), dim: int | None = None,
                  dropout: float = 0.0, pool: int = 1, stride: int = 1, separable: bool = False):
         super().__init__()

@@ -12,6 +12,7 @@ from ..data.dataset import ModalitySpec
 from ..errors import ConfigError
 from .encoders import ENCODERS
 from .fusion import FUSIONS
+from .points import FeaturePoint
 
 
 class MultimodalModel(nn.Module):
@@ -44,6 +45,16 @@ class MultimodalModel(nn.Module):
             embeddings[m] = self.encoders[m](x)
             present[m] = presence(batch, m).to(device) if m in batch else torch.zeros(size, dtype=torch.bool, device=device)
         return self.head(self.fusion(embeddings, present))
+
+    def feature_points(self) -> list[FeaturePoint]:
+        """Each modality's embedding (``encoders.<m>``) and, for encoders with one
+        (``map_module``), its last activation map; the fused embedding (``fusion``)."""
+        points = []
+        for m, encoder in self.encoders.items():
+            points.append(FeaturePoint(f"encoders.{m}", "embedding", m))
+            if getattr(encoder, "map_module", None):
+                points.append(FeaturePoint(f"encoders.{m}.{encoder.map_module}", "map", m))
+        return points + [FeaturePoint("fusion", "fused")]
 
 
 def build_head(in_dim: int, num_classes: int, hidden=(), dropout: float = 0.0) -> nn.Module:
