@@ -81,6 +81,8 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
     from .runs import run_train
 
     summary = run_train(_config(config, set_, device, data_root), out, overwrite=overwrite, resume=resume)
+    if not summary:  # a torchrun rank other than 0: rank 0 reports
+        return
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})
 
 
@@ -131,6 +133,8 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
         raw["distill"]["terms"] = _loss_terms(loss, {m: cfg.model.encoders[m] for m in seen})
         cfg = parse_config(raw, str(config))
     summary = run_distill(cfg, out, overwrite=overwrite, config_path=config, resume=resume)
+    if not summary:  # a torchrun rank other than 0: rank 0 reports
+        return
     teachers = summary.get("teachers", {"teacher": summary["teacher"]})
     _print_metrics(f"test metrics ({out})", {**teachers, "student": summary["student"]})
     console.print(Text(f"agreement with {next(iter(teachers))}: {summary['student']['teacher_agreement']:.4f}"))
@@ -280,8 +284,16 @@ def _error(message: object, code: int) -> int:
     """Print ``error: message`` as one line, verbatim (no markup, no emoji codes); returns ``code``."""
     text = _CONTROL.sub("", str(message))  # terminal escapes from a library's message
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if _rank():  # under torchrun, say which process
+        text = f"rank {_rank()}: {text}"
     err_console.print(Text.assemble(("error:", "red"), " ", text), soft_wrap=True)
     return code
+
+
+def _rank() -> int:
+    from .distill.distributed import rank
+
+    return rank()
 
 
 def _usage_error(err: typer.TyperException) -> int:
@@ -324,6 +336,8 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Abort:
         return _error("aborted", 1)
     except MMDistillError as err:
+        if getattr(err, "reported_elsewhere", False):  # torchrun: the rank that failed prints it
+            return 2
         return _error(err, 2)
     except typer.TyperException as err:  # click's usage errors (typer bundles its own click)
         return _usage_error(err)

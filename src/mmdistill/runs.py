@@ -27,6 +27,7 @@ from .config import DataConfig, RunConfig
 from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits, ModalitySpec
+from .distill import distributed
 from .distill.engine import Trainer, check_train_options, resolve_device
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
@@ -136,22 +137,29 @@ def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False)
                           f"a run resumes only with the config it started with")
 
 
+@distributed.launch
 def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None,
               resume: bool = False) -> dict:
     """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics.
 
-    ``resume``: continue the interrupted run in ``out`` from its last complete epoch."""
-    if resume:
-        check_resumable(cfg, out, overwrite=overwrite)
-    else:
-        check_run_dir(out, overwrite=overwrite)
-    device = resolve_device(cfg.device)
-    data = load_data(cfg, data)
-    check_train_options(cfg.train, data.specs)
-    model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
-    with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
+    ``resume``: continue the interrupted run in ``out`` from its last complete epoch.
+    Under torchrun (see :mod:`mmdistill.distill.distributed`) only rank 0 writes and evaluates;
+    the other ranks return ``{}``."""
+    with distributed.agreed():  # a user error on any rank stops every rank
+        if resume:
+            check_resumable(cfg, out, overwrite=overwrite)
+        else:
+            check_run_dir(out, overwrite=overwrite)
+        device = distributed.device_for(resolve_device(cfg.device))
+        data = load_data(cfg, data)
+        check_train_options(cfg.train, data.specs)
+        model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
+    with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
+                             out) as run:
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
                     save=_saver(cfg, data, "model"), label="train", resume=resume)
+        if not distributed.is_main():
+            return {}
         metrics = evaluate_model(model, data.test, device=device, batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "model": metrics, "best_epoch": fit.best_epoch,
                    "val_accuracy": fit.best_val_accuracy, "train_seconds": round(fit.seconds, 2),
@@ -185,6 +193,7 @@ def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) ->
     return teachers
 
 
+@distributed.launch
 def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
                 config_path: str | Path | None = None, data: DataSplits | None = None, resume: bool = False) -> dict:
     """Distil the checkpointed teacher(s) of ``cfg.distill`` into a student built from ``cfg.model``.
@@ -192,22 +201,27 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     With several teachers the run directory also holds ``teacher_weights.csv``: the ensemble's
     weight of each teacher on each training sample, and the summary their mean per class.
     ``resume``: continue the interrupted run in ``out`` from its last complete epoch.
+    Under torchrun only rank 0 writes and evaluates; the other ranks return ``{}``.
     """
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
-    if resume:
-        check_resumable(cfg, out, overwrite=overwrite)
-    else:
-        check_run_dir(out, overwrite=overwrite)
-    device = resolve_device(cfg.device)
-    data = load_data(cfg, data)
-    check_train_options(cfg.train, data.specs)
-    teachers = load_teachers(cfg, data, device, config_path)
-    student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
-    with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
+    with distributed.agreed():  # a user error on any rank stops every rank
+        if resume:
+            check_resumable(cfg, out, overwrite=overwrite)
+        else:
+            check_run_dir(out, overwrite=overwrite)
+        device = distributed.device_for(resolve_device(cfg.device))
+        data = load_data(cfg, data)
+        check_train_options(cfg.train, data.specs)
+        teachers = load_teachers(cfg, data, device, config_path)
+        student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
+    with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
+                             out) as run:
         fit = distill(student, teachers, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
                       run_dir=run.path, save=_saver(cfg, data, "student"), resume=resume)
+        if not distributed.is_main():
+            return {}
         first = next(iter(teachers.values()))
         metrics = evaluate_model(student, data.test, device=device, teacher=first,
                                  batch_size=cfg.train.eval_batch_size)

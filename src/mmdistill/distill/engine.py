@@ -30,6 +30,7 @@ from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
 from ..rundir import write_text
+from . import distributed
 from .sinks import MetricSinks
 
 
@@ -142,10 +143,15 @@ class Trainer:
         self.resume = resume
         self.sinks = MetricSinks((), None)  # fit opens the sinks train.log asks for
 
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes the run directory (under torchrun only rank 0 does)."""
+        return self.run_dir is not None and distributed.is_main()
+
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        transient=True, disable=not self.cfg.progress)
+                        transient=True, disable=not self.cfg.progress or not distributed.is_main())
 
     def fit(self, task: nn.Module, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
         seed_everything(self.seed)
@@ -155,6 +161,8 @@ class Trainer:
         self.augment_generator = torch.Generator().manual_seed(self.seed + 2)
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
+        if distributed.active():  # global batch split over the ranks, the 1-process order
+            loader = distributed.train_loader(train, cfg.batch_size, seed=self.seed)
         if self.run_dir:
             self._fingerprints = self._inputs_fingerprint(task, train)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train),
@@ -166,9 +174,10 @@ class Trainer:
             task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
+        self._step = distributed.wrap(task, self.device)  # task.training_step, through DDP under torchrun
         result = FitResult()
         start = time.perf_counter()
-        self.sinks = MetricSinks(cfg.log, self.run_dir)  # train.log: e.g. TensorBoard, beside metrics.jsonl
+        self.sinks = MetricSinks(cfg.log, self.run_dir if self._writes else None)  # train.log: e.g. TensorBoard, beside metrics.jsonl
         try:
             best_state = self._epochs(task, loader, val, optimizer, scheduler, result)
         finally:
@@ -185,7 +194,8 @@ class Trainer:
         """Train for ``cfg.epochs`` epochs; returns the best model state (by validation accuracy)."""
         cfg = self.cfg
         best_state = None
-        metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir else None
+        metrics_path = self.run_dir / "metrics.jsonl" if self._writes else None
+        shard = loader.sampler if isinstance(loader.sampler, distributed.ShardSampler) else None
         steps_per_epoch = len(loader)
         mix_generator = torch.Generator().manual_seed(self.seed + 1)
         first_epoch = 0
@@ -195,6 +205,8 @@ class Trainer:
             job = bar.add_task(self.label, total=cfg.epochs * steps_per_epoch, status="",
                                completed=first_epoch * steps_per_epoch)
             for epoch in range(first_epoch, cfg.epochs):
+                if shard is not None:
+                    shard.set_epoch(epoch)
                 task.train()
                 sums: dict[str, float] = {}
                 correct = seen = 0
@@ -213,18 +225,21 @@ class Trainer:
                     if cfg.mixup > 0:
                         batch = whole = mixup(batch, cfg.mixup, mix_generator)
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
-                    logits, losses = task.training_step(batch, progress, teacher_batch=whole)
+                    logits, losses = self._step(batch, progress, teacher_batch=whole)
                     total = sum(losses.values())
                     if not torch.isfinite(total):
                         raise FloatingPointError(f"{self.label}: loss became {float(total)} at epoch {epoch + 1}, step {step}")
                     optimizer.zero_grad(set_to_none=True)
-                    total.backward()
+                    # under DDP each rank's loss is weighted by its share of the global batch
+                    (total if shard is None else total * shard.loss_scale(step)).backward()
                     if cfg.grad_clip:
                         nn.utils.clip_grad_norm_(task.trainable_parameters(), cfg.grad_clip)
                     optimizer.step()
                     lr = optimizer.param_groups[0]["lr"]
                     if cfg.scheduler.interval == "step":
                         scheduler.step()
+                    if shard is not None and shard.empty(step):
+                        continue  # no sample of the last global batch for this rank: it stepped with weight 0
                     n = len(batch["label"])
                     for key, value in losses.items():
                         sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
@@ -232,6 +247,7 @@ class Trainer:
                     correct += int((logits.detach().argmax(1) == batch["label"]).sum())  # y_i under mixup
                     seen += n
                     bar.update(job, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / seen:.4f}")
+                sums, correct, seen = distributed.reduce_epoch(sums, correct, seen)  # over all ranks
                 record = {"epoch": epoch + 1, "lr": lr,
                           **{f"train_{k}": v / seen for k, v in sums.items()},
                           "train_accuracy": correct / seen, "epoch_seconds": time.perf_counter() - epoch_start}
@@ -240,8 +256,9 @@ class Trainer:
                 if cfg.scheduler.interval == "epoch":
                     scheduler.step()
                 if val is not None:
-                    logits_v, labels_v = predict(task.model, val, device=self.device, batch_size=cfg.eval_batch_size)
-                    record["val_accuracy"] = accuracy(logits_v, labels_v)
+                    # sharded over the ranks under torchrun, exact counts summed
+                    record["val_accuracy"] = distributed.accuracy_on(task.model, val, device=self.device,
+                                                                     batch_size=cfg.eval_batch_size)
                 score = record.get("val_accuracy", -record["train_loss"])
                 improved = best_state is None or score > result.best_score
                 if improved:
@@ -254,12 +271,12 @@ class Trainer:
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     self.sinks.write(record)
-                if self.save and self.run_dir:
+                if self.save and self._writes:
                     meta = {"epoch": epoch + 1, "metrics": record}
                     self.save(self.run_dir / "last.pt", task.model, meta)
                     if improved:
                         self.save(self.run_dir / "best.pt", task.model, meta)
-                if self.run_dir:
+                if self._writes:
                     self._save_state(task, loader, optimizer, scheduler, mix_generator, result, epoch + 1, best_state)
         return best_state
 
@@ -351,7 +368,8 @@ class Trainer:
         result.best_score, result.best_epoch, result.best_val_accuracy = best["score"], best["epoch"], best["val_accuracy"]
         result.history = list(state["history"])
         metrics_path = self.run_dir / "metrics.jsonl"
-        write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
+        if self._writes:
+            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
         best_state = {k: v.to(self.device) for k, v in best["state"].items()}
         return int(state["epoch"]), best_state
 

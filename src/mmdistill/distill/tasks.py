@@ -20,6 +20,7 @@ from torch import nn
 from ..losses import DistillationLoss
 from ..losses.labels import label_loss
 from ..errors import ConfigError
+from . import distributed
 from .adapters import Adapter
 from .ensemble import TeacherEnsemble
 from .hooks import OUTPUT, FeatureCapture
@@ -138,17 +139,19 @@ class DistillationTask(nn.Module):
         Valid only while the teachers see the dataset's own samples, unaltered: the engine builds
         the cache only when they do (no mixup; ``train.augment`` only with ``augment_teacher:
         clean``), for this run, in memory, and drops it at the end, so it can never be stale
-        (teachers are frozen and in eval mode).
+        (teachers are frozen and in eval mode). Under torchrun each rank runs the teachers over its
+        shard of the samples and the shards are all-gathered (see :mod:`.distributed`).
         """
         from ..data.batch import to_device
 
         self._cache = None
         outputs: list[dict[str, list]] = [dict() for _ in self.teachers]
-        for batch in dataset.loader(batch_size):
+        for batch in dataset.loader(batch_size, sampler=distributed.shard_indices(len(dataset))):
             for store, out in zip(outputs, self.teacher_outputs(to_device(batch, device))):
                 for path, value in out.items():
                     store.setdefault(path, []).append(value)
-        self._cache = [{path: torch.cat(values) for path, values in store.items()} for store in outputs]
+        self._cache = [{path: distributed.gather_shards(torch.cat(values), len(dataset)) for path, values in store.items()}
+                       for store in outputs]
 
     def clear_cache(self) -> None:
         self._cache = None
@@ -229,6 +232,9 @@ class DistillationTask(nn.Module):
 
     def epoch_stats(self) -> dict[str, float]:
         """Mean per-sample weight of each teacher since the last call (empty without an ensemble)."""
+        if distributed.active():  # every rank's samples
+            self._weight_sums = distributed.all_reduce_sum(self._weight_sums)
+            self._weight_count = int(distributed.all_reduce_sum(torch.tensor([self._weight_count]))[0])
         if not self._weight_count:
             return {}
         means = self._weight_sums / self._weight_count
