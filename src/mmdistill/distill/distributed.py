@@ -339,10 +339,10 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 def reduce_epoch(sums: dict[str, float], correct: int, seen: int) -> tuple[dict[str, float], int, int]:
-    """An epoch's per-rank metric sums, summed over all ranks (keys in the same order everywhere)."""
+    """An epoch's per-rank metric sums, summed over all ranks."""
     if not active():
         return sums, correct, seen
-    keys = sorted(sums)
+    keys = list(sums)  # the same insertion order on every rank
     total = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [correct, seen], dtype=torch.float64))
     values = total.tolist()
     return dict(zip(keys, values[: len(keys)])), int(round(values[-2])), int(round(values[-1]))
