@@ -43,12 +43,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args, nproc: int = 2):
-    """``torchrun --nproc_per_node=nproc -m mmdistill ARGS`` (a fresh rendezvous port each time)."""
+def torchrun(*args, nproc: int = 2, script: Path | None = None):
+    """``torchrun --nproc_per_node=nproc -m mmdistill ARGS`` (or ``script ARGS``; a fresh rendezvous
+    port each time)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MMDISTILL_DIST_TIMEOUT": "60"}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "mmdistill", *map(str, args)]
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+               *([str(script)] if script else ["-m", "mmdistill"]), *map(str, args)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
 
 
@@ -166,3 +168,39 @@ def test_a_user_error_stops_every_rank_with_one_message(tmp_path):
     assert result.stderr.count("error:") == 1, result.stderr[-3000:]
     assert f"error: {out}: directory is not empty; pass --overwrite to replace it" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+FAIL_ON_RANK_1 = """
+import os, sys
+from mmdistill.distill import tasks
+from mmdistill.errors import DataError
+
+step = tasks.SupervisedTask.training_step
+calls = [0]
+
+
+def failing_step(self, *args, **kwargs):
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and calls[0] == 15:  # in the second epoch, mid-step
+        raise DataError("sample 7: broken on rank 1")
+    return step(self, *args, **kwargs)
+
+
+tasks.SupervisedTask.training_step = failing_step
+from mmdistill.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_an_error_on_one_rank_mid_training_stops_every_rank(tmp_path):
+    """Rank 1 fails during training: it prints its error, rank 0 stops (no hang) saying a peer
+    stopped, and the run directory says failed."""
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(FAIL_ON_RANK_1)
+    out = tmp_path / "run"
+    result = torchrun("train", write(tmp_path, "t.yaml", config()), "--out", out, script=script)
+    assert result.returncode != 0
+    assert "error: rank 1: sample 7: broken on rank 1" in result.stderr, result.stderr[-3000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] in ("failed", "interrupted")  # rank 0: a peer's closed connection, or torchrun's SIGTERM
+    assert not (out / "run.lock").exists() and not (out / "summary.json").exists()

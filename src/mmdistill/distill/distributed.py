@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -118,9 +119,9 @@ def session(device: torch.device):
         yield device
     except (dist.DistError, RuntimeError) as err:
         if isinstance(err, dist.DistError) or _peer_failure(err):
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DistributedError(f"another process of the torchrun job stopped or timed out "
-                                   f"(see its error above; {first[:200]})") from None
+            first = re.sub(r"^\[[^\]]*\]\s*", "", (str(err).strip().splitlines() or [type(err).__name__])[0])
+            raise DistributedError(f"another process of the torchrun job stopped or timed out (its own error "
+                                   f"says why): {first[:120]}") from None
         raise
     finally:
         dist.destroy_process_group()
