@@ -104,10 +104,12 @@ def test_global_batch_must_divide(tmp_path):
 
 
 def test_distill_with_teacher_cache_equals_one_process_and_rank0_writes(tmp_path):
-    """Distillation (KD + FitNet with an adapter, teacher cache, step-wise cosine schedule, a last
-    global batch of one sample) under 2 gloo processes: the weights of the 1-process run, rank 0
+    """Distillation (KD + FitNet with an adapter, a BatchNorm teacher, teacher cache, step-wise
+    cosine schedule, a last global batch of one sample) under 2 gloo processes: the weights of the 1-process run, rank 0
     alone writes the run directory."""
-    assert run_cli("train", write(tmp_path, "t.yaml", config(epochs=1)), "--out", tmp_path / "teacher") == 0
+    teacher = config(epochs=1)  # BatchNorm in the teacher is fine: it stays in eval mode, outside DDP
+    teacher["model"]["encoders"] = {m: {"type": "conv", "channels": [4]} for m in ("image", "audio")}
+    assert run_cli("train", write(tmp_path, "t.yaml", teacher), "--out", tmp_path / "teacher") == 0
     cfg = config(batch_size=18, scheduler={"name": "cosine", "interval": "step"})
     cfg["model"]["encoders"] = {m: {"type": "mlp", "hidden": [8]} for m in ("image", "audio")}
     cfg["distill"] = {"teacher": {"checkpoint": str(tmp_path / "teacher" / "best.pt")}, "gamma": 0.5,

@@ -5,6 +5,7 @@ validation accuracy; one JSON line of metrics is appended to ``metrics.jsonl``; 
 (by validation accuracy) ``best.pt`` are written atomically, then ``state.pt``, the training state
 (see :meth:`Trainer._save_state`), from which ``Trainer(resume=True)`` continues an interrupted
 run bit-identically. At the end the model holds the best weights. Seeded and deterministic on CPU.
+Under torchrun the same loop runs data-parallel (see :mod:`mmdistill.distill.distributed`).
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from ..data.augment import augment_batch, mixup, modality_dropout, time_shift
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
-from ..evaluate.metrics import accuracy, predict
 from ..rundir import write_text
 from . import distributed
 from .sinks import MetricSinks
