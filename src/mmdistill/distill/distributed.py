@@ -23,6 +23,11 @@ What each rank does:
 - Rank 0 alone writes the run directory, checkpoints, logs and progress bars; the other ranks
   read ``state.pt`` to resume (the run directory must then be on a file system every node sees).
 
+From Python under torchrun, run :func:`mmdistill.api.train` / ``distill`` inside
+``with session(device):`` (the config-driven runs of :mod:`mmdistill.runs` do it themselves).
+The trained modules must use every parameter in every step (DDP runs with
+``find_unused_parameters=False``); the built-in models do, absent modalities included.
+
 A user error found before training (config, data, checkpoints, run directory) is raised on every
 rank (:func:`agreed`); a rank that fails later makes the others fail within
 ``MMDISTILL_DIST_TIMEOUT`` seconds (default 900) at the latest, and torchrun stops the job.
@@ -31,9 +36,10 @@ When the weights equal a 1-process run's (within float rounding): plain models a
 losses (CE, KD, feature losses), with or without the teacher cache. They differ when the
 computation depends on the batch rather than the sample: BatchNorm (per-rank batch statistics;
 running statistics are rank 0's, broadcast by DDP at each step), losses over pairs or sets of
-samples of a batch (RKD, PKT, SP, CC, CRD's memory banks hold rank 0's updates only), and the random
-augmentations (modality dropout, time shift, mixup, ``train.augment``: every rank draws from the
-same seeded stream, so rank r's samples get different draws than in a 1-process run).
+samples of a batch (RKD, PKT, SP, CC, CRD's memory banks hold rank 0's updates only), and random
+draws per sample (dropout layers, modality dropout, time shift, mixup, ``train.augment``: every
+rank draws from the same seeded streams, so rank r's samples get other draws than in a 1-process
+run). PyTorch's SyncBatchNorm needs CUDA, so there is no synchronised BatchNorm option on CPU.
 """
 from __future__ import annotations
 
