@@ -177,7 +177,8 @@ class Trainer:
         self._step = distributed.wrap(task, self.device)  # task.training_step, through DDP under torchrun
         result = FitResult()
         start = time.perf_counter()
-        self.sinks = MetricSinks(cfg.log, self.run_dir if self._writes else None)  # train.log: e.g. TensorBoard, beside metrics.jsonl
+        # train.log: e.g. TensorBoard, beside metrics.jsonl
+        self.sinks = MetricSinks(cfg.log, self.run_dir if self._writes else None)
         try:
             best_state = self._epochs(task, loader, val, optimizer, scheduler, result)
         finally:

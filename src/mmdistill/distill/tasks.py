@@ -150,8 +150,8 @@ class DistillationTask(nn.Module):
             for store, out in zip(outputs, self.teacher_outputs(to_device(batch, device))):
                 for path, value in out.items():
                     store.setdefault(path, []).append(value)
-        self._cache = [{path: distributed.gather_shards(torch.cat(values), len(dataset)) for path, values in store.items()}
-                       for store in outputs]
+        self._cache = [{path: distributed.gather_shards(torch.cat(values), len(dataset))
+                        for path, values in store.items()} for store in outputs]
 
     def clear_cache(self) -> None:
         self._cache = None
