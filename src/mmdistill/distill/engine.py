@@ -29,6 +29,7 @@ from ..data.augment import augment_batch, mixup, modality_dropout, time_shift
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
+from ..evaluate.metrics import accuracy, predict
 from ..rundir import write_text
 from . import distributed
 from .sinks import MetricSinks
@@ -256,10 +257,12 @@ class Trainer:
                     record.update(task.epoch_stats())
                 if cfg.scheduler.interval == "epoch":
                     scheduler.step()
-                if val is not None:
-                    # sharded over the ranks under torchrun, exact counts summed
+                if val is not None and distributed.active():  # sharded over the ranks, exact counts summed
                     record["val_accuracy"] = distributed.accuracy_on(task.model, val, device=self.device,
                                                                      batch_size=cfg.eval_batch_size)
+                elif val is not None:
+                    logits_v, labels_v = predict(task.model, val, device=self.device, batch_size=cfg.eval_batch_size)
+                    record["val_accuracy"] = accuracy(logits_v, labels_v)
                 score = record.get("val_accuracy", -record["train_loss"])
                 improved = best_state is None or score > result.best_score
                 if improved:
