@@ -21,7 +21,7 @@ from typing import Sequence
 
 from torch import nn
 
-from .api import distill, train
+from .api import distill, make_terms, train
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, RunConfig
 from .data import build_data
@@ -30,7 +30,7 @@ from .data.dataset import DataSplits, ModalitySpec
 from .distill.engine import Trainer, check_train_options, resolve_device
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
-from .models import build_model
+from .models.kinds import build as build_model
 from .rundir import RunDir, check_run_dir, read_record, write_json, write_text
 
 def _saver(cfg: RunConfig, data: DataSplits, role: str):
@@ -40,7 +40,7 @@ def _saver(cfg: RunConfig, data: DataSplits, role: str):
 
     def save(path, model, extra):
         save_checkpoint(path, model, model_config=cfg.model.model_dump(), specs=data.specs,
-                        num_classes=data.num_classes, meta={**meta, **extra})
+                        num_classes=data.num_classes, meta={**meta, **extra}, imports=cfg.imports)
 
     return save
 
@@ -204,8 +204,9 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     check_train_options(cfg.train, data.specs)
     teachers = load_teachers(cfg, data, device, config_path)
     student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
+    terms = make_terms(cfg.distill.terms, cfg.distill.teacher_names())  # each loss built once, before the run starts
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
-        fit = distill(student, teachers, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma,
+        fit = distill(student, teachers, data, terms=terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
                       run_dir=run.path, save=_saver(cfg, data, "student"), resume=resume)
         first = next(iter(teachers.values()))
