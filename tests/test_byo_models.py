@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
 
 import pytest
@@ -332,3 +331,26 @@ def test_configs_recipes_are_the_packaged_ones(name):
     config = REPO / "configs" / f"{name}.yaml"
     assert config.read_bytes() == packaged.read_bytes()
     assert yaml.safe_load(config.read_text())["model"]
+
+
+def test_the_readme_encoder_example_works_as_written(tmp_path):
+    """The "Bring your own model" example module, listed in imports:, builds and runs; its typo
+    example is the error the README says."""
+    import re
+
+    from mmdistill.data import build_data
+    from mmdistill.models import build_any_model
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Bring your own model"):]
+    module = next(b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "ENCODERS.register" in b)
+    (tmp_path / "my_models.py").write_text(module)
+    cfg = parse_config({"imports": ["./my_models.py"], "data": DATA,
+                        "model": {"encoders": {"audio": {"type": "pool", "width": 64}}}}, base=tmp_path)
+    data = build_data(cfg.data)
+    model = build_any_model(cfg.model, data.specs, data.num_classes, seed=0)
+    batch = {"audio": data.train.modalities["audio"][:3]}
+    assert model(batch).shape == (3, data.num_classes) and model.encoders["audio"].out_dim == 64
+    with pytest.raises(ConfigError, match=r"model\.encoders\.audio\.widht: unknown key"):
+        parse_config({"imports": ["./my_models.py"], "data": DATA,
+                      "model": {"encoders": {"audio": {"type": "pool", "widht": 64}}}}, base=tmp_path)

@@ -14,7 +14,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat, SerializeAsAny,
                       StrictBool, StrictInt)
 
-from .data.registry import DATASETS, check_options
+from .data.registry import check_options
 from .distill.ensemble import STRATEGIES, EnsembleConfig
 from .errors import ConfigError
 from .losses.base import LOSSES, check_loss_options

@@ -19,11 +19,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
+import pydantic
 from torch import nn
 
 from .api import distill, make_terms, train
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import DataConfig, RunConfig
+from .config import DataConfig, RunConfig, format_validation_error
 from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits, ModalitySpec
@@ -79,7 +80,11 @@ def checkpoint_data(checkpoint: str | Path, model: nn.Module, payload: dict,
     meta = payload.get("meta")
     if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict) or "name" not in meta["data"]:
         raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
-    data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
+    try:
+        data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
+    except pydantic.ValidationError as err:
+        raise CheckpointError(f"{checkpoint}: its recorded data config is invalid "
+                              f"({format_validation_error(err, 'data')})") from None
     data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
     check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
                           data, data_cfg.name)
