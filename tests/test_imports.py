@@ -12,13 +12,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def module_level_imports(path: Path, modules: set[str]) -> set[str]:
-    """The package modules ``path`` imports at module level (not inside functions or classes),
-    relative imports resolved; ``from pkg import name`` counts ``pkg.name`` when that is a module."""
+def module_level_imports(path: Path, modules: set[str], *, anywhere: bool = False) -> set[str]:
+    """The package modules ``path`` imports at module level (not inside functions or classes;
+    ``anywhere``: there too), relative imports resolved; ``from pkg import name`` counts
+    ``pkg.name`` when that is a module."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.parse(path.read_text(), str(path)).body:
+    tree = ast.parse(path.read_text(), str(path))
+    for node in (ast.walk(tree) if anywhere else tree.body):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -40,9 +42,9 @@ def module_level_imports(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(anywhere: bool = False) -> dict[str, set[str]]:
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: module_level_imports(path, set(files)) for name, path in files.items()}
+    return {name: module_level_imports(path, set(files), anywhere=anywhere) for name, path in files.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -85,3 +87,12 @@ def test_find_cycle_finds_one():
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_data_and_models_never_import_the_config():
+    """The config validates against the data and model registries; they never reach back into it,
+    not even from inside a function (the config <-> data cycle this package once had)."""
+    graph = import_graph(anywhere=True)
+    back = sorted(m for m, deps in graph.items() if m.startswith(("mmdistill.data", "mmdistill.models"))
+                  and "mmdistill.config" in deps)
+    assert not back, f"{', '.join(back)} import mmdistill.config"
