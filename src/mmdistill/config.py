@@ -53,6 +53,10 @@ class DataConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+# --- training -----------------------------------------------------------------------------
+# optimisers and learning-rate schedules (``train.optimizer``, ``train.scheduler``): mmdistill.optim
+
+
 # --- input augmentation (``train.augment``), per modality ----------------------------------------
 class TranslateAugment(Strict):
     """Images: move by (dx, dy), each uniform in [-pixels, pixels], zero fill (= pad + random crop)."""
@@ -89,7 +93,6 @@ AugmentConfig = Annotated[Union[TranslateAugment, BandMaskAugment, TimeShiftAugm
 AUGMENT_KINDS = {"translate": ("image",), "time_mask": ("audio",), "freq_mask": ("audio",), "time_shift": ("audio",)}
 
 
-# --- training -----------------------------------------------------------------------------
 class TrainConfig(Strict):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 128
