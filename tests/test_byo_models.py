@@ -191,6 +191,12 @@ def test_user_encoder_and_fusion_from_imports_distil_end_to_end(tmp_path, capsys
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert again["accuracy"] == pytest.approx(summary["student"]["accuracy"])
 
+    (tmp_path / "my_models.py").rename(tmp_path / "moved.py")  # a checkpoint needs its recorded modules
+    capsys.readouterr()
+    assert run_cli("evaluate", tmp_path / "student" / "best.pt", "--out", tmp_path / "eval2", "--no-cost") == 2
+    err = one_line(capsys)
+    assert "student/best.pt: its recorded imports[0]" in err and "no such file" in err and "my_models.py" in err
+
 
 def test_a_typo_in_a_user_entry_options_names_the_key(tmp_path, capsys):
     tok = token()
