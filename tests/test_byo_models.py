@@ -282,9 +282,10 @@ def test_a_factory_teacher_distils_into_an_mmdistill_student(tmp_path, capsys, m
     assert summary["student"]["extra_params"] > 0  # the fitnet adapter, 8 -> 24
 
     # evaluate and export rebuild the factory model from the checkpoint alone
-    assert run_cli("evaluate", tmp_path / "teacher" / "best.pt", "--out", tmp_path / "eval", "--no-cost") == 0
+    assert run_cli("evaluate", tmp_path / "teacher" / "best.pt", "--out", tmp_path / "eval") == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(summary["teacher"]["accuracy"])
+    assert metrics["macs"] > 0 and metrics["onnx_bytes"] > 0  # cost: MACs and ONNX Runtime, as for any model
     assert run_cli("export", tmp_path / "teacher" / "best.pt", "--out", tmp_path / "export") == 0
     exported = json.loads((tmp_path / "export" / "model.json").read_text())
     assert exported["model_config"]["factory"] == f"{package}.nets:build"

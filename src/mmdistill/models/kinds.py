@@ -90,7 +90,8 @@ def kind_of(raw: Any) -> str:
     """The kind a ``model:`` section selects: the one kind key it holds, else ``multimodal``."""
     if isinstance(raw, BaseModel):
         for name in MODEL_KINDS:
-            if isinstance(raw, MODEL_KINDS.options(name)) and (name == "multimodal" or name in type(raw).model_fields):
+            options = MODEL_KINDS.options(name)
+            if options is not None and isinstance(raw, options) and (name == "multimodal" or name in type(raw).model_fields):
                 return name
         raise ValueError(f"{type(raw).__name__} is not the options of a registered model kind")
     if not isinstance(raw, dict):
@@ -109,6 +110,8 @@ def parse_model_config(raw: Any) -> BaseModel:
     """Validate a ``model:`` section against its kind's options (``ValueError("key: message")``)."""
     kind = kind_of(raw)
     options = MODEL_KINDS.options(kind)
+    if options is None:
+        raise TypeError(f"model kind {kind!r} was registered without an options model")
     if isinstance(raw, options):
         return raw
     try:
