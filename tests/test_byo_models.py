@@ -361,3 +361,62 @@ def test_the_readme_encoder_example_works_as_written(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.encoders\.audio\.widht: unknown key"):
         parse_config({"imports": ["./my_models.py"], "data": DATA,
                       "model": {"encoders": {"audio": {"type": "pool", "widht": 64}}}}, base=tmp_path)
+
+
+def test_user_head_strategy_and_schedule_are_used_by_name_with_their_options():
+    from mmdistill.data import build_data
+    from mmdistill.distill.ensemble import STRATEGIES, TeacherEnsemble
+    from mmdistill.models import HEADS, build_any_model
+    from mmdistill.optim import SCHEDULERS, build_scheduler
+
+    tok = token()
+
+    class ScaleOptions(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        scale: float = 1.0
+
+    @HEADS.register(f"scaled_{tok}", options=ScaleOptions)
+    def scaled(in_dim, num_classes, scale=1.0):
+        return torch.nn.Sequential(torch.nn.Linear(in_dim, num_classes), torch.nn.Hardtanh(-scale, scale))
+
+    @STRATEGIES.register(f"first_{tok}", options=ScaleOptions)
+    def first(logits, batch, options):
+        w = torch.zeros(logits.shape[1], logits.shape[0])
+        w[:, 0] = options["scale"]
+        return w
+
+    @SCHEDULERS.register(f"halve_{tok}", options=ScaleOptions)
+    def halve(options, epochs):
+        return lambda e: options.scale * 0.5 ** e
+
+    cfg = parse_config({
+        "data": DATA, "train": {"scheduler": {"name": f"halve_{tok}", "scale": 2.0}},
+        "model": {"encoders": {"image": {"type": "mlp", "hidden": [8]}}, "head": {"type": f"scaled_{tok}", "scale": 0.5}},
+        "distill": {"teachers": [{"checkpoint": "a.pt"}, {"checkpoint": "b.pt"}],
+                    "ensemble": {"strategy": f"first_{tok}", "scale": 1.0}}})
+    assert cfg.model_dump()["model"]["head"] == {"type": f"scaled_{tok}", "scale": 0.5}
+    data = build_data(cfg.data)
+    model = build_any_model(cfg.model, data.specs, data.num_classes, seed=0)
+    logits = model({"image": data.train.modalities["image"][:4] * 100})
+    assert logits.abs().max() <= 0.5 and logits.shape == (4, data.num_classes)
+
+    ens = cfg.distill.ensemble
+    fusion = TeacherEnsemble(["a", "b"], ens.strategy, options=ens.model_dump(exclude={"strategy"}))
+    assert fusion.weights(torch.zeros(2, 3, 5), {}).tolist() == [[1.0, 0.0]] * 3
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, cfg.train.scheduler, epochs=3)
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [2.0, 1.0, 0.5]
+
+    with pytest.raises(ConfigError, match=r"distill\.ensemble\.weights: unknown key"):
+        parse_config({"data": DATA, "model": {"encoders": {"image": {"type": "mlp"}}},
+                      "distill": {"teacher": {"checkpoint": "a.pt"},
+                                  "ensemble": {"strategy": f"first_{tok}", "weights": {"a": 1}}}})
+    with pytest.raises(ConfigError, match=r"model\.head\.scale: "):
+        parse_config({"data": DATA, "model": {"encoders": {"image": {"type": "mlp"}},
+                                              "head": {"type": f"scaled_{tok}", "scale": "big"}}})
