@@ -22,12 +22,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import pydantic
 from torch import nn
 
-from .config import EnsembleConfig, LossTermConfig, TrainConfig
+from .config import EnsembleConfig, LossTermConfig, TrainConfig, format_validation_error
 from .data.dataset import DataSplits
 from .distill.engine import FitResult, Trainer, resolve_device
-from .distill.ensemble import TeacherEnsemble
+from .distill.ensemble import STRATEGIES, TeacherEnsemble
 from .distill.tasks import DistillationTask, SupervisedTask, Term
 from .errors import ConfigError
 from .losses import build_loss
@@ -42,10 +43,13 @@ def make_terms(terms: Sequence[Term | LossTermConfig | dict | str],
         if isinstance(term, Term):
             out.append(term)
             continue
-        if isinstance(term, str):
-            term = LossTermConfig(name=term)
-        elif isinstance(term, dict):
-            term = LossTermConfig.model_validate(term)
+        try:
+            if isinstance(term, str):
+                term = LossTermConfig(name=term)
+            elif isinstance(term, dict):
+                term = LossTermConfig.model_validate(term)
+        except pydantic.ValidationError as err:
+            raise ConfigError(format_validation_error(err, f"distill.terms[{i}]")) from None
         source = None
         if term.source is not None:
             if term.source not in teacher_names:
@@ -89,9 +93,14 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
     models = list(teachers.values()) if isinstance(teachers, Mapping) else list(teachers)
     if isinstance(ensemble, str):
         ensemble = {"strategy": ensemble}
-    ens = ensemble if isinstance(ensemble, EnsembleConfig) else EnsembleConfig.model_validate(ensemble)
     try:
-        fusion = TeacherEnsemble(names, ens.strategy, weights=ens.weights, temperature=ens.temperature)
+        ens = STRATEGIES.parse(ensemble)
+    except ValueError as err:
+        raise ConfigError(f"distill.ensemble.{err}") from None
+    try:
+        fusion = TeacherEnsemble(names, ens.strategy, weights=getattr(ens, "weights", None),
+                                 temperature=getattr(ens, "temperature", 1.0),
+                                 options=ens.model_dump(exclude={"strategy", "weights"}))
     except ValueError as err:
         raise ConfigError(f"distill.ensemble: {err}") from None
     task = DistillationTask(student, models, make_terms(terms, names), gamma=gamma, teacher_names=names,

@@ -1,8 +1,11 @@
 """Checkpoints: a weights-only ``torch.save`` of a dict of tensors and plain values.
 
 Everything needed to rebuild the model (its config, the modality specs, the number of classes,
-the data config it was trained on) is stored as JSON-compatible values beside the state dict, so
-:func:`load_checkpoint` never unpickles arbitrary objects (``weights_only=True``).
+the data config it was trained on, the user modules the config imported) is stored as
+JSON-compatible values beside the state dict, so :func:`load_checkpoint` never unpickles
+arbitrary objects (``weights_only=True``): it imports the recorded modules, rebuilds the model
+through its kind (:mod:`mmdistill.models.kinds`, e.g. a ``factory`` with its kwargs) and loads
+the weights into it.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -22,8 +25,9 @@ FORMAT = "mmdistill/1"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: dict, specs: dict[str, ModalitySpec],
-                    num_classes: int, meta: dict[str, Any] | None = None) -> Path:
-    """Write atomically: the file appears only once complete."""
+                    num_classes: int, meta: dict[str, Any] | None = None, imports: Sequence[str] = ()) -> Path:
+    """Write atomically: the file appears only once complete. ``imports``: the resolved
+    ``imports:`` of the config (:mod:`mmdistill.plugins`), imported again on loading."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -32,6 +36,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: dict, s
         "specs": {m: s.to_dict() for m, s in specs.items()},
         "num_classes": int(num_classes),
         "meta": meta or {},
+        "imports": list(imports),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     return atomic_torch_save(payload, path)
@@ -73,9 +78,9 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode on ``device``, payload without the state dict)."""
-    from .models import build_model
-
     from .errors import ConfigError
+    from .models.kinds import build
+    from .plugins import load_imports
 
     payload = read_checkpoint(path)
     missing = [k for k in ("model_config", "specs", "num_classes", "state_dict") if k not in payload]
@@ -85,8 +90,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         specs = {m: ModalitySpec.from_dict(s) for m, s in payload["specs"].items()}
     except (AttributeError, KeyError, TypeError, ValueError):
         raise CheckpointError(f"{path}: malformed 'specs' (expected {{modality: {{name, kind, shape}}}})") from None
+    imports = payload.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise CheckpointError(f"{path}: malformed 'imports' (expected a list of module names and files)")
     try:
-        model = build_model(payload["model_config"], specs, payload["num_classes"])
+        load_imports(imports, where="imports")
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its recorded {err}") from None
+    try:
+        model = build(payload["model_config"], specs, payload["num_classes"])
     except ConfigError as err:
         raise CheckpointError(f"{path}: its stored model config is invalid ({err})") from None
     try:

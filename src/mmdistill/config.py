@@ -11,79 +11,27 @@ from typing import Annotated, Any, Literal, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, StrictBool, StrictInt
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat, SerializeAsAny,
+                      StrictBool, StrictInt)
 
+from .data.registry import check_options
+from .distill.ensemble import STRATEGIES, EnsembleConfig
 from .errors import ConfigError
+from .losses.base import LOSSES, check_loss_options
+from .models.encoders import ConvEncoderConfig, MLPEncoderConfig  # noqa: F401  (the built-in encoders' options)
+from .models.fusion import PlainFusionConfig, ProjectedFusionConfig  # noqa: F401
+from .models.kinds import FactoryModelConfig, parse_model_config  # noqa: F401
+from .models.multimodal import HeadConfig, ModelConfig  # noqa: F401  (the multimodal model kind's config)
+from .optim import OPTIMIZERS, SCHEDULERS, OptimizerConfig, SchedulerConfig
+from .options import PositiveInt, Strict
+from .options import format_validation_error as _format_validation_error
+from .plugins import load_imports
 
-# Strict: YAML ``true`` is a bool, never the integer 1 (``epochs: true`` is an error naming the key).
-PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# --- models -------------------------------------------------------------------------------
-class ConvEncoderConfig(Strict):
-    type: Literal["conv"]
-    channels: list[PositiveInt] = [32, 64]
-    dim: PositiveInt | None = None
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    pool: PositiveInt = 1
-    stride: Literal[1, 2] = 1  # stride of the first convolution
-    separable: bool = False  # depthwise-separable blocks after the first
-
-
-class MLPEncoderConfig(Strict):
-    type: Literal["mlp"]
-    hidden: list[PositiveInt] = [128]
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    input_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-
-
-EncoderConfig = Annotated[Union[ConvEncoderConfig, MLPEncoderConfig], Field(discriminator="type")]
-
-
-class PlainFusionConfig(Strict):
-    type: Literal["concat", "late"] = "concat"
-
-
-class ProjectedFusionConfig(Strict):
-    type: Literal["attention", "gated"]
-    dim: PositiveInt = 64
-
-
-FusionConfig = Annotated[Union[PlainFusionConfig, ProjectedFusionConfig], Field(discriminator="type")]
-
-
-class HeadConfig(Strict):
-    hidden: list[PositiveInt] = []
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-
-
-class ModelConfig(Strict):
-    """A multimodal model: one encoder per modality it sees, a fusion, a classification head."""
-
-    encoders: Annotated[dict[str, EncoderConfig], Field(min_length=1)]
-    fusion: FusionConfig = PlainFusionConfig()
-    head: HeadConfig = HeadConfig()
-    # the modalities the model sees (default: every encoder's); e.g. [audio] for an audio-only
-    # student built from an audio-visual recipe
-    modalities: list[str] | None = None
-
-    @pydantic.model_validator(mode="after")
-    def _known_modalities(self):
-        if self.modalities is not None:
-            if not self.modalities:
-                raise ValueError("modalities: give at least one modality")
-            for m in self.modalities:
-                if m not in self.encoders:
-                    raise ValueError(f"modalities: {m!r} has no encoder (encoders: {', '.join(self.encoders)})")
-        return self
-
-    def selected_encoders(self) -> dict[str, Any]:
-        names = self.modalities if self.modalities is not None else list(self.encoders)
-        return {m: self.encoders[m] for m in names}
+# Every section that names a registry entry (``model.encoders.<m>.type``, ``model.fusion.type``,
+# ``model.head.type``, ``train.optimizer.name``, ``train.scheduler.name``,
+# ``distill.ensemble.strategy``, ``data.name``, ``distill.terms[i].name``) is validated against that
+# entry's own options model (see :mod:`mmdistill.registry`), so the config is open: an entry a
+# user registers in a module listed under ``imports:`` is accepted by name.
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -94,28 +42,19 @@ class DataConfig(BaseModel):
     name: str
     root: str | None = None
 
+    @pydantic.model_validator(mode="after")
+    def _dataset_options(self):
+        """The dataset's own options against its options model (:data:`~mmdistill.data.DATASETS`)."""
+        check_options(self.name, self.options)
+        return self
+
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
 # --- training -----------------------------------------------------------------------------
-class OptimizerConfig(Strict):
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: PositiveFloat = 1e-3
-    weight_decay: NonNegativeFloat = 0.0
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    nesterov: StrictBool = False
-
-
-class SchedulerConfig(Strict):
-    name: Literal["none", "cosine", "step", "exponential"] = "none"
-    step_size: PositiveInt = 10
-    gamma: PositiveFloat = 0.1
-    warmup_epochs: Annotated[int, Field(strict=True, ge=0)] = 0
-    # epoch: the factor changes once per epoch; step: after every optimiser step, with the epoch
-    # counted fractionally (cosine then decays smoothly, as in Hinton et al.'s recipe)
-    interval: Literal["epoch", "step"] = "epoch"
+# optimisers and learning-rate schedules (``train.optimizer``, ``train.scheduler``): mmdistill.optim
 
 
 # --- input augmentation (``train.augment``), per modality ----------------------------------------
@@ -158,8 +97,8 @@ class TrainConfig(Strict):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 128
     eval_batch_size: PositiveInt = 1024
-    optimizer: OptimizerConfig = OptimizerConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
+    optimizer: OPTIMIZERS.field() = OptimizerConfig()
+    scheduler: SCHEDULERS.field() = SchedulerConfig()
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     grad_clip: PositiveFloat | None = None
     mixup: NonNegativeFloat = 0.0  # Beta(alpha, alpha) mixup across all modalities; 0 = off
@@ -204,6 +143,14 @@ class LossTermConfig(BaseModel):
     # teachers, their per-sample fusion (``distill.ensemble``)
     source: str | None = None
 
+    @pydantic.model_validator(mode="after")
+    def _loss_options(self):
+        """The loss's own options against its options model (validated here, built once, later)."""
+        if self.name not in LOSSES:
+            raise ValueError(f"name: unknown loss {self.name!r} (known: {', '.join(LOSSES)})")
+        check_loss_options(self.name, self.options)
+        return self
+
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -212,14 +159,6 @@ class LossTermConfig(BaseModel):
 class TeacherConfig(Strict):
     checkpoint: str
     name: str | None = None  # how terms (``source``) and logs refer to it; default teacher0, teacher1, ...
-
-
-class EnsembleConfig(Strict):
-    """How the logits of several teachers are fused per sample (see :mod:`mmdistill.distill.ensemble`)."""
-
-    strategy: Literal["average", "fixed", "confidence", "entropy"] = "average"
-    weights: dict[str, PositiveFloat] | None = None  # ``fixed``: teacher name -> weight (normalised)
-    temperature: PositiveFloat = 1.0  # ``entropy``: softmax(-H / temperature) over teachers
 
 
 class DistillConfig(Strict):
@@ -231,7 +170,7 @@ class DistillConfig(Strict):
 
     teacher: TeacherConfig | None = None
     teachers: list[TeacherConfig] = []
-    ensemble: EnsembleConfig = EnsembleConfig()
+    ensemble: STRATEGIES.field() = EnsembleConfig()  # see :mod:`mmdistill.distill.ensemble`
     gamma: NonNegativeFloat = 1.0
     terms: list[LossTermConfig] = [LossTermConfig(name="kd")]
 
@@ -246,15 +185,16 @@ class DistillConfig(Strict):
         for i, term in enumerate(self.terms):
             if term.source is not None and term.source not in names:
                 raise ValueError(f"terms[{i}].source: no teacher named {term.source!r} (teachers: {', '.join(names)})")
+        weights = getattr(self.ensemble, "weights", None)
         if self.ensemble.strategy == "fixed":
-            given = self.ensemble.weights or {}
+            given = weights or {}
             for n in names:
                 if n not in given:
                     raise ValueError(f"ensemble.weights: strategy fixed needs a weight for teacher {n!r}")
             for n in given:
                 if n not in names:
                     raise ValueError(f"ensemble.weights.{n}: no such teacher (teachers: {', '.join(names)})")
-        elif self.ensemble.weights is not None:
+        elif weights is not None and isinstance(self.ensemble, EnsembleConfig):
             raise ValueError(f"ensemble.weights: only used by strategy fixed (strategy is {self.ensemble.strategy})")
         return self
 
@@ -266,39 +206,33 @@ class DistillConfig(Strict):
 
 
 class RunConfig(Strict):
+    # the user's modules, imported before the rest is validated (see :mod:`mmdistill.plugins`)
+    imports: list[str] = []
     seed: StrictInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig
-    model: ModelConfig
+    # the multimodal model (encoders, fusion, head) or another model kind selected by its key
+    # (``factory``, see :mod:`mmdistill.models.kinds`)
+    model: Annotated[SerializeAsAny[BaseModel], BeforeValidator(parse_model_config)]
     train: TrainConfig = TrainConfig()
     distill: DistillConfig | None = None
 
+    @pydantic.model_serializer(mode="wrap")
+    def _without_empty_imports(self, handler):
+        """``imports`` only when given, so the dump (run.json, teacher cache keys) of a config
+        without it is what it always was."""
+        out = handler(self)
+        if isinstance(out, dict) and not out.get("imports"):
+            out.pop("imports", None)
+        return out
 
-_TAGS = {"conv", "mlp", "concat", "late", "attention", "gated"}
+
 _LIST_TAGS = set(AUGMENT_KINDS)  # tags of list entries (``train.augment.image[0]``), dropped after an index
 
 
 def format_validation_error(err: pydantic.ValidationError, prefix: str = "") -> str:
     """One line naming the first offending key, e.g. ``train.epochs: Input should be ...``."""
-    first = err.errors()[0]
-    loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in first["loc"]]
-    loc = [p for i, p in enumerate(loc) if not (p in _TAGS and i + 1 < len(loc))
-           and not (p in _LIST_TAGS and i and loc[i - 1].startswith("["))]
-    key = ".".join(loc).replace(".[", "[")
-    if prefix:
-        key = f"{prefix}.{key}" if key else prefix
-    msg = first["msg"]
-    if first["type"] == "value_error":  # a model validator's "subkey: message" names the key below
-        msg = msg.removeprefix("Value error, ")
-        sub, sep, rest = msg.partition(": ")
-        if sep and " " not in sub:
-            key, msg = (f"{key}.{sub}" if key else sub).replace(".[", "["), rest
-        return f"{key}: {msg}" if key else msg
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
-        msg = f"{msg} (got {first['input']!r})"
-    return f"{key}: {msg}" if key else msg
+    return _format_validation_error(err, prefix, tags=_LIST_TAGS)
 
 
 def set_key(raw: dict, dotted: str, value: Any) -> None:
@@ -352,25 +286,24 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def parse_config(raw: dict, source: str = "config") -> RunConfig:
-    """Validate a raw config dict, including each dataset's and loss term's own options."""
+def parse_config(raw: dict, source: str = "config", base: str | Path | None = None) -> RunConfig:
+    """Validate a raw config dict, including each registry entry's own options (datasets, loss
+    terms, encoders, ...). ``imports`` are loaded first, file paths relative to ``base`` (the
+    config file's folder) and recorded resolved."""
+    imports = raw.get("imports") if isinstance(raw, dict) else None
+    if imports is not None:
+        if not isinstance(imports, list):
+            raise ConfigError(f"{source}: imports: expected a list of module names or .py files (got {imports!r})")
+        try:
+            raw = {**raw, "imports": load_imports(imports, base)}
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
     try:
-        cfg = RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw)
     except pydantic.ValidationError as err:
         raise ConfigError(f"{source}: {format_validation_error(err)}") from None
-    from .data import validate_data_options
-    from .losses import build_loss
-
-    try:
-        validate_data_options(cfg.data)
-        if cfg.distill:
-            for i, term in enumerate(cfg.distill.terms):
-                build_loss(term.name, term.options, where=f"distill.terms[{i}]")
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     raw = apply_overrides(read_yaml(path), overrides or [])
-    return parse_config(raw, source=str(path))
+    return parse_config(raw, source=str(path), base=Path(path).parent)

@@ -19,11 +19,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
+import pydantic
 from torch import nn
 
-from .api import distill, train
+from .api import distill, make_terms, train
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import DataConfig, RunConfig
+from .config import DataConfig, RunConfig, format_validation_error
 from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits, ModalitySpec
@@ -31,7 +32,7 @@ from .distill import distributed
 from .distill.engine import Trainer, check_train_options, resolve_device
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
-from .models import build_model
+from .models.kinds import build as build_model
 from .rundir import RunDir, check_run_dir, read_record, write_json, write_text
 
 def _saver(cfg: RunConfig, data: DataSplits, role: str):
@@ -41,7 +42,7 @@ def _saver(cfg: RunConfig, data: DataSplits, role: str):
 
     def save(path, model, extra):
         save_checkpoint(path, model, model_config=cfg.model.model_dump(), specs=data.specs,
-                        num_classes=data.num_classes, meta={**meta, **extra})
+                        num_classes=data.num_classes, meta={**meta, **extra}, imports=cfg.imports)
 
     return save
 
@@ -80,7 +81,11 @@ def checkpoint_data(checkpoint: str | Path, model: nn.Module, payload: dict,
     meta = payload.get("meta")
     if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict) or "name" not in meta["data"]:
         raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
-    data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
+    try:
+        data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
+    except pydantic.ValidationError as err:
+        raise CheckpointError(f"{checkpoint}: its recorded data config is invalid "
+                              f"({format_validation_error(err, 'data')})") from None
     data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
     check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
                           data, data_cfg.name)
@@ -215,9 +220,10 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
         check_train_options(cfg.train, data.specs)
         teachers = load_teachers(cfg, data, device, config_path)
         student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
+        terms = make_terms(cfg.distill.terms, cfg.distill.teacher_names())  # each loss built once, before the run starts
     with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
                              out) as run:
-        fit = distill(student, teachers, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma,
+        fit = distill(student, teachers, data, terms=terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
                       run_dir=run.path, save=_saver(cfg, data, "student"), resume=resume)
         if not distributed.is_main():

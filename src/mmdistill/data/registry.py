@@ -12,6 +12,7 @@ from typing import Callable
 import pydantic
 
 from ..errors import ConfigError
+from ..options import format_validation_error
 from ..registry import Registry
 
 
@@ -21,22 +22,31 @@ class DatasetEntry:
     builder: Callable
 
 
-DATASETS: Registry[DatasetEntry] = Registry("dataset")
+DATASETS: Registry[DatasetEntry] = Registry("dataset", key="name")
 
 
 def register_dataset(name: str, options: type[pydantic.BaseModel]):
     """Function decorator registering a dataset builder with its options model."""
 
     def decorator(fn):
-        DATASETS.register(name)(DatasetEntry(options, fn))
+        DATASETS.register(name, options=options)(DatasetEntry(options, fn))
         return fn
 
     return decorator
 
 
-def parse_options(name: str, options: dict) -> pydantic.BaseModel:
-    from ..config import format_validation_error
+def check_options(name: str, options: dict) -> pydantic.BaseModel:
+    """``options`` validated against dataset ``name``'s options model; raises ``ValueError("key:
+    message")`` (for pydantic validators; an unknown dataset names ``name``)."""
+    if name not in DATASETS:
+        raise ValueError(f"name: unknown dataset {name!r} (known: {', '.join(DATASETS) or 'none'})")
+    try:
+        return DATASETS.get(name).options.model_validate(options)
+    except pydantic.ValidationError as err:
+        raise ValueError(format_validation_error(err)) from None
 
+
+def parse_options(name: str, options: dict) -> pydantic.BaseModel:
     entry = DATASETS.get(name)
     try:
         return entry.options.model_validate(options)

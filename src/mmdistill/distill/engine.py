@@ -24,12 +24,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ..checkpoint import atomic_torch_save
-from ..config import AUGMENT_KINDS, OptimizerConfig, SchedulerConfig, TrainConfig
+from ..config import AUGMENT_KINDS, TrainConfig
 from ..data.augment import augment_batch, mixup, modality_dropout, time_shift
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
+from ..optim import build_optimizer, build_scheduler  # noqa: F401  (registries of optimisers, schedules)
 from ..rundir import write_text
 from . import distributed
 from .sinks import MetricSinks
@@ -48,40 +49,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but no CUDA device is available")
     return torch.device(name)
-
-
-def build_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
-    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def build_scheduler(optimizer, cfg: SchedulerConfig, epochs: int,
-                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning-rate factor: linear warm-up, then constant, cosine, step or exponential.
-
-    With ``cfg.interval == "epoch"`` the scheduler is stepped once per epoch; with ``"step"`` once
-    per optimiser step, and the factor is that of the fractional epoch e = step / steps_per_epoch
-    (e.g. cosine: 0.5 * (1 + cos(pi * e / epochs))). Warm-up counts in the same units.
-    """
-    per = steps_per_epoch if cfg.interval == "step" else 1
-
-    def factor(count: int) -> float:
-        warm = cfg.warmup_epochs * per
-        if count < warm:
-            return (count + 1) / (warm + 1)
-        e = (count - warm) / per
-        if cfg.name == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * e / max(1, epochs - cfg.warmup_epochs)))
-        if cfg.name == "step":
-            return cfg.gamma ** (e // cfg.step_size)
-        if cfg.name == "exponential":
-            return cfg.gamma ** e
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass

@@ -16,34 +16,48 @@ distributions is the same as weighting each teacher's KD loss per sample, as CA-
 * ``entropy``: w_bk = softmax_k(-H(softmax(z_bk)) / tau), trusting the less uncertain teacher on
   each sample (in the spirit of Kwon et al., "Adaptive Knowledge Distillation Based on Entropy",
   ICASSP 2020).
+
+A strategy is registered with its options model and selected by ``distill.ensemble.strategy``;
+``fn(logits, batch, options)`` receives the options as a dict (``weights`` as a list in teacher
+order).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveFloat
 
 from ..losses.labels import label_loss
+from ..options import Strict
 from ..registry import Registry
 
 #: strategy name -> fn(logits [K, B, C], batch, options) -> weights [B, K]
-STRATEGIES: Registry = Registry("teacher ensemble strategy")
+STRATEGIES: Registry = Registry("teacher ensemble strategy", key="strategy", default="average")
 
 
-@STRATEGIES.register("average")
+class EnsembleConfig(Strict):
+    """How the logits of several teachers are fused per sample (the built-in strategies' options)."""
+
+    strategy: Literal["average", "fixed", "confidence", "entropy"] = "average"
+    weights: dict[str, PositiveFloat] | None = None  # ``fixed``: teacher name -> weight (normalised)
+    temperature: PositiveFloat = 1.0  # ``entropy``: softmax(-H / temperature) over teachers
+
+
+@STRATEGIES.register("average", options=EnsembleConfig)
 def average(logits: torch.Tensor, batch: Mapping, options: Mapping) -> torch.Tensor:
     k, b = logits.shape[:2]
     return logits.new_full((b, k), 1.0 / k)
 
 
-@STRATEGIES.register("fixed")
+@STRATEGIES.register("fixed", options=EnsembleConfig)
 def fixed(logits: torch.Tensor, batch: Mapping, options: Mapping) -> torch.Tensor:
     c = torch.as_tensor(options["weights"], dtype=logits.dtype, device=logits.device)
     return (c / c.sum()).expand(logits.shape[1], -1)
 
 
-@STRATEGIES.register("confidence")
+@STRATEGIES.register("confidence", options=EnsembleConfig)
 def confidence(logits: torch.Tensor, batch: Mapping, options: Mapping) -> torch.Tensor:
     k = logits.shape[0]
     if k == 1:
@@ -52,7 +66,7 @@ def confidence(logits: torch.Tensor, batch: Mapping, options: Mapping) -> torch.
     return (1 - torch.softmax(ce, dim=1)) / (k - 1)
 
 
-@STRATEGIES.register("entropy")
+@STRATEGIES.register("entropy", options=EnsembleConfig)
 def entropy(logits: torch.Tensor, batch: Mapping, options: Mapping) -> torch.Tensor:
     log_p = F.log_softmax(logits, dim=2)
     h = -(log_p.exp() * log_p).sum(dim=2).T  # [B, K]
@@ -63,11 +77,11 @@ class TeacherEnsemble:
     """Per-sample weights over named teachers by one of :data:`STRATEGIES`."""
 
     def __init__(self, names: Sequence[str], strategy: str = "average", *, weights: Mapping[str, float] | None = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, options: Mapping[str, Any] | None = None):
         self.names = list(names)
         self.strategy = strategy
         self._fn: Callable = STRATEGIES.get(strategy)
-        self.options = {"temperature": temperature}
+        self.options = {**(options or {}), "temperature": temperature}
         if strategy == "fixed":
             if weights is None or any(n not in weights for n in self.names):
                 raise ValueError(f"strategy fixed needs a weight for every teacher ({', '.join(self.names)})")

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import format_validation_error
 from ..registry import Registry
 
 LOSSES: Registry[type["DistillationLoss"]] = Registry("loss")
@@ -111,16 +112,36 @@ class DistillationLoss(nn.Module):
         return doc.splitlines()[0] if doc else ""
 
 
-def register_loss(name: str):
-    """Class decorator registering a :class:`DistillationLoss` under ``name``."""
+def register_loss(name: str, *, options: type[pydantic.BaseModel] | None = None):
+    """Class decorator registering a :class:`DistillationLoss` under ``name``.
+
+    ``options``: the pydantic model of its options (``extra="forbid"``); by default one is made
+    from the constructor's keyword parameters, their annotations and defaults. The loss is built
+    as ``cls(**options)``."""
 
     def decorator(cls):
         if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
             raise TypeError(f"@register_loss({name!r}) expects a DistillationLoss subclass")
         cls.registered_name = name
-        return LOSSES.register(name)(cls)
+        return LOSSES.register(name, options=options or _constructor_options(cls))(cls)
 
     return decorator
+
+
+def _constructor_options(cls) -> type[pydantic.BaseModel]:
+    """A pydantic model of ``cls.__init__``'s named parameters (unannotated ones take any value)."""
+    try:  # resolve string annotations (``from __future__ import annotations``, e.g. Literal[...])
+        params = inspect.signature(cls.__init__, eval_str=True).parameters
+    except Exception:  # an annotation that does not evaluate: accept any value for it
+        params = {k: p.replace(annotation=inspect.Parameter.empty)
+                  for k, p in inspect.signature(cls.__init__).parameters.items()}
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    fields = {k: (Any if p.annotation is inspect.Parameter.empty else p.annotation,
+                  ... if p.default is inspect.Parameter.empty else p.default)
+              for k, p in params.items() if k != "self" and p.kind in named}
+    return pydantic.create_model(f"{cls.__name__}Options",
+                                 __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                                 **fields)
 
 
 def loss_options(name: str) -> dict[str, inspect.Parameter]:
@@ -134,29 +155,34 @@ def loss_options(name: str) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k != "self" and p.kind in named}
 
 
+def check_loss_options(name: str, options: Mapping[str, Any] | None = None) -> pydantic.BaseModel:
+    """``options`` validated against loss ``name``'s options model; nothing is built.
+
+    Raises ``ValueError("option: message")``: ``temperatur: unknown option for loss 'kd' (known:
+    temperature)``; an unknown loss raises :class:`ConfigError`."""
+    model = LOSSES.options(name) or _constructor_options(LOSSES.get(name))
+    try:
+        return model.model_validate(dict(options or {}))
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(sorted(model.model_fields)) or "none"
+            raise ValueError(f"{first['loc'][0]}: unknown option for loss {name!r} (known: {known})") from None
+        raise ValueError(format_validation_error(err)) from None
+
+
 def build_loss(name: str, options: Mapping[str, Any] | None = None, where: str = "loss") -> DistillationLoss:
-    """Build loss ``name`` with ``options``, validated against its constructor.
+    """Build loss ``name`` with ``options``, validated against its options model.
 
     An unknown option or a value of the wrong type raises :class:`ConfigError` naming
     ``where.option``.
     """
     cls = LOSSES.get(name)
-    known = loss_options(name)
-    checked = {}
-    for key, value in (options or {}).items():
-        if key not in known:
-            names = ", ".join(sorted(known)) or "none"
-            raise ConfigError(f"{where}.{key}: unknown option for loss {name!r} (known: {names})")
-        annotation = known[key].annotation
-        if annotation is inspect.Parameter.empty:
-            checked[key] = value
-            continue
-        try:
-            checked[key] = pydantic.TypeAdapter(annotation).validate_python(value, strict=False)
-        except pydantic.ValidationError as err:
-            msg = err.errors()[0]["msg"]
-            raise ConfigError(f"{where}.{key}: {msg} (got {value!r})") from None
     try:
-        return cls(**checked)
+        checked = check_loss_options(name, options)
+    except ValueError as err:
+        raise ConfigError(f"{where}.{err}") from None
+    try:
+        return cls(**{k: getattr(checked, k) for k in type(checked).model_fields})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from None

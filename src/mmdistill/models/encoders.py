@@ -1,18 +1,50 @@
-"""Per-modality encoders: each maps ``[B, *shape]`` to an embedding ``[B, out_dim]``."""
+"""Per-modality encoders: each maps ``[B, *shape]`` to an embedding ``[B, out_dim]``.
+
+An encoder is registered with its options model and built as ``cls(shape, **options)``; it sets
+``out_dim`` (and, optionally, ``map_module``: the submodule whose output is its last activation
+map, a feature point). A user's encoder works from YAML once its module is listed in ``imports:``::
+
+    class WideOptions(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        width: int = 64
+
+    @ENCODERS.register("wide", options=WideOptions)
+    class WideEncoder(nn.Module):
+        def __init__(self, shape, width=64): ...
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
 import math
 import torch
+from pydantic import Field
 from torch import nn
 
+from ..options import PositiveInt, Strict
 from ..registry import Registry
 
 ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
 
 
-@ENCODERS.register("conv")
+class ConvEncoderConfig(Strict):
+    type: Literal["conv"]
+    channels: list[PositiveInt] = [32, 64]
+    dim: PositiveInt | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    pool: PositiveInt = 1
+    stride: Literal[1, 2] = 1  # stride of the first convolution
+    separable: bool = False  # depthwise-separable blocks after the first
+
+
+class MLPEncoderConfig(Strict):
+    type: Literal["mlp"]
+    hidden: list[PositiveInt] = [128]
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    input_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+@ENCODERS.register("conv", options=ConvEncoderConfig)
 class ConvEncoder(nn.Module):
     """A 2-D CNN for images ([C,H,W] or [H,W]) and spectrograms ([1, mels, frames]).
 
@@ -53,7 +85,7 @@ class ConvEncoder(nn.Module):
         return self.project(self.pool(self.features(x)))
 
 
-@ENCODERS.register("mlp")
+@ENCODERS.register("mlp", options=MLPEncoderConfig)
 class MLPEncoder(nn.Module):
     """An MLP over the flattened input: Linear - ReLU (- Dropout) for each width in ``hidden``."""
 

@@ -3,20 +3,34 @@
 Each takes ``embeddings: {modality: [B, D_m]}`` and ``present: {modality: BoolTensor[B]}`` and
 returns ``[B, out_dim]``. A sample whose modality is absent contributes nothing from it; a
 sample with every modality absent gets zeros rather than NaN.
+
+A fusion is registered with its options model and built as ``cls(dims, num_classes, **options)``
+(``dims``: modality -> embedding size); it sets ``out_dim``, and ``produces_logits = True`` when
+its output is already the class scores (no head follows).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Literal, Mapping
 
 import torch
 from torch import nn
 
+from ..options import PositiveInt, Strict
 from ..registry import Registry
 
-FUSIONS: Registry[type[nn.Module]] = Registry("fusion")
+FUSIONS: Registry[type[nn.Module]] = Registry("fusion", default="concat")
 
 
-@FUSIONS.register("concat")
+class PlainFusionConfig(Strict):
+    type: Literal["concat", "late"] = "concat"
+
+
+class ProjectedFusionConfig(Strict):
+    type: Literal["attention", "gated"]
+    dim: PositiveInt = 64
+
+
+@FUSIONS.register("concat", options=PlainFusionConfig)
 class ConcatFusion(nn.Module):
     """Early fusion: concatenate the embeddings (absent ones as zeros)."""
 
@@ -31,7 +45,7 @@ class ConcatFusion(nn.Module):
         return torch.cat([embeddings[m] * present[m].unsqueeze(1).to(embeddings[m].dtype) for m in self.names], dim=1)
 
 
-@FUSIONS.register("late")
+@FUSIONS.register("late", options=PlainFusionConfig)
 class LateFusion(nn.Module):
     """Late fusion: a linear classifier per modality; logits averaged over the present modalities."""
 
@@ -64,7 +78,7 @@ class _ProjectedFusion(nn.Module):
         return z, mask
 
 
-@FUSIONS.register("attention")
+@FUSIONS.register("attention", options=ProjectedFusionConfig)
 class AttentionFusion(_ProjectedFusion):
     """Attention fusion: sum_m a_m z_m with a = softmax_m(w^T tanh(z_m)) over present modalities."""
 
@@ -79,7 +93,7 @@ class AttentionFusion(_ProjectedFusion):
         return (weights.unsqueeze(2) * z).sum(1)
 
 
-@FUSIONS.register("gated")
+@FUSIONS.register("gated", options=ProjectedFusionConfig)
 class GatedFusion(_ProjectedFusion):
     """Gated fusion: sum_m g_m * z_m with gates g = sigmoid(W [z_1, ..., z_M]), absent z_m = 0."""
 

@@ -1,18 +1,61 @@
-"""The multimodal classifier: per-modality encoders -> fusion -> head."""
+"""The multimodal classifier: per-modality encoders -> fusion -> head, and its config.
+
+Each part is looked up in its registry (:data:`~.encoders.ENCODERS`, :data:`~.fusion.FUSIONS`,
+:data:`HEADS`) by ``type`` and validated against that entry's options model, so a part a user
+registers (in a module listed under ``imports:``) is used by name from YAML. A head is built as
+``builder(in_dim, num_classes, **options)``.
+"""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import pydantic
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..data.batch import presence
 from ..data.dataset import ModalitySpec
 from ..errors import ConfigError
+from ..options import PositiveInt, Strict, format_validation_error
+from ..registry import Registry, options_of
 from .encoders import ENCODERS
-from .fusion import FUSIONS
+from .fusion import FUSIONS, PlainFusionConfig
 from .points import FeaturePoint
+
+HEADS: Registry = Registry("head", default="mlp")
+
+
+class HeadConfig(Strict):
+    # the default head; not written into dumps, so configs and checkpoints read as they always have
+    type: Literal["mlp"] = Field("mlp", exclude=True)
+    hidden: list[PositiveInt] = []
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class ModelConfig(Strict):
+    """A multimodal model: one encoder per modality it sees, a fusion, a classification head."""
+
+    encoders: Annotated[dict[str, ENCODERS.field()], Field(min_length=1)]
+    fusion: FUSIONS.field() = PlainFusionConfig()
+    head: HEADS.field() = HeadConfig()
+    # the modalities the model sees (default: every encoder's); e.g. [audio] for an audio-only
+    # student built from an audio-visual recipe
+    modalities: list[str] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _known_modalities(self):
+        if self.modalities is not None:
+            if not self.modalities:
+                raise ValueError("modalities: give at least one modality")
+            for m in self.modalities:
+                if m not in self.encoders:
+                    raise ValueError(f"modalities: {m!r} has no encoder (encoders: {', '.join(self.encoders)})")
+        return self
+
+    def selected_encoders(self) -> dict[str, Any]:
+        names = self.modalities if self.modalities is not None else list(self.encoders)
+        return {m: self.encoders[m] for m in names}
 
 
 class MultimodalModel(nn.Module):
@@ -57,6 +100,7 @@ class MultimodalModel(nn.Module):
         return points + [FeaturePoint("fusion", "fused")]
 
 
+@HEADS.register("mlp", options=HeadConfig)
 def build_head(in_dim: int, num_classes: int, hidden=(), dropout: float = 0.0) -> nn.Module:
     layers: list[nn.Module] = []
     for width in hidden:
@@ -80,8 +124,6 @@ def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int, *, see
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_model(cfg, specs, num_classes)
-    from ..config import ModelConfig, format_validation_error
-
     if not isinstance(cfg, ModelConfig):
         try:
             cfg = ModelConfig.model_validate(cfg)
@@ -92,17 +134,15 @@ def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int, *, see
         if name not in specs:
             raise ConfigError(f"model.encoders.{name}: the data has no modality {name!r} "
                               f"(it has {', '.join(specs)})")
-        options = enc_cfg.model_dump(exclude={"type"})
-        encoders[name] = ENCODERS.get(enc_cfg.type)(specs[name].shape, **options)
+        encoders[name] = ENCODERS.get(enc_cfg.type)(specs[name].shape, **options_of(enc_cfg, "type"))
     dims = {m: e.out_dim for m, e in encoders.items()}
-    fusion_cfg = cfg.fusion.model_dump(exclude={"type"})
-    fusion = FUSIONS.get(cfg.fusion.type)(dims, num_classes, **fusion_cfg)
-    if fusion.produces_logits:
-        if cfg.head.hidden:
+    fusion = FUSIONS.get(cfg.fusion.type)(dims, num_classes, **options_of(cfg.fusion, "type"))
+    if getattr(fusion, "produces_logits", False):
+        if getattr(cfg.head, "hidden", None):
             raise ConfigError(f"model.head.hidden: fusion {cfg.fusion.type!r} outputs logits and takes no head layers")
         head = nn.Identity()
     else:
-        head = build_head(fusion.out_dim, num_classes, cfg.head.hidden, cfg.head.dropout)
+        head = HEADS.get(cfg.head.type)(fusion.out_dim, num_classes, **options_of(cfg.head, "type"))
     return MultimodalModel(encoders, fusion, head, {m: specs[m].shape for m in encoders})
 
 
