@@ -170,7 +170,7 @@ def _split(folder: Path, split: np.ndarray, n: int) -> np.ndarray:
         raise DataError(f"{file}: dtype {split.dtype}, expected ints 0/1/2 (train/val/test) or those strings")
     bad = np.flatnonzero((codes < 0) | (codes > 2))
     if len(bad):
-        raise DataError(f"{file}: sample {bad[0]}: unknown split value {split[bad[0]]!r} "
+        raise DataError(f"{file}: sample {bad[0]}: unknown split value {split[bad[0]].item()!r} "
                         "(expected 0/1/2 or train/val/test)")
     for code in (0, 2):
         if not (codes == code).any():
