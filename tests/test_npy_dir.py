@@ -160,21 +160,42 @@ def test_errors_name_the_file_and_sample(tmp_path):
 
 def test_trains_one_epoch_on_data_five_times_the_memory_limit(tmp_path):
     """A child process under RLIMIT_DATA = (its baseline after importing torch) + data / 5 trains
-    one epoch on an npy_dir of ~100 MB; the same child loading the data into memory fails, so the
-    limit bites. RLIMIT_DATA, not RLIMIT_AS: the address space counts the mapped file itself and
-    torch's reservations, while RLIMIT_DATA counts private writable memory only (Linux >= 4.7),
-    which is what reading the data into memory would take and reading it through mmap does not."""
-    script = REPO / "benchmarks" / "memory.py"
-    folder = tmp_path / "big"
-    subprocess.run([sys.executable, str(script), "make-npy", str(folder), "--mb", "100"], check=True)
+    one epoch on an npy_dir of ~100 MB, and distils with the cache in mmap; the same child then
+    fails to load the data into memory, so the limit bites. RLIMIT_DATA, not RLIMIT_AS: the address
+    space counts the mapped file itself and torch's reservations, while RLIMIT_DATA counts private
+    writable memory only (Linux >= 4.7), which reading the data into memory takes and reading it
+    through mmap does not."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from memory import make_npy
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    folder = make_npy(tmp_path / "big", 100)
     size = sum(f.stat().st_size for f in folder.glob("*.npy"))
-    runs = {}
-    for mode in ("mmap", "load"):
-        proc = subprocess.run([sys.executable, str(script), "child", "npy", "--data", str(folder),
-                               "--limit-fraction", "0.2", "--mode", mode], capture_output=True, text=True)
-        runs[mode] = proc
-    assert runs["mmap"].returncode == 0, runs["mmap"].stderr[-2000:]
-    out = json.loads(runs["mmap"].stdout.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "memory.py"), "child", "npy", "--data", str(folder),
+                           "--limit-fraction", "0.2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["limit_bytes"] - out["baseline_data_bytes"] <= size / 5 + 1
-    assert out["samples"] >= 0.99 * out["num_samples_train"] and out["steps"] > 0
-    assert runs["load"].returncode != 0 and "MemoryError" in runs["load"].stderr
+    for fit in ("train", "distill"):  # one epoch each, and they learned (10 well-separated classes)
+        assert out[fit]["epochs"] == 1 and out[fit]["val_accuracy"] > 0.9
+    assert out["load_error"] and out["load_error"].startswith("MemoryError")
+
+
+def test_cli_train_and_distill_on_npy_dir_with_a_memory_mapped_cache(tmp_path):
+    from conftest import run_cli
+    from conftest import write as write_config
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 3
+    write(tmp_path / "d", x=(rng.standard_normal((120, 8)) + 2 * labels[:, None]).astype(np.float32), label=labels)
+    base = {"data": {"name": "npy_dir", "path": str(tmp_path / "d")},
+            "model": {"encoders": {"x": {"type": "mlp", "hidden": [8]}}},
+            "train": {"epochs": 4, "batch_size": 32, "progress": False, "optimizer": {"lr": 0.03}}, "device": "cpu"}
+    assert run_cli("train", write_config(tmp_path, "t.yaml", base), "--out", tmp_path / "teacher") == 0
+    student = {**base, "train": {**base["train"], "cache_storage": "mmap", "cache_dtype": "float16"},
+               "distill": {"teacher": {"checkpoint": str(tmp_path / "teacher" / "best.pt")}}}
+    assert run_cli("distill", write_config(tmp_path, "s.yaml", student), "--out", tmp_path / "student") == 0
+    summary = json.loads((tmp_path / "student" / "summary.json").read_text())
+    assert summary["dataset"]["dataset"] == "npy_dir" and summary["student"]["accuracy"] > 0.5
+    assert not list((tmp_path / "student").glob("teacher-cache-*"))  # the cache files are gone
