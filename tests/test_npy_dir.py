@@ -143,7 +143,7 @@ def test_errors_name_the_file_and_sample(tmp_path):
     assert "label.npy: array 'label' sample 2: unknown label -1" in error(tmp_path, x=x, label=np.array([0, 1, -1, 0, 1, 0, 1, 0]))
     assert "split.npy: sample 3: unknown split value" in error(tmp_path, x=x, label=label, split=np.array([0, 0, 0, 7, 2, 2, 0, 0]))
     assert "split.npy: no sample is marked 'test'" in error(tmp_path, x=x, label=label, split=np.zeros(8, np.int64))
-    assert "present_y.npy: masks modality 'y'" in error(tmp_path, x=x, label=label, present_y=np.ones(8, bool))
+    assert "present_y.npy masks modality 'y'" in error(tmp_path, x=x, label=label, present_y=np.ones(8, bool))
     assert "present_x.npy: must hold booleans" in error(tmp_path, x=x, label=label, present_x=np.full(8, 2))
     nan_absent = bad.copy()
     present = np.ones(8, bool)

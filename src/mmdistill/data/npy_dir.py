@@ -28,9 +28,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .batch import RESERVED_KEYS
 from .dataset import ModalitySpec, MultimodalDataset, guess_kind
-from .npz import PRESENT_PREFIX, NpzOptions, _labels, resolve, stratified_test_mask
+from .npz import PRESENT_PREFIX, NpzOptions, _labels, modalities_in_use, resolve, stratified_test_mask
 from .registry import register_dataset
 
 SPLIT_CODES = ("train", "val", "test")
@@ -191,26 +190,7 @@ def build_npy_dir(root, options: NpyDirOptions, seed: int):
     if n == 0:
         raise DataError(f"{folder / 'label.npy'}: empty")
 
-    modal_names = [k for k in names if k not in ("label", "split") and not k.startswith(PRESENT_PREFIX)]
-    if not modal_names:
-        raise DataError(f"{folder}: no modality files (only {', '.join(k + '.npy' for k in names)}); "
-                        "add one <modality>.npy per modality")
-    for key in modal_names:
-        if key in RESERVED_KEYS:
-            raise DataError(f"{folder / (key + '.npy')}: {key!r} is a reserved name and cannot be a modality")
-    for key in [k for k in names if k.startswith(PRESENT_PREFIX)]:
-        if key[len(PRESENT_PREFIX):] not in modal_names:
-            raise DataError(f"{folder / (key + '.npy')}: masks modality {key[len(PRESENT_PREFIX):]!r}, which has "
-                            f"no file (modalities: {', '.join(modal_names)})")
-    wanted = modal_names
-    if options.modalities is not None:
-        missing = [m for m in options.modalities if m not in modal_names]
-        if missing:
-            raise DataError(f"{folder}: no modality file {missing[0]}.npy (modalities: {', '.join(modal_names)})")
-        wanted = list(options.modalities)
-    for m in options.kinds or {}:
-        if m not in wanted:
-            raise DataError(f"{folder}: kinds names {m!r}, which is not a modality in use ({', '.join(wanted)})")
+    wanted = modalities_in_use(folder, names, options, member=lambda key: f"{key}.npy")
 
     if "split" in names:
         codes = _split(folder, _load(folder, "split", mmap=False), n)
