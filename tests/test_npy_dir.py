@@ -1,6 +1,7 @@
 """Dataset ``npy_dir``: memory-mapped files read by batch index, its errors, and training on data
 larger than the memory the process may hold."""
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,11 @@ def test_a_batch_is_one_sorted_fancy_index_per_modality_also_under_a_distributed
     for b in batches:  # each sample's values are its own row's, whatever the order
         rows = train.modalities["img"].rows[b["index"].numpy()]
         assert torch.equal(b["img"], torch.from_numpy(counters["img"].array[rows].astype(np.float32)))
+
+    blob = pickle.dumps(train)  # as DataLoader workers started by spawn/forkserver get it: maps reopened by file
+    loaded = pickle.loads(blob)
+    assert all(isinstance(c.array, np.memmap) for c in loaded.modalities.values())
+    assert torch.equal(loaded[[3, 1]]["img"], train[[3, 1]]["img"])
 
     shards = []
     for rank in range(2):

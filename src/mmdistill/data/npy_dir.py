@@ -49,6 +49,13 @@ class MemmapColumn:
     def __init__(self, array: np.ndarray, rows: np.ndarray, present: np.ndarray, file: Path):
         self.array, self.rows, self.present, self.file = array, rows, present, file
 
+    def __getstate__(self):  # DataLoader workers: reopen the map by file, never pickle its contents
+        return {**self.__dict__, "array": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.array = np.load(self.file, mmap_mode="r", allow_pickle=False)
+
     @property
     def shape(self) -> tuple[int, ...]:
         inner = self.array.shape[1:] or (1,)
