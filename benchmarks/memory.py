@@ -4,9 +4,10 @@ than the memory a process may hold.
     python benchmarks/memory.py                 # everything, writes benchmarks/results/memory.{md,json}
     python benchmarks/memory.py --npy-mb 200    # a smaller beyond-RAM dataset
 
-Each measurement is a fresh child process (``child`` below) reporting ``ru_maxrss`` (peak resident
-set, file-backed pages of memory-mapped files included) and the peak of ``RssAnon`` (private memory
-only, sampled every 10 ms from /proc/self/status), both after its own imports and for the whole run.
+Each measurement is a fresh child process (``child`` below) reporting its peak resident set
+(``VmHWM``: ``ru_maxrss`` without the parent's peak that ``ru_maxrss`` inherits across fork + exec;
+file-backed pages of memory-mapped files included) and the peak of ``RssAnon`` (private memory
+only, sampled every 10 ms from /proc/self/status), after its own imports and for the whole run.
 
 * ``hinton``: configs/mnist_hinton_{teacher,student}.yaml (teacher 784-1200-1200-10, student
   784-800-800-10, KD at T = 20), 1 epoch of ``distill`` on the 10k MNIST subset;
@@ -74,7 +75,25 @@ class PeakAnon:
 
 
 def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    """Peak resident set of this process: VmHWM. Not ``getrusage(...).ru_maxrss``, which a child
+    inherits across fork + exec (it reported the parent's 1.2 GB for a child that never held it)."""
+    return _status("VmHWM")
+
+
+class CacheSize:
+    """Records the largest teacher cache (bytes) any fit of this process built."""
+
+    def __init__(self):
+        from mmdistill.distill import cache
+
+        self.bytes = 0
+        original = cache.TeacherCache.close
+
+        def close(cache_self):
+            self.bytes = max(self.bytes, cache_self.nbytes())
+            original(cache_self)
+
+        cache.TeacherCache.close = close
 
 
 def child_recipe(args) -> dict:
@@ -84,7 +103,7 @@ def child_recipe(args) -> dict:
     from mmdistill.config import apply_overrides, parse_config
     from mmdistill.runs import run_distill
 
-    sampler = PeakAnon()
+    sampler, size = PeakAnon(), CacheSize()
     after_imports = {"maxrss": _maxrss(), "rss_anon": _status("RssAnon")}
     raw = yaml.safe_load(Path(args.recipe).read_text())
     cache = ["train.cache_teacher=false"] if args.cache == "off" else [
@@ -96,7 +115,7 @@ def child_recipe(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         summary = run_distill(cfg, Path(out) / "run")
     return {"seconds": time.perf_counter() - start, "peak_maxrss": _maxrss(), "peak_rss_anon": sampler.stop(),
-            "after_imports": after_imports, "student_accuracy": summary["student"]["accuracy"],
+            "after_imports": after_imports, "cache_bytes": size.bytes, "student_accuracy": summary["student"]["accuracy"],
             "train_samples": summary["dataset"]["train_samples"]}
 
 
@@ -113,7 +132,7 @@ def child_npy(args) -> dict:
 
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its lazy imports (torch._dynamo, sympy) count as baseline
-    sampler = PeakAnon()
+    sampler, cache_size = PeakAnon(), CacheSize()
     folder = Path(args.data)
     size = sum(f.stat().st_size for f in folder.glob("*.npy"))
     baseline = _status("VmData")
@@ -135,7 +154,8 @@ def child_npy(args) -> dict:
     fit = api.distill(student, teacher, data, terms=["kd"], cfg=cached, device="cpu", seed=0)
     out["distill"] = {"seconds": time.perf_counter() - start, "epochs": len(fit.history),
                       "val_accuracy": fit.best_val_accuracy}
-    out.update(train_samples=len(data.train), peak_maxrss=_maxrss(), peak_rss_anon=sampler.stop())
+    out.update(train_samples=len(data.train), cache_bytes=cache_size.bytes, peak_maxrss=_maxrss(),
+               peak_rss_anon=sampler.stop())
     try:
         loaded = np.load(folder / "x.npy")  # the whole dataset in memory, as without mmap
         out["load_error"] = None
@@ -242,7 +262,7 @@ def main() -> None:
                 out, err = run_child("recipe", "--recipe", str(student_recipe), "--teacher", ckpt, "--cache", cache,
                                      "--dtype", dtype)
                 runs.append({"setup": name, "cache": cache, "cache_dtype": dtype, **(out or {"error": err})})
-                label = "off" if cache == "off" else f"{cache}, {dtype}"
+                label = "off" if cache == "off" else f"{cache}, {dtype}, {mib((out or {}).get('cache_bytes'))} MiB"
                 rows.append([name, label, mib((out or {}).get("after_imports", {}).get("maxrss")),
                              mib((out or {}).get("peak_maxrss")), mib((out or {}).get("peak_rss_anon")),
                              f"{out['seconds']:.0f}" if out else err])
@@ -254,7 +274,8 @@ def main() -> None:
             if out:
                 rows.append([f"npy_dir {out['data_bytes'] / MB:,.0f} MiB, RLIMIT_DATA = imports "
                              f"{mib(out['baseline_data_bytes'])} MiB + data / 5",
-                             "train 1 epoch, then distil 1 epoch with the cache in mmap float16",
+                             f"train 1 epoch, then distil 1 epoch with the cache in mmap float16 "
+                             f"({mib(out['cache_bytes'])} MiB)",
                              mib(out["after_imports"]["maxrss"]), mib(out["peak_maxrss"]), mib(out["peak_rss_anon"]),
                              f"{out['train']['seconds'] + out['distill']['seconds']:.0f}"])
                 rows.append(["npy_dir, same process and limit", "np.load(x.npy) into memory", "-", "-", "-",
@@ -262,11 +283,11 @@ def main() -> None:
             else:
                 rows.append([f"npy_dir {args.npy_mb:.0f} MB", "-", "-", "-", "-", f"failed: {err}"])
             shutil.rmtree(folder, ignore_errors=True)
-    table = markdown_table(["setup", "teacher cache", "RSS after imports (MiB)", "peak RSS (MiB)",
+    table = markdown_table(["setup", "teacher cache (its size)", "RSS after imports (MiB)", "peak RSS (MiB)",
                             "peak RssAnon (MiB)", "seconds"], rows)
     md = ("# Peak memory\n\n`python benchmarks/memory.py` (one fresh process per row, 1 epoch each; "
-          "peak RSS = ru_maxrss, which counts the pages of memory-mapped files; RssAnon = private memory "
-          f"only; {os.cpu_count()} CPUs, shared)\n\n" + table)
+          "peak RSS = VmHWM, which counts the pages of memory-mapped files; RssAnon = private memory "
+          f"only, sampled every 10 ms; {os.cpu_count()} CPUs, shared)\n\n" + table)
     save("memory", {"command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]), "runs": runs}, md)
 
 
