@@ -98,3 +98,29 @@ def test_float16_cache_refuses_outputs_it_cannot_hold():
         folder = cache.folder
         cache.close()
     assert not folder.exists()
+
+
+def test_cache_storage_round_trips_rows_in_any_order_and_dtype():
+    """Rows written in any order read back by index, float32 exactly, float16 and bfloat16 outputs
+    converted (the mmap files cannot hold bfloat16); files deleted on close."""
+    from mmdistill.distill.cache import TeacherCache
+
+    gen = torch.Generator().manual_seed(0)
+    logits, maps = torch.randn(10, 3, generator=gen), torch.randn(10, 2, 4, 4, generator=gen)
+    for storage in ("memory", "mmap"):
+        for dtype in ("float32", "float16"):
+            cache = TeacherCache(10, storage=storage, dtype=dtype)
+            for rows in (torch.tensor([7, 2, 9, 0, 5]), torch.tensor([1, 8, 3, 6, 4])):
+                cache.write(rows, [{"logits": logits[rows].bfloat16() if dtype == "float16" else logits[rows],
+                                    "encoders.image": maps[rows]}])
+            got = cache.read(torch.tensor([4, 0, 9]), "cpu")[0]
+            if dtype == "float32":
+                assert torch.equal(got["logits"], logits[[4, 0, 9]]) and torch.equal(got["encoders.image"], maps[[4, 0, 9]])
+            else:
+                assert got["logits"].dtype == torch.float32
+                assert torch.allclose(got["logits"], logits[[4, 0, 9]], atol=2e-2)
+                assert torch.allclose(got["encoders.image"], maps[[4, 0, 9]], atol=3e-3)
+            assert cache.nbytes() == (10 * 3 + 10 * 32) * (4 if dtype == "float32" else 2)
+            folder = cache.folder
+            cache.close()
+            assert folder is None or not folder.exists()

@@ -68,7 +68,8 @@ class TeacherCache:
                     target[rows.to(target.device)] = value.to(target.dtype)
                 else:
                     try:
-                        target[rows.numpy()] = value.detach().cpu().numpy()
+                        target[rows.numpy()] = value.detach().to("cpu", torch.float16 if self.dtype == "float16"
+                                                                  else torch.float32).numpy()  # bf16 has no numpy
                     except OSError as err:
                         raise RunDirError(disk_message(err, self.folder)) from None
 
