@@ -232,6 +232,7 @@ def main() -> None:
     m.add_argument("--mb", type=float, default=100)
     parser.add_argument("--npy-mb", type=float, default=1000)
     parser.add_argument("--teacher-epochs", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="rewrite memory.md from memory.json")
     parser.add_argument("--only", nargs="+", choices=["hinton", "av_digits", "npy"], default=["hinton", "av_digits", "npy"])
     args = parser.parse_args()
 
@@ -242,12 +243,16 @@ def main() -> None:
         make_npy(Path(args.folder), args.mb)
         return
 
+    from _common import RESULTS, save
+
+    if args.table:
+        runs = json.loads((RESULTS / "memory.json").read_text())["runs"]
+        save("memory", json.loads((RESULTS / "memory.json").read_text()), markdown(runs))
+        return
     from mmdistill.demo import recipe as packaged
 
-    from _common import markdown_table, save
-
     root = HERE.parent
-    runs, rows = [], []
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "av_digits_teacher.yaml").write_text(json.dumps(packaged("av_digits_teacher")))
@@ -262,33 +267,46 @@ def main() -> None:
                 out, err = run_child("recipe", "--recipe", str(student_recipe), "--teacher", ckpt, "--cache", cache,
                                      "--dtype", dtype)
                 runs.append({"setup": name, "cache": cache, "cache_dtype": dtype, **(out or {"error": err})})
-                label = "off" if cache == "off" else f"{cache}, {dtype}, {mib((out or {}).get('cache_bytes'))} MiB"
-                rows.append([name, label, mib((out or {}).get("after_imports", {}).get("maxrss")),
-                             mib((out or {}).get("peak_maxrss")), mib((out or {}).get("peak_rss_anon")),
-                             f"{out['seconds']:.0f}" if out else err])
         if "npy" in args.only:
             folder = make_npy(tmp / "npy", args.npy_mb)
             print(f"npy_dir {args.npy_mb:.0f} MB", flush=True)
             out, err = run_child("npy", "--data", str(folder), "--limit-fraction", "0.2")
             runs.append({"setup": "npy_dir", **(out or {"error": err})})
-            if out:
-                rows.append([f"npy_dir {out['data_bytes'] / MB:,.0f} MiB, RLIMIT_DATA = imports "
-                             f"{mib(out['baseline_data_bytes'])} MiB + data / 5",
-                             f"train 1 epoch, then distil 1 epoch with the cache in mmap float16 "
-                             f"({mib(out['cache_bytes'])} MiB)",
-                             mib(out["after_imports"]["maxrss"]), mib(out["peak_maxrss"]), mib(out["peak_rss_anon"]),
-                             f"{out['train']['seconds'] + out['distill']['seconds']:.0f}"])
-                rows.append(["npy_dir, same process and limit", "np.load(x.npy) into memory", "-", "-", "-",
-                             f"fails: {out['load_error']}" if out["load_error"] else "did not fail"])
-            else:
-                rows.append([f"npy_dir {args.npy_mb:.0f} MB", "-", "-", "-", "-", f"failed: {err}"])
             shutil.rmtree(folder, ignore_errors=True)
+    payload = {"command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]), "cpus": os.cpu_count(), "runs": runs}
+    save("memory", payload, markdown(runs))
+
+
+def markdown(runs: list[dict]) -> str:
+    """The results page: one row per measurement."""
+    from _common import markdown_table
+
+    def size(n):
+        return f"{n / MB:.2f} MiB" if n < 10 * MB else f"{n / MB:,.0f} MiB"
+
+    rows = []
+    for r in runs:
+        if "error" in r:
+            rows.append([r["setup"], r.get("cache", "-"), "-", "-", "-", f"failed: {r['error']}"])
+        elif r["setup"] == "npy_dir":
+            rows.append([f"npy_dir of {r['data_bytes'] / MB:,.0f} MiB under RLIMIT_DATA = imports "
+                         f"{mib(r['baseline_data_bytes'])} MiB + data / 5",
+                         f"train 1 epoch, then distil 1 epoch, cache mmap float16 ({size(r['cache_bytes'])})",
+                         mib(r["after_imports"]["maxrss"]), mib(r["peak_maxrss"]), mib(r["peak_rss_anon"]),
+                         f"{r['train']['seconds'] + r['distill']['seconds']:.0f}"])
+            rows.append(["the same process, same limit", "np.load(x.npy) into memory", "-", "-", "-",
+                         f"fails: {r['load_error']}" if r["load_error"] else "did not fail"])
+        else:
+            label = "off" if r["cache"] == "off" else f"{r['cache']}, {r['cache_dtype']} ({size(r['cache_bytes'])})"
+            rows.append([f"{r['setup']} ({r['train_samples']:,} training samples)", label,
+                         mib(r["after_imports"]["maxrss"]), mib(r["peak_maxrss"]), mib(r["peak_rss_anon"]),
+                         f"{r['seconds']:.0f}"])
     table = markdown_table(["setup", "teacher cache (its size)", "RSS after imports (MiB)", "peak RSS (MiB)",
                             "peak RssAnon (MiB)", "seconds"], rows)
-    md = ("# Peak memory\n\n`python benchmarks/memory.py` (one fresh process per row, 1 epoch each; "
-          "peak RSS = VmHWM, which counts the pages of memory-mapped files; RssAnon = private memory "
-          f"only, sampled every 10 ms; {os.cpu_count()} CPUs, shared)\n\n" + table)
-    save("memory", {"command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]), "runs": runs}, md)
+    return ("# Peak memory\n\n`python benchmarks/memory.py`: one fresh process per row, 1 epoch each. Peak "
+            "RSS is VmHWM, which counts the pages of memory-mapped files (the dataset, an mmap cache); "
+            "peak RssAnon is private memory only, sampled every 10 ms. Seconds are wall time on a shared "
+            "2-core machine, not a speed measurement.\n\n" + table)
 
 
 if __name__ == "__main__":
