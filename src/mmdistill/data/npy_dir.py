@@ -91,7 +91,9 @@ class NpyDirDataset(Dataset):
     """
 
     groups = None
+    # the same batch reads: ``column[idx]`` is one MemmapColumn.read per modality and batch
     __getitem__ = MultimodalDataset.__getitem__
+    __getitems__ = MultimodalDataset.__getitems__
     loader = MultimodalDataset.loader
 
     def __init__(self, columns: Mapping[str, MemmapColumn], labels: torch.Tensor, *, num_classes: int,
@@ -106,15 +108,6 @@ class NpyDirDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def __getitems__(self, indices) -> dict:
-        positions = np.asarray(indices, dtype=np.int64)
-        idx = torch.from_numpy(positions)
-        batch = {m: torch.from_numpy(c.read(positions)) for m, c in self.modalities.items()}
-        batch["label"] = self.labels[idx]
-        batch["index"] = idx
-        batch["present"] = {m: p[idx] for m, p in self.present.items()}
-        return batch
 
     def subset(self, indices, name: str | None = None) -> "NpyDirDataset":
         idx = np.asarray(indices, dtype=np.int64)
