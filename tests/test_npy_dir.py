@@ -164,6 +164,7 @@ def test_errors_name_the_file_and_sample(tmp_path):
         parse_options("npy_dir", {"path": "d", "bogus": 1})
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA counts private memory only on Linux >= 4.7; reads /proc")
 def test_trains_one_epoch_on_data_five_times_the_memory_limit(tmp_path):
     """A child process under RLIMIT_DATA = (its baseline after importing torch) + data / 5 trains
     one epoch on an npy_dir of ~100 MB, and distils with the cache in mmap; the same child then
