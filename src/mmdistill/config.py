@@ -107,6 +107,11 @@ class TrainConfig(Strict):
     # shifted inputs, teachers the aligned ones
     time_shift: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
     cache_teacher: StrictBool = True  # compute frozen teachers' outputs once per run (not with mixup)
+    # where that cache lives: ``memory`` (tensors), or ``mmap``: np.memmap files in a temporary folder
+    # (inside the run directory when there is one), deleted when the fit ends; ``cache_dtype``
+    # float16 halves its size (outputs are read back as float32)
+    cache_storage: Literal["memory", "mmap"] = "memory"
+    cache_dtype: Literal["float32", "float16"] = "float32"
     # modality -> input augmentations, applied in order to every training batch (teachers being
     # trained and distilled students see them); e.g. {image: [{type: translate, pixels: 2}]}
     augment: dict[str, list[AugmentConfig]] = {}

@@ -8,6 +8,7 @@ from .registry import DATASETS, parse_options, register_dataset
 from .root import data_root
 from . import builtin  # noqa: F401  (registers av_digits, mnist, fsdd)
 from . import npz, manifest, synthetic  # noqa: F401  (registers npz, manifest, synthetic)
+from . import npy_dir  # noqa: F401  (registers npy_dir)
 
 __all__ = ["DATASETS", "DataSplits", "ModalitySpec", "MultimodalDataset", "build_data", "collate",
            "data_root", "drop_modalities", "modality_names", "presence", "register_dataset",
@@ -40,6 +41,9 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0) -> DataSplits:
     options = parse_options(cfg.name, cfg.options)
     train, test, info = entry.builder(data_root(cfg.root), options, seed)
     check_classes(f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else ""), train, test)
-    train, val = split_validation(train, val_fraction, seed)
+    if getattr(train, "val_mask", None) is not None:  # npy_dir: split.npy names the validation samples
+        train, val = train.split_file_val()
+    else:
+        train, val = split_validation(train, val_fraction, seed)
     info = {**info, "train_samples": len(train), "val_samples": len(val) if val else 0, "test_samples": len(test)}
     return DataSplits(train=train, test=test, val=val, info=info)

@@ -112,6 +112,31 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe) ->
     return out, (list(classes) if classes is not None else None)
 
 
+def modalities_in_use(path: Path, names: list[str], options, member=lambda key: f"array {key!r}") -> list[str]:
+    """The modalities among the stored ``names`` (all but label, split and presence masks) that
+    ``options.modalities`` selects (default: all), checked; ``member(name)`` names one in errors."""
+    modal_names = [k for k in names if k not in ("label", "split") and not k.startswith(PRESENT_PREFIX)]
+    if not modal_names:
+        raise DataError(f"{path}: no modality arrays (only {', '.join(names)}); add one array per modality")
+    for key in modal_names:
+        if key in RESERVED_KEYS:
+            raise DataError(f"{path}: {member(key)} is a reserved name and cannot be a modality")
+    for key in [k for k in names if k.startswith(PRESENT_PREFIX)]:
+        if key[len(PRESENT_PREFIX):] not in modal_names:
+            raise DataError(f"{path}: {member(key)} masks modality {key[len(PRESENT_PREFIX):]!r}, "
+                            f"which is not in the file (modalities: {', '.join(modal_names)})")
+    wanted = modal_names
+    if options.modalities is not None:
+        missing = [m for m in options.modalities if m not in modal_names]
+        if missing:
+            raise DataError(f"{path}: no modality {member(missing[0])} (modalities: {', '.join(modal_names)})")
+        wanted = list(options.modalities)
+    for m in options.kinds or {}:
+        if m not in wanted:
+            raise DataError(f"{path}: kinds names {m!r}, which is not a modality in use ({', '.join(wanted)})")
+    return wanted
+
+
 def _read(path: Path, archive, name: str) -> np.ndarray:
     try:
         return archive[name]
@@ -163,25 +188,7 @@ def build_npz(root, options: NpzOptions, seed: int):
         if n == 0:
             raise DataError(f"{path}: array 'label' is empty")
 
-        modal_names = [k for k in names if k not in ("label", "split") and not k.startswith(PRESENT_PREFIX)]
-        if not modal_names:
-            raise DataError(f"{path}: no modality arrays (only {', '.join(names)}); add one array per modality")
-        for key in modal_names:
-            if key in RESERVED_KEYS:
-                raise DataError(f"{path}: array {key!r} is a reserved name and cannot be a modality")
-        for key in [k for k in names if k.startswith(PRESENT_PREFIX)]:
-            if key[len(PRESENT_PREFIX):] not in modal_names:
-                raise DataError(f"{path}: array {key!r} masks modality {key[len(PRESENT_PREFIX):]!r}, "
-                                f"which is not in the file (modalities: {', '.join(modal_names)})")
-        wanted = modal_names
-        if options.modalities is not None:
-            missing = [m for m in options.modalities if m not in modal_names]
-            if missing:
-                raise DataError(f"{path}: no modality array {missing[0]!r} (modalities: {', '.join(modal_names)})")
-            wanted = list(options.modalities)
-        for m in options.kinds or {}:
-            if m not in wanted:
-                raise DataError(f"{path}: kinds names {m!r}, which is not a modality in use ({', '.join(wanted)})")
+        wanted = modalities_in_use(path, names, options)
 
         if "split" in names:
             split = _read(path, archive, "split")

@@ -139,7 +139,8 @@ class Trainer:
         # only mixup, and ``augment`` with ``augment_teacher: same``, change their inputs
         teacher_sees_clean = cfg.mixup == 0 and (not cfg.augment or cfg.augment_teacher == "clean")
         if cfg.cache_teacher and teacher_sees_clean and hasattr(task, "cache_teacher_outputs"):
-            task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device)
+            task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device,
+                                       storage=cfg.cache_storage, dtype=cfg.cache_dtype, folder=self.run_dir)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
         self._step = distributed.wrap(task, self.device)  # task.training_step, through DDP under torchrun
@@ -287,6 +288,8 @@ class Trainer:
     @staticmethod
     def _inputs_fingerprint(task, train: MultimodalDataset) -> dict[str, str]:
         """SHA-256 of what a run reads but does not train: the frozen teachers and the training set."""
+        if hasattr(train, "fingerprint"):  # data that stays on disk (npy_dir) fingerprints itself
+            return {"teachers": _fingerprint(_split_teachers(task.state_dict())[1]), "data": train.fingerprint()}
         data = {f"x.{k}": v for k, v in train.modalities.items()}
         data.update({f"present.{k}": v for k, v in train.present.items()}, label=train.labels)
         return {"teachers": _fingerprint(_split_teachers(task.state_dict())[1]), "data": _fingerprint(data)}

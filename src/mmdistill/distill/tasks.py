@@ -108,7 +108,7 @@ class DistillationTask(nn.Module):
         self.losses = nn.ModuleList(t.loss for t in self.terms)
         self.adapters = nn.ModuleDict()
         self.gamma = gamma
-        self._cache: list[dict[str, torch.Tensor]] | None = None
+        self._cache = None  # a TeacherCache while a fit uses one
         self._weight_sums = torch.zeros(len(self.teachers), dtype=torch.float64)
         self._weight_count = 0
         uses_ensemble = any(t.teacher is None for t in self.terms)
@@ -128,32 +128,49 @@ class DistillationTask(nn.Module):
     def teacher_outputs(self, batch) -> list[dict[str, torch.Tensor]]:
         """``[{path: tensor}]`` per teacher, from the cache when one is built (see :meth:`cache_teacher_outputs`)."""
         if self._cache is not None:
-            index = batch["index"].to(next(iter(self._cache[0].values())).device)
-            return [{path: out[index] for path, out in cache.items()} for cache in self._cache]
+            return self._cache.read(batch["index"], batch["index"].device)
         return [capture.run(teacher, batch) for teacher, capture in zip(self.teachers, self._teacher_captures)]
 
     @torch.no_grad()
-    def cache_teacher_outputs(self, dataset, *, batch_size: int, device) -> None:
+    def cache_teacher_outputs(self, dataset, *, batch_size: int, device, storage: str = "memory",
+                              dtype: str = "float32", folder=None) -> None:
         """Run every frozen teacher once over ``dataset`` and serve its outputs by sample index.
 
         Valid only while the teachers see the dataset's own samples, unaltered: the engine builds
         the cache only when they do (no mixup; ``train.augment`` only with ``augment_teacher:
-        clean``), for this run, in memory, and drops it at the end, so it can never be stale
-        (teachers are frozen and in eval mode). Under torchrun each rank runs the teachers over its
-        shard of the samples and the shards are all-gathered (see :mod:`.distributed`).
+        clean``), for this run, and drops it at the end, so it can never be stale (teachers are
+        frozen and in eval mode). It holds the logits and every hooked feature the terms read,
+        in memory or in memory-mapped files under ``folder`` (see :mod:`mmdistill.distill.cache`).
+        Under torchrun each rank runs the teachers over its shard of the samples and the shards
+        are all-gathered (see :mod:`.distributed`) before they are written to the cache.
         """
         from ..data.batch import to_device
+        from .cache import TeacherCache
 
-        self._cache = None
-        outputs: list[dict[str, list]] = [dict() for _ in self.teachers]
-        for batch in dataset.loader(batch_size, sampler=distributed.shard_indices(len(dataset))):
-            for store, out in zip(outputs, self.teacher_outputs(to_device(batch, device))):
-                for path, value in out.items():
-                    store.setdefault(path, []).append(value)
-        self._cache = [{path: distributed.gather_shards(torch.cat(values), len(dataset))
-                        for path, values in store.items()} for store in outputs]
+        self.clear_cache()
+        cache = TeacherCache(len(dataset), storage=storage, dtype=dtype, folder=folder)
+        try:
+            shard = distributed.shard_indices(len(dataset))
+            if shard is None:
+                for batch in dataset.loader(batch_size):
+                    cache.write(batch["index"], self.teacher_outputs(to_device(batch, device)))
+            else:  # each rank computes its shard; every rank's cache gets all rows
+                outputs: list[dict[str, list]] = [dict() for _ in self.teachers]
+                for batch in dataset.loader(batch_size, sampler=shard):
+                    for store, out in zip(outputs, self.teacher_outputs(to_device(batch, device))):
+                        for path, value in out.items():
+                            store.setdefault(path, []).append(value)
+                gathered = [{path: distributed.gather_shards(torch.cat(values), len(dataset))
+                             for path, values in store.items()} for store in outputs]
+                cache.write(torch.arange(len(dataset)), gathered)
+        except BaseException:
+            cache.close()
+            raise
+        self._cache = cache
 
     def clear_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
         self._cache = None
 
     def _captures(self) -> list[FeatureCapture]:
