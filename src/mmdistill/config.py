@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, StrictBool, StrictInt
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, PositiveFloat, StrictBool,
+                      StrictInt, Tag)
 
 from .errors import ConfigError
 
@@ -41,7 +42,17 @@ class MLPEncoderConfig(Strict):
     input_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
-EncoderConfig = Annotated[Union[ConvEncoderConfig, MLPEncoderConfig], Field(discriminator="type")]
+class TextEncoderConfig(Strict):
+    """An embedding bag over a ``text`` modality's token ids (see :class:`~mmdistill.models.encoders.TextEncoder`)."""
+
+    type: Literal["text"]
+    buckets: PositiveInt = 8192
+    dim: PositiveInt = 64
+    hidden: list[PositiveInt] = []
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+EncoderConfig = Annotated[Union[ConvEncoderConfig, MLPEncoderConfig, TextEncoderConfig], Field(discriminator="type")]
 
 
 class PlainFusionConfig(Strict):
@@ -84,6 +95,22 @@ class ModelConfig(Strict):
     def selected_encoders(self) -> dict[str, Any]:
         names = self.modalities if self.modalities is not None else list(self.encoders)
         return {m: self.encoders[m] for m in names}
+
+
+# wiring: replaced by MODEL_KINDS on merge. ``model:`` is a multimodal model, or a transformers
+# (``hf:``) or timm (``timm:``) network, told apart by their key.
+from .models.hf import HFModelConfig  # noqa: E402
+from .models.timm import TimmModelConfig  # noqa: E402
+
+
+def _model_kind(value) -> str:
+    if isinstance(value, dict):
+        return "hf" if "hf" in value else "timm" if "timm" in value else "multimodal"
+    return {HFModelConfig: "hf", TimmModelConfig: "timm"}.get(type(value), "multimodal")
+
+
+AnyModelConfig = Annotated[Union[Annotated[ModelConfig, Tag("multimodal")], Annotated[HFModelConfig, Tag("hf")],
+                                 Annotated[TimmModelConfig, Tag("timm")]], Discriminator(_model_kind)]
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -269,12 +296,12 @@ class RunConfig(Strict):
     seed: StrictInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig
-    model: ModelConfig
+    model: AnyModelConfig  # wiring: replaced by MODEL_KINDS on merge
     train: TrainConfig = TrainConfig()
     distill: DistillConfig | None = None
 
 
-_TAGS = {"conv", "mlp", "concat", "late", "attention", "gated"}
+_TAGS = {"conv", "mlp", "text", "concat", "late", "attention", "gated", "multimodal", "hf", "timm"}
 _LIST_TAGS = set(AUGMENT_KINDS)  # tags of list entries (``train.augment.image[0]``), dropped after an index
 
 
@@ -282,8 +309,17 @@ def format_validation_error(err: pydantic.ValidationError, prefix: str = "") -> 
     """One line naming the first offending key, e.g. ``train.epochs: Input should be ...``."""
     first = err.errors()[0]
     loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in first["loc"]]
-    loc = [p for i, p in enumerate(loc) if not (p in _TAGS and i + 1 < len(loc))
-           and not (p in _LIST_TAGS and i and loc[i - 1].startswith("["))]
+    kept, skip = [], False
+    for i, p in enumerate(loc):
+        if skip:  # the union tag after a key of the same name (modality "text" with type text)
+            skip = False
+        elif p in _TAGS and i + 1 < len(loc):
+            if loc[i + 1] == p:
+                kept.append(p)
+                skip = True
+        elif not (p in _LIST_TAGS and i and loc[i - 1].startswith("[")):
+            kept.append(p)
+    loc = kept
     key = ".".join(loc).replace(".[", "[")
     if prefix:
         key = f"{prefix}.{key}" if key else prefix

@@ -82,6 +82,14 @@ def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int, *, see
             return build_model(cfg, specs, num_classes)
     from ..config import ModelConfig, format_validation_error
 
+    # wiring: replaced by MODEL_KINDS on merge
+    from .hf import HFModelConfig, build_hf_model
+    from .timm import TimmModelConfig, build_timm_model
+
+    if isinstance(cfg, HFModelConfig) or (isinstance(cfg, dict) and "hf" in cfg):
+        return build_hf_model(cfg, specs, num_classes)
+    if isinstance(cfg, TimmModelConfig) or (isinstance(cfg, dict) and "timm" in cfg):
+        return build_timm_model(cfg, specs, num_classes)
     if not isinstance(cfg, ModelConfig):
         try:
             cfg = ModelConfig.model_validate(cfg)
