@@ -116,11 +116,18 @@ class ManifestOptions(_Options):
     label_column: str = "label"
     split_column: str = "split"
     # a list of columns (each a modality of the same name), or modality -> its column and transform
-    modalities: list[str] | dict[str, ManifestModality] | None = None
+    modalities: dict[str, ManifestModality] | None = None
     kinds: dict[str, Kind] | None = None
     classes: list[str] | None = None
     audio: ManifestAudioOptions = ManifestAudioOptions()
     image_size: tuple[PositiveInt, PositiveInt] | None = None
+
+    @pydantic.field_validator("modalities", mode="before")
+    @classmethod
+    def _list_as_columns(cls, value):  # [a, b]: modalities a and b from the columns of those names
+        if isinstance(value, list) and all(isinstance(m, str) for m in value):
+            return {m: {} for m in value}
+        return value
 
 
 @dataclass
@@ -366,10 +373,8 @@ def build_manifest(root, options: ManifestOptions, seed: int):
 
     reserved = {options.label_column} | ({options.split_column} if has_split else set())
     # modality -> its source (column, transform options)
-    if isinstance(options.modalities, dict):
+    if options.modalities is not None:
         sources = {m: (spec.column or m, spec) for m, spec in options.modalities.items()}
-    elif options.modalities is not None:
-        sources = {m: (m, ManifestModality()) for m in options.modalities}
     else:
         sources = {h: (h, ManifestModality()) for h in header if h not in reserved}
     for m, (column, _) in sources.items():

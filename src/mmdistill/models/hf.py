@@ -88,8 +88,9 @@ class HFClassifier(nn.Module):
     def forward(self, batch: Mapping) -> torch.Tensor:
         x = batch[self.modality]
         mask = None
-        if self.kind == "text":
-            ids, mask = x[:, 0].long(), x[:, 1].long()
+        if self.kind == "text":  # ids outside the vocabulary (an export's random example input) are clamped
+            ids = x[:, 0].long().clamp(0, self.backbone.config.vocab_size - 1)
+            mask = (x[:, 1] > 0.5).long()
             out = self.backbone(input_ids=ids, attention_mask=mask)
         elif self.kind == "waveform":
             out = self.backbone(input_values=x.reshape(x.shape[0], -1))
