@@ -331,3 +331,15 @@ def test_timm_points_and_local_checkpoint(tmp_path):
         build_model({"timm": "test_resnet", "checkpoint": str(tmp_path / "none.pt")}, specs, 10)
     with pytest.raises(ConfigError, match="model.timm: Unknown model"):
         build_model({"timm": "no_such_net"}, specs, 10)
+
+
+def test_local_paths_are_recorded_absolute(assets, tmp_path, monkeypatch):
+    """A relative model directory or checkpoint is stored absolute, so a checkpoint reloads from any folder."""
+    from mmdistill.models.hf import HFModelConfig
+    from mmdistill.models.timm import TimmModelConfig
+
+    monkeypatch.chdir(assets)
+    assert HFModelConfig(hf="bert", modality="text").hf == str((assets / "bert").resolve())
+    assert HFModelConfig(hf="org/not-a-local-dir", modality="text").hf == "org/not-a-local-dir"  # a cache name
+    (assets / "w.pt").write_bytes(b"")
+    assert TimmModelConfig(timm="test_resnet", checkpoint="w.pt").checkpoint == str((assets / "w.pt").resolve())

@@ -218,7 +218,10 @@ def build_npz(root, options: NpzOptions, seed: int):
                 mask = np.array([t is not None for t in texts])
                 key = PRESENT_PREFIX + m
                 if key in names:
-                    mask &= _read(path, archive, key).astype(bool)
+                    mask_arr = _read(path, archive, key)
+                    if mask_arr.shape != (n,) or mask_arr.dtype.kind not in "biu":
+                        raise DataError(f"{path}: array {key!r} must hold [{n}] booleans")
+                    mask &= mask_arr.astype(bool)
                     texts = [t if keep else None for t, keep in zip(texts, mask)]
                 opts = options.text[m]
                 modalities[m] = tokenize(texts, load_tokenizer(resolve(root, opts.tokenizer)), opts.max_length)

@@ -40,6 +40,12 @@ class HFModelConfig(BaseModel):
     pooling: Literal["cls", "mean"] = "cls"
     hidden_layers: list[int] = [-1]
 
+    @pydantic.field_validator("hf")
+    @classmethod
+    def _absolute(cls, value: str) -> str:  # a local directory is recorded absolute: checkpoints reload from anywhere
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.is_dir() else value
+
 
 class Pooling(nn.Module):
     """[B, T, H] hidden states -> [B, H]: the first token (``cls``) or the masked mean (``mean``);

@@ -31,6 +31,11 @@ class TimmModelConfig(BaseModel):
     in_chans: PositiveInt | None = None
     kwargs: dict[str, Any] = {}
 
+    @pydantic.field_validator("checkpoint")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:  # recorded absolute: checkpoints reload from anywhere
+        return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().is_file() else value
+
 
 class TimmClassifier(nn.Module):
     """``forward(batch) -> logits`` of a timm network on one image-like modality.
