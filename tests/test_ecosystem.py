@@ -263,7 +263,7 @@ def _timm():
     try:
         import timm  # noqa: F401
     except Exception as err:  # ImportError, or a torchvision built for another torch
-        pytest.skip(f"timm is not importable here ({type(err).__name__}: {str(err).splitlines()[-1][:80]})")
+        pytest.skip(f"timm is not importable here ({type(err).__name__}: {(str(err).splitlines() or [''])[-1][:80]})")
 
 
 @pytest.fixture
