@@ -313,6 +313,8 @@ def format_validation_error(err: pydantic.ValidationError, prefix: str = "") -> 
     for i, p in enumerate(loc):
         if skip:  # the union tag after a key of the same name (modality "text" with type text)
             skip = False
+        elif p == "multimodal":  # the model kind's tag, never a key (wiring: replaced by MODEL_KINDS on merge)
+            continue
         elif p in _TAGS and i + 1 < len(loc):
             if loc[i + 1] == p:
                 kept.append(p)
