@@ -346,7 +346,7 @@ def test_the_readme_encoder_example_works_as_written(tmp_path):
     import re
 
     from mmdistill.data import build_data
-    from mmdistill.models import build_any_model
+    from mmdistill.models import build_model
 
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Bring your own model"):]
@@ -355,7 +355,7 @@ def test_the_readme_encoder_example_works_as_written(tmp_path):
     cfg = parse_config({"imports": ["./my_models.py"], "data": DATA,
                         "model": {"encoders": {"audio": {"type": "pool", "width": 64}}}}, base=tmp_path)
     data = build_data(cfg.data)
-    model = build_any_model(cfg.model, data.specs, data.num_classes, seed=0)
+    model = build_model(cfg.model, data.specs, data.num_classes, seed=0)
     batch = {"audio": data.train.modalities["audio"][:3]}
     assert model(batch).shape == (3, data.num_classes) and model.encoders["audio"].out_dim == 64
     with pytest.raises(ConfigError, match=r"model\.encoders\.audio\.widht: unknown key"):
@@ -366,7 +366,7 @@ def test_the_readme_encoder_example_works_as_written(tmp_path):
 def test_user_head_strategy_and_schedule_are_used_by_name_with_their_options():
     from mmdistill.data import build_data
     from mmdistill.distill.ensemble import STRATEGIES, TeacherEnsemble
-    from mmdistill.models import HEADS, build_any_model
+    from mmdistill.models import HEADS, build_model
     from mmdistill.optim import SCHEDULERS, build_scheduler
 
     tok = token()
@@ -396,7 +396,7 @@ def test_user_head_strategy_and_schedule_are_used_by_name_with_their_options():
                     "ensemble": {"strategy": f"first_{tok}", "scale": 1.0}}})
     assert cfg.model_dump()["model"]["head"] == {"type": f"scaled_{tok}", "scale": 0.5}
     data = build_data(cfg.data)
-    model = build_any_model(cfg.model, data.specs, data.num_classes, seed=0)
+    model = build_model(cfg.model, data.specs, data.num_classes, seed=0)
     logits = model({"image": data.train.modalities["image"][:4] * 100})
     assert logits.abs().max() <= 0.5 and logits.shape == (4, data.num_classes)
 

@@ -5,11 +5,11 @@ from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from .av_digits import load_av_digits
 from .dataset import MultimodalDataset
-from .fsdd import list_recordings, log_mel_features, test_mask
+from .fsdd import list_recordings, log_mel_features, test_mask, waveforms
 from .mnist import load_mnist
 from .registry import register_dataset
 
@@ -52,22 +52,41 @@ def build_mnist(root, options: MNISTOptions, seed: int):
     return out[0], out[1], {"dataset": "mnist", "source": used, "train": len(y_train), "test": len(y_test)}
 
 
+class WaveformOptions(_Options):
+    """A derived ``waveform`` modality: each recording's raw audio resampled to ``sample_rate``,
+    cut or zero-padded to ``seconds``, standardised per recording unless ``normalize`` is false."""
+
+    seconds: PositiveFloat = 1.0
+    sample_rate: PositiveInt = 16000
+    normalize: bool = True
+
+
 class FSDDOptions(_Options):
     split: Literal["official", "unseen-speaker"] = "official"
     snr_db: float | None = None
+    # also a ``waveform`` modality of the same recordings (e.g. for a wav2vec2 teacher)
+    waveform: WaveformOptions | None = None
 
 
 @register_dataset("fsdd", FSDDOptions)
 def build_fsdd(root, options: FSDDOptions, seed: int):
-    """Spoken digits alone, as modality ``audio`` ([1, 32, 32] standardised log-mel)."""
+    """Spoken digits alone, as modality ``audio`` ([1, 32, 32] standardised log-mel), and with
+    ``waveform`` also as modality ``waveform`` ([samples]) from the same recordings."""
     recordings = list_recordings(root)
     audio = log_mel_features(recordings, snr_db=options.snr_db)
     labels = torch.tensor([r.digit for r in recordings])
     is_test = torch.from_numpy(test_mask(recordings, options.split))
     mean, std = audio[~is_test].mean(), audio[~is_test].std()
-    audio = (audio - mean) / std
-    out = [MultimodalDataset({"audio": audio[m]}, labels[m], num_classes=10, kinds={"audio": "audio"},
+    tensors, kinds = {"audio": (audio - mean) / std}, {"audio": "audio"}
+    info = {"dataset": "fsdd", "split": options.split, "snr_db": options.snr_db,
+            "standardise": {"audio": {"mean": float(mean), "std": float(std)}}}
+    if options.waveform is not None:
+        w = options.waveform
+        tensors["waveform"] = waveforms(recordings, w.sample_rate, max(1, round(w.seconds * w.sample_rate)),
+                                        normalize=w.normalize, snr_db=options.snr_db)
+        kinds["waveform"] = "waveform"
+        info["waveform"] = w.model_dump()
+    out = [MultimodalDataset({k: t[m] for k, t in tensors.items()}, labels[m], num_classes=10, kinds=kinds,
                              groups=torch.from_numpy(np.flatnonzero(m.numpy())), name=f"fsdd/{part}")
            for part, m in (("train", ~is_test), ("test", is_test))]
-    return out[0], out[1], {"dataset": "fsdd", "split": options.split, "snr_db": options.snr_db,
-                            "standardise": {"audio": {"mean": float(mean), "std": float(std)}}}
+    return out[0], out[1], info

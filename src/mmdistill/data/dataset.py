@@ -12,7 +12,9 @@ from ..errors import DataError
 from .batch import RESERVED_KEYS
 
 #: Kinds of modality; they choose the default encoder (conv for image/audio, mlp for vector).
-MODALITY_KINDS = ("image", "audio", "vector", "sequence")
+#: ``text``: ``[2, max_length]`` token ids (row 0) and attention mask (row 1), see :mod:`.text`;
+#: ``waveform``: ``[samples]`` raw audio at a fixed length, e.g. for a wav2vec2 teacher.
+MODALITY_KINDS = ("image", "audio", "vector", "sequence", "text", "waveform")
 
 
 @dataclass(frozen=True)

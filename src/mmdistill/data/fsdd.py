@@ -119,6 +119,28 @@ def read_wave(path: Path, sample_rate: int) -> np.ndarray:
     return wave.mean(axis=1)
 
 
+def waveforms(recordings: list[Recording], sample_rate: int, length: int, *, normalize: bool = True,
+              snr_db: float | None = None, noise_seed: int = 0) -> torch.Tensor:
+    """[N, length] raw waveforms resampled from 8 kHz to ``sample_rate``, cut or zero-padded to
+    ``length`` (onset kept), each standardised to zero mean and unit variance when ``normalize``
+    (as wav2vec2's feature extractor does). With ``snr_db``, the noise of :func:`log_mel_features`
+    (the same seed per recording) is mixed in at 8 kHz first, so both views hear the same take."""
+    rate = LogMelParams().sample_rate
+    out = np.zeros((len(recordings), length), dtype=np.float32)
+    for i, rec in enumerate(recordings):
+        wave = read_wave(rec.path, rate)
+        if snr_db is not None:
+            padded = fix_length(wave, LogMelParams().num_samples)
+            wave = mix_noise(padded, snr_db, np.random.default_rng([noise_seed, i]), min(len(wave), len(padded)))
+        if sample_rate != rate:
+            import librosa
+
+            wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
+        wave = fix_length(wave, length)
+        out[i] = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7) if normalize else wave
+    return torch.from_numpy(out)
+
+
 def _cache_key(recordings: list[Recording], params: LogMelParams, snr_db, noise_seed) -> str:
     listing = [(r.path.name, r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in recordings]
     blob = json.dumps({"v": CACHE_VERSION, "params": params.to_dict(), "snr_db": snr_db,

@@ -16,6 +16,21 @@ the folder is refused; absolute paths are taken as given):
   must share their size unless ``image_size: [H, W]`` resizes them;
 * ``.npy``: any numeric array; all rows of a column must share its shape.
 
+Derived modalities: ``modalities`` may instead map each modality name to its source column and
+transform, so that several representations of one file reach different models (a wav2vec2
+teacher on the waveform, a CNN student on the log-mel of the same recording)::
+
+    modalities:
+      audio: {column: wav}                                      # log-mel (the default for audio)
+      waveform: {column: wav, transform: waveform, seconds: 1.0}  # [samples] raw audio
+      text: {column: transcript, transform: text, tokenizer: tok/, max_length: 32}
+
+``waveform``: ``seconds * audio.sample_rate`` samples (cut or zero-padded; onset kept),
+standardised per recording (zero mean, unit variance, as wav2vec2's feature extractor does) unless
+``normalize`` is false. ``text``: the cells are the strings themselves, tokenised as
+:mod:`mmdistill.data.text` describes (``[2, max_length]``: ids, attention mask); the tokenizer
+directory is taken relative to the data root unless absolute.
+
 An empty cell (or a JSON ``null``/missing key) means the sample lacks that modality: its presence
 mask is False and its tensor zeros. Labels are integers (used as class indices) or names (mapped to
 the sorted names, or to ``classes`` when given).
@@ -31,18 +46,20 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from ..errors import DataError
 from .batch import RESERVED_KEYS
 from .audio import wav_truncation
 from .dataset import MultimodalDataset, guess_kind
 from .npz import Kind, encode_labels, parse_split, resolve, stratified_test_mask
+from .text import load_tokenizer, tokenize
 from .registry import register_dataset
 from .transforms import LogMel, LogMelParams, fix_length
 
@@ -73,16 +90,44 @@ class ManifestAudioOptions(_Options):
                             n_mels=self.n_mels, frames=self.frames)
 
 
+class ManifestModality(_Options):
+    """One modality read from a column: ``transform`` defaults to the column's file type (audio:
+    ``logmel``); ``waveform`` and ``text`` derive other representations (see the module doc)."""
+
+    column: str | None = None  # default: the modality's name
+    transform: Literal["logmel", "waveform", "text"] | None = None
+    seconds: PositiveFloat = 1.0  # waveform length
+    normalize: bool = True  # waveform: zero mean, unit variance per recording
+    tokenizer: str | None = None  # text: a local tokenizer directory
+    max_length: PositiveInt = 64  # text: tokens per sample
+
+    @pydantic.model_validator(mode="after")
+    def _tokenizer_for_text(self):
+        if self.transform == "text" and self.tokenizer is None:
+            raise ValueError("tokenizer: transform text needs a tokenizer directory")
+        if self.tokenizer is not None and self.transform != "text":
+            raise ValueError("tokenizer: only used with transform: text")
+        return self
+
+
 class ManifestOptions(_Options):
     path: str
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     label_column: str = "label"
     split_column: str = "split"
-    modalities: list[str] | None = None
+    # a list of columns (each a modality of the same name), or modality -> its column and transform
+    modalities: dict[str, ManifestModality] | None = None
     kinds: dict[str, Kind] | None = None
     classes: list[str] | None = None
     audio: ManifestAudioOptions = ManifestAudioOptions()
     image_size: tuple[PositiveInt, PositiveInt] | None = None
+
+    @pydantic.field_validator("modalities", mode="before")
+    @classmethod
+    def _list_as_columns(cls, value):  # [a, b]: modalities a and b from the columns of those names
+        if isinstance(value, list) and all(isinstance(m, str) for m in value):
+            return {m: {} for m in value}
+        return value
 
 
 @dataclass
@@ -283,6 +328,16 @@ def _log_mel(waves: list[np.ndarray | None], params: LogMelParams) -> torch.Tens
     return out
 
 
+def _waveforms(waves: list[np.ndarray | None], length: int, normalize: bool) -> torch.Tensor:
+    """[N, length] waveforms cut or zero-padded to ``length``; rows without audio stay zero."""
+    out = np.zeros((len(waves), length), dtype=np.float32)
+    for i, w in enumerate(waves):
+        if w is not None:
+            w = fix_length(w, length)
+            out[i] = (w - w.mean()) / np.sqrt(w.var() + 1e-7) if normalize else w
+    return torch.from_numpy(out)
+
+
 @register_dataset("manifest", ManifestOptions)
 def build_manifest(root, options: ManifestOptions, seed: int):
     path = resolve(root, options.path)
@@ -317,24 +372,28 @@ def build_manifest(root, options: ManifestOptions, seed: int):
         split_used = f"stratified test_fraction={options.test_fraction} seed={seed}"
 
     reserved = {options.label_column} | ({options.split_column} if has_split else set())
+    # modality -> its source (column, transform options)
     if options.modalities is not None:
-        for m in options.modalities:
-            if m not in header:
-                raise DataError(f"{path}: no column {m!r} (columns: {', '.join(header)})")
-            if m in reserved:
-                raise DataError(f"{path}: column {m!r} is the label or split column, not a modality")
-        columns = list(options.modalities)
+        sources = {m: (spec.column or m, spec) for m, spec in options.modalities.items()}
     else:
-        columns = [h for h in header if h not in reserved]
+        sources = {h: (h, ManifestModality()) for h in header if h not in reserved}
+    for m, (column, _) in sources.items():
+        if column not in header:
+            raise DataError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
+        if column in reserved:
+            raise DataError(f"{path}: column {column!r} is the label or split column, not a modality")
+        if m in RESERVED_KEYS:
+            raise DataError(f"{path}: {m!r} is a reserved name and cannot be a modality")
+    columns = list(sources)
     if not columns:
         raise DataError(f"{path}: no modality columns (only {', '.join(header)})")
     for m in options.kinds or {}:
         if m not in columns:
             raise DataError(f"{path}: kinds names {m!r}, which is not a modality column ({', '.join(columns)})")
 
-    # the file type of each column, from its cells' suffixes
+    # the file type of each column read as files, from its cells' suffixes (text columns hold strings)
     column_types: dict[str, str] = {}
-    for column in columns:
+    for column in dict.fromkeys(c for c, spec in sources.values() if spec.transform != "text"):
         if column in RESERVED_KEYS:
             raise DataError(f"{path}: column {column!r} is a reserved name and cannot be a modality")
         kind, first = None, None
@@ -354,24 +413,50 @@ def build_manifest(root, options: ManifestOptions, seed: int):
         if kind is None:
             raise DataError(f"{path}: column {column!r} has no files (every cell is empty)")
         column_types[column] = kind
+    for m, (column, spec) in sources.items():
+        if spec.transform in ("logmel", "waveform") and column_types[column] != "audio":
+            raise DataError(f"{path}: modality {m!r}: transform {spec.transform} needs an audio column, "
+                            f"{column!r} holds {column_types[column]} files")
 
     params = options.audio.params()
     modalities, present, kinds, described, stats = {}, {}, {}, {}, {}
-    for column, ftype in column_types.items():
+    files: dict[str, list[np.ndarray | None]] = {}  # column -> decoded files, read once per column
+    for name, (column, spec) in sources.items():
         cells = [r.cells[column] for r in rows]
-        loaded: list[np.ndarray | None] = []
-        for row, cell in zip(rows, cells):
-            if not cell:
-                loaded.append(None)
-                continue
-            file = _file(path, row, column, cell)
-            if ftype == "audio":
-                loaded.append(_load_wave(file, row, column, cell, params.sample_rate))
-            elif ftype == "image":
-                loaded.append(_load_image(file, row, column, cell))
-            else:
-                loaded.append(_load_npy(file, row, column, cell))
+        if spec.transform == "text":
+            tokenizer = load_tokenizer(resolve(root, spec.tokenizer))
+            texts = [cell or None for cell in cells]
+            mask = torch.tensor([t is not None for t in texts])
+            if not mask.any():
+                raise DataError(f"{path}: column {column!r} has no text (every cell is empty)")
+            modalities[name], present[name], kinds[name] = tokenize(texts, tokenizer, spec.max_length), mask, "text"
+            described[name] = {"kind": "text", "column": column, "tokenizer": spec.tokenizer,
+                               "shape": [2, spec.max_length], "present": int(mask.sum())}
+            continue
+        ftype = column_types[column]
+        if column not in files:
+            loaded: list[np.ndarray | None] = []
+            for row, cell in zip(rows, cells):
+                if not cell:
+                    loaded.append(None)
+                    continue
+                file = _file(path, row, column, cell)
+                if ftype == "audio":
+                    loaded.append(_load_wave(file, row, column, cell, params.sample_rate))
+                elif ftype == "image":
+                    loaded.append(_load_image(file, row, column, cell))
+                else:
+                    loaded.append(_load_npy(file, row, column, cell))
+            files[column] = loaded
+        loaded = files[column]
         mask = torch.tensor([a is not None for a in loaded])
+        if spec.transform == "waveform":
+            tensor = _waveforms(loaded, max(1, round(spec.seconds * params.sample_rate)), spec.normalize)
+            modalities[name], present[name], kinds[name] = tensor, mask, "waveform"
+            described[name] = {"kind": "waveform", "column": column, "files": ftype, "shape": list(tensor.shape[1:]),
+                               "sample_rate": params.sample_rate, "normalize": spec.normalize,
+                               "present": int(mask.sum())}
+            continue
         if ftype == "audio":
             tensor = _log_mel(loaded, params)
             if options.audio.standardize:
@@ -379,18 +464,20 @@ def build_manifest(root, options: ManifestOptions, seed: int):
                 ref = ref if len(ref) else tensor[mask]
                 mean, std = ref.mean(), ref.std().clamp_min(1e-6)
                 tensor[mask] = (tensor[mask] - mean) / std
-                stats[column] = {"mean": float(mean), "std": float(std)}
+                stats[name] = {"mean": float(mean), "std": float(std)}
         elif ftype == "image":
             tensor = _stack(_images(loaded, options.image_size), rows, column, cells,
                             "" if options.image_size else "; set image_size: [H, W] to resize")
         else:
             tensor = _stack(loaded, rows, column, cells)
-        modalities[column] = tensor
-        present[column] = mask
-        kinds[column] = (options.kinds or {}).get(column) or (
+        modalities[name] = tensor
+        present[name] = mask
+        kinds[name] = (options.kinds or {}).get(name) or (
             ftype if ftype in ("audio", "image") else guess_kind(tensor.shape[1:]))
-        described[column] = {"kind": kinds[column], "files": ftype, "shape": list(tensor.shape[1:]),
-                             "present": int(mask.sum())}
+        described[name] = {"kind": kinds[name], "files": ftype, "shape": list(tensor.shape[1:]),
+                           "present": int(mask.sum())}
+        if column != name:
+            described[name]["column"] = column
 
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     labels_t = torch.from_numpy(labels)

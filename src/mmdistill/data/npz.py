@@ -11,6 +11,10 @@ The archive holds (``np.savez``/``np.savez_compressed``; no pickled objects):
 * optionally ``present_<modality>``: ``[N]`` bools, False where the sample lacks the modality.
   Absent samples are zeroed (their stored values, NaN included, are ignored).
 
+Text: an array of strings ``[N]`` named in ``text`` (``text: {caption: {tokenizer: DIR, max_length: 32}}``)
+is tokenised into a ``text`` modality ``[2, max_length]`` (ids; attention mask, see
+:mod:`mmdistill.data.text`); an empty string means the sample lacks it.
+
 Kinds (which encoder a modality gets) are guessed from the per-sample shape (see
 :func:`~mmdistill.data.dataset.guess_kind`) unless ``kinds`` names them.
 """
@@ -28,6 +32,7 @@ from ..errors import DataError
 from .batch import RESERVED_KEYS
 from .dataset import MultimodalDataset, guess_kind
 from .registry import register_dataset
+from .text import TextOptions, load_tokenizer, tokenize
 
 Kind = Literal["image", "audio", "vector", "sequence"]
 PRESENT_PREFIX = "present_"
@@ -41,6 +46,7 @@ class NpzOptions(BaseModel):
     modalities: list[str] | None = None
     kinds: dict[str, Kind] | None = None
     classes: list[str] | None = None
+    text: dict[str, TextOptions] = {}  # string arrays to tokenise, by modality name
 
 
 def resolve(root: Path, path: str) -> Path:
@@ -189,6 +195,12 @@ def build_npz(root, options: NpzOptions, seed: int):
             raise DataError(f"{path}: array 'label' is empty")
 
         wanted = modalities_in_use(path, names, options)
+        for m in options.text:
+            if m not in wanted:
+                raise DataError(f"{path}: text names {m!r}, which is not a modality in use ({', '.join(wanted)})")
+        for m in options.kinds or {}:
+            if m not in wanted:
+                raise DataError(f"{path}: kinds names {m!r}, which is not a modality in use ({', '.join(wanted)})")
 
         if "split" in names:
             split = _read(path, archive, "split")
@@ -208,6 +220,23 @@ def build_npz(root, options: NpzOptions, seed: int):
             if arr.ndim == 0 or len(arr) != n:
                 got = "a scalar" if arr.ndim == 0 else f"{len(arr)} samples"
                 raise DataError(f"{path}: array {m!r} has {got} but 'label' has {n}")
+            if m in options.text:
+                if arr.dtype.kind not in "US" or arr.ndim != 1:
+                    raise DataError(f"{path}: array {m!r} is named in text but is not strings [N] "
+                                    f"(dtype {arr.dtype}, shape {list(arr.shape)})")
+                texts = [str(t) or None for t in arr.tolist()]
+                mask = np.array([t is not None for t in texts])
+                key = PRESENT_PREFIX + m
+                if key in names:
+                    mask_arr = _read(path, archive, key)
+                    if mask_arr.shape != (n,) or mask_arr.dtype.kind not in "biu":
+                        raise DataError(f"{path}: array {key!r} must hold [{n}] booleans")
+                    mask &= mask_arr.astype(bool)
+                    texts = [t if keep else None for t, keep in zip(texts, mask)]
+                opts = options.text[m]
+                modalities[m] = tokenize(texts, load_tokenizer(resolve(root, opts.tokenizer)), opts.max_length)
+                present[m] = torch.from_numpy(mask)
+                continue
             if arr.dtype.kind not in "biuf":
                 raise DataError(f"{path}: array {m!r} has dtype {arr.dtype}, expected numbers")
             arr = arr.astype(np.float32)
@@ -231,7 +260,8 @@ def build_npz(root, options: NpzOptions, seed: int):
             present[m] = torch.from_numpy(mask)
 
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
-    kinds = {m: (options.kinds or {}).get(m) or guess_kind(t.shape[1:]) for m, t in modalities.items()}
+    kinds = {m: "text" if m in options.text else (options.kinds or {}).get(m) or guess_kind(t.shape[1:])
+             for m, t in modalities.items()}
     labels_t = torch.from_numpy(labels)
     full = MultimodalDataset(modalities, labels_t, num_classes=num_classes, kinds=kinds, present=present,
                              name=path.name)

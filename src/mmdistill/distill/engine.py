@@ -63,7 +63,7 @@ class FitResult:
 
 
 #: kinds whose last axis is time, the only ones a time shift makes sense for
-TIME_KINDS = ("audio", "sequence")
+TIME_KINDS = ("audio", "sequence", "waveform")
 
 
 def check_train_options(cfg: TrainConfig, specs: dict) -> None:
@@ -75,6 +75,9 @@ def check_train_options(cfg: TrainConfig, specs: dict) -> None:
         for m in getattr(cfg, key):
             if m not in specs:
                 raise ConfigError(f"train.{key}.{m}: the data has no modality {m!r} (it has {', '.join(specs)})")
+    text = [m for m, s in specs.items() if s.kind == "text"]
+    if cfg.mixup > 0 and text:  # mixing token ids would make other tokens, not a blend
+        raise ConfigError(f"train.mixup: cannot mix the token ids of text modality {text[0]!r}; set mixup: 0")
     for m in cfg.time_shift:
         kind = specs[m].kind
         if kind not in TIME_KINDS:

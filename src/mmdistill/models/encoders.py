@@ -44,6 +44,16 @@ class MLPEncoderConfig(Strict):
     input_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
+class TextEncoderConfig(Strict):
+    """An embedding bag over a ``text`` modality's token ids (see :class:`TextEncoder`)."""
+
+    type: Literal["text"]
+    buckets: PositiveInt = 8192
+    dim: PositiveInt = 64
+    hidden: list[PositiveInt] = []
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
 @ENCODERS.register("conv", options=ConvEncoderConfig)
 class ConvEncoder(nn.Module):
     """A 2-D CNN for images ([C,H,W] or [H,W]) and spectrograms ([1, mels, frames]).
@@ -106,3 +116,40 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+@ENCODERS.register("text", options=TextEncoderConfig)
+class TextEncoder(nn.Module):
+    """Token ids -> an embedding bag -> an MLP, for a ``text`` modality ``[2, L]`` (ids; attention mask).
+
+    e = sum_t m_t E[id_t mod buckets] / max(1, sum_t m_t): the masked mean of the token embeddings
+    (fastText, Joulin et al. 2017), then Linear - ReLU (- Dropout) for each width in ``hidden``.
+    Ids are hashed into ``buckets`` rows (the hashing trick, Weinberger et al. 2009): exact when the
+    tokenizer's vocabulary has at most ``buckets`` entries.
+    """
+
+    def __init__(self, shape: Sequence[int], buckets: int = 8192, dim: int = 64, hidden: Sequence[int] = (),
+                 dropout: float = 0.0):
+        super().__init__()
+        if len(shape) != 2 or shape[0] != 2:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"text encoder: input shape {list(shape)} is not [2, max_length] (token ids and "
+                              "attention mask of a text modality)")
+        self.buckets = buckets
+        self.embed = nn.Embedding(buckets, dim)
+        layers: list[nn.Module] = []
+        in_dim = dim
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        self.mlp = nn.Sequential(*layers)
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x[:, 0].long().remainder(self.buckets)
+        mask = x[:, 1].to(self.embed.weight.dtype).unsqueeze(2)
+        pooled = (self.embed(ids) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.mlp(pooled)

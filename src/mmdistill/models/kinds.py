@@ -19,8 +19,10 @@ Contract of a kind (register yours with ``MODEL_KINDS.register(KEY, options=Opti
 * ``cfg.model_dump()`` is JSON-compatible: checkpoints store it and rebuild the model through
   the kind before loading the weights (weights-only).
 
-Built-in kinds: ``multimodal`` and ``factory`` (``build(specs, num_classes, **kwargs)``, any
-importable function, e.g. from a module listed under ``imports:``).
+Built-in kinds: ``multimodal``, ``factory`` (``build(specs, num_classes, **kwargs)``, any
+importable function, e.g. from a module listed under ``imports:``), ``hf`` (a transformers model,
+:mod:`.hf`) and ``timm`` (a timm network, :mod:`.timm`); the last two import their library only
+when built (optional extras ``hf`` and ``timm``).
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ from ..data.dataset import ModalitySpec
 from ..errors import ConfigError
 from ..options import Strict, format_validation_error
 from ..registry import Registry
+from .hf import HFModelConfig, build_hf_model
 from .multimodal import ModelConfig, build_model
+from .timm import TimmModelConfig, build_timm_model
 
 MODEL_KINDS: Registry = Registry("model kind", key="kind")
 MODEL_KINDS.register("multimodal", options=ModelConfig)(build_model)
@@ -128,3 +132,7 @@ def build(cfg: Any, specs: Mapping[str, ModalitySpec], num_classes: int, *, seed
         key = str(err).partition(": ")[0]
         raise ConfigError(f"model.{err}" if key and " " not in key else f"model: {err}") from None
     return MODEL_KINDS.get(kind_of(cfg))(cfg, specs, num_classes, seed=seed)
+
+
+MODEL_KINDS.register("hf", options=HFModelConfig)(build_hf_model)
+MODEL_KINDS.register("timm", options=TimmModelConfig)(build_timm_model)
