@@ -84,10 +84,9 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})
 
 
-def _loss_terms(specs: list[str], encoders: dict) -> list[dict]:
-    """``NAME[:WEIGHT]`` -> loss terms. A feature loss reads the layer its class names
-    (``default_layer``): the fused embedding, or one term per modality of the student (``encoders``,
-    its model config's encoders) on that modality's embedding or last convolutional map."""
+def _loss_terms(specs: list[str]) -> list[dict]:
+    """``NAME[:WEIGHT]`` -> loss terms ``{name, weight}``; a feature loss is placed when the task is
+    built, through the models' feature points (:func:`mmdistill.models.points.placements`)."""
     from .errors import ConfigError
     from .losses import LOSSES
 
@@ -95,19 +94,10 @@ def _loss_terms(specs: list[str], encoders: dict) -> list[dict]:
     for spec in specs:
         name, _, weight = spec.partition(":")
         try:
-            term = {"name": name, "weight": float(weight) if weight else 1.0}
+            terms.append({"name": name, "weight": float(weight) if weight else 1.0})
         except ValueError:
             raise ConfigError(f"--loss {spec}: the weight must be a number") from None
-        loss = LOSSES.get(name)
-        if loss.inputs != "features":
-            terms.append(term)
-        elif loss.default_layer == "fusion":
-            terms.append({**term, "student": "fusion", "teacher": "fusion"})
-        else:
-            for modality, encoder in encoders.items():
-                maps = loss.default_layer == "maps" and encoder.type == "conv"
-                path = f"encoders.{modality}" + (".features" if maps else "")
-                terms.append({**term, "student": path, "teacher": path})
+        LOSSES.get(name)  # an unknown name is an error here, naming the known ones
     return terms
 
 
@@ -116,10 +106,10 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
                 out: Path = OutOpt, set_: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
                 data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt, resume: bool = ResumeOpt,
                 loss: Optional[List[str]] = typer.Option(
-                    None, "--loss", help="NAME[:WEIGHT] (repeatable): replaces the config's loss terms; feature "
-                                         "losses read the layers the method table uses (at, nst, sp: "
-                                         "each modality's conv map; fitnet, vid: each modality's "
-                                         "embedding; the others: the fused embedding).")):
+                    None, "--loss", help="NAME[:WEIGHT] (repeatable): replaces the config's loss terms; a feature "
+                                         "loss reads the feature points of its kind that the models declare "
+                                         "(see `mmdistill losses`), one term per shared modality for "
+                                         "per-modality kinds.")):
     """Distil a trained teacher into the config's student."""
     from .config import parse_config
     from .runs import run_distill
@@ -127,8 +117,7 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
     cfg = _config(config, set_, device, data_root)
     if loss:
         raw = cfg.model_dump()
-        seen = cfg.model.modalities or list(cfg.model.encoders)
-        raw["distill"]["terms"] = _loss_terms(loss, {m: cfg.model.encoders[m] for m in seen})
+        raw["distill"]["terms"] = _loss_terms(loss)
         cfg = parse_config(raw, str(config))
     summary = run_distill(cfg, out, overwrite=overwrite, config_path=config, resume=resume)
     teachers = summary.get("teachers", {"teacher": summary["teacher"]})
@@ -188,15 +177,19 @@ def report(run_dirs: List[Path] = typer.Argument(..., help="Run directories (tra
 
 @app.command()
 def losses():
-    """List every registered distillation loss."""
+    """List every registered distillation loss and the feature points it reads."""
     from .losses import LOSSES
+    from .models.points import describe_layer
+
+    def reads(cls) -> str:
+        return "logits" if cls.inputs == "logits" else describe_layer(cls.default_layer)
 
     table = Table(title="distillation losses")
     table.add_column("name")
-    table.add_column("reads (with --loss)")
+    table.add_column("reads (without paths)")
     table.add_column("description")
     for name, cls in LOSSES.items():
-        table.add_row(name, "logits" if cls.inputs == "logits" else f"features: {cls.default_layer}", cls.describe())
+        table.add_row(name, reads(cls), cls.describe())
     console.print(table)
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from torch import nn
 
-from .api import distill, train
+from .api import distill, make_terms, train
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, RunConfig
 from .data import build_data
@@ -204,6 +204,8 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     check_train_options(cfg.train, data.specs)
     teachers = load_teachers(cfg, data, device, config_path)
     student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
+    # place the terms now (feature points, explicit paths), so a placement error leaves no run behind
+    make_terms(cfg.distill.terms, list(teachers), student=student, teachers=list(teachers.values()))
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
         fit = distill(student, teachers, data, terms=cfg.distill.terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
@@ -213,7 +215,8 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
                                  batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "student": {**metrics, "extra_params": fit.extra_params},
                    "best_epoch": fit.best_epoch, "val_accuracy": fit.best_val_accuracy,
-                   "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt")}
+                   "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt"),
+                   "terms": placed_terms(fit.task)}
         reports = {name: evaluate_model(t, data.test, device=device, latency=True, batch_size=cfg.train.eval_batch_size)
                    for name, t in teachers.items()}
         if len(teachers) == 1:
@@ -224,6 +227,12 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
             summary["ensemble"] = write_teacher_weights(run / "teacher_weights.csv", fit.task, data.train, device,
                                                          cfg.distill.ensemble.strategy)
         return _finish(run, summary, metrics)
+
+
+def placed_terms(task) -> list[dict]:
+    """The terms a distillation task optimises, as placed (feature points resolved)."""
+    return [{"name": t.name, "weight": t.weight, "student": t.student_path, "teacher": t.teacher_path,
+             "source": task.teacher_names[t.teacher] if t.teacher is not None else None} for t in task.terms]
 
 
 def write_teacher_weights(path: Path, task, dataset, device, strategy: str) -> dict:
