@@ -80,7 +80,10 @@ def checkpoint_data(checkpoint: str | Path, model: nn.Module, payload: dict,
     if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict) or "name" not in meta["data"]:
         raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
     data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
-    data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
+    # the training run's standardisation statistics, not ones recomputed from the data found now
+    stored = (meta.get("data_info") or {}).get("standardise")
+    data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0),
+                      standardise=stored if isinstance(stored, dict) else None)
     check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
                           data, data_cfg.name)
     return data_cfg, data

@@ -31,12 +31,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictBool
 
 from ..errors import DataError
 from .batch import RESERVED_KEYS
@@ -83,6 +83,9 @@ class ManifestOptions(_Options):
     classes: list[str] | None = None
     audio: ManifestAudioOptions = ManifestAudioOptions()
     image_size: tuple[PositiveInt, PositiveInt] | None = None
+    # (x - mean) / std with the training split's statistics: auto = feature vectors (.npy columns of
+    # 1-D arrays), per feature (see mmdistill.data.standardize); true: every modality; false: none
+    standardize: Literal["auto"] | StrictBool = "auto"
 
 
 @dataclass
