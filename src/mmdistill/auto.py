@@ -15,8 +15,9 @@ batches (paired seeds: the config's ``seed``), with the config's training settin
 
 Each distillation candidate's weights may be multiplied by a grid of ``scales``. The choice is the
 candidate with the best validation accuracy at its best epoch; when the best distillation
-candidate beats ``none`` by less than ``margin`` (0.5 accuracy points by default) the choice is
-``none``: without clear evidence, not distilling is the safer answer. The test split is never
+candidate beats ``none`` by less than the margin (0.5 accuracy points by default, and at least 2
+validation samples' worth: 1.8 points on 110 validation samples) the choice is ``none``: without
+clear evidence, not distilling is the safer answer. The test split is never
 used to choose (candidates' test accuracies are reported beside, for the record).
 
 Budget: every candidate trains for ``search_epochs`` (default: the config's ``train.epochs``).
@@ -39,8 +40,10 @@ from .errors import ConfigError
 from .evaluate import accuracy, evaluate_model, predict
 from .models import build_model
 
-#: a distillation candidate must beat ``none`` by this much validation accuracy (0.5 points)
+#: a distillation candidate must beat ``none`` by this much validation accuracy (0.5 points) ...
 MARGIN = 0.005
+#: ... and by at least this many validation samples
+MIN_SAMPLES = 2
 
 
 @dataclass
@@ -90,12 +93,19 @@ def candidate_set(student: nn.Module, teacher: nn.Module, scales: Sequence[float
     return out
 
 
+def margin_for(margin: float, val_samples: int) -> float:
+    """The margin a distillation candidate must clear: ``margin``, and at least
+    :data:`MIN_SAMPLES` validation samples' worth (on 100 validation samples one sample is a whole
+    point, so a 0.5-point margin would let a single lucky sample decide)."""
+    return max(margin, MIN_SAMPLES / max(1, val_samples))
+
+
 def choose(records: list[dict], margin: float = MARGIN) -> str:
     """The candidate with the best validation accuracy (earlier wins ties); ``none`` unless a
     distillation candidate beats it by at least ``margin``."""
     best = max(records, key=lambda r: r["val_accuracy"])  # max keeps the first of equals
     none = next((r for r in records if r["name"] == "none"), None)
-    if none is not None and best["val_accuracy"] - none["val_accuracy"] < margin:
+    if none is not None and best["val_accuracy"] - none["val_accuracy"] < margin - 1e-6:  # float32 accuracies
         return "none"
     return best["name"]
 
@@ -149,8 +159,9 @@ def search(cfg: RunConfig, data: DataSplits, teachers: dict[str, nn.Module], *, 
         models[cand.name] = student
         if log:
             log(f"auto: {cand.name:10s} val {record['val_accuracy']:.4f} (epoch {fit.best_epoch})")
-    choice = choose(records, margin)
-    return {"choice": choice, "candidates": records, "model": models[choice],
+    used = margin_for(margin, len(data.val))
+    choice = choose(records, used)
+    return {"choice": choice, "margin": used, "candidates": records, "model": models[choice],
             "terms": next(c.terms for c in candidate_set(probe, first, scales, source=source) if c.name == choice)}
 
 
@@ -204,7 +215,7 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         summary = {"dataset": data.info, "student": {**metrics}, "best_epoch": best_epoch,
                    "val_accuracy": val_accuracy, "checkpoint": str(run / "best.pt"),
                    "teacher": evaluate_model(first, data.test, device=device, batch_size=cfg.train.eval_batch_size),
-                   "auto": {"choice": choice, "terms": found["terms"], "margin": margin, "search_epochs": epochs,
-                            "final": final, "candidates": found["candidates"]}}
+                   "auto": {"choice": choice, "terms": found["terms"], "margin": found["margin"],
+                            "search_epochs": epochs, "final": final, "candidates": found["candidates"]}}
         return _finish(run, summary, metrics)
 
