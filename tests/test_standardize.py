@@ -34,7 +34,7 @@ def test_vectors_are_standardised_per_feature_on_the_training_split(tmp_path, da
     assert torch.allclose(x.std(0, unbiased=False), torch.ones(13, dtype=torch.float64), atol=1e-3)
     stats = data.info["standardise"]["view3"]
     assert stats["per"] == "feature" and len(stats["mean"]) == len(stats["std"]) == 13
-    raw = np.load(tmp_path / "aloi.npz")
+    raw = np.load(tmp_path / "aloi.npz")  # as stored
     # validation and test use the training split's statistics, not their own
     val_x = data.val.modalities["view3"].double()
     assert not torch.allclose(val_x.mean(0), torch.zeros(13, dtype=torch.float64), atol=1e-4)
@@ -61,6 +61,23 @@ def test_evaluate_applies_the_checkpoints_statistics(tmp_path, data_root):
     assert run_cli("evaluate", tmp_path / "run" / "best.pt", "--out", tmp_path / "eval", "--no-cost") == 0
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"]
     assert again == pytest.approx(trained)
+    # export records them in model.json; predict applies those
+    assert run_cli("export", tmp_path / "run" / "best.pt", "--out", tmp_path / "exp") == 0
+    pre = json.loads((tmp_path / "exp" / "model.json").read_text())["preprocessing"]["modalities"]["view3"]
+    assert pre["standardise"]["mean"] == pytest.approx(payload["meta"]["data_info"]["standardise"]["view3"]["mean"])
+    assert run_cli("predict", tmp_path / "exp", "--data", tmp_path / "t.yaml", "--out", tmp_path / "p.jsonl") == 0
+    preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert sum(p["label"] == p["pred"] for p in preds) / len(preds) == pytest.approx(trained)
     fresh = build_data(DataConfig(name="npz", path="aloi.npz", root=str(tmp_path)), val_fraction=0.2)
     stored = payload["meta"]["data_info"]["standardise"]
     assert fresh.info["standardise"]["view3"]["mean"] != pytest.approx(stored["view3"]["mean"])
+
+
+def test_recorded_statistics_of_another_shape_are_refused(tmp_path, data_root):
+    from mmdistill.errors import DataError
+
+    aloi(tmp_path, data_root)
+    cfg = DataConfig(name="npz", path="aloi.npz", root=str(tmp_path))
+    stored = {"view3": {"per": "feature", "mean": [0.0] * 5, "std": [1.0] * 5}}
+    with pytest.raises(DataError, match="'view3'.*5.*13"):
+        build_data(cfg, val_fraction=0.2, standardise=stored)

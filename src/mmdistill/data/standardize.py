@@ -20,6 +20,7 @@ from typing import Literal, Mapping
 
 import torch
 
+from ..errors import DataError
 from .dataset import DataSplits
 
 Standardize = Literal["auto"] | bool
@@ -64,6 +65,9 @@ def standardize_splits(data: DataSplits, mode: Standardize, stored: Mapping | No
             stats = _stats(ref, per_feature=spec.kind == VECTOR and len(spec.shape) == 1)
         mean = torch.as_tensor(stats["mean"], dtype=torch.float32)
         std = torch.as_tensor(stats["std"], dtype=torch.float32)
+        if mean.dim() and tuple(mean.shape) != tuple(spec.shape):
+            raise DataError(f"modality {m!r}: the recorded standardisation statistics have {list(mean.shape)} "
+                            f"features, the data {list(spec.shape)}")
         for split in (data.train, data.val, data.test):
             if split is None:
                 continue
