@@ -13,7 +13,10 @@ batches (paired seeds: the config's ``seed``), with the config's training settin
   weight are those the AV-Digits method table (docs/methods.md) selected on validation accuracy
   (AT was the best map method, FitNet the best embedding method).
 
-Each distillation candidate's weights may be multiplied by a grid of ``scales``. The choice is the
+Distillation candidates keep the config's ``distill.gamma`` (the weight of cross-entropy) and
+``distill.ensemble`` (with several teachers, logit terms read their fusion; the feature method
+reads the first teacher). Each distillation candidate's weights may be multiplied by a grid of
+``scales``. The choice is the
 candidate with the best validation accuracy at its best epoch; when the best distillation
 candidate beats ``none`` by less than the margin (0.5 accuracy points by default, and at least 2
 validation samples' worth: 1.8 points on 110 validation samples) the choice is ``none``: without
@@ -184,6 +187,8 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         raise ConfigError(f"--auto-epochs: {search_epochs} must be between 1 and train.epochs ({cfg.train.epochs})")
     if cfg.train.val_fraction <= 0:
         raise ConfigError("train.val_fraction: --auto chooses on the validation split; set it above 0")
+    if not scales or any(not k > 0 for k in scales):
+        raise ConfigError(f"--auto-scale: weight scales must be positive (got {list(scales)})")
     check_run_dir(out, overwrite=overwrite)
     device = resolve_device(cfg.device)
     data = load_data(cfg, data)
