@@ -572,7 +572,16 @@ def _auto(results: Path):
                      worst_auto=min(per, key=lambda e: e["auto_gain"]),
                      best_auto=max(per, key=lambda e: e["auto_gain"]),
                      mean_auto_gain=mean_std([e["auto_gain"] for e in per])[0],
-                     mean_best_gain=mean_std([e["best_gain"] for e in per])[0])
+                     mean_best_gain=mean_std([e["best_gain"] for e in per])[0],
+                     # searches whose best candidate on validation is not the best on test
+                     disagree=sum(max(r["val"], key=r["val"].get) != max(r["val"], key=lambda c: r[c])
+                                  for r in data["rows"]),
+                     probe_gain=mean_std([d["probe_gain"] for d in data["diagnose"]])[0],
+                     trial_gain=mean_std([d["trial_gain"] for d in data["diagnose"]])[0],
+                     fidelity=mean_std([d["probe_teacher_fidelity"] for d in data["diagnose"]])[0],
+                     spearman_trial=multiview_auto.spearman([d["trial_gain"] for d in data["diagnose"]],
+                                                            [next(e["auto_gain"] for e in per if e["dataset"] == d["dataset"]
+                                                                  and e["view"] == d["view"]) for d in data["diagnose"]]))
 
 
 def environment() -> jinja2.Environment:
