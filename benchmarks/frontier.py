@@ -56,8 +56,8 @@ STUDENTS = {
 
 
 def maps(name: str, weight: float) -> list[dict]:
-    return [{"name": name, "weight": weight, "student": f"encoders.{m}.features",
-             "teacher": f"encoders.{m}.features"} for m in MODALITIES]
+    """A map loss: placed on each modality's last convolutional map through the models' feature points."""
+    return [{"name": name, "weight": weight}]
 
 
 # candidate methods (weights: the method table's choices on validation, benchmarks/results/methods.md)

@@ -12,7 +12,7 @@
     python benchmarks/methods.py --merge a.json b.json [--select-from ...]
 
 The teacher and student are the packaged AV-Digits recipes; each method replaces the student
-recipe's loss terms (with CE at gamma = 1). Feature terms read the layers named below; their
+recipe's loss terms (with CE at gamma = 1). Feature terms read the feature points of their kind; their
 weights start from the papers' (RepDistiller's, mdistiller's) defaults, which were set for other
 feature sizes and losses, so step 1 scales each method's weights and keeps the scale with the best
 validation accuracy (ties: the larger weight). The test set is never used to choose. Writes
@@ -37,8 +37,13 @@ def on(path: str, name: str, weight: float, **options) -> dict:
     return {"name": name, "weight": weight, "student": path, "teacher": path, **options}
 
 
-ENCODERS = ("encoders.audio", "encoders.image")
-MAPS = ("encoders.audio.features", "encoders.image.features")
+def placed(name: str, weight: float, **options) -> list[dict]:
+    """A term placed by the loss's kind through the models' feature points (models/points.py):
+    maps (at, nst, sp) on each modality's last convolutional map, embeddings (fitnet, vid) on each
+    modality's encoder output, the others on the fused embedding."""
+    return [{"name": name, "weight": weight, **options}]
+
+
 # method -> loss terms (weights follow the papers' / RepDistiller's defaults, rescaled to these
 # losses' normalisation where it differs)
 METHODS = {
@@ -46,17 +51,17 @@ METHODS = {
     "kd": [{"name": "kd", "weight": 1.0, "temperature": 4.0}],
     "dkd": [{"name": "dkd", "weight": 1.0}],
     "dist": [{"name": "dist", "weight": 1.0}],
-    "fitnet": [on(p, "fitnet", 1.0) for p in ENCODERS],
-    "at": [on(p, "at", 1000.0) for p in MAPS],
-    "nst": [on(p, "nst", 50.0) for p in MAPS],
-    "vid": [on(p, "vid", 1.0) for p in ENCODERS],
+    "fitnet": placed("fitnet", 1.0),
+    "at": placed("at", 1000.0),
+    "nst": placed("nst", 50.0),
+    "vid": placed("vid", 1.0),
     # SP compares activation maps, as in the paper and RepDistiller (the last block's map);
     # sp_fusion, on the fused embedding, is the placement the first table used, kept for comparison
-    "sp": [on(p, "sp", 3000.0) for p in MAPS],
-    "rkd": [on("fusion", "rkd", 1.0)],
-    "pkt": [on("fusion", "pkt", 30000.0)],
-    "cc": [on("fusion", "cc", 0.02)],
-    "crd": [on("fusion", "crd", 0.8)],
+    "sp": placed("sp", 3000.0),
+    "rkd": placed("rkd", 1.0),
+    "pkt": placed("pkt", 30000.0),
+    "cc": placed("cc", 0.02),
+    "crd": placed("crd", 0.8),
     "sp_fusion": [on("fusion", "sp", 3000.0)],
 }
 
@@ -87,7 +92,8 @@ def run_seed(seed: int, methods: list[str], scales: dict[str, list[float]], args
             fit = api.distill(student, teacher, data, terms=terms, gamma=1.0, cfg=scfg.train,
                               device=args.device, seed=seed)
         run = {"seed": seed, "method": method,
-               **({"scale": scale, "weights": [t["weight"] for t in terms]} if scale is not None else {}),
+               # the weight of every placed term (one per modality for per-modality kinds)
+               **({"scale": scale, "weights": [t.weight for t in fit.task.terms]} if scale is not None else {}),
                **measure(student, fit, scfg.train.epochs, data, device, teacher=teacher)}
         runs.append(run)
         print(f"seed {seed} {method:8s} x{scale if scale is not None else '':<5} test {run['accuracy']:.4f} "

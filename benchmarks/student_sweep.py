@@ -27,7 +27,7 @@ STUDENTS = {
                                       "audio": {"type": "conv", "channels": [8, 16], "pool": 2}}},
 }
 KD4 = [{"name": "kd", "temperature": 4.0}]
-HINTS = [{"name": "fitnet", "weight": 1.0, "student": f"encoders.{m}", "teacher": f"encoders.{m}"} for m in ("audio", "image")]
+HINTS = [{"name": "fitnet", "weight": 1.0}]  # one term per modality's embedding (feature points)
 # name -> (gamma, distillation terms or None for training from scratch, mixup alpha)
 RECIPES = {
     "scratch": (1.0, None, 0.0),

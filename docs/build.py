@@ -556,6 +556,34 @@ def _corruptions(results: Path):
 
 # --- build ---------------------------------------------------------------------------------------
 
+@source("auto")
+def _auto(results: Path):
+    """benchmarks/multiview_auto.py: --auto and diagnose on the multi-view datasets."""
+    import multiview_auto
+
+    data = _load(results, "multiview_auto.json")
+    s = data["summary"]
+    per = s["per_view"]
+    picks = [p for e in per for p in e["picks"]]
+    return Namespace(args=data["args"], summary=s, per_view=per, table=multiview_auto.markdown(data).split("\n\n")[0],
+                     datasets=sorted({e["dataset"] for e in per}), skipped=data["skipped"],
+                     minutes=data.get("minutes"), rows=len(data["rows"]),
+                     picks={c: picks.count(c) for c in multiview_auto.CANDIDATES},
+                     worst_auto=min(per, key=lambda e: e["auto_gain"]),
+                     best_auto=max(per, key=lambda e: e["auto_gain"]),
+                     mean_auto_gain=mean_std([e["auto_gain"] for e in per])[0],
+                     mean_best_gain=mean_std([e["best_gain"] for e in per])[0],
+                     # searches whose best candidate on validation is not the best on test
+                     disagree=sum(max(r["val"], key=r["val"].get) != max(r["val"], key=lambda c: r[c])
+                                  for r in data["rows"]),
+                     probe_gain=mean_std([d["probe_gain"] for d in data["diagnose"]])[0],
+                     trial_gain=mean_std([d["trial_gain"] for d in data["diagnose"]])[0],
+                     fidelity=mean_std([d["probe_teacher_fidelity"] for d in data["diagnose"]])[0],
+                     spearman_trial=multiview_auto.spearman([d["trial_gain"] for d in data["diagnose"]],
+                                                            [next(e["auto_gain"] for e in per if e["dataset"] == d["dataset"]
+                                                                  and e["view"] == d["view"]) for d in data["diagnose"]]))
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,

@@ -149,7 +149,8 @@ def test_losses_lists_the_registry(capsys):
     out = capsys.readouterr().out
     for name in ("mse", "kd", "dkd", "crd", "rkd"):
         assert name in out
-    assert "features: maps" in out and "features: encoders" in out and "features: fusion" in out
+    # the feature-point kind each feature loss reads by default
+    assert "features: map" in out and "features: embedding" in out and "features: fused" in out
 
 
 def test_installed_console_script_reports_user_errors_in_one_line(tmp_path):
@@ -168,9 +169,12 @@ def test_loss_option_replaces_the_config_terms(tmp_path):
     assert run_cli("distill", student, "--out", tmp_path / "s", "--set", "train.epochs=1",
                    "--loss", "dkd:0.5", "--loss", "rkd", "--loss", "at:10") == 0
     config = json.loads((tmp_path / "s" / "run.json").read_text())["config"]
-    terms = config["distill"]["terms"]
+    assert [(t["name"], t["weight"], t["student"]) for t in config["distill"]["terms"]] == [
+        ("dkd", 0.5, None), ("rkd", 1.0, None), ("at", 10.0, None)]
+    # placed when the task is built, through the models' feature points
+    terms = json.loads((tmp_path / "s" / "summary.json").read_text())["terms"]
     assert [(t["name"], t["weight"]) for t in terms] == [("dkd", 0.5), ("rkd", 1.0), ("at", 10.0), ("at", 10.0)]
-    assert terms[1]["student"] == "fusion" and terms[1]["teacher"] == "fusion"
+    assert terms[0]["student"] == "logits" and terms[1]["student"] == "fusion" and terms[1]["teacher"] == "fusion"
     # attention transfer reads each modality's last convolutional map, in the student and the teacher
     assert sorted((t["student"], t["teacher"]) for t in terms[2:]) == [
         ("encoders.audio.features", "encoders.audio.features"), ("encoders.image.features", "encoders.image.features")]
@@ -178,18 +182,62 @@ def test_loss_option_replaces_the_config_terms(tmp_path):
 
 
 def test_loss_option_places_feature_losses_on_the_students_modalities():
+    from mmdistill.api import make_terms
     from mmdistill.cli import _loss_terms
-    from mmdistill.config import ModelConfig
+    from mmdistill.data.dataset import ModalitySpec
+    from mmdistill.models import build_model
 
-    model = ModelConfig.model_validate({"encoders": {"image": {"type": "conv", "channels": [4]},
-                                                     "vector": {"type": "mlp", "hidden": [8]}}})
-    terms = _loss_terms(["fitnet", "sp:2", "pkt"], model.encoders)
-    assert [(t["name"], t["student"]) for t in terms] == [
+    specs = {"image": ModalitySpec("image", "image", (1, 8, 8)), "vector": ModalitySpec("vector", "vector", (6,))}
+    teacher = build_model({"encoders": {"image": {"type": "conv", "channels": [4]},
+                                        "vector": {"type": "mlp", "hidden": [8]}}}, specs, 3)
+    student = build_model({"encoders": {"image": {"type": "conv", "channels": [2]},
+                                        "vector": {"type": "mlp", "hidden": [4]}}, "modalities": ["vector"]}, specs, 3)
+    specs_in = _loss_terms(["fitnet", "sp:2", "pkt", "kd:0.5"])
+    assert specs_in == [{"name": "fitnet", "weight": 1.0}, {"name": "sp", "weight": 2.0}, {"name": "pkt", "weight": 1.0},
+                        {"name": "kd", "weight": 0.5}]
+    terms = make_terms(specs_in, student=teacher, teachers=[teacher])
+    assert [(t.name, t.student_path) for t in terms] == [
         ("fitnet", "encoders.image"), ("fitnet", "encoders.vector"),
         # an MLP encoder has no map: SP reads its embedding
-        ("sp", "encoders.image.features"), ("sp", "encoders.vector"), ("pkt", "fusion")]
-    assert all(t["student"] == t["teacher"] for t in terms) and terms[2]["weight"] == 2.0
-    assert _loss_terms(["kd:0.5"], model.encoders) == [{"name": "kd", "weight": 0.5}]
+        ("sp", "encoders.image.features"), ("sp", "encoders.vector"), ("pkt", "fusion"), ("kd", "logits")]
+    assert all(t.student_path == t.teacher_path for t in terms) and terms[2].weight == 2.0
+    # a student that sees fewer modalities gets terms on the ones it sees only
+    terms = make_terms(specs_in[:2], student=student, teachers=[teacher])
+    assert [(t.name, t.student_path, t.teacher_path) for t in terms] == [
+        ("fitnet", "encoders.vector", "encoders.vector"), ("sp", "encoders.vector", "encoders.vector")]
+
+
+def test_feature_loss_on_a_model_without_points_needs_explicit_paths(tmp_path):
+    """A plain nn.Module (e.g. a factory model) declares no feature points: placing a feature loss
+    without paths is an error saying to give them; with explicit paths it distils."""
+    from torch import nn
+
+    from mmdistill import api
+    from mmdistill.config import TrainConfig
+    from mmdistill.data import build_data
+    from mmdistill.config import DataConfig
+    from mmdistill.errors import ConfigError
+    from mmdistill.models import build_model
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 8), nn.ReLU())
+            self.out = nn.Linear(8, 10)
+
+        def forward(self, batch):
+            return self.out(self.body(batch["image"]))
+
+    data = build_data(DataConfig(name="synthetic", train_size=60, test_size=20), val_fraction=0.2)
+    teacher = build_model({"encoders": {"image": {"type": "mlp", "hidden": [8]}}}, data.specs, data.num_classes)
+    cfg = TrainConfig(epochs=1, batch_size=32, progress=False)
+    with pytest.raises(ConfigError, match="declares no feature points.*student: and teacher:"):
+        api.distill(Plain(), teacher, data, terms=[{"name": "fitnet"}], cfg=cfg, device="cpu")
+    with pytest.raises(ConfigError, match=r"terms\[0\].teacher: give both"):
+        api.distill(Plain(), teacher, data, terms=[{"name": "fitnet", "student": "body"}], cfg=cfg, device="cpu")
+    fit = api.distill(Plain(), teacher, data, terms=[{"name": "fitnet", "student": "body", "teacher": "fusion"}],
+                      cfg=cfg, device="cpu")
+    assert [(t.student_path, t.teacher_path) for t in fit.task.terms] == [("body", "fusion")]
 
 
 def test_term_weight_warmup_is_validated(tmp_path, capsys):

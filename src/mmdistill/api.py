@@ -29,36 +29,65 @@ from .config import EnsembleConfig, LossTermConfig, TrainConfig, format_validati
 from .data.dataset import DataSplits
 from .distill.engine import FitResult, Trainer, resolve_device
 from .distill.ensemble import STRATEGIES, TeacherEnsemble
+from .distill.hooks import OUTPUT
 from .distill.tasks import DistillationTask, SupervisedTask, Term
 from .errors import ConfigError
 from .losses import build_loss
 
 
 def make_terms(terms: Sequence[Term | LossTermConfig | dict | str],
-               teacher_names: Sequence[str] = ()) -> list[Term]:
+               teacher_names: Sequence[str] = (), *, student: nn.Module | None = None,
+               teachers: Sequence[nn.Module] = ()) -> list[Term]:
     """Terms from ``Term`` objects, config entries (``{"name": "kd", "weight": 1, "temperature": 4}``)
-    or bare loss names; a config entry's ``source`` is looked up in ``teacher_names``."""
+    or bare loss names; a config entry's ``source`` is looked up in ``teacher_names``.
+
+    A feature loss's entry without ``student``/``teacher`` paths is placed through the models'
+    feature points (:func:`~mmdistill.models.points.placements` of the loss's ``default_layer``),
+    one term per (student path, teacher path) pair, so ``student`` and ``teachers`` are needed then;
+    a logit loss reads the logits."""
+    from .losses import LOSSES
+    from .models.points import placements
+
     out = []
     for i, term in enumerate(terms):
         if isinstance(term, Term):
             out.append(term)
             continue
+        where = f"distill.terms[{i}]"
         try:
             if isinstance(term, str):
                 term = LossTermConfig(name=term)
             elif isinstance(term, dict):
                 term = LossTermConfig.model_validate(term)
         except pydantic.ValidationError as err:
-            raise ConfigError(format_validation_error(err, f"distill.terms[{i}]")) from None
+            raise ConfigError(format_validation_error(err, where)) from None
         source = None
         if term.source is not None:
             if term.source not in teacher_names:
-                raise ConfigError(f"distill.terms[{i}].source: no teacher named {term.source!r}"
+                raise ConfigError(f"{where}.source: no teacher named {term.source!r}"
                                   f" (teachers: {', '.join(teacher_names) or 'unnamed'})")
             source = list(teacher_names).index(term.source)
-        out.append(Term(name=term.name, loss=build_loss(term.name, term.options, where=f"distill.terms[{i}]"),
-                        weight=term.weight, student_path=term.student, teacher_path=term.teacher,
-                        warmup=term.warmup, teacher=source))
+        pairs = [(term.student, term.teacher)]
+        if (term.student is None) != (term.teacher is None):
+            missing = "teacher" if term.teacher is None else "student"
+            raise ConfigError(f"{where}.{missing}: give both student: and teacher: paths, or neither to place "
+                              f"the term through the models' feature points")
+        if term.student is None:
+            cls = LOSSES.get(term.name)
+            if cls.inputs == "logits":
+                pairs = [(OUTPUT, OUTPUT)]
+            else:
+                if student is None or not teachers:
+                    raise ConfigError(f"{where}: feature loss {term.name!r} has no student:/teacher: paths and no "
+                                      f"models to place it by; give the paths")
+                if source is None and len(teachers) > 1:
+                    raise ConfigError(f"{where}.source: with several teachers a feature term names the teacher "
+                                      f"it reads ({', '.join(teacher_names)})")
+                pairs = placements(cls.default_layer, student, teachers[source or 0], loss=where)
+        for s_path, t_path in pairs:
+            out.append(Term(name=term.name, loss=build_loss(term.name, term.options, where=where),
+                            weight=term.weight, student_path=s_path, teacher_path=t_path,
+                            warmup=term.warmup, teacher=source))
     return out
 
 
@@ -103,8 +132,8 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
                                  options=ens.model_dump(exclude={"strategy", "weights"}))
     except ValueError as err:
         raise ConfigError(f"distill.ensemble: {err}") from None
-    task = DistillationTask(student, models, make_terms(terms, names), gamma=gamma, teacher_names=names,
-                            ensemble=fusion)
+    task = DistillationTask(student, models, make_terms(terms, names, student=student, teachers=models), gamma=gamma,
+                            teacher_names=names, ensemble=fusion)
     trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label,
                       resume=resume)
     result = trainer.fit(task, data.train, data.val)

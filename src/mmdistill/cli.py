@@ -86,10 +86,9 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})
 
 
-def _loss_terms(specs: list[str], encoders: dict) -> list[dict]:
-    """``NAME[:WEIGHT]`` -> loss terms. A feature loss reads the layer its class names
-    (``default_layer``): the fused embedding, or one term per modality of the student (``encoders``,
-    its model config's encoders) on that modality's embedding or last convolutional map."""
+def _loss_terms(specs: list[str]) -> list[dict]:
+    """``NAME[:WEIGHT]`` -> loss terms ``{name, weight}``; a feature loss is placed when the task is
+    built, through the models' feature points (:func:`mmdistill.models.points.placements`)."""
     from .errors import ConfigError
     from .losses import LOSSES
 
@@ -97,20 +96,22 @@ def _loss_terms(specs: list[str], encoders: dict) -> list[dict]:
     for spec in specs:
         name, _, weight = spec.partition(":")
         try:
-            term = {"name": name, "weight": float(weight) if weight else 1.0}
+            terms.append({"name": name, "weight": float(weight) if weight else 1.0})
         except ValueError:
             raise ConfigError(f"--loss {spec}: the weight must be a number") from None
-        loss = LOSSES.get(name)
-        if loss.inputs != "features":
-            terms.append(term)
-        elif loss.default_layer == "fusion":
-            terms.append({**term, "student": "fusion", "teacher": "fusion"})
-        else:
-            for modality, encoder in encoders.items():
-                maps = loss.default_layer == "maps" and encoder.type == "conv"
-                path = f"encoders.{modality}" + (".features" if maps else "")
-                terms.append({**term, "student": path, "teacher": path})
+        LOSSES.get(name)  # an unknown name is an error here, naming the known ones
     return terms
+
+
+def _print_auto(auto: dict) -> None:
+    table = Table(title=f"--auto candidates (chosen: {auto['choice']}; final model {auto['final']})")
+    for col in ("candidate", "terms", "val accuracy", "best epoch"):
+        table.add_column(col, justify="left" if col in ("candidate", "terms") else "right")
+    for r in auto["candidates"]:
+        terms = ", ".join(f"{t['name']} x{t['weight']:g} @ {t['student']}" for t in r["placed"]) or "CE only"
+        table.add_row(Text(r["name"] + (" *" if r["name"] == auto["choice"] else "")), Text(terms),
+                      f"{r['val_accuracy']:.4f}", str(r["best_epoch"]))
+    console.print(table)
 
 
 @app.command("distill")
@@ -118,19 +119,39 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
                 out: Path = OutOpt, set_: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
                 data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt, resume: bool = ResumeOpt,
                 loss: Optional[List[str]] = typer.Option(
-                    None, "--loss", help="NAME[:WEIGHT] (repeatable): replaces the config's loss terms; feature "
-                                         "losses read the layers the method table uses (at, nst, sp: "
-                                         "each modality's conv map; fitnet, vid: each modality's "
-                                         "embedding; the others: the fused embedding).")):
+                    None, "--loss", help="NAME[:WEIGHT] (repeatable): replaces the config's loss terms; a feature "
+                                         "loss reads the feature points of its kind that the models declare "
+                                         "(see `mmdistill losses`), one term per shared modality for "
+                                         "per-modality kinds."),
+                auto: bool = typer.Option(False, "--auto", help="Choose the method and weight on the validation "
+                                          "split among none (plain CE), KD at T=2 and 4, DIST and one feature "
+                                          "method; ties within 0.5 points go to none. See summary.json's auto."),
+                auto_epochs: Optional[int] = typer.Option(None, "--auto-epochs", help="--auto: epochs per candidate "
+                                                          "(default train.epochs; fewer: the choice is retrained "
+                                                          "with train.epochs)."),
+                auto_scale: Optional[List[float]] = typer.Option(None, "--auto-scale", help="--auto: multiply each "
+                                                                 "candidate's weights by this (repeatable: a grid).")):
     """Distil a trained teacher into the config's student."""
     from .config import parse_config
+    from .errors import ConfigError
     from .runs import run_distill
 
     cfg = _config(config, set_, device, data_root)
+    if not auto and (auto_epochs is not None or auto_scale):
+        raise ConfigError("--auto-epochs/--auto-scale: only with --auto")
+    if auto:
+        from .auto import run_auto
+
+        if loss or resume:
+            raise ConfigError(f"--auto: chooses the loss terms itself; drop {'--loss' if loss else '--resume'}")
+        summary = run_auto(cfg, out, overwrite=overwrite, config_path=config, search_epochs=auto_epochs,
+                           scales=tuple(auto_scale or (1.0,)), log=lambda line: console.print(Text(line)))
+        _print_auto(summary["auto"])
+        _print_metrics(f"test metrics ({out})", {"teacher": summary["teacher"], "student": summary["student"]})
+        return
     if loss:
         raw = cfg.model_dump()
-        seen = cfg.model.modalities or list(cfg.model.encoders)
-        raw["distill"]["terms"] = _loss_terms(loss, {m: cfg.model.encoders[m] for m in seen})
+        raw["distill"]["terms"] = _loss_terms(loss)
         cfg = parse_config(raw, str(config))
     summary = run_distill(cfg, out, overwrite=overwrite, config_path=config, resume=resume)
     if not summary:  # a torchrun rank other than 0: rank 0 reports
@@ -142,6 +163,37 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
         weights = ", ".join(f"{n} {w:.3f}" for n, w in summary["ensemble"]["mean_weight"].items())
         console.print(Text(f"mean teacher weight ({summary['ensemble']['strategy']}): {weights}; "
                            f"per sample in {summary['ensemble']['file']}"))
+
+
+@app.command("diagnose")
+def diagnose_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the teacher checkpoint and the student."),
+                 out: Optional[Path] = typer.Option(None, "--out", help="Folder to write diagnose.json to."),
+                 set_: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
+                 data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt,
+                 trial_epochs: Optional[int] = typer.Option(None, "--trial-epochs", help="Epochs of the scratch vs "
+                                                            "KD trial (default: a quarter of train.epochs).")):
+    """Predict, before the full runs, whether distillation will help; prints the evidence and a score."""
+    from .diagnose import run_diagnose
+
+    result = run_diagnose(_config(config, set_, device, data_root), out, overwrite=overwrite, config_path=config,
+                          trial_epochs=trial_epochs, log=lambda line: console.print(Text(line)))
+    table = Table(title=f"diagnose (validation split; student sees {', '.join(result['student_modalities'])})")
+    table.add_column("evidence")
+    table.add_column("value", justify="right")
+    rows = [("teacher accuracy, all modalities", result["teacher_val_accuracy"]),
+            ("teacher accuracy, student's modalities only", result["teacher_val_accuracy_student_view"]),
+            ("linear probe on student's view: accuracy (true labels)", result["probe_accuracy"]),
+            ("probe fitted to teacher's labels: accuracy", result["probe_teacher_accuracy"]),
+            ("probe fitted to teacher's labels: agreement with teacher", result["probe_teacher_fidelity"]),
+            ("label probe's agreement with teacher", result["probe_teacher_agreement"]),
+            (f"{result['trial_epochs']}-epoch trial: scratch", result["trial_scratch_val_accuracy"]),
+            (f"{result['trial_epochs']}-epoch trial: KD T=4", result["trial_kd_val_accuracy"])]
+    for label, value in rows:
+        table.add_row(Text(label), f"{value:.4f}")
+    console.print(table)
+    console.print(Text(f"score {result['score']:+.2f} points (mean of trial gain {result['trial_gain']:+.2f} and "
+                       f"probe gain {result['probe_gain']:+.2f}): {result['verdict']}"
+                       + (f"; wrote {out / 'diagnose.json'}" if out else "")))
 
 
 @app.command()
@@ -192,15 +244,19 @@ def report(run_dirs: List[Path] = typer.Argument(..., help="Run directories (tra
 
 @app.command()
 def losses():
-    """List every registered distillation loss."""
+    """List every registered distillation loss and the feature points it reads."""
     from .losses import LOSSES
+    from .models.points import describe_layer
+
+    def reads(cls) -> str:
+        return "logits" if cls.inputs == "logits" else describe_layer(cls.default_layer)
 
     table = Table(title="distillation losses")
     table.add_column("name")
-    table.add_column("reads (with --loss)")
+    table.add_column("reads (without paths)")
     table.add_column("description")
     for name, cls in LOSSES.items():
-        table.add_row(name, "logits" if cls.inputs == "logits" else f"features: {cls.default_layer}", cls.describe())
+        table.add_row(name, reads(cls), cls.describe())
     console.print(table)
 
 

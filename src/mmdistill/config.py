@@ -141,8 +141,11 @@ class LossTermConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     weight: float = 1.0
-    student: str = "logits"
-    teacher: str = "logits"
+    # module paths the term compares; None: "logits" for a logit loss, and for a feature loss the
+    # models' declared feature points of the loss's kind (models.points.placements), one term
+    # per shared modality for per-modality kinds
+    student: str | None = None
+    teacher: str | None = None
     warmup: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of training over which weight ramps up from 0
     # which teacher (by name) the term reads; None: the only teacher, or, for logits with several
     # teachers, their per-sample fusion (``distill.ensemble``)

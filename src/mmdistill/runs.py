@@ -86,7 +86,10 @@ def checkpoint_data(checkpoint: str | Path, model: nn.Module, payload: dict,
     except pydantic.ValidationError as err:
         raise CheckpointError(f"{checkpoint}: its recorded data config is invalid "
                               f"({format_validation_error(err, 'data')})") from None
-    data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0))
+    # the training run's standardisation statistics, not ones recomputed from the data found now
+    stored = (meta.get("data_info") or {}).get("standardise")
+    data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0),
+                      standardise=stored if isinstance(stored, dict) else None)
     check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
                           data, data_cfg.name)
     return data_cfg, data
@@ -220,7 +223,9 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
         check_train_options(cfg.train, data.specs)
         teachers = load_teachers(cfg, data, device, config_path)
         student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
-        terms = make_terms(cfg.distill.terms, cfg.distill.teacher_names())  # each loss built once, before the run starts
+        # each loss built once and placed (feature points, explicit paths) before the run starts, so a
+        # placement error leaves no run behind
+        terms = make_terms(cfg.distill.terms, list(teachers), student=student, teachers=list(teachers.values()))
     with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
                              out) as run:
         fit = distill(student, teachers, data, terms=terms, gamma=cfg.distill.gamma,
@@ -233,7 +238,8 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
                                  batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "student": {**metrics, "extra_params": fit.extra_params},
                    "best_epoch": fit.best_epoch, "val_accuracy": fit.best_val_accuracy,
-                   "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt")}
+                   "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt"),
+                   "terms": placed_terms(fit.task)}
         reports = {name: evaluate_model(t, data.test, device=device, latency=True, batch_size=cfg.train.eval_batch_size)
                    for name, t in teachers.items()}
         if len(teachers) == 1:
@@ -244,6 +250,12 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
             summary["ensemble"] = write_teacher_weights(run / "teacher_weights.csv", fit.task, data.train, device,
                                                          cfg.distill.ensemble.strategy)
         return _finish(run, summary, metrics)
+
+
+def placed_terms(task) -> list[dict]:
+    """The terms a distillation task optimises, as placed (feature points resolved)."""
+    return [{"name": t.name, "weight": t.weight, "student": t.student_path, "teacher": t.teacher_path,
+             "source": task.teacher_names[t.teacher] if t.teacher is not None else None} for t in task.terms]
 
 
 def write_teacher_weights(path: Path, task, dataset, device, strategy: str) -> dict:

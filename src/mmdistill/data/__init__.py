@@ -35,8 +35,14 @@ def check_classes(where: str, train: MultimodalDataset, test: MultimodalDataset)
                         f"indices 0..K-1")
 
 
-def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0) -> DataSplits:
-    """Build the train/val/test splits a data config names (validation held out of train)."""
+def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: dict | None = None) -> DataSplits:
+    """Build the train/val/test splits a data config names (validation held out of train).
+
+    A dataset with a ``standardize`` option is then standardised with the training split's
+    statistics (:mod:`mmdistill.data.standardize`); ``standardise``: the statistics a trained
+    model recorded (``info["standardise"]``), used instead of recomputing them."""
+    from .standardize import standardize_splits
+
     entry = DATASETS.get(cfg.name)
     options = parse_options(cfg.name, cfg.options)
     train, test, info = entry.builder(data_root(cfg.root), options, seed)
@@ -46,4 +52,9 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0) -> DataSplits:
     else:
         train, val = split_validation(train, val_fraction, seed)
     info = {**info, "train_samples": len(train), "val_samples": len(val) if val else 0, "test_samples": len(test)}
-    return DataSplits(train=train, test=test, val=val, info=info)
+    data = DataSplits(train=train, test=test, val=val, info=info)
+    mode = getattr(options, "standardize", False)
+    stats = standardize_splits(data, mode, standardise)
+    if stats:
+        data.info["standardise"] = {**info.get("standardise", {}), **stats}
+    return data

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, StrictBool
 
 from ..errors import DataError
 from .batch import RESERVED_KEYS
@@ -121,6 +121,9 @@ class ManifestOptions(_Options):
     classes: list[str] | None = None
     audio: ManifestAudioOptions = ManifestAudioOptions()
     image_size: tuple[PositiveInt, PositiveInt] | None = None
+    # (x - mean) / std with the training split's statistics: auto = feature vectors (.npy columns of
+    # 1-D arrays), per feature (see mmdistill.data.standardize); true: every modality; false: none
+    standardize: Literal["auto"] | StrictBool = "auto"
 
     @pydantic.field_validator("modalities", mode="before")
     @classmethod

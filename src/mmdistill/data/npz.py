@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ..errors import DataError
 from .batch import RESERVED_KEYS
@@ -47,6 +47,9 @@ class NpzOptions(BaseModel):
     kinds: dict[str, Kind] | None = None
     classes: list[str] | None = None
     text: dict[str, TextOptions] = {}  # string arrays to tokenise, by modality name
+    # (x - mean) / std with the training split's statistics: auto = feature vectors, per feature
+    # (see mmdistill.data.standardize); true: every modality; false: none
+    standardize: Literal["auto"] | StrictBool = "auto"
 
 
 def resolve(root: Path, path: str) -> Path:

@@ -351,7 +351,10 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
         cfg = DataConfig.model_validate({**raw.get("data", raw), **({"root": data_root} if data_root else {})})
     except pydantic.ValidationError as err:
         raise ConfigError(f"{data_config}: {format_validation_error(err, 'data')}") from None
-    data = build_data(cfg, seed=seed, val_fraction=val_fraction)
+    # the exported model's standardisation statistics (model.json), not ones recomputed from this data
+    stored = {m: e["standardise"] for m, e in model.meta.get("preprocessing", {}).get("modalities", {}).items()
+              if e.get("standardise")}
+    data = build_data(cfg, seed=seed, val_fraction=val_fraction, standardise=stored)
     dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
     if dataset is None:
         raise ConfigError(f"--split {split}: no such split (test, train{', val' if data.val is not None else ''})")

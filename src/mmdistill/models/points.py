@@ -41,6 +41,16 @@ def feature_points(model: nn.Module) -> list[FeaturePoint]:
     return list(declare()) if callable(declare) else []
 
 
+#: the point kind a loss with each ``default_layer`` reads (``mmdistill losses``); per modality
+#: for maps and embeddings, with the fallbacks of :func:`_pick`
+LAYER_KINDS = {"maps": "map", "encoders": "embedding", "fusion": "fused"}
+
+
+def describe_layer(layer: str) -> str:
+    """``features: KIND``, the point kind a loss with ``default_layer == layer`` reads."""
+    return f"features: {LAYER_KINDS.get(layer, layer)}"
+
+
 def _by_modality(points: list[FeaturePoint], kind: str) -> dict[str | None, FeaturePoint]:
     return {p.modality: p for p in points if p.kind == kind}
 
