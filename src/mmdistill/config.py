@@ -178,6 +178,15 @@ class TrainConfig(Strict):
     # extra sinks for the per-epoch metrics (metrics.jsonl is always written): tensorboard writes
     # event files to RUN_DIR/tensorboard (needs the optional extra: pip install 'mmdistill[tensorboard]')
     log: list[Literal["tensorboard"]] = []
+    # mixed precision of the training step (forward and losses): ``bf16`` or ``fp16`` run it under
+    # torch.autocast on the device, ``fp16`` with a GradScaler; weights, optimiser state,
+    # checkpoints and validation stay float32, and the losses compute in float32. On a shared
+    # 2-core CPU bf16 was slower than fp32 (README, "Precision and compile"): fp32 is the default
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile the student's forward (and the teachers' when they are not cached); needs a C++
+    # compiler on CPU. Off by default: measured on the Hinton pair on CPU it did not clearly help
+    # (README, "Precision and compile"), and compiled dropout draws other random numbers than eager
+    compile: StrictBool = False
 
     @pydantic.field_validator("log")
     @classmethod

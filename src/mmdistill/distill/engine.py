@@ -8,6 +8,7 @@ run bit-identically. At the end the model holds the best weights. Seeded and det
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -119,6 +120,91 @@ def check_train_options(cfg: TrainConfig, specs: dict) -> None:
                                   f"{' or '.join(AUGMENT_KINDS[entry.type])} modalities, {m!r} is {kind}")
 
 
+#: seconds between two reads of the running loss (progress bar, divergence check): the only host
+#: syncs of an epoch besides its end
+SYNC_INTERVAL = 0.5
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The context a training step runs in: torch.autocast to ``precision`` on ``device``'s type
+    (``fp32``: no autocast). Raises ConfigError naming ``train.precision`` where it is unsupported."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = _AUTOCAST_DTYPES[precision]
+    if not torch.amp.is_autocast_available(device.type):
+        raise ConfigError(f"train.precision: {precision} needs torch.autocast, which {device.type} does not support")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision: bf16 is not supported by this CUDA device; use fp16 or fp32")
+    try:
+        return torch.autocast(device.type, dtype=dtype)
+    except RuntimeError as err:
+        raise ConfigError(f"train.precision: {precision} is not supported on {device.type} "
+                          f"({str(err).splitlines()[0]})") from None
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A GradScaler, enabled for ``fp16`` only (bf16 has float32's range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def compile_forwards(task, device: torch.device, *, teachers: bool) -> list[nn.Module]:
+    """``torch.compile`` the student's forward, and the teachers' when ``teachers`` (i.e. they run
+    every step, uncached); returns the modules changed, for :func:`uncompile`. A machine where
+    torch.compile cannot work (no C++ compiler, unsupported Python) gives a ConfigError."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))
+    except Exception as err:  # inductor's errors have no common base class
+        raise ConfigError(f"train.compile: torch.compile does not work here ({str(err).strip().splitlines()[0]}); "
+                          "set train.compile: false") from None
+    modules = [task.model] + (list(getattr(task, "teachers", [])) if teachers else [])
+    for module in modules:
+        module.forward = torch.compile(module.forward)
+    return modules
+
+
+def uncompile(modules: list[nn.Module]) -> None:
+    """Undo :func:`compile_forwards`: the models leave a fit with their eager forward."""
+    for module in modules:
+        module.__dict__.pop("forward", None)
+
+
+class EpochMeter:
+    """Sums over an epoch of each loss term (times the batch size) and of correct predictions,
+    kept on the device as detached tensors so that a training step never waits for the host;
+    :meth:`read` copies them out once."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.sums: dict[str, torch.Tensor] = {}
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+
+    def add(self, losses: dict[str, torch.Tensor], total: torch.Tensor, logits: torch.Tensor,
+            labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        for key, value in (*losses.items(), ("loss", total)):
+            acc = self.sums.get(key)
+            if acc is None:
+                acc = self.sums[key] = torch.zeros((), dtype=self.dtype, device=self.device)
+            acc.add_(value.detach(), alpha=n)
+        self.correct.add_((logits.detach().argmax(1) == labels).sum())  # y_i under mixup
+        self.seen += n
+
+    def mean_loss(self) -> float:
+        """The running mean total loss (one host sync)."""
+        return float(self.sums["loss"]) / self.seen
+
+    def read(self) -> dict[str, float]:
+        """``{"train_<term>": mean, ..., "train_loss": mean, "train_accuracy": fraction}`` (one host sync)."""
+        values = torch.stack([*self.sums.values(), self.correct.to(self.dtype)]).cpu().tolist()
+        out = {f"train_{k}": v / self.seen for k, v in zip(self.sums, values)}
+        out["train_accuracy"] = values[-1] / self.seen
+        return out
+
+
 class Trainer:
     """Runs a task (see :mod:`mmdistill.distill.tasks`) for ``cfg.epochs`` epochs.
 
@@ -166,12 +252,18 @@ class Trainer:
             task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
+        self.autocast = autocast(self.device, cfg.precision)
+        self.scaler = grad_scaler(self.device, cfg.precision)
         result = FitResult()
         start = time.perf_counter()
+        compiled = []
         self.sinks = MetricSinks(cfg.log, self.run_dir)  # train.log: e.g. TensorBoard, beside metrics.jsonl
         try:
+            if cfg.compile:
+                compiled = compile_forwards(task, self.device, teachers=getattr(task, "_cache", None) is None)
             best_state = self._epochs(task, loader, val, optimizer, scheduler, result)
         finally:
+            uncompile(compiled)
             self.sinks.close()
             if hasattr(task, "clear_cache"):
                 task.clear_cache()
@@ -196,9 +288,9 @@ class Trainer:
                                completed=first_epoch * steps_per_epoch)
             for epoch in range(first_epoch, cfg.epochs):
                 task.train()
-                sums: dict[str, float] = {}
-                correct = seen = 0
+                meter = EpochMeter(self.device)
                 epoch_start = time.perf_counter()
+                next_sync, pending = epoch_start + SYNC_INTERVAL, 0
                 for step, batch in enumerate(loader):
                     batch = to_device(batch, self.device, non_blocking=True)
                     whole = batch
@@ -213,28 +305,17 @@ class Trainer:
                     if cfg.mixup > 0:
                         batch = whole = mixup(batch, cfg.mixup, mix_generator)
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
-                    logits, losses = task.training_step(batch, progress, teacher_batch=whole)
-                    total = sum(losses.values())
-                    if not torch.isfinite(total):
-                        raise FloatingPointError(f"{self.label}: loss became {float(total)} at epoch {epoch + 1}, step {step}")
-                    optimizer.zero_grad(set_to_none=True)
-                    total.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(task.trainable_parameters(), cfg.grad_clip)
-                    optimizer.step()
+                    logits, losses, total = self._step(task, batch, whole, progress, optimizer)
                     lr = optimizer.param_groups[0]["lr"]
                     if cfg.scheduler.interval == "step":
                         scheduler.step()
-                    n = len(batch["label"])
-                    for key, value in losses.items():
-                        sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
-                    sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-                    correct += int((logits.detach().argmax(1) == batch["label"]).sum())  # y_i under mixup
-                    seen += n
-                    bar.update(job, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / seen:.4f}")
-                record = {"epoch": epoch + 1, "lr": lr,
-                          **{f"train_{k}": v / seen for k, v in sums.items()},
-                          "train_accuracy": correct / seen, "epoch_seconds": time.perf_counter() - epoch_start}
+                    meter.add(losses, total, logits, batch["label"])
+                    pending += 1
+                    if step + 1 == steps_per_epoch or time.perf_counter() >= next_sync:
+                        self._sync(meter, epoch, step, bar, job, pending)
+                        next_sync, pending = time.perf_counter() + SYNC_INTERVAL, 0
+                record = {"epoch": epoch + 1, "lr": lr, **meter.read(),
+                          "epoch_seconds": time.perf_counter() - epoch_start}
                 if hasattr(task, "epoch_stats"):
                     record.update(task.epoch_stats())
                 if cfg.scheduler.interval == "epoch":
@@ -262,6 +343,28 @@ class Trainer:
                 if self.run_dir:
                     self._save_state(task, loader, optimizer, scheduler, mix_generator, result, epoch + 1, best_state)
         return best_state
+
+    def _step(self, task, batch, whole, progress: float, optimizer) -> tuple:
+        """One optimiser step (forward and losses under ``train.precision``'s autocast, the
+        backward through the GradScaler); returns (logits, {term: loss}, total loss), unsynced."""
+        with self.autocast:
+            logits, losses = task.training_step(batch, progress, teacher_batch=whole)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(task.trainable_parameters(), self.cfg.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return logits, losses, total
+
+    def _sync(self, meter: EpochMeter, epoch: int, step: int, bar, job, steps: int) -> None:
+        """The throttled host read: the running loss for the progress bar and the divergence check."""
+        loss = meter.mean_loss()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{self.label}: loss became {loss} in epoch {epoch + 1}, by step {step}")
+        bar.update(job, advance=steps, status=f"epoch {epoch + 1}/{self.cfg.epochs} loss {loss:.4f}")
 
     # --- resumable training state ----------------------------------------------------------
     STATE_FILE = "state.pt"
@@ -291,6 +394,8 @@ class Trainer:
                      "state": {k: v.detach().cpu() for k, v in best_state.items()}},
             "history": json.loads(json.dumps(result.history)),  # plain floats, ints and strings
         }
+        if self.scaler.is_enabled():  # fp16: the loss scale and its growth tracker
+            payload["scaler"] = self.scaler.state_dict()
         sampler_generator = getattr(loader.sampler, "generator", None)
         if sampler_generator is not None:
             payload["rng"]["sampler"] = sampler_generator.get_state()
@@ -339,6 +444,8 @@ class Trainer:
             raise CheckpointError(f"{path}: the training state does not match the model "
                                   f"({str(err).splitlines()[0]})") from None
         scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         set_rng_state(rng)
         mix_generator.set_state(rng["mix"])
