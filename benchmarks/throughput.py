@@ -22,8 +22,15 @@ alone would run: for the Hinton pair, the three products of each linear layer (f
 gradient, weight gradient) timed as plain ``torch.mm`` calls of the same shapes; for AV-Digits, the
 student's forward multiply-accumulates (``export.profile.count_macs``) times 3 (forward plus the
 two backward products), at the FLOP rate of a batch-sized square ``torch.mm`` timed beside it.
-torchdistill 1.1.5 runs from ``--torchdistill-python`` (a separate virtual environment; see the
-row's note in the results); without it that row is skipped, and said so.
+torchdistill 1.1.5 (Hinton pair only) runs from ``--torchdistill-python``, the interpreter of a
+separate virtual environment, made so (torchvision's wheel is installed without its dependencies:
+its compiled ops need torch's CUDA build and this loop uses none of them, see
+:func:`run_torchdistill`)::
+
+    python3 -m venv tdvenv && tdvenv/bin/pip install torch==2.13.0 numpy pyyaml scipy cython pillow
+    tdvenv/bin/pip install --no-deps torchdistill==1.1.5 torchvision==0.28.0
+
+Without it that row is skipped, and the results say so.
 Writes ``benchmarks/results/<name>.{json,md}``.
 """
 from __future__ import annotations
@@ -55,6 +62,9 @@ LABELS = {
     "mmdistill_distill_cache_compile": "mmdistill `distill`, teacher cache, `compile: true`",
     "torchdistill": "torchdistill 1.1.5, KD with a teacher forward every step",
 }
+TORCHDISTILL_NOTE = ("torchdistill 1.1.5's DistillationBox with its KDLoss on the same MLPs, from its own venv; "
+                     "torchvision (a dependency) is imported with its compiled ops' meta registrations "
+                     "skipped, as its wheel needs torch's CUDA build; the loop uses none of its ops")
 TEMPERATURE, ALPHA = 4.0, 0.5
 HINTON = {"samples": 20000, "batch": 128, "teacher": [1200, 1200], "student": [800, 800],
           "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}}
@@ -366,6 +376,8 @@ def markdown(result: dict) -> str:
         if res["roofline_samples_per_s"]:
             lines += ["", f"Roofline: {res['roofline_samples_per_s']:,.0f} samples/s, the student's fp32 forward and "
                       f"backward matrix products at {res['roofline_gflops']:.1f} GFLOP/s (see the script's docstring)."]
+        if res.get("notes"):
+            lines += ["", *(f"- {LABELS[row]}: {note}" for row, note in res["notes"].items())]
         lines += ["", "| ratio | value |", "|---|---|"]
         lines += [f"| {k} | {v:.2f}x |" for k, v in res["ratios"].items()]
         lines.append("")
@@ -402,7 +414,8 @@ def main(argv=None) -> None:
                 runs[row].append(measure(args, pair, row))
                 print(f"{pair} round {r + 1}: {row} {runs[row][-1]['samples_per_s']:,.0f} samples/s", flush=True)
             roofline.append(measure(args, pair, "roofline"))
-        result["pairs"][pair] = {**summarise(pair, runs, roofline), "skipped": skipped}
+        notes = {"torchdistill": TORCHDISTILL_NOTE} if "torchdistill" in rows else {}
+        result["pairs"][pair] = {**summarise(pair, runs, roofline), "skipped": skipped, "notes": notes}
     name = Path(args.name)
     out = name if name.parent != Path(".") else HERE / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
