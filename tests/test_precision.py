@@ -1,5 +1,7 @@
 """train.precision (autocast, GradScaler for fp16), train.compile, and the hot loop's device-side
 metrics and divergence check (tiny models, few steps)."""
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -138,3 +140,29 @@ def test_each_precision_trains_on_cuda(data, precision):
         pytest.skip("this CUDA device has no bf16")
     model, result = fit_model(data, device="cuda", precision=precision)
     assert_trains(model, result)
+
+
+def test_training_steps_do_not_wait_for_the_host(data, monkeypatch):
+    """Host reads of tensors (float, int, bool, item, tolist) by the engine and the task during a
+    fit: a few per epoch, not one per step, once the throttled progress read is out of the way.
+    (The optimiser's and the sampler's reads of their own CPU tensors are not counted.)"""
+    import importlib
+
+    engine = importlib.import_module("mmdistill.distill.engine")
+
+    monkeypatch.setattr(engine, "SYNC_INTERVAL", 1e9)
+    reads = []
+    for name in ("__float__", "__int__", "__bool__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.endswith(("distill/engine.py", "distill/tasks.py")):
+                reads.append(f"{_name} {caller.rsplit('/', 1)[1]}:{sys._getframe(1).f_lineno}")
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    torch.manual_seed(0)
+    model = build_model(STUDENT, data.specs, data.num_classes)
+    Trainer(cfg(epochs=2, batch_size=4), seed=0).fit(SupervisedTask(model), data.train, None)
+    steps = 2 * -(-len(data.train) // 4)
+    assert steps >= 38 and len(reads) <= 2 * 3, reads
