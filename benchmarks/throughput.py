@@ -333,6 +333,8 @@ def measure(args, pair: str, row: str) -> dict:
 def rows_for(args, pair: str) -> tuple[list[str], dict[str, str]]:
     rows = [r for r in args.rows if r != "torchdistill" or pair == "hinton"]
     skipped = {}
+    if "torchdistill" in args.rows and pair != "hinton":
+        skipped["torchdistill"] = "not measured: the torchdistill row runs the Hinton pair only"
     if "torchdistill" in rows and not args.torchdistill_python:
         rows.remove("torchdistill")
         skipped["torchdistill"] = ("not measured: no --torchdistill-python given (torchdistill needs torchvision, "
