@@ -5,6 +5,11 @@ validation accuracy; one JSON line of metrics is appended to ``metrics.jsonl``; 
 (by validation accuracy) ``best.pt`` are written atomically, then ``state.pt``, the training state
 (see :meth:`Trainer._save_state`), from which ``Trainer(resume=True)`` continues an interrupted
 run bit-identically. At the end the model holds the best weights. Seeded and deterministic on CPU.
+
+The hot loop never waits for the host per step: loss terms and accuracy are summed on the device
+(:class:`EpochMeter`) and read once per epoch, plus a running-loss read every ``SYNC_INTERVAL``
+seconds for the progress bar and the divergence check. ``train.precision`` and ``train.compile``:
+:func:`autocast`, :func:`grad_scaler`, :func:`compile_forwards`.
 """
 from __future__ import annotations
 
@@ -237,6 +242,8 @@ class Trainer:
         seed_everything(self.seed)
         cfg = self.cfg
         check_train_options(cfg, train.specs)
+        self.autocast = autocast(self.device, cfg.precision)  # before any work: an unsupported precision fails here
+        self.scaler = grad_scaler(self.device, cfg.precision)
         # the input augmentation's own random stream, seeded from the run seed
         self.augment_generator = torch.Generator().manual_seed(self.seed + 2)
         task.to(self.device)
@@ -252,8 +259,6 @@ class Trainer:
             task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
-        self.autocast = autocast(self.device, cfg.precision)
-        self.scaler = grad_scaler(self.device, cfg.precision)
         result = FitResult()
         start = time.perf_counter()
         compiled = []
