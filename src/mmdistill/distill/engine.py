@@ -6,9 +6,15 @@ validation accuracy; one JSON line of metrics is appended to ``metrics.jsonl``; 
 (see :meth:`Trainer._save_state`), from which ``Trainer(resume=True)`` continues an interrupted
 run bit-identically. At the end the model holds the best weights. Seeded and deterministic on CPU.
 Under torchrun the same loop runs data-parallel (see :mod:`mmdistill.distill.distributed`).
+
+The hot loop never waits for the host per step: loss terms and accuracy are summed on the device
+(:class:`EpochMeter`) and read once per epoch, plus a running-loss read every ``SYNC_INTERVAL``
+seconds for the progress bar and the divergence check. ``train.precision`` and ``train.compile``:
+:func:`autocast`, :func:`grad_scaler`, :func:`compile_forwards`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -91,6 +97,97 @@ def check_train_options(cfg: TrainConfig, specs: dict) -> None:
                                   f"{' or '.join(AUGMENT_KINDS[entry.type])} modalities, {m!r} is {kind}")
 
 
+#: seconds between two reads of the running loss (progress bar, divergence check): the only host
+#: syncs of an epoch besides its end
+SYNC_INTERVAL = 0.5
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The context a training step runs in: torch.autocast to ``precision`` on ``device``'s type
+    (``fp32``: no autocast). Raises ConfigError naming ``train.precision`` where it is unsupported."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = _AUTOCAST_DTYPES[precision]
+    if not torch.amp.is_autocast_available(device.type):
+        raise ConfigError(f"train.precision: {precision} needs torch.autocast, which {device.type} does not support")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision: bf16 is not supported by this CUDA device; use fp16 or fp32")
+    try:
+        return torch.autocast(device.type, dtype=dtype)
+    except RuntimeError as err:
+        raise ConfigError(f"train.precision: {precision} is not supported on {device.type} "
+                          f"({str(err).splitlines()[0]})") from None
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A GradScaler, enabled for ``fp16`` only (bf16 has float32's range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def compile_forwards(task, device: torch.device, *, teachers: bool) -> list[nn.Module]:
+    """``torch.compile`` the student's forward, and the teachers' when ``teachers`` (i.e. they run
+    every step, uncached); returns the modules changed, for :func:`uncompile`. A machine where
+    torch.compile cannot work (no C++ compiler, unsupported Python) gives a ConfigError."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))
+    except Exception as err:  # inductor's errors have no common base class
+        raise ConfigError(f"train.compile: torch.compile does not work here ({str(err).strip().splitlines()[0]}); "
+                          "set train.compile: false") from None
+    modules = [task.model] + (list(getattr(task, "teachers", [])) if teachers else [])
+    for module in modules:
+        module.forward = torch.compile(module.forward)
+    return modules
+
+
+def uncompile(modules: list[nn.Module]) -> None:
+    """Undo :func:`compile_forwards`: the models leave a fit with their eager forward."""
+    for module in modules:
+        module.__dict__.pop("forward", None)
+
+
+class EpochMeter:
+    """Sums over an epoch of each loss term (times the batch size) and of correct predictions,
+    kept on the device as detached tensors so that a training step never waits for the host;
+    :meth:`read` copies them out once."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.sums: dict[str, torch.Tensor] = {}
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+
+    def add(self, losses: dict[str, torch.Tensor], total: torch.Tensor, logits: torch.Tensor,
+            labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        for key, value in (*losses.items(), ("loss", total)):
+            acc = self.sums.get(key)
+            if acc is None:
+                acc = self.sums[key] = torch.zeros((), dtype=self.dtype, device=self.device)
+            acc.add_(value.detach(), alpha=n)
+        self.correct.add_((logits.detach().argmax(1) == labels).sum())  # y_i under mixup
+        self.seen += n
+
+    def mean_loss(self) -> float:
+        """The running mean total loss (one host sync)."""
+        return float(self.sums["loss"]) / self.seen
+
+    def read(self, reduce=None) -> dict[str, float]:
+        """``{"train_<term>": mean, ..., "train_loss": mean, "train_accuracy": fraction}`` (one host sync).
+
+        ``reduce(sums, correct, seen)``: sums them over processes first (DDP, see
+        :func:`mmdistill.distill.distributed.reduce_epoch`)."""
+        values = torch.stack([*self.sums.values(), self.correct.to(self.dtype)]).cpu().tolist()
+        sums, correct, seen = dict(zip(self.sums, values[:-1])), int(values[-1]), self.seen
+        if reduce is not None:
+            sums, correct, seen = reduce(sums, correct, seen)
+        out = {f"train_{k}": v / seen for k, v in sums.items()}
+        out["train_accuracy"] = correct / seen
+        return out
+
+
 class Trainer:
     """Runs a task (see :mod:`mmdistill.distill.tasks`) for ``cfg.epochs`` epochs.
 
@@ -128,6 +225,8 @@ class Trainer:
         seed_everything(self.seed)
         cfg = self.cfg
         check_train_options(cfg, train.specs)
+        self.autocast = autocast(self.device, cfg.precision)  # before any work: an unsupported precision fails here
+        self.scaler = grad_scaler(self.device, cfg.precision)
         # the input augmentation's own random stream, seeded from the run seed
         self.augment_generator = torch.Generator().manual_seed(self.seed + 2)
         task.to(self.device)
@@ -146,14 +245,18 @@ class Trainer:
                                        storage=cfg.cache_storage, dtype=cfg.cache_dtype, folder=self.run_dir)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
-        self._step = distributed.wrap(task, self.device)  # task.training_step, through DDP under torchrun
+        self._forward = distributed.wrap(task, self.device)  # task.training_step, through DDP under torchrun
         result = FitResult()
         start = time.perf_counter()
+        compiled = []
         # train.log: e.g. TensorBoard, beside metrics.jsonl
         self.sinks = MetricSinks(cfg.log, self.run_dir if self._writes else None)
         try:
+            if cfg.compile:
+                compiled = compile_forwards(task, self.device, teachers=getattr(task, "_cache", None) is None)
             best_state = self._epochs(task, loader, val, optimizer, scheduler, result)
         finally:
+            uncompile(compiled)
             self.sinks.close()
             if hasattr(task, "clear_cache"):
                 task.clear_cache()
@@ -181,9 +284,9 @@ class Trainer:
                 if shard is not None:
                     shard.set_epoch(epoch)
                 task.train()
-                sums: dict[str, float] = {}
-                correct = seen = 0
+                meter = EpochMeter(self.device)
                 epoch_start = time.perf_counter()
+                next_sync, pending = epoch_start + SYNC_INTERVAL, 0
                 for step, batch in enumerate(loader):
                     batch = to_device(batch, self.device, non_blocking=True)
                     whole = batch
@@ -198,32 +301,22 @@ class Trainer:
                     if cfg.mixup > 0:
                         batch = whole = mixup(batch, cfg.mixup, mix_generator)
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
-                    logits, losses = self._step(batch, progress, teacher_batch=whole)
-                    total = sum(losses.values())
-                    if not torch.isfinite(total):
-                        raise FloatingPointError(f"{self.label}: loss became {float(total)} at epoch {epoch + 1}, step {step}")
-                    optimizer.zero_grad(set_to_none=True)
-                    # under DDP each rank's loss is weighted by its share of the global batch
-                    (total if shard is None else total * shard.loss_scale(step)).backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(task.trainable_parameters(), cfg.grad_clip)
-                    optimizer.step()
+                    scale = None if shard is None else shard.loss_scale(step)
+                    logits, losses, total = self._step(task, batch, whole, progress, optimizer, scale)
                     lr = optimizer.param_groups[0]["lr"]
                     if cfg.scheduler.interval == "step":
                         scheduler.step()
                     if shard is not None and shard.empty(step):
                         continue  # no sample of the last global batch for this rank: it stepped with weight 0
-                    n = len(batch["label"])
-                    for key, value in losses.items():
-                        sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
-                    sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-                    correct += int((logits.detach().argmax(1) == batch["label"]).sum())  # y_i under mixup
-                    seen += n
-                    bar.update(job, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / seen:.4f}")
-                sums, correct, seen = distributed.reduce_epoch(sums, correct, seen)  # over all ranks
-                record = {"epoch": epoch + 1, "lr": lr,
-                          **{f"train_{k}": v / seen for k, v in sums.items()},
-                          "train_accuracy": correct / seen, "epoch_seconds": time.perf_counter() - epoch_start}
+                    meter.add(losses, total, logits, batch["label"])
+                    pending += 1
+                    if step + 1 == steps_per_epoch or time.perf_counter() >= next_sync:
+                        self._sync(meter, epoch, step, bar, job, pending)
+                        next_sync, pending = time.perf_counter() + SYNC_INTERVAL, 0
+                if pending:
+                    self._sync(meter, epoch, step, bar, job, pending)
+                record = {"epoch": epoch + 1, "lr": lr, **meter.read(reduce=distributed.reduce_epoch),
+                          "epoch_seconds": time.perf_counter() - epoch_start}
                 if hasattr(task, "epoch_stats"):
                     record.update(task.epoch_stats())
                 if cfg.scheduler.interval == "epoch":
@@ -255,6 +348,29 @@ class Trainer:
                     self._save_state(task, loader, optimizer, scheduler, mix_generator, result, epoch + 1, best_state)
         return best_state
 
+    def _step(self, task, batch, whole, progress: float, optimizer, scale: float | None = None) -> tuple:
+        """One optimiser step (forward and losses under ``train.precision``'s autocast, the
+        backward through the GradScaler); returns (logits, {term: loss}, total loss), unsynced.
+        ``scale``: under DDP, this rank's share of the global batch, which weights its loss."""
+        with self.autocast:
+            logits, losses = self._forward(batch, progress, teacher_batch=whole)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total if scale is None else total * scale).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(task.trainable_parameters(), self.cfg.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return logits, losses, total
+
+    def _sync(self, meter: EpochMeter, epoch: int, step: int, bar, job, steps: int) -> None:
+        """The throttled host read: the running loss for the progress bar and the divergence check."""
+        loss = meter.mean_loss()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{self.label}: loss became {loss} in epoch {epoch + 1}, by step {step}")
+        bar.update(job, advance=steps, status=f"epoch {epoch + 1}/{self.cfg.epochs} loss {loss:.4f}")
+
     # --- resumable training state ----------------------------------------------------------
     STATE_FILE = "state.pt"
     STATE_FORMAT = "mmdistill-state/1"
@@ -283,6 +399,8 @@ class Trainer:
                      "state": {k: v.detach().cpu() for k, v in best_state.items()}},
             "history": json.loads(json.dumps(result.history)),  # plain floats, ints and strings
         }
+        if self.scaler.is_enabled():  # fp16: the loss scale and its growth tracker
+            payload["scaler"] = self.scaler.state_dict()
         sampler_generator = getattr(loader.sampler, "generator", None)
         if sampler_generator is not None:
             payload["rng"]["sampler"] = sampler_generator.get_state()
@@ -333,6 +451,8 @@ class Trainer:
             raise CheckpointError(f"{path}: the training state does not match the model "
                                   f"({str(err).splitlines()[0]})") from None
         scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         set_rng_state(rng)
         mix_generator.set_state(rng["mix"])

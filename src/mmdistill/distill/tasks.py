@@ -232,7 +232,10 @@ class DistillationTask(nn.Module):
         if any(t.teacher is None for t in self.terms):
             stacked = torch.stack([out[OUTPUT].detach().float() for out in teachers])
             weights = self.ensemble.weights(stacked, teacher_batch)
-            self._weight_sums += weights.detach().sum(0).double().cpu()
+            if self._weight_sums.device != weights.device:  # summed where they are: no host sync per step
+                dtype = torch.float32 if weights.device.type == "mps" else torch.float64
+                self._weight_sums = self._weight_sums.to(weights.device, dtype)
+            self._weight_sums += weights.detach().sum(0)
             self._weight_count += weights.shape[0]
         for i, term in enumerate(self.terms):
             s = student[term.student_path]
@@ -254,7 +257,7 @@ class DistillationTask(nn.Module):
             self._weight_count = int(distributed.all_reduce_sum(torch.tensor([self._weight_count]))[0])
         if not self._weight_count:
             return {}
-        means = self._weight_sums / self._weight_count
+        means = self._weight_sums.cpu().double() / self._weight_count
         self._weight_sums.zero_()
         self._weight_count = 0
         return {f"teacher_weight_{name}": float(m) for name, m in zip(self.teacher_names, means)}
