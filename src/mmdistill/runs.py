@@ -137,9 +137,11 @@ def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False)
 
 
 def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None,
-              resume: bool = False) -> dict:
+              resume: bool = False, log=print) -> dict:
     """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics.
 
+    Only the labelled training samples train it; with unlabelled ones in the data, ``log`` says
+    how many of each, and ``summary.json`` records them (``labelled``).
     ``resume``: continue the interrupted run in ``out`` from its last complete epoch."""
     if resume:
         check_resumable(cfg, out, overwrite=overwrite)
@@ -149,6 +151,10 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
     data = load_data(cfg, data)
     check_train_options(cfg.train, data.specs)
     model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
+    labelled = {"used": data.train.num_labelled, "unlabelled_skipped": len(data.train) - data.train.num_labelled}
+    if labelled["unlabelled_skipped"] and log:
+        log(f"training with the {labelled['used']} labelled training samples; "
+            f"{labelled['unlabelled_skipped']} unlabelled ones are left out")
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume) as run:
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
                     save=_saver(cfg, data, "model"), label="train", resume=resume)
@@ -156,6 +162,8 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
         summary = {"dataset": data.info, "model": metrics, "best_epoch": fit.best_epoch,
                    "val_accuracy": fit.best_val_accuracy, "train_seconds": round(fit.seconds, 2),
                    "checkpoint": str(run / "best.pt")}
+        if labelled["unlabelled_skipped"]:
+            summary["labelled"] = labelled
         return _finish(run, summary, metrics)
 
 

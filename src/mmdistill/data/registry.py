@@ -34,11 +34,11 @@ def register_dataset(name: str, options: type[pydantic.BaseModel]):
     return decorator
 
 
-def parse_options(name: str, options: dict) -> pydantic.BaseModel:
+def parse_options(name: str, options: dict, prefix: str = "data") -> pydantic.BaseModel:
     from ..config import format_validation_error
 
     entry = DATASETS.get(name)
     try:
         return entry.options.model_validate(options)
     except pydantic.ValidationError as err:
-        raise ConfigError(f"data.{format_validation_error(err)}") from None
+        raise ConfigError(f"{prefix}.{format_validation_error(err)}") from None

@@ -197,7 +197,7 @@ class Trainer:
             for epoch in range(first_epoch, cfg.epochs):
                 task.train()
                 sums: dict[str, float] = {}
-                correct = seen = 0
+                correct = seen = seen_labelled = 0
                 epoch_start = time.perf_counter()
                 for step, batch in enumerate(loader):
                     batch = to_device(batch, self.device, non_blocking=True)
@@ -229,12 +229,14 @@ class Trainer:
                     for key, value in losses.items():
                         sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
                     sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-                    correct += int((logits.detach().argmax(1) == batch["label"]).sum())  # y_i under mixup
+                    has_label = batch["label"] >= 0  # training accuracy: labelled samples only
+                    correct += int((logits.detach().argmax(1) == batch["label"])[has_label].sum())  # y_i under mixup
                     seen += n
+                    seen_labelled += int(has_label.sum())
                     bar.update(job, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / seen:.4f}")
                 record = {"epoch": epoch + 1, "lr": lr,
                           **{f"train_{k}": v / seen for k, v in sums.items()},
-                          "train_accuracy": correct / seen, "epoch_seconds": time.perf_counter() - epoch_start}
+                          "train_accuracy": correct / max(seen_labelled, 1), "epoch_seconds": time.perf_counter() - epoch_start}
                 if hasattr(task, "epoch_stats"):
                     record.update(task.epoch_stats())
                 if cfg.scheduler.interval == "epoch":
