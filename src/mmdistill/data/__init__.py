@@ -10,8 +10,8 @@ from . import builtin  # noqa: F401  (registers av_digits, mnist, fsdd)
 from . import npz, manifest, synthetic  # noqa: F401  (registers npz, manifest, synthetic)
 
 __all__ = ["DATASETS", "DataSplits", "ModalitySpec", "MultimodalDataset", "build_data", "collate",
-           "data_root", "drop_modalities", "join_unlabelled", "keep_label_fraction", "modality_names", "presence", "register_dataset",
-           "split_validation", "to_device", "validate_data_options"]
+           "data_root", "drop_modalities", "join_unlabelled", "keep_label_fraction", "modality_names", "presence",
+           "register_dataset", "split_validation", "to_device", "validate_data_options"]
 
 
 def validate_data_options(cfg) -> None:
@@ -37,11 +37,16 @@ def check_classes(where: str, train: MultimodalDataset, test: MultimodalDataset)
                         f"indices 0..K-1")
 
 
-def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0) -> DataSplits:
-    """Build the train/val/test splits a data config names (validation held out of train)."""
+def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, built: tuple | None = None) -> DataSplits:
+    """Build the train/val/test splits a data config names (validation held out of train).
+
+    Validation holds labelled samples only; then ``cfg.label_fraction`` of the training labels are
+    kept and ``cfg.unlabelled``'s samples join the training split. ``built``: the dataset builder's
+    ``(train, test, info)`` for ``cfg``'s name and options, when already built (e.g. once for
+    several seeds of a builder that does not use the seed)."""
     entry = DATASETS.get(cfg.name)
     options = parse_options(cfg.name, cfg.options)
-    train, test, info = entry.builder(data_root(cfg.root), options, seed)
+    train, test, info = built if built is not None else entry.builder(data_root(cfg.root), options, seed)
     where = f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else "")
     check_classes(where, train, test)
     if not test.labelled.all():  # builders refuse this naming the file's sample; a safety net
