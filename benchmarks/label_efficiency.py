@@ -322,11 +322,12 @@ def main(argv=None) -> None:
             rows = old["rows"]
             print(f"resuming: {len(rows)} rows from {json_path}")
 
-    def write() -> None:
+    def write(figure: bool = False) -> None:
         summary = summarise(rows)
         json_path.write_text(json.dumps({"settings": settings, "rows": rows, "summary": summary}, indent=2) + "\n")
         out.with_suffix(".md").write_text(markdown(rows, summary, settings) + "\n")
-        plot(summary, out.with_suffix(".png"))
+        if figure:
+            plot(summary, out.with_suffix(".png"))
 
     def save(row: dict) -> None:
         rows[:] = [r for r in rows if (r["label_fraction"], r["seed"], r["model"])
@@ -342,7 +343,7 @@ def main(argv=None) -> None:
     for fraction in args.fractions:
         for seed in args.seeds:
             run_cell(fraction, seed, args, built, rows, save)
-    write()
+            write(figure=True)
     print((out.with_suffix(".md")).read_text())
 
 
