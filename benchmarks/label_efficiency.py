@@ -26,6 +26,10 @@ every fraction: model selection (best epoch, the pseudo-label threshold) sees mo
 training does at small fractions, equally for every model.
 
     python benchmarks/label_efficiency.py            # writes benchmarks/results/label_efficiency.{md,json,png}
+    # or in two processes, then merged (as the committed results were run):
+    python benchmarks/label_efficiency.py --fractions 0.1 0.02 1.0 --name benchmarks/results/label_efficiency_parts/a
+    python benchmarks/label_efficiency.py --fractions 0.05 0.25 --name benchmarks/results/label_efficiency_parts/b
+    python benchmarks/label_efficiency.py --merge benchmarks/results/label_efficiency_parts/{a,b}.json
 
 Results are appended to the JSON after every model, and a second run resumes: finished
 (fraction, seed, model) rows are kept, not run again.
@@ -309,6 +313,8 @@ def main(argv=None) -> None:
                         help="a data section as JSON instead of the recipes' AV-Digits (e.g. for a smoke test)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
     parser.add_argument("--name", default=str(RESULTS / "label_efficiency"), help="output path without suffix")
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="result files of parts run in parallel (same settings) to merge into --name")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.name)
@@ -334,16 +340,28 @@ def main(argv=None) -> None:
                    != (row["label_fraction"], row["seed"], row["model"])] + [row]
         write()
 
+    if args.merge:
+        for part in args.merge:
+            old = json.loads(Path(part).read_text())
+            if old["settings"] != settings:
+                raise SystemExit(f"{part}: run with other settings than these ({old['settings']})")
+            for row in old["rows"]:
+                save(row)
+        write(figure=True)
+        print(out.with_suffix(".md").read_text())
+        return
     # the dataset builder does not use the run seed (AV-Digits pairs with its own pairing_seed): built once
     data_raw = args.data or apply_overrides(recipe("av_digits_teacher"), list(args.overrides))["data"]
     dcfg = DataConfig.model_validate(data_raw)
     built = DATASETS.get(dcfg.name).builder(data_root(dcfg.root), parse_options(dcfg.name, dcfg.options), 0)
     if dcfg.name != "av_digits":
         built = None  # e.g. synthetic draws with the seed: build per seed
-    for fraction in args.fractions:
-        for seed in args.seeds:
-            run_cell(fraction, seed, args, built, rows, save)
-            write(figure=True)
+    # the first fraction on every seed, then seed by seed: a run cut short still has whole curves
+    first, rest = args.fractions[0], args.fractions[1:]
+    cells = [(first, seed) for seed in args.seeds] + [(f, seed) for seed in args.seeds for f in rest]
+    for fraction, seed in cells:
+        run_cell(fraction, seed, args, built, rows, save)
+        write(figure=True)
     print((out.with_suffix(".md")).read_text())
 
 

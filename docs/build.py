@@ -556,6 +556,26 @@ def _corruptions(results: Path):
 
 # --- build ---------------------------------------------------------------------------------------
 
+@source("label_efficiency")
+def _label_efficiency(results: Path):
+    """benchmarks/label_efficiency.py: teacher, scratch, pseudo-labelling and distilled students per label fraction."""
+    import label_efficiency
+
+    data = _load(results, "label_efficiency.json")
+    rows, settings = data["rows"], data["settings"]
+    summary = label_efficiency.summarise(rows)
+    out = Namespace(runs=Runs(rows), settings=settings, summary=summary,
+                    fractions=[float(f) for f in summary], seeds=sorted({r["seed"] for r in rows}),
+                    table=label_efficiency.markdown(rows, summary, settings))
+    # per model and fraction, the per-seed accuracies (percent) and paired differences (points)
+    out.acc = lambda f, m: Runs(r for r in rows if r["label_fraction"] == f and r["model"] == m)
+    out.diff = lambda f, a, b: paired_diffs(out.acc(f, a), out.acc(f, b))
+    # "+1.03 ± 0.38 (3/3)": mean ± std of the per-seed differences in points, and how many are above zero
+    out.gain = lambda f, a, b: paired_gain([d / 100 for d in out.diff(f, a, b)])
+    out.cells = lambda: sorted({(r["label_fraction"], r["seed"]) for r in rows})
+    return out
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
