@@ -208,7 +208,7 @@ def test_transfer_set_joins_training_only_with_its_labels_ignored(tmp_path):
     assert len(data.train) == len(plain.train) + 50 and len(data.val) == len(plain.val)
     assert len(data.test) == len(plain.test)
     assert torch.equal(data.train.modalities["x"][-50:], torch.as_tensor(x2))
-    assert (data.train.labels[-50:] == -1).all() and data.info["unlabelled"]["samples"] == 50
+    assert (data.train.labels[-50:] == -1).all() and data.info["transfer_set"]["samples"] == 50
     # a labelled file as a transfer set: labels ignored, every sample (its own split too) joins training
     np.savez(tmp_path / "labelled.npz", x=x2, label=y2)
     data = build_data(DataConfig.model_validate({**cfg, "unlabelled": {"name": "npz", "path": "labelled.npz"}}),
@@ -273,3 +273,22 @@ def test_label_efficiency_benchmark_writes_rows_of_every_model(tmp_path, monkeyp
     assert student["labelled"] < 0.3 * (student["labelled"] + student["unlabelled"])
     assert (tmp_path / "le.md").is_file() and (tmp_path / "le.png").stat().st_size > 0
     assert set(out["summary"]) == {"0.2", "1.0"}
+
+
+def test_evaluation_scores_labels_on_labelled_samples_and_agreement_on_all():
+    from mmdistill.evaluate import evaluate_model
+    from mmdistill.models import build_model
+
+    x, y = blobs(n=30)
+    y = torch.as_tensor(y)
+    y[:10] = -1
+    ds = MultimodalDataset({"x": torch.as_tensor(x)}, y, num_classes=3)
+    model = build_model({"encoders": {"x": {"type": "mlp", "hidden": [8]}}}, ds.specs, 3, seed=0)
+    other = build_model({"encoders": {"x": {"type": "mlp", "hidden": [8]}}}, ds.specs, 3, seed=1)
+    report = evaluate_model(model, ds, teacher=other, latency=False)
+    with torch.no_grad():
+        pred, ref = model(ds[list(range(30))]).argmax(1), other(ds[list(range(30))]).argmax(1)
+    assert report["samples"] == 20 and report["unlabelled"] == 10
+    assert report["accuracy"] == pytest.approx(float((pred[10:] == y[10:]).float().mean()))
+    assert report["teacher_agreement"] == pytest.approx(float((pred == ref).float().mean()))
+    assert sum(map(sum, report["confusion"])) == 20

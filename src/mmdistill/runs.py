@@ -244,7 +244,8 @@ def write_teacher_weights(path: Path, task, dataset, device, strategy: str) -> d
     for i, (label, w) in enumerate(zip(labels.tolist(), weights.tolist())):
         rows.append(f"{i},{label}," + ",".join(f"{v:.6f}" for v in w))
     write_text(path, "\n".join(rows) + "\n")
-    per_class = {str(c): dict(zip(names, weights[labels == c].mean(0).tolist())) for c in labels.unique().tolist()}
+    per_class = {str(c): dict(zip(names, weights[labels == c].mean(0).tolist()))
+                 for c in labels[labels >= 0].unique().tolist()}  # unlabelled samples (-1) have no class
     return {"strategy": strategy, "mean_weight": dict(zip(names, weights.mean(0).tolist())),
             "mean_weight_per_class": per_class, "file": str(path)}
 

@@ -67,7 +67,7 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, built: tuple | 
         joined = join_unlabelled(train, t_train, "data.unlabelled")
         if len(t_test):
             joined = join_unlabelled(joined, t_test, "data.unlabelled")
-        extra["unlabelled"] = {"samples": len(joined) - len(train), "dataset": t_info}
+        extra["transfer_set"] = {"samples": len(joined) - len(train), "dataset": t_info}
         train = joined
     if train.num_labelled < len(train):
         extra["train_labelled"] = train.num_labelled
