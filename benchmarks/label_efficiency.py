@@ -107,7 +107,9 @@ def teacher_outputs(student, teacher, train, terms, device, batch_size: int) -> 
     return out
 
 
-def fit_student(kind, scfg, data, teacher, shared, steps, evals, device, seed, terms=()) -> tuple[torch.nn.Module, object]:
+def fit_student(kind, scfg, data, teacher, shared, steps, evals, device, seed, terms=()):
+    """(model, fit): ``supervised`` on the labelled samples of ``data.train`` (repeated to the epoch
+    size), or ``distill`` over every training sample from the ``shared`` teacher outputs."""
     model = build_model(scfg.model, data.specs, data.num_classes, seed=seed)
     if kind == "supervised":
         train = data.train.labelled_only()
@@ -170,7 +172,8 @@ def run_cell(fraction, seed, args, built, rows, save) -> None:
         teacher = load_checkpoint(Path(tmp) / "teacher" / "best.pt", device)[0]
     if "teacher" not in done:
         save({**base, "model": "teacher", "accuracy": 100 * summary["model"]["accuracy"],
-              "epochs": tcfg.train.epochs, "steps": tcfg.train.epochs * math.ceil(len(teacher_data.train) / tcfg.train.batch_size),
+              "epochs": tcfg.train.epochs,
+              "steps": tcfg.train.epochs * math.ceil(len(teacher_data.train) / tcfg.train.batch_size),
               "reused": summary.get("reused_from") is not None})
     teacher_acc = summary["model"]["accuracy"]
     terms_kd = [KD]
@@ -207,8 +210,8 @@ def run_cell(fraction, seed, args, built, rows, save) -> None:
         model, fit, tau, info = best
         record("pseudo_label", model, fit, threshold=tau, thresholds=list(args.thresholds), **info,
                loss="ce (labelled + teacher's confident hard labels)")
-    print(f"fraction {fraction} seed {seed}: teacher {100 * teacher_acc:.2f}, done in {time.perf_counter() - start:.0f} s",
-          flush=True)
+    print(f"fraction {fraction} seed {seed}: teacher {100 * teacher_acc:.2f}, "
+          f"done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -217,7 +220,8 @@ def by(rows, fraction, model) -> dict[int, float]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Per fraction: mean accuracy per model, gap closed per distilled model, wins vs pseudo-labelling (paired by seed)."""
+    """Per fraction: mean accuracy per model, gap closed per distilled model, wins vs pseudo-labelling
+    (paired by seed)."""
     out = {}
     for f in sorted({r["label_fraction"] for r in rows}):
         entry = {"accuracy": {}, "gap_closed": {}, "wins_vs_pseudo_label": {}}
@@ -319,7 +323,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("teacher_steps", "student_steps", "evals", "thresholds", "overrides", "data")}
+    keys = ("teacher_steps", "student_steps", "evals", "thresholds", "overrides", "data")
+    settings = {k: getattr(args, k) for k in keys}
     json_path = out.with_suffix(".json")
     rows: list[dict] = []
     if json_path.is_file():

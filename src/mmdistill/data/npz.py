@@ -94,9 +94,10 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe,
     """Class indices [N] and class names (None for plain integer labels).
 
     ``raw`` holds ints or strings; -1 or None is an unlabelled sample (encoded -1). With ``classes``,
-    every other label must be one of them (strings) or an index into them (ints). Without, string labels map to their sorted distinct values, and
-    integer labels are indices 0..K-1 with K (the largest + 1) at most the number of samples, so
-    a stray huge label is an error here rather than a K-way model that does not fit in memory.
+    every other label must be one of them (strings) or an index into them (ints). Without, string
+    labels map to their sorted distinct values, and integer labels are indices 0..K-1 with K (the
+    largest + 1) at most ``total`` (default: the number of samples), so a stray huge label is an
+    error here rather than a K-way model that does not fit in memory.
     """
     out = np.full(len(raw), -1, dtype=np.int64)
     none = [v is None or (not isinstance(v, str) and v == -1) for v in raw]

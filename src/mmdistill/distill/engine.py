@@ -236,7 +236,8 @@ class Trainer:
                     bar.update(job, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / seen:.4f}")
                 record = {"epoch": epoch + 1, "lr": lr,
                           **{f"train_{k}": v / seen for k, v in sums.items()},
-                          "train_accuracy": correct / max(seen_labelled, 1), "epoch_seconds": time.perf_counter() - epoch_start}
+                          "train_accuracy": correct / max(seen_labelled, 1),
+                          "epoch_seconds": time.perf_counter() - epoch_start}
                 if hasattr(task, "epoch_stats"):
                     record.update(task.epoch_stats())
                 if cfg.scheduler.interval == "epoch":
