@@ -141,7 +141,7 @@ def child_npy(args) -> dict:
     out = {"data_bytes": size, "baseline_data_bytes": baseline, "limit_bytes": limit,
            "after_imports": {"maxrss": _maxrss(), "rss_anon": _status("RssAnon")}}
     data = build_data(DataConfig(name="npy_dir", path=str(folder)), seed=0, val_fraction=0.05)
-    cfg = TrainConfig(epochs=1, batch_size=256, eval_batch_size=1024, progress=False,
+    cfg = TrainConfig(epochs=1, batch_size=256, eval_batch_size=256, progress=False,
                       optimizer={"name": "adam", "lr": 1e-3}, val_fraction=0.05)
     start = time.perf_counter()
     teacher = build_model({"encoders": {"x": {"type": "mlp", "hidden": [64]}}}, data.specs, data.num_classes, seed=0)

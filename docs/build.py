@@ -584,6 +584,50 @@ def _auto(results: Path):
                                                                   and e["view"] == d["view"]) for d in data["diagnose"]]))
 
 
+@source("label_efficiency")
+def _label_efficiency(results: Path):
+    """benchmarks/label_efficiency.py: teacher, scratch, pseudo-labelling and distilled students per label fraction."""
+    import label_efficiency
+
+    data = _load(results, "label_efficiency.json")
+    all_rows, settings = data["rows"], data["settings"]
+    # (fraction, seed) cells with every model, and those of the full grid (5 fractions x 3 seeds) without;
+    # the page's numbers come from the complete cells only, so every mean is over the same seeds
+    wanted = [(f, m) for f in label_efficiency.FRACTIONS for m in label_efficiency.MODELS
+              if not (m == "pseudo_label" and f >= 1)]
+    have = {(r["label_fraction"], r["seed"], r["model"]) for r in all_rows}
+    grid = [(f, seed) for f in sorted(label_efficiency.FRACTIONS) for seed in (0, 1, 2)]
+    complete = [c for c in grid if all((c[0], c[1], m) in have for f, m in wanted if f == c[0])]
+    rows = [r for r in all_rows if (r["label_fraction"], r["seed"]) in complete]
+    summary = label_efficiency.summarise(rows)
+    out = Namespace(runs=Runs(rows), settings=settings, summary=summary, complete=complete,
+                    missing=[c for c in grid if c not in complete],
+                    fractions=[float(f) for f in summary], seeds=sorted({r["seed"] for r in rows}),
+                    table=label_efficiency.markdown(rows, summary, settings))
+    out.cell_text = lambda cells: ", ".join(f"{100 * f:g}%/seed {seed}" for f, seed in cells) or "none"
+    # per model and fraction, the per-seed accuracies (percent) and paired differences (points)
+    out.acc = lambda f, m: Runs(r for r in rows if r["label_fraction"] == f and r["model"] == m)
+    out.diff = lambda f, a, b: paired_diffs(out.acc(f, a), out.acc(f, b))
+    # "+1.03 ± 0.38 (3/3)": mean ± std of the per-seed differences in points, and how many are above zero
+    out.gain = lambda f, a, b: paired_gain([d / 100 for d in out.diff(f, a, b)])
+    # the same benchmark with a longer student schedule, on one cell (optional file)
+    long = results / "label_efficiency_long.json"
+    if long.exists():
+        data = json.loads(long.read_text())
+        f, seed = data["rows"][0]["label_fraction"], data["rows"][0]["seed"]
+        longer = {r["model"]: r["accuracy"] for r in data["rows"]}
+        shorter = {r["model"]: r["accuracy"] for r in all_rows if r["label_fraction"] == f and r["seed"] == seed}
+        cell = lambda acc, m: f"{acc[m]:.2f}" if m in acc else "n/a"  # noqa: E731
+        steps = (settings["student_steps"], data["settings"]["student_steps"])
+        table = markdown_table(["model", f"{steps[0]} steps", f"{steps[1]} steps"],
+                               [[m, cell(shorter, m), cell(longer, m)] for m in label_efficiency.MODELS])
+        out.long = Namespace(settings=data["settings"], cell=(f, seed), table=table, acc=longer, short=shorter,
+                             agree={r["model"]: r["teacher_agreement"] for r in data["rows"] if "teacher_agreement" in r})
+    else:
+        out.long = None
+    return out
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,

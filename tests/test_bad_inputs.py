@@ -257,13 +257,15 @@ big = np.arange(N) % 3
 big[17] = 10**9
 npz_case("label_1e9", ("sample 17", "1000000000"), label=big)
 npz_case("label_1e9_float", ("sample 5",), label=np.where(np.arange(N) == 5, 1e9, np.arange(N) % 3))
-npz_case("label_negative", ("sample 4", "-1"), label=np.where(np.arange(N) == 4, -1, np.arange(N) % 3))
+npz_case("label_negative", ("sample 4", "-2"), label=np.where(np.arange(N) == 4, -2, np.arange(N) % 3))
 npz_case("label_fraction", ("sample 2",), label=np.where(np.arange(N) == 2, 1.5, np.arange(N) % 3))
 npz_case("label_nan", ("sample 9",), label=np.where(np.arange(N) == 9, np.nan, np.arange(N) % 3))
 npz_case("label_2d", ("'label'",), label=(np.arange(N) % 3).reshape(N // 2, 2))
 npz_case("label_missing", ("no 'label'",), label=None)
-npz_case("label_empty_string", ("sample 3", "empty label"),
-         label=np.array(["a", "b", "c", ""] + ["a", "b", "c"] * ((N - 4) // 3) + ["a"] * ((N - 4) % 3)))
+# an empty label is an unlabelled sample, which a split file may not put in test
+npz_case("label_empty_string_in_test", ("sample 3", "unlabelled"),
+         label=np.array(["a", "b", "c", ""] + ["a", "b", "c"] * ((N - 4) // 3) + ["a"] * ((N - 4) % 3)),
+         split=np.array(["test"] * 4 + ["train"] * (N - 4)))
 npz_case("one_class", ("at least 2 classes",), label=np.zeros(N, dtype=np.int64))
 npz_case("modality_wrong_length", ("'x'", "59 samples"), x=np.zeros((N - 1, 6), dtype=np.float32))
 npz_case("modality_nan", ("'x'", "sample 7"), x=np.where(np.arange(N)[:, None] == 7, np.nan, np.ones((N, 6))))
@@ -638,7 +640,7 @@ FUZZ = settings(max_examples=8, deadline=None, suppress_health_check=[HealthChec
 
 
 @FUZZ
-@given(i=st.integers(0, N - 1), bad=st.sampled_from([-1, -40, N, 10**9, 2**40]))
+@given(i=st.integers(0, N - 1), bad=st.sampled_from([-2, -40, N, 10**9, 2**40]))  # -1: unlabelled
 def test_npz_label_corruption_names_the_sample(world, tmp_path, i, bad):
     label = np.arange(N) % 3
     label[i] = bad

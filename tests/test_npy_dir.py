@@ -146,7 +146,7 @@ def test_errors_name_the_file_and_sample(tmp_path):
     bad = x.copy()
     bad[5, 1] = np.nan
     assert "x.npy: sample 5 has NaN" in error(tmp_path, x=bad, label=label)
-    assert "label.npy: array 'label' sample 2: unknown label -1" in error(tmp_path, x=x, label=np.array([0, 1, -1, 0, 1, 0, 1, 0]))
+    assert "label.npy: array 'label' sample 2: unknown label -2" in error(tmp_path, x=x, label=np.array([0, 1, -2, 0, 1, 0, 1, 0]))
     assert "split.npy: sample 3: unknown split value" in error(tmp_path, x=x, label=label, split=np.array([0, 0, 0, 7, 2, 2, 0, 0]))
     assert "split.npy: no sample is marked 'test'" in error(tmp_path, x=x, label=label, split=np.zeros(8, np.int64))
     assert "present_y.npy masks modality 'y'" in error(tmp_path, x=x, label=label, present_y=np.ones(8, bool))
@@ -206,3 +206,21 @@ def test_cli_train_and_distill_on_npy_dir_with_a_memory_mapped_cache(tmp_path):
     summary = json.loads((tmp_path / "student" / "summary.json").read_text())
     assert summary["dataset"]["dataset"] == "npy_dir" and summary["student"]["accuracy"] > 0.5
     assert not list((tmp_path / "student").glob("teacher-cache-*"))  # the cache files are gone
+
+
+def test_unlabelled_samples_and_label_fraction_in_npy_dir(tmp_path):
+    """label -1 marks an unlabelled sample in npy_dir as in npz: it only trains; label_fraction works."""
+    from mmdistill import DataConfig
+    from mmdistill.data import build_data
+
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.arange(4), 30)
+    labels[:20] = -1
+    np.save(tmp_path / "x.npy", rng.normal(size=(120, 5)).astype(np.float32))
+    np.save(tmp_path / "label.npy", labels)
+    data = build_data(DataConfig(name="npy_dir", path=str(tmp_path)), seed=0, val_fraction=0.1)
+    assert data.test.labelled.all() and data.val.labelled.all()
+    assert data.train.num_labelled == len(data.train) - 20
+    fewer = build_data(DataConfig(name="npy_dir", path=str(tmp_path), label_fraction=0.25), seed=0, val_fraction=0.1)
+    assert len(fewer.train) == len(data.train) and fewer.train.num_labelled < data.train.num_labelled / 2
+    assert fewer.info["train_unlabelled"] == len(fewer.train) - fewer.train.num_labelled

@@ -31,7 +31,7 @@ from .distill.engine import FitResult, Trainer, resolve_device
 from .distill.ensemble import STRATEGIES, TeacherEnsemble
 from .distill.hooks import OUTPUT
 from .distill.tasks import DistillationTask, SupervisedTask, Term
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .losses import build_loss
 
 
@@ -96,10 +96,14 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig = TrainConfig(), 
           resume: bool = False) -> FitResult:
     """Train ``model`` with cross-entropy on ``data.train`` (model selection on ``data.val``).
 
+    Unlabelled training samples are left out (cross-entropy has nothing to learn from them).
     ``resume``: continue the run whose training state ``run_dir`` holds (see :class:`Trainer`)."""
     trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label,
                       resume=resume)
-    return trainer.fit(SupervisedTask(model), data.train, data.val)
+    train_set = data.train.labelled_only(f"{data.train.name} (labelled)")
+    if len(train_set) == 0:
+        raise DataError(f"{data.train.name}: no labelled training sample; training with labels needs some")
+    return trainer.fit(SupervisedTask(model), train_set, data.val)
 
 
 def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module],

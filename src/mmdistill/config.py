@@ -36,11 +36,38 @@ from .plugins import load_imports
 
 # --- data ---------------------------------------------------------------------------------
 class DataConfig(BaseModel):
-    """``name`` picks the dataset; every other key is one of that dataset's options."""
+    """``name`` picks the dataset; every other key is one of that dataset's options, except:
+
+    * ``label_fraction`` (0 < f <= 1): keep a stratified, seeded (run seed) fraction of the
+      training split's labels, at least one per class; the other samples become unlabelled;
+    * ``unlabelled``: a second data config, a transfer set: every sample it yields (its own
+      train/test split ignored) joins the training split as unlabelled; its labels, if any, are
+      ignored. Its modalities must match the data's.
+    """
 
     model_config = ConfigDict(extra="allow")
     name: str
     root: str | None = None
+    label_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    unlabelled: "DataConfig | None" = None
+
+    @pydantic.model_validator(mode="after")
+    def _flat_transfer_set(self):
+        if self.unlabelled is not None:
+            for key in ("unlabelled", "label_fraction"):
+                if getattr(self.unlabelled, key) is not None:
+                    raise ValueError(f"unlabelled.{key}: a transfer set has no labels to use; remove the key")
+        return self
+
+    @pydantic.model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # unset unlabelled-data keys are left out, so configs (and keys derived from them, such as
+        # the demo's teacher cache) stay what they were before these keys existed
+        out = handler(self)
+        for key in ("label_fraction", "unlabelled"):
+            if isinstance(out, dict) and out.get(key) is None:
+                out.pop(key, None)
+        return out
 
     @pydantic.model_validator(mode="after")
     def _dataset_options(self):

@@ -147,9 +147,11 @@ def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False)
 
 @distributed.launch
 def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None,
-              resume: bool = False) -> dict:
+              resume: bool = False, log=print) -> dict:
     """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics.
 
+    Only the labelled training samples train it; with unlabelled ones in the data, ``log`` says
+    how many of each, and ``summary.json`` records them (``labelled``).
     ``resume``: continue the interrupted run in ``out`` from its last complete epoch.
     Under torchrun (see :mod:`mmdistill.distill.distributed`) only rank 0 writes and evaluates;
     the other ranks return ``{}``."""
@@ -162,6 +164,10 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
         data = load_data(cfg, data)
         check_train_options(cfg.train, data.specs)
         model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
+    labelled = {"used": data.train.num_labelled, "unlabelled_skipped": len(data.train) - data.train.num_labelled}
+    if labelled["unlabelled_skipped"] and log and distributed.is_main():
+        log(f"training with the {labelled['used']} labelled training samples; "
+            f"{labelled['unlabelled_skipped']} unlabelled ones are left out")
     with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
                              out) as run:
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
@@ -172,6 +178,8 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
         summary = {"dataset": data.info, "model": metrics, "best_epoch": fit.best_epoch,
                    "val_accuracy": fit.best_val_accuracy, "train_seconds": round(fit.seconds, 2),
                    "checkpoint": str(run / "best.pt")}
+        if labelled["unlabelled_skipped"]:
+            summary["labelled"] = labelled
         return _finish(run, summary, metrics)
 
 
@@ -268,7 +276,8 @@ def write_teacher_weights(path: Path, task, dataset, device, strategy: str) -> d
     for i, (label, w) in enumerate(zip(labels.tolist(), weights.tolist())):
         rows.append(f"{i},{label}," + ",".join(f"{v:.6f}" for v in w))
     write_text(path, "\n".join(rows) + "\n")
-    per_class = {str(c): dict(zip(names, weights[labels == c].mean(0).tolist())) for c in labels.unique().tolist()}
+    per_class = {str(c): dict(zip(names, weights[labels == c].mean(0).tolist()))
+                 for c in labels[labels >= 0].unique().tolist()}  # unlabelled samples (-1) have no class
     return {"strategy": strategy, "mean_weight": dict(zip(names, weights.mean(0).tolist())),
             "mean_weight_per_class": per_class, "file": str(path)}
 

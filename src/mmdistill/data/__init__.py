@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .batch import collate, drop_modalities, modality_names, presence, to_device
-from .dataset import DataSplits, ModalitySpec, MultimodalDataset, split_validation
+from .dataset import DataSplits, ModalitySpec, MultimodalDataset, join_unlabelled, keep_label_fraction, split_validation
 from ..errors import DataError
 from .registry import DATASETS, parse_options, register_dataset
 from .root import data_root
@@ -11,13 +11,16 @@ from . import npz, manifest, synthetic  # noqa: F401  (registers npz, manifest, 
 from . import npy_dir  # noqa: F401  (registers npy_dir)
 
 __all__ = ["DATASETS", "DataSplits", "ModalitySpec", "MultimodalDataset", "build_data", "collate",
-           "data_root", "drop_modalities", "modality_names", "presence", "register_dataset",
-           "split_validation", "to_device", "validate_data_options"]
+           "data_root", "drop_modalities", "join_unlabelled", "keep_label_fraction", "modality_names", "presence",
+           "register_dataset", "split_validation", "to_device", "validate_data_options"]
 
 
 def validate_data_options(cfg) -> None:
-    """Check a :class:`~mmdistill.config.DataConfig` against its dataset's options model."""
+    """Check a :class:`~mmdistill.config.DataConfig` (and its transfer set) against its dataset's options model."""
     parse_options(cfg.name, cfg.options)
+    if getattr(cfg, "unlabelled", None) is not None:
+        DATASETS.get(cfg.unlabelled.name)
+        parse_options(cfg.unlabelled.name, cfg.unlabelled.options, prefix="data.unlabelled")
 
 
 def check_classes(where: str, train: MultimodalDataset, test: MultimodalDataset) -> None:
@@ -25,7 +28,7 @@ def check_classes(where: str, train: MultimodalDataset, test: MultimodalDataset)
     labels (accuracy would be 1.0 whatever the model does), or more classes than samples."""
     import torch
 
-    seen = torch.unique(train.labels)
+    seen = torch.unique(train.labels[train.labels >= 0])
     if len(seen) < 2:
         only = f"label {int(seen[0])}" if len(seen) else "no samples"
         raise DataError(f"{where}: every training sample has {only}; a classifier needs at least 2 classes")
@@ -35,26 +38,57 @@ def check_classes(where: str, train: MultimodalDataset, test: MultimodalDataset)
                         f"indices 0..K-1")
 
 
-def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: dict | None = None) -> DataSplits:
+def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: dict | None = None,
+               built: tuple | None = None) -> DataSplits:
     """Build the train/val/test splits a data config names (validation held out of train).
 
-    A dataset with a ``standardize`` option is then standardised with the training split's
-    statistics (:mod:`mmdistill.data.standardize`); ``standardise``: the statistics a trained
-    model recorded (``info["standardise"]``), used instead of recomputing them."""
+    Validation holds labelled samples only; then ``cfg.label_fraction`` of the training labels are
+    kept and ``cfg.unlabelled``'s samples join the training split. A dataset with a
+    ``standardize`` option is then standardised with the training split's statistics
+    (:mod:`mmdistill.data.standardize`); ``standardise``: the statistics a trained model recorded
+    (``info["standardise"]``), used instead of recomputing them. ``built``: the dataset builder's
+    ``(train, test, info)`` for ``cfg``'s name and options, when already built (e.g. once for
+    several seeds of a builder that does not use the seed)."""
     from .standardize import standardize_splits
 
     entry = DATASETS.get(cfg.name)
     options = parse_options(cfg.name, cfg.options)
-    train, test, info = entry.builder(data_root(cfg.root), options, seed)
-    check_classes(f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else ""), train, test)
+    train, test, info = built if built is not None else entry.builder(data_root(cfg.root), options, seed)
+    where = f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else "")
+    check_classes(where, train, test)
+    if not test.labelled.all():  # builders refuse this naming the file's sample; a safety net
+        raise DataError(f"{where}: test sample {int((~test.labelled).nonzero()[0])} is unlabelled; "
+                        "unlabelled samples can only be training samples")
     if getattr(train, "val_mask", None) is not None:  # npy_dir: split.npy names the validation samples
         train, val = train.split_file_val()
+        if val is not None and not val.labelled.all():
+            raise DataError(f"{where}: validation sample {int((~val.labelled).nonzero()[0])} is unlabelled; "
+                            "unlabelled samples can only be training samples")
     else:
         train, val = split_validation(train, val_fraction, seed)
-    info = {**info, "train_samples": len(train), "val_samples": len(val) if val else 0, "test_samples": len(test)}
+    label_fraction = getattr(cfg, "label_fraction", None)
+    if label_fraction is not None and label_fraction < 1:
+        train = keep_label_fraction(train, label_fraction, seed)
+    extra = {}
+    if label_fraction is not None:
+        extra["label_fraction"] = label_fraction
+    transfer = getattr(cfg, "unlabelled", None)
+    if transfer is not None:
+        t_train, t_test, t_info = DATASETS.get(transfer.name).builder(
+            data_root(transfer.root if transfer.root is not None else cfg.root),
+            parse_options(transfer.name, transfer.options, prefix="data.unlabelled"), seed)
+        joined = join_unlabelled(train, t_train, "data.unlabelled")
+        if len(t_test):
+            joined = join_unlabelled(joined, t_test, "data.unlabelled")
+        extra["transfer_set"] = {"samples": len(joined) - len(train), "dataset": t_info}
+        train = joined
+    if train.num_labelled < len(train):
+        extra["train_labelled"] = train.num_labelled
+        extra["train_unlabelled"] = len(train) - train.num_labelled
+    info = {**info, "train_samples": len(train), "val_samples": len(val) if val else 0, "test_samples": len(test),
+            **extra}
     data = DataSplits(train=train, test=test, val=val, info=info)
-    mode = getattr(options, "standardize", False)
-    stats = standardize_splits(data, mode, standardise)
+    stats = standardize_splits(data, getattr(options, "standardize", False), standardise)
     if stats:
         data.info["standardise"] = {**info.get("standardise", {}), **stats}
     return data

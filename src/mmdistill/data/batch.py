@@ -2,7 +2,8 @@
 
 A batch maps each modality name to a tensor whose first dimension is the batch, plus::
 
-    "label":   LongTensor[B]            class labels
+    "label":   LongTensor[B]            class labels; -1 for an unlabelled sample
+    "labelled": BoolTensor[B]           which samples carry a label (label >= 0)
     "index":   LongTensor[B]            dataset indices of the samples (for memory banks, caches)
     "present": {modality: BoolTensor[B]} which samples carry each modality
 
@@ -16,7 +17,10 @@ from typing import Iterable, Mapping
 
 import torch
 
-RESERVED_KEYS = frozenset({"label", "index", "present", "label_mix", "mix_lambda"})
+RESERVED_KEYS = frozenset({"label", "labelled", "index", "present", "label_mix", "mix_lambda"})
+
+#: the label of a sample that has none (see :func:`labelled`)
+UNLABELLED = -1
 
 Batch = dict
 
@@ -42,6 +46,13 @@ def presence(batch: Mapping, name: str) -> torch.Tensor:
     size = batch_size(batch)
     device = next((v.device for k, v in batch.items() if isinstance(v, torch.Tensor)), None)
     return torch.full((size,), name in batch, dtype=torch.bool, device=device)
+
+
+def labelled(batch: Mapping) -> torch.Tensor:
+    """BoolTensor[B]: which samples of ``batch`` carry a label (``batch["labelled"]``, else label >= 0)."""
+    if "labelled" in batch:
+        return batch["labelled"]
+    return batch["label"] >= 0
 
 
 def drop_modalities(batch: Mapping, names: Iterable[str]) -> dict:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
-from .batch import RESERVED_KEYS
+from .batch import RESERVED_KEYS, UNLABELLED
 
 #: Kinds of modality; they choose the default encoder (conv for image/audio, mlp for vector).
 #: ``text``: ``[2, max_length]`` token ids (row 0) and attention mask (row 1), see :mod:`.text`;
@@ -45,6 +45,11 @@ def guess_kind(shape: Sequence[int]) -> str:
 class MultimodalDataset(Dataset):
     """Samples held in memory as ``{modality: Tensor[N, ...]}`` plus labels.
 
+    A sample without a label has label -1 (:data:`~mmdistill.data.batch.UNLABELLED`; or pass
+    ``labelled``, a bool [N] mask, False where the label is to be ignored). Unlabelled samples
+    only ever train (cross-entropy skips them, distillation terms use them); batches carry
+    ``labelled``, a bool [B] mask.
+
     Indexing with a list of indices returns a whole batch dict (see :mod:`mmdistill.data.batch`),
     which makes batching one tensor gather instead of N small copies.
     """
@@ -59,12 +64,18 @@ class MultimodalDataset(Dataset):
         present: Mapping[str, torch.Tensor] | None = None,
         groups: torch.Tensor | None = None,
         name: str = "dataset",
+        labelled: torch.Tensor | None = None,
     ):
         if not modalities:
             raise DataError(f"{name}: a dataset needs at least one modality")
         self.name = name
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).clone()
         n = len(self.labels)
+        if labelled is not None:
+            labelled = torch.as_tensor(labelled, dtype=torch.bool)
+            if labelled.shape != (n,):
+                raise DataError(f"{name}: the labelled mask has shape {list(labelled.shape)}, expected [{n}]")
+            self.labels[~labelled] = UNLABELLED
         self.modalities: dict[str, torch.Tensor] = {}
         for key, tensor in modalities.items():
             if key in RESERVED_KEYS:
@@ -72,14 +83,16 @@ class MultimodalDataset(Dataset):
             tensor = torch.as_tensor(tensor, dtype=torch.float32)
             if len(tensor) != n:
                 raise DataError(f"{name}: modality {key!r} has {len(tensor)} samples but there are {n} labels")
-            bad = ~torch.isfinite(tensor.reshape(n, -1)).all(dim=1)
+            bad = ~torch.isfinite(tensor.reshape(n, -1)).all(dim=1) if n else torch.zeros(0, dtype=torch.bool)
             if bad.any():
                 raise DataError(f"{name}: modality {key!r} has NaN or infinite values in sample {int(bad.nonzero()[0])}")
             self.modalities[key] = tensor
-        self.num_classes = int(num_classes if num_classes is not None else (int(self.labels.max()) + 1 if n else 0))
-        if n and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-            i = int(((self.labels < 0) | (self.labels >= self.num_classes)).nonzero()[0])
-            raise DataError(f"{name}: sample {i} has label {int(self.labels[i])} outside 0..{self.num_classes - 1}")
+        self.num_classes = int(num_classes if num_classes is not None else int(self.labels.max()) + 1 if n else 0)
+        bad = (self.labels < UNLABELLED) | (self.labels >= self.num_classes)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise DataError(f"{name}: sample {i} has label {int(self.labels[i])} outside 0..{self.num_classes - 1} "
+                            f"(-1: unlabelled)")
         kinds = dict(kinds or {})
         self.specs = {k: ModalitySpec(k, kinds.get(k) or guess_kind(t.shape[1:]), tuple(t.shape[1:]))
                       for k, t in self.modalities.items()}
@@ -89,6 +102,27 @@ class MultimodalDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def labelled(self) -> torch.Tensor:
+        """BoolTensor[N]: which samples carry a label."""
+        return self.labels >= 0
+
+    @property
+    def num_labelled(self) -> int:
+        return int(self.labelled.sum())
+
+    def labelled_only(self, name: str | None = None) -> "MultimodalDataset":
+        """The labelled samples alone (``self`` when every sample has a label)."""
+        if self.num_labelled == len(self):
+            return self
+        return self.subset(torch.nonzero(self.labelled).flatten(), name)
+
+    def with_labels(self, labels: torch.Tensor) -> "MultimodalDataset":
+        """The same samples with ``labels`` (e.g. some set to -1, unlabelled)."""
+        return MultimodalDataset(self.modalities, labels, num_classes=self.num_classes,
+                                 kinds={k: s.kind for k, s in self.specs.items()}, present=self.present,
+                                 groups=self.groups, name=self.name)
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
@@ -100,6 +134,7 @@ class MultimodalDataset(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         batch = {k: t[idx] for k, t in self.modalities.items()}
         batch["label"] = self.labels[idx]
+        batch["labelled"] = batch["label"] >= 0
         batch["index"] = idx
         batch["present"] = {k: p[idx] for k, p in self.present.items()}
         return batch
@@ -158,7 +193,8 @@ def split_validation(dataset: MultimodalDataset, fraction: float, seed: int) -> 
     """Hold out ``fraction`` of ``dataset`` for validation, stratified by label.
 
     When the dataset has ``groups`` (e.g. the recording that several AV pairs share), whole groups
-    go to one side, so the validation set never sees a training recording.
+    go to one side, so the validation set never sees a training recording. Only labelled samples
+    are drawn; unlabelled ones always stay in training (also those of a validation group).
     """
     if fraction <= 0:
         return dataset, None
@@ -166,12 +202,64 @@ def split_validation(dataset: MultimodalDataset, fraction: float, seed: int) -> 
     labels = dataset.labels.numpy()
     units = dataset.groups.numpy() if dataset.groups is not None else np.arange(len(dataset))
     val_units: list = []
-    for c in np.unique(labels):
+    for c in np.unique(labels[labels >= 0]):
         cls_units = np.unique(units[labels == c])
         k = int(round(fraction * len(cls_units)))
         val_units.extend(rng.permutation(cls_units)[:k].tolist())
-    is_val = np.isin(units, np.array(val_units))
+    is_val = np.isin(units, np.array(val_units)) & (labels >= 0)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(val_idx) == 0:
         return dataset, None
     return dataset.subset(train_idx, f"{dataset.name}/train"), dataset.subset(val_idx, f"{dataset.name}/val")
+
+
+def keep_label_fraction(dataset: MultimodalDataset, fraction: float, seed: int) -> MultimodalDataset:
+    """``dataset`` with only ``fraction`` of its labels kept, the rest set unlabelled (-1).
+
+    Stratified: each class keeps round(fraction * n_c) of its n_c labelled samples, at least one,
+    drawn with ``seed``. Samples that were unlabelled stay so.
+    """
+    labels = dataset.labels.numpy()
+    if fraction >= 1:
+        return dataset
+    rng = np.random.default_rng([seed, 0x1ABE1])  # a stream of its own, apart from the split's
+    keep = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels[labels >= 0]):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(idx))))
+        keep[rng.permutation(idx)[:k]] = True
+    return dataset.with_labels(torch.where(torch.from_numpy(keep), dataset.labels, UNLABELLED))
+
+
+def join_unlabelled(train: MultimodalDataset, extra: MultimodalDataset, where: str) -> MultimodalDataset:
+    """``train`` followed by every sample of ``extra`` as unlabelled (its labels ignored): a transfer set.
+
+    ``extra`` must carry the same modalities as ``train``, with the same kinds and per-sample shapes.
+    """
+    for side, ds in (("the data", train), ("the transfer set", extra)):
+        if not isinstance(ds, MultimodalDataset):  # e.g. npy_dir, whose samples stay on disk
+            raise DataError(f"{where}: {side} ({type(ds).__name__}) cannot be joined in memory; store the "
+                            f"unlabelled samples in the same dataset with label -1 instead")
+    for m in train.modalities:
+        if m not in extra.modalities:
+            raise DataError(f"{where}: the transfer set has no modality {m!r} (it has {', '.join(extra.modalities)}); "
+                            f"its modalities must match the data's ({', '.join(train.modalities)})")
+    for m in extra.modalities:
+        if m not in train.modalities:
+            raise DataError(f"{where}: the transfer set has modality {m!r}, which the data lacks "
+                            f"(the data has {', '.join(train.modalities)}); select matching ones with its options")
+        a, b = train.specs[m], extra.specs[m]
+        if (a.kind, a.shape) != (b.kind, b.shape):
+            raise DataError(f"{where}: modality {m!r} is {b.kind} {list(b.shape)} in the transfer set but "
+                            f"{a.kind} {list(a.shape)} in the data")
+    n = len(extra)
+    groups = None
+    if train.groups is not None:
+        start = int(train.groups.max()) + 1 if len(train) else 0
+        groups = torch.cat([train.groups, start + torch.arange(n, dtype=train.groups.dtype)])
+    return MultimodalDataset(
+        {m: torch.cat([t, extra.modalities[m]]) for m, t in train.modalities.items()},
+        torch.cat([train.labels, torch.full((n,), UNLABELLED, dtype=torch.long)]), num_classes=train.num_classes,
+        kinds={k: s.kind for k, s in train.specs.items()},
+        present={m: torch.cat([p, extra.present[m]]) for m, p in train.present.items()}, groups=groups,
+        name=train.name)

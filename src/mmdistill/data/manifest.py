@@ -33,7 +33,8 @@ directory is taken relative to the data root unless absolute.
 
 An empty cell (or a JSON ``null``/missing key) means the sample lacks that modality: its presence
 mask is False and its tensor zeros. Labels are integers (used as class indices) or names (mapped to
-the sorted names, or to ``classes`` when given).
+the sorted names, or to ``classes`` when given); an empty label cell (or -1) marks an unlabelled
+sample, which only ever trains (a split column that puts one in test is an error).
 
 Errors name the manifest and the row, e.g. ``manifest.csv row 7: column audio: no such file x.wav``.
 CSV rows are counted like a spreadsheet's (the header is row 1); JSONL lines from 1.
@@ -58,7 +59,7 @@ from ..errors import DataError
 from .batch import RESERVED_KEYS
 from .audio import wav_truncation
 from .dataset import MultimodalDataset, guess_kind
-from .npz import Kind, encode_labels, parse_split, resolve, stratified_test_mask
+from .npz import Kind, check_unlabelled_train, encode_labels, parse_split, resolve, stratified_test_mask
 from .text import load_tokenizer, tokenize
 from .registry import register_dataset
 from .transforms import LogMel, LogMelParams, fix_length
@@ -361,14 +362,15 @@ def build_manifest(root, options: ManifestOptions, seed: int):
     # labels and split first: they are cheap, and their errors should not wait for decoding.
     texts = [r.cells[options.label_column] for r in rows]
     describe = lambda i: rows[i].pos  # noqa: E731
-    if options.classes is None and all(INTEGER.match(t) for t in texts):
-        raw: list = [int(t) for t in texts]
+    if options.classes is None and all(INTEGER.match(t) for t in texts if t):
+        raw: list = [int(t) if t else None for t in texts]
     else:
-        raw = texts
+        raw = [t if t else None for t in texts]  # an empty cell: unlabelled
     labels, classes = encode_labels(str(path), raw, options.classes, describe)
     has_split = options.split_column in header
     if has_split:
         is_test = parse_split(str(path), np.array([r.cells[options.split_column] for r in rows]), describe)
+        check_unlabelled_train(f"{path}", labels, is_test, describe)
         split_used = f"column {options.split_column}"
     else:
         is_test = stratified_test_mask(labels, options.test_fraction, seed)
@@ -482,7 +484,7 @@ def build_manifest(root, options: ManifestOptions, seed: int):
         if column != name:
             described[name]["column"] = column
 
-    num_classes = len(classes) if classes is not None else int(labels.max()) + 1
+    num_classes = len(classes) if classes is not None else max(int(labels.max()) + 1, 0)
     labels_t = torch.from_numpy(labels)
     full = MultimodalDataset(modalities, labels_t, num_classes=num_classes, kinds=kinds, present=present,
                              name=path.name)
@@ -497,4 +499,6 @@ def build_manifest(root, options: ManifestOptions, seed: int):
         info["audio"] = {**params.to_dict(), "standardize": options.audio.standardize}
     if stats:
         info["standardise"] = stats
+    if (labels < 0).any():
+        info["unlabelled"] = int((labels < 0).sum())
     return out[0], out[1], info

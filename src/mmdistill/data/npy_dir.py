@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import pydantic
 import torch
+from pydantic import StrictBool
 from torch.utils.data import Dataset
 
 from ..errors import DataError
@@ -36,7 +38,24 @@ SPLIT_CODES = ("train", "val", "test")
 
 
 class NpyDirOptions(NpzOptions):
-    """The ``npz`` options, ``path`` naming the folder."""
+    """The ``npz`` options, ``path`` naming the folder; without ``standardize`` and ``text``, which
+    would rewrite arrays that stay on disk (store them standardised, or tokenised, instead)."""
+
+    standardize: StrictBool = False
+
+    @pydantic.field_validator("standardize")
+    @classmethod
+    def _on_disk(cls, value):
+        if value:
+            raise ValueError("npy_dir arrays stay on disk and are not standardised; store them standardised")
+        return value
+
+    @pydantic.field_validator("text")
+    @classmethod
+    def _no_text(cls, value):
+        if value:
+            raise ValueError("npy_dir arrays stay on disk; store token ids ([N, 2, L]: ids, mask) instead")
+        return value
 
 
 class MemmapColumn:
@@ -95,6 +114,10 @@ class NpyDirDataset(Dataset):
     __getitem__ = MultimodalDataset.__getitem__
     __getitems__ = MultimodalDataset.__getitems__
     loader = MultimodalDataset.loader
+    # label -1: an unlabelled sample (see MultimodalDataset)
+    labelled = MultimodalDataset.labelled
+    num_labelled = MultimodalDataset.num_labelled
+    labelled_only = MultimodalDataset.labelled_only
 
     def __init__(self, columns: Mapping[str, MemmapColumn], labels: torch.Tensor, *, num_classes: int,
                  kinds: Mapping[str, str], name: str, val_mask: np.ndarray | None = None):
@@ -114,6 +137,12 @@ class NpyDirDataset(Dataset):
         columns = {m: MemmapColumn(c.array, c.rows[idx], c.present, c.file) for m, c in self.modalities.items()}
         return NpyDirDataset(columns, self.labels[torch.from_numpy(idx)], num_classes=self.num_classes,
                              kinds={m: s.kind for m, s in self.specs.items()}, name=name or self.name)
+
+    def with_labels(self, labels: torch.Tensor) -> "NpyDirDataset":
+        """The same samples with ``labels`` (e.g. some set to -1, unlabelled)."""
+        return NpyDirDataset(self.modalities, torch.as_tensor(labels, dtype=torch.long).clone(),
+                             num_classes=self.num_classes, kinds={m: s.kind for m, s in self.specs.items()},
+                             name=self.name, val_mask=self.val_mask)
 
     def select(self, modalities: Sequence[str]) -> "NpyDirDataset":
         missing = [m for m in modalities if m not in self.modalities]

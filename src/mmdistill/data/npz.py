@@ -5,7 +5,10 @@ The archive holds (``np.savez``/``np.savez_compressed``; no pickled objects):
 * one array per modality, any shape ``[N, ...]``: feature vectors ``[N, D]``, images
   ``[N, C, H, W]`` or ``[N, H, W]``, sequences ``[N, T, D]``; bool, int or float;
 * ``label``: ``[N]`` class indices (ints >= 0), or strings, mapped to the indices of the sorted
-  class names (or of ``classes`` when given); the names are recorded in ``info["classes"]``;
+  class names (or of ``classes`` when given); the names are recorded in ``info["classes"]``.
+  An unlabelled sample has label -1 (or an empty string);
+* optionally ``labelled``: ``[N]`` bools, False where the sample's label is to be ignored
+  (unlabelled). Unlabelled samples only ever train, never validate or test;
 * optionally ``split``: ``[N]`` strings ``train``/``test`` (without it, ``test_fraction`` of each
   class is held out for test, chosen with the run's seed);
 * optionally ``present_<modality>``: ``[N]`` bools, False where the sample lacks the modality.
@@ -62,7 +65,7 @@ def stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.n
     """Bool [N]: ``fraction`` of each class (at least one, never all when it has 2+) is test."""
     rng = np.random.default_rng(seed)
     is_test = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
+    for c in np.unique(labels[labels >= 0]):  # unlabelled samples (-1) stay in training
         idx = np.flatnonzero(labels == c)
         k = int(round(fraction * len(idx)))
         if len(idx) > 1:
@@ -87,15 +90,31 @@ def parse_split(where: str, values: np.ndarray, describe) -> np.ndarray:
     return is_test
 
 
-def encode_labels(where: str, raw: list, classes: list[str] | None, describe) -> tuple[np.ndarray, list[str] | None]:
+def check_unlabelled_train(where: str, labels: np.ndarray, is_test: np.ndarray, describe) -> None:
+    """Refuse a split file that puts an unlabelled sample (label -1) in test; ``describe(i)`` names it."""
+    bad = np.flatnonzero(is_test & (labels < 0))
+    if len(bad):
+        raise DataError(f"{where} {describe(int(bad[0]))}: an unlabelled sample cannot be a test sample; "
+                        "mark it 'train' (unlabelled samples only train)")
+
+
+def encode_labels(where: str, raw: list, classes: list[str] | None, describe,
+                  total: int | None = None) -> tuple[np.ndarray, list[str] | None]:
     """Class indices [N] and class names (None for plain integer labels).
 
-    ``raw`` holds ints or strings. With ``classes``, every label must be one of them (strings) or
-    an index into them (ints). Without, string labels map to their sorted distinct values, and
-    integer labels are indices 0..K-1 with K (the largest + 1) at most the number of samples, so
-    a stray huge label is an error here rather than a K-way model that does not fit in memory.
+    ``raw`` holds ints or strings; -1 or None is an unlabelled sample (encoded -1). With ``classes``,
+    every other label must be one of them (strings) or an index into them (ints). Without, string
+    labels map to their sorted distinct values, and integer labels are indices 0..K-1 with K (the
+    largest + 1) at most ``total`` (default: the number of samples), so a stray huge label is an
+    error here rather than a K-way model that does not fit in memory.
     """
-    out = np.empty(len(raw), dtype=np.int64)
+    out = np.full(len(raw), -1, dtype=np.int64)
+    none = [v is None or (not isinstance(v, str) and v == -1) for v in raw]
+    if any(none):
+        kept = [i for i, n in enumerate(none) if not n]
+        sub, names = encode_labels(where, [raw[i] for i in kept], classes, lambda j: describe(kept[j]), len(raw))
+        out[kept] = sub
+        return out, names
     strings = any(isinstance(v, str) for v in raw)
     if strings:
         for i, v in enumerate(raw):
@@ -112,11 +131,12 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe) ->
     for i, v in enumerate(raw):
         if v < 0 or (classes is not None and v >= len(classes)):
             limit = f"0..{len(classes) - 1}" if classes is not None else ">= 0"
-            raise DataError(f"{where} {describe(i)}: unknown label {v} (expected {limit})")
+            raise DataError(f"{where} {describe(i)}: unknown label {v} (expected {limit}, or -1 for unlabelled)")
         out[i] = v
-    if classes is None and len(raw) and max(raw) >= len(raw):
+    total = len(raw) if total is None else total
+    if classes is None and len(raw) and max(raw) >= total:
         i = max(range(len(raw)), key=lambda j: raw[j])
-        raise DataError(f"{where} {describe(i)}: label {raw[i]} would make {raw[i] + 1} classes for {len(raw)} "
+        raise DataError(f"{where} {describe(i)}: label {raw[i]} would make {raw[i] + 1} classes for {total} "
                         "samples; integer labels are class indices 0..K-1 (name the classes with `classes`)")
     return out, (list(classes) if classes is not None else None)
 
@@ -124,7 +144,7 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe) ->
 def modalities_in_use(path: Path, names: list[str], options, member=lambda key: f"array {key!r}") -> list[str]:
     """The modalities among the stored ``names`` (all but label, split and presence masks) that
     ``options.modalities`` selects (default: all), checked; ``member(name)`` names one in errors."""
-    modal_names = [k for k in names if k not in ("label", "split") and not k.startswith(PRESENT_PREFIX)]
+    modal_names = [k for k in names if k not in ("label", "split", "labelled") and not k.startswith(PRESENT_PREFIX)]
     if not modal_names:
         raise DataError(f"{path}: no modality arrays (only {', '.join(names)}); add one array per modality")
     for key in modal_names:
@@ -162,6 +182,7 @@ def _labels(path: Path, label: np.ndarray, classes) -> tuple[np.ndarray, list[st
     sample = lambda i: f"sample {i}"  # noqa: E731
     if label.dtype.kind in "US":
         raw = [v.decode() if isinstance(v, bytes) else str(v) for v in label.tolist()]
+        raw = [v if v.strip() else None for v in raw]  # an empty label: unlabelled
     elif label.dtype.kind in "biu":
         raw = [int(v) for v in label.tolist()]
     elif label.dtype.kind == "f":
@@ -196,6 +217,13 @@ def build_npz(root, options: NpzOptions, seed: int):
         n = len(labels)
         if n == 0:
             raise DataError(f"{path}: array 'label' is empty")
+        if "labelled" in names:
+            flags = _read(path, archive, "labelled")
+            if flags.shape != (n,):
+                raise DataError(f"{path}: array 'labelled' has shape {list(flags.shape)}, expected [{n}] like 'label'")
+            if flags.dtype.kind not in "biu" or not np.isin(flags, (0, 1)).all():
+                raise DataError(f"{path}: array 'labelled' must hold booleans")
+            labels[~flags.astype(bool)] = -1
 
         wanted = modalities_in_use(path, names, options)
         for m in options.text:
@@ -212,6 +240,7 @@ def build_npz(root, options: NpzOptions, seed: int):
             if split.dtype.kind not in "USO":
                 raise DataError(f"{path}: array 'split' has dtype {split.dtype}, expected 'train'/'test' strings")
             is_test = parse_split(f"{path}: array 'split'", split, lambda i: f"sample {i}")
+            check_unlabelled_train(f"{path}: array 'split'", labels, is_test, lambda i: f"sample {i}")
             split_used = "file"
         else:
             is_test = stratified_test_mask(labels, options.test_fraction, seed)
@@ -262,7 +291,7 @@ def build_npz(root, options: NpzOptions, seed: int):
             modalities[m] = torch.from_numpy(arr)
             present[m] = torch.from_numpy(mask)
 
-    num_classes = len(classes) if classes is not None else int(labels.max()) + 1
+    num_classes = len(classes) if classes is not None else max(int(labels.max()) + 1, 0)
     kinds = {m: "text" if m in options.text else (options.kinds or {}).get(m) or guess_kind(t.shape[1:])
              for m, t in modalities.items()}
     labels_t = torch.from_numpy(labels)
@@ -274,4 +303,6 @@ def build_npz(root, options: NpzOptions, seed: int):
                                "present": int(present[m].sum())} for m, t in modalities.items()}}
     if classes is not None:
         info["classes"] = classes
+    if (labels < 0).any():
+        info["unlabelled"] = int((labels < 0).sum())
     return out[0], out[1], info

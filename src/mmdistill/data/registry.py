@@ -46,9 +46,11 @@ def check_options(name: str, options: dict) -> pydantic.BaseModel:
         raise ValueError(format_validation_error(err)) from None
 
 
-def parse_options(name: str, options: dict) -> pydantic.BaseModel:
+def parse_options(name: str, options: dict, prefix: str = "data") -> pydantic.BaseModel:
+    """``options`` validated against dataset ``name``'s options model; a ConfigError names the key
+    under ``prefix`` (``data``, or ``data.unlabelled`` for a transfer set)."""
     entry = DATASETS.get(name)
     try:
         return entry.options.model_validate(options)
     except pydantic.ValidationError as err:
-        raise ConfigError(f"data.{format_validation_error(err)}") from None
+        raise ConfigError(f"{prefix}.{format_validation_error(err)}") from None

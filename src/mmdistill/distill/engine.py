@@ -147,6 +147,9 @@ def uncompile(modules: list[nn.Module]) -> None:
         module.__dict__.pop("forward", None)
 
 
+LABELLED = "_labelled"  # EpochMeter's count of labelled samples, reduced across processes with the sums
+
+
 class EpochMeter:
     """Sums over an epoch of each loss term (times the batch size) and of correct predictions,
     kept on the device as detached tensors so that a training step never waits for the host;
@@ -157,6 +160,7 @@ class EpochMeter:
         self.dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         self.sums: dict[str, torch.Tensor] = {}
         self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.labelled = torch.zeros((), dtype=torch.long, device=device)
         self.seen = 0
 
     def add(self, losses: dict[str, torch.Tensor], total: torch.Tensor, logits: torch.Tensor,
@@ -167,7 +171,9 @@ class EpochMeter:
             if acc is None:
                 acc = self.sums[key] = torch.zeros((), dtype=self.dtype, device=self.device)
             acc.add_(value.detach(), alpha=n)
-        self.correct.add_((logits.detach().argmax(1) == labels).sum())  # y_i under mixup
+        has_label = labels >= 0  # training accuracy: labelled samples only (y_i under mixup)
+        self.correct.add_(((logits.detach().argmax(1) == labels) & has_label).sum())
+        self.labelled.add_(has_label.sum())
         self.seen += n
 
     def mean_loss(self) -> float:
@@ -179,12 +185,15 @@ class EpochMeter:
 
         ``reduce(sums, correct, seen)``: sums them over processes first (DDP, see
         :func:`mmdistill.distill.distributed.reduce_epoch`)."""
-        values = torch.stack([*self.sums.values(), self.correct.to(self.dtype)]).cpu().tolist()
-        sums, correct, seen = dict(zip(self.sums, values[:-1])), int(values[-1]), self.seen
+        values = torch.stack([*self.sums.values(), self.labelled.to(self.dtype),
+                              self.correct.to(self.dtype)]).cpu().tolist()
+        sums = {**dict(zip(self.sums, values[:-2])), LABELLED: values[-2]}
+        correct, seen = int(values[-1]), self.seen
         if reduce is not None:
             sums, correct, seen = reduce(sums, correct, seen)
+        labelled = sums.pop(LABELLED)
         out = {f"train_{k}": v / seen for k, v in sums.items()}
-        out["train_accuracy"] = correct / seen
+        out["train_accuracy"] = correct / max(labelled, 1)
         return out
 
 

@@ -206,6 +206,10 @@ class DistillationTask(nn.Module):
             extra = {"labels": labels} if getattr(term.loss, "needs_labels", False) else {}
             if extra and labels is None:
                 raise ConfigError(f"distill.terms[{i}]: loss {term.name!r} needs the training labels")
+            needs_label = extra or getattr(term.loss, "needs_target", False)
+            if needs_label and labels is not None and bool((labels < 0).any()):
+                raise ConfigError(f"distill.terms[{i}]: loss {term.name!r} needs every training sample's label, but "
+                                  f"{int((labels < 0).sum())} are unlabelled; use a loss without labels (e.g. kd)")
             term.loss.bind(s.shape, t.shape, num_samples, **extra)
             term.loss.to(device)
 

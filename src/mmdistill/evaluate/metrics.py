@@ -111,19 +111,25 @@ def evaluate_model(model: nn.Module, dataset: MultimodalDataset, *, device="cpu"
                    teacher: nn.Module | None = None, latency: bool = True, batch_size: int = 1024,
                    transform=None) -> dict:
     """Every metric of ``model`` on ``dataset``: accuracy, macro-F1, ECE, parameters, latency,
-    and agreement with ``teacher`` (evaluated on the same batches, with the same drops).
+    and agreement with ``teacher`` (evaluated on the same batches, with the same drops). Label
+    metrics use the labelled samples only (``unlabelled`` counts the others); agreement uses all.
     ``transform``: applied to each batch before the model sees it (e.g. a corruption)."""
     from ..models import count_parameters
 
-    logits, labels = predict(model, dataset, device=device, batch_size=batch_size, drop=drop, transform=transform)
+    all_logits, all_labels = predict(model, dataset, device=device, batch_size=batch_size, drop=drop,
+                                     transform=transform)
+    labelled = all_labels >= 0  # label metrics on the labelled samples; agreement on every sample
+    logits, labels = all_logits[labelled], all_labels[labelled]
     report = classification_report(logits, labels)
+    if not labelled.all():
+        report["unlabelled"] = int((~labelled).sum())
     report["confusion"] = confusion_matrix(logits, labels)
     report["per_class_accuracy"] = per_class_accuracy(report["confusion"])
     report["params"] = count_parameters(model)
     report["dropped"] = list(drop)
     if teacher is not None:
         teacher_logits, _ = predict(teacher, dataset, device=device, batch_size=batch_size, drop=drop)
-        report["teacher_agreement"] = agreement(logits, teacher_logits)
+        report["teacher_agreement"] = agreement(all_logits, teacher_logits)
     if latency:
         report["latency_ms"] = latency_ms(model, dataset, device=device)
     return report

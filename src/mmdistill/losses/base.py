@@ -81,6 +81,9 @@ class DistillationLoss(nn.Module):
     default_layer: str = "fusion"
     #: True when :meth:`bind` needs the class labels of the training set (``labels=``).
     needs_labels: bool = False
+    #: True when :meth:`forward` needs every sample's label (``target``), so it cannot train on
+    #: unlabelled samples.
+    needs_target: bool = False
 
     def bind(self, student_shape: torch.Size, teacher_shape: torch.Size, num_samples: int, *,
              labels: torch.Tensor | None = None) -> None:

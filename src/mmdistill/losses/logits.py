@@ -73,6 +73,8 @@ class DKD(DistillationLoss):
     epochs is the trainer's business, not part of the loss.)
     """
 
+    needs_target = True
+
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0):
         super().__init__()
         if temperature <= 0:
