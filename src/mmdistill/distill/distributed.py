@@ -123,6 +123,11 @@ def session(device: torch.device):
     dist.init_process_group(backend, timeout=_timeout(), **({"device_id": device} if device.type == "cuda" else {}))
     try:
         yield device
+        # every rank leaves together, once rank 0 has evaluated and written: a rank that tore the
+        # group down while a peer still used it could abort at exit ("terminate called without an
+        # active exception"), because DDP keeps gloo's threads and connections alive past
+        # destroy_process_group
+        dist.barrier()
     except (dist.DistError, RuntimeError) as err:
         if isinstance(err, dist.DistError) or _peer_failure(err):
             first = re.sub(r"^\[[^\]]*\]\s*", "", (str(err).strip().splitlines() or [type(err).__name__])[0])
