@@ -153,12 +153,12 @@ class TrainConfig(Strict):
     # torch.autocast on the device, ``fp16`` with a GradScaler; weights, optimiser state,
     # checkpoints and validation stay float32, and the losses compute in float32. fp32 is the
     # default: bf16 changes the numerics, and it is only faster where the hardware computes in bf16
-    # (1.30x on the Hinton pair on an AVX512-BF16 CPU, README "Precision and compile")
+    # (1.41x on the Hinton pair, 1.32x on AV-Digits, on an AVX512-BF16 CPU: benchmarks/results/throughput.md)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # torch.compile the student's forward (and the teachers' when they are not cached); needs a C++
-    # compiler on CPU. Off by default: on the Hinton pair on CPU it was slower (0.86x, README
-    # "Precision and compile"), it compiles for tens of seconds, and compiled dropout draws other
-    # random numbers than eager
+    # compiler on CPU. Off by default: on CPU it was slower on the Hinton MLPs (0.90x) though faster
+    # on the AV-Digits CNN (1.36x, benchmarks/results/throughput.md), it compiles for tens of
+    # seconds, and compiled dropout draws other random numbers than eager
     compile: StrictBool = False
 
     @pydantic.field_validator("log")
