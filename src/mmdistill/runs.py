@@ -145,6 +145,19 @@ def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False)
                           f"a run resumes only with the config it started with")
 
 
+def _prepare(cfg: RunConfig, out, *, overwrite: bool, resume: bool, data: DataSplits | None):
+    """The checks every run makes before anything is written: the run directory (or the run to
+    resume), the device, the data, and the training options against the data."""
+    if resume:
+        check_resumable(cfg, out, overwrite=overwrite)
+    else:
+        check_run_dir(out, overwrite=overwrite)
+    device = distributed.device_for(resolve_device(cfg.device))
+    data = load_data(cfg, data)
+    check_train_options(cfg.train, data.specs)
+    return device, data
+
+
 @distributed.launch
 def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None,
               resume: bool = False, log=print) -> dict:
@@ -156,13 +169,7 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
     Under torchrun (see :mod:`mmdistill.distill.distributed`) only rank 0 writes and evaluates;
     the other ranks return ``{}``."""
     with distributed.agreed():  # a user error on any rank stops every rank
-        if resume:
-            check_resumable(cfg, out, overwrite=overwrite)
-        else:
-            check_run_dir(out, overwrite=overwrite)
-        device = distributed.device_for(resolve_device(cfg.device))
-        data = load_data(cfg, data)
-        check_train_options(cfg.train, data.specs)
+        device, data = _prepare(cfg, out, overwrite=overwrite, resume=resume, data=data)
         model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     labelled = {"used": data.train.num_labelled, "unlabelled_skipped": len(data.train) - data.train.num_labelled}
     if labelled["unlabelled_skipped"] and log and distributed.is_main():
@@ -222,13 +229,7 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
     with distributed.agreed():  # a user error on any rank stops every rank
-        if resume:
-            check_resumable(cfg, out, overwrite=overwrite)
-        else:
-            check_run_dir(out, overwrite=overwrite)
-        device = distributed.device_for(resolve_device(cfg.device))
-        data = load_data(cfg, data)
-        check_train_options(cfg.train, data.specs)
+        device, data = _prepare(cfg, out, overwrite=overwrite, resume=resume, data=data)
         teachers = load_teachers(cfg, data, device, config_path)
         student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
         # each loss built once and placed (feature points, explicit paths) before the run starts, so a

@@ -27,6 +27,16 @@ from ..registry import Registry
 ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
 
 
+def add_mlp(layers: list[nn.Module], in_dim: int, hidden: Sequence[int], dropout: float) -> int:
+    """Append Linear - ReLU (- Dropout) for each width in ``hidden``; returns the output width."""
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        in_dim = width
+    return in_dim
+
+
 class ConvEncoderConfig(Strict):
     type: Literal["conv"]
     channels: list[PositiveInt] = [32, 64]
@@ -106,13 +116,8 @@ class MLPEncoder(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout:
             layers.append(nn.Dropout(input_dropout))
-        for width in hidden:
-            layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            in_dim = width
+        self.out_dim = add_mlp(layers, in_dim, hidden, dropout)
         self.layers = nn.Sequential(*layers)
-        self.out_dim = in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -139,14 +144,8 @@ class TextEncoder(nn.Module):
         self.buckets = buckets
         self.embed = nn.Embedding(buckets, dim)
         layers: list[nn.Module] = []
-        in_dim = dim
-        for width in hidden:
-            layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            in_dim = width
+        self.out_dim = add_mlp(layers, dim, hidden, dropout)
         self.mlp = nn.Sequential(*layers)
-        self.out_dim = in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = x[:, 0].long().remainder(self.buckets)

@@ -19,7 +19,7 @@ from ..data.dataset import ModalitySpec
 from ..errors import ConfigError
 from ..options import PositiveInt, Strict, format_validation_error
 from ..registry import Registry, options_of
-from .encoders import ENCODERS
+from .encoders import ENCODERS, add_mlp
 from .fusion import FUSIONS, PlainFusionConfig
 from .points import FeaturePoint
 
@@ -103,11 +103,7 @@ class MultimodalModel(nn.Module):
 @HEADS.register("mlp", options=HeadConfig)
 def build_head(in_dim: int, num_classes: int, hidden=(), dropout: float = 0.0) -> nn.Module:
     layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        in_dim = width
+    in_dim = add_mlp(layers, in_dim, hidden, dropout)
     if dropout and not hidden:
         layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(in_dim, num_classes))
