@@ -135,19 +135,9 @@ def encoder_layers(backbone: nn.Module) -> tuple[str, int] | None:
     return (preferred or found)[-1], count
 
 
-def build_hf_model(cfg, specs, num_classes: int, *, seed: int | None = None) -> HFClassifier:
-    """Build an :class:`HFClassifier` from an :class:`HFModelConfig` (or dict)."""
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build_hf_model(cfg, specs, num_classes)
-    if not isinstance(cfg, HFModelConfig):
-        from ..options import format_validation_error
-
-        try:
-            cfg = HFModelConfig.model_validate(cfg)
-        except pydantic.ValidationError as err:
-            raise ConfigError(format_validation_error(err, "model")) from None
+def build_hf_model(cfg: HFModelConfig, specs, num_classes: int) -> HFClassifier:
+    """Build a :class:`HFClassifier` from validated HFModelConfig options (the ``hf`` model kind;
+    :func:`mmdistill.models.kinds.build` validates and seeds)."""
     if cfg.modality not in specs:
         raise ConfigError(f"model.modality: the data has no modality {cfg.modality!r} (it has {', '.join(specs)})")
     spec = specs[cfg.modality]

@@ -9,9 +9,10 @@ Contract of a kind (register yours with ``MODEL_KINDS.register(KEY, options=Opti
 
 * ``OptionsModel`` is a pydantic model (``extra="forbid"``) with a field named ``KEY``; a
   ``model:`` section holding ``KEY`` is validated against it (errors name ``model.<key>``).
-* the registered builder is ``build(cfg, specs, num_classes, *, seed) -> nn.Module``: ``cfg`` the
-  validated options, ``specs`` ``{modality: ModalitySpec}``, ``seed`` (or None) the only source of
-  the initial weights' randomness.
+* the registered builder is ``build(cfg, specs, num_classes) -> nn.Module``: ``cfg`` the
+  validated options, ``specs`` ``{modality: ModalitySpec}``. :func:`build` validates the section
+  and, given a seed, runs the builder on a global RNG seeded with it alone (and restored after), so
+  a builder neither validates nor seeds.
 * the module's ``forward`` takes the batch dict (``{modality: tensor, "present": {...}}``) and
   returns logits ``[B, num_classes]``; ``modalities`` lists the modalities it reads (set to all of
   ``specs`` when the module does not say); ``feature_points()`` (see :mod:`.points`) is optional:
@@ -72,17 +73,13 @@ def resolve_factory(spec: str):
 
 
 @MODEL_KINDS.register("factory", options=FactoryModelConfig)
-def build_factory(cfg: FactoryModelConfig, specs: Mapping[str, ModalitySpec], num_classes: int, *,
-                  seed: int | None = None) -> nn.Module:
+def build_factory(cfg: FactoryModelConfig, specs: Mapping[str, ModalitySpec], num_classes: int) -> nn.Module:
     fn = resolve_factory(cfg.factory)
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        try:
-            model = fn(dict(specs), num_classes, **cfg.kwargs)
-        except Exception as err:  # the user's code: one line naming the factory, not a traceback
-            why = (str(err).splitlines() or [""])[0]
-            raise ConfigError(f"model.factory: {cfg.factory} raised {type(err).__name__}: {why}") from None
+    try:
+        model = fn(dict(specs), num_classes, **cfg.kwargs)
+    except Exception as err:  # the user's code: one line naming the factory, not a traceback
+        why = (str(err).splitlines() or [""])[0]
+        raise ConfigError(f"model.factory: {cfg.factory} raised {type(err).__name__}: {why}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.factory: {cfg.factory} returned {type(model).__name__}, not a torch nn.Module")
     if not hasattr(model, "modalities"):
@@ -125,13 +122,19 @@ def parse_model_config(raw: Any) -> BaseModel:
 
 
 def build(cfg: Any, specs: Mapping[str, ModalitySpec], num_classes: int, *, seed: int | None = None) -> nn.Module:
-    """Build the model a ``model:`` section (validated options or a raw dict) describes."""
+    """Build the model a ``model:`` section (validated options or a raw dict) describes.
+
+    With ``seed``, the initial weights depend on that seed alone (the global RNG is left as it
+    was); without, they come from the global RNG, as in plain PyTorch."""
     try:
         cfg = parse_model_config(cfg)
     except ValueError as err:
         key = str(err).partition(": ")[0]
         raise ConfigError(f"model.{err}" if key and " " not in key else f"model: {err}") from None
-    return MODEL_KINDS.get(kind_of(cfg))(cfg, specs, num_classes, seed=seed)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return MODEL_KINDS.get(kind_of(cfg))(cfg, specs, num_classes)
 
 
 MODEL_KINDS.register("hf", options=HFModelConfig)(build_hf_model)

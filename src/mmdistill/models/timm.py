@@ -151,19 +151,9 @@ def load_weights(backbone: nn.Module, path: str) -> None:
         raise ConfigError(f"model.checkpoint: {path} does not fit the model (it {what})")
 
 
-def build_timm_model(cfg, specs, num_classes: int, *, seed: int | None = None) -> TimmClassifier:
-    """Build a :class:`TimmClassifier` from a :class:`TimmModelConfig` (or dict)."""
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build_timm_model(cfg, specs, num_classes)
-    if not isinstance(cfg, TimmModelConfig):
-        from ..options import format_validation_error
-
-        try:
-            cfg = TimmModelConfig.model_validate(cfg)
-        except pydantic.ValidationError as err:
-            raise ConfigError(format_validation_error(err, "model")) from None
+def build_timm_model(cfg: TimmModelConfig, specs, num_classes: int) -> TimmClassifier:
+    """Build a :class:`TimmClassifier` from validated TimmModelConfig options (the ``timm`` model kind;
+    :func:`mmdistill.models.kinds.build` validates and seeds)."""
     if cfg.modality not in specs:
         raise ConfigError(f"model.modality: the data has no modality {cfg.modality!r} (it has {', '.join(specs)})")
     shape = tuple(specs[cfg.modality].shape)
