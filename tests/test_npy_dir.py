@@ -224,3 +224,14 @@ def test_unlabelled_samples_and_label_fraction_in_npy_dir(tmp_path):
     fewer = build_data(DataConfig(name="npy_dir", path=str(tmp_path), label_fraction=0.25), seed=0, val_fraction=0.1)
     assert len(fewer.train) == len(data.train) and fewer.train.num_labelled < data.train.num_labelled / 2
     assert fewer.info["train_unlabelled"] == len(fewer.train) - fewer.train.num_labelled
+
+
+def test_options_that_would_rewrite_the_arrays_are_refused():
+    from mmdistill.config import parse_config
+    from mmdistill.errors import ConfigError
+
+    model = {"encoders": {"x": {"type": "mlp"}}}
+    with pytest.raises(ConfigError, match=r"data\.standardize: npy_dir arrays stay on disk.*standardised"):
+        parse_config({"data": {"name": "npy_dir", "path": "d", "standardize": True}, "model": model})
+    with pytest.raises(ConfigError, match=r"data\.text: npy_dir arrays stay on disk.*token ids"):
+        parse_config({"data": {"name": "npy_dir", "path": "d", "text": {"t": {"tokenizer": "tok"}}}, "model": model})

@@ -43,18 +43,12 @@ class NpyDirOptions(NpzOptions):
 
     standardize: StrictBool = False
 
-    @pydantic.field_validator("standardize")
+    @pydantic.field_validator("standardize", "text")
     @classmethod
-    def _on_disk(cls, value):
+    def _arrays_stay_on_disk(cls, value, info):
         if value:
-            raise ValueError("npy_dir arrays stay on disk and are not standardised; store them standardised")
-        return value
-
-    @pydantic.field_validator("text")
-    @classmethod
-    def _no_text(cls, value):
-        if value:
-            raise ValueError("npy_dir arrays stay on disk; store token ids ([N, 2, L]: ids, mask) instead")
+            store = "standardised" if info.field_name == "standardize" else "as token ids ([N, 2, L]: ids, mask)"
+            raise ValueError(f"npy_dir arrays stay on disk and are read as stored; store them {store}")
         return value
 
 
