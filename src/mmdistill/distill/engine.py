@@ -319,10 +319,10 @@ class Trainer:
                         continue  # no sample of the last global batch for this rank: it stepped with weight 0
                     meter.add(losses, total, logits, batch["label"])
                     pending += 1
-                    if step + 1 == steps_per_epoch or time.perf_counter() >= next_sync:
+                    if time.perf_counter() >= next_sync:
                         self._sync(meter, epoch, step, bar, job, pending)
                         next_sync, pending = time.perf_counter() + SYNC_INTERVAL, 0
-                if pending:
+                if pending:  # the epoch's last steps: one read, also the final divergence check
                     self._sync(meter, epoch, step, bar, job, pending)
                 record = {"epoch": epoch + 1, "lr": lr, **meter.read(reduce=distributed.reduce_epoch),
                           "epoch_seconds": time.perf_counter() - epoch_start}
