@@ -98,7 +98,7 @@ class SharedTeacherTask(DistillationTask):
             raise RuntimeError("the shared teacher outputs are not of this training set")
         self.clear_cache()
         self._cache = TeacherCache(len(dataset))
-        self._cache.arrays = [dict(self.shared)]  # served as they are: no copy
+        self._cache.write(torch.arange(len(dataset)), [self.shared])
 
 
 def teacher_outputs(student, teacher, train, terms, device, batch_size: int) -> dict[str, torch.Tensor]:
