@@ -177,9 +177,8 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
     checkpoints), the final model's ``best.pt``/``last.pt``, ``metrics.json`` and ``summary.json``
     with ``auto: {choice, margin, search_epochs, final, candidates}``."""
     from .checkpoint import load_checkpoint
-    from .distill.engine import check_train_options, resolve_device
-    from .rundir import RunDir, check_run_dir
-    from .runs import _finish, _saver, load_data, load_teachers
+    from .rundir import RunDir
+    from .runs import _finish, _prepare, _saver, load_teachers
 
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint)")
@@ -189,10 +188,7 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         raise ConfigError("train.val_fraction: --auto chooses on the validation split; set it above 0")
     if not scales or any(not k > 0 for k in scales):
         raise ConfigError(f"--auto-scale: weight scales must be positive (got {list(scales)})")
-    check_run_dir(out, overwrite=overwrite)
-    device = resolve_device(cfg.device)
-    data = load_data(cfg, data)
-    check_train_options(cfg.train, data.specs)
+    device, data = _prepare(cfg, out, overwrite=overwrite, data=data)
     teachers = load_teachers(cfg, data, device, config_path)
     epochs = search_epochs or cfg.train.epochs
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:

@@ -122,9 +122,8 @@ def run_diagnose(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bo
                  config_path: str | Path | None = None, trial_epochs: int | None = None, log=None) -> dict:
     """Load the config's data and (first) teacher, :func:`diagnose`; with ``out``, write
     ``out/diagnose.json`` (a run directory)."""
-    from .distill.engine import check_train_options, resolve_device
-    from .rundir import RunDir, check_run_dir, write_json
-    from .runs import load_data, load_teachers
+    from .rundir import RunDir, write_json
+    from .runs import _prepare, load_teachers
 
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint)")
@@ -132,11 +131,7 @@ def run_diagnose(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bo
         raise ConfigError(f"--trial-epochs: {trial_epochs} must be at least 1")
     if cfg.train.val_fraction <= 0:
         raise ConfigError("train.val_fraction: diagnose measures on the validation split; set it above 0")
-    if out is not None:
-        check_run_dir(out, overwrite=overwrite)
-    device = resolve_device(cfg.device)
-    data = load_data(cfg)
-    check_train_options(cfg.train, data.specs)
+    device, data = _prepare(cfg, out, overwrite=overwrite)
     teacher = next(iter(load_teachers(cfg, data, device, config_path).values()))
     if out is None:
         return diagnose(cfg, data, teacher, device=device, trial_epochs=trial_epochs, log=log)

@@ -145,12 +145,13 @@ def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False)
                           f"a run resumes only with the config it started with")
 
 
-def _prepare(cfg: RunConfig, out, *, overwrite: bool, resume: bool, data: DataSplits | None):
+def _prepare(cfg: RunConfig, out, *, overwrite: bool = False, resume: bool = False, data: DataSplits | None = None):
     """The checks every run makes before anything is written: the run directory (or the run to
-    resume), the device, the data, and the training options against the data."""
+    resume; none when ``out`` is None), the device, the data, and the training options against
+    the data. Returns (device, data)."""
     if resume:
         check_resumable(cfg, out, overwrite=overwrite)
-    else:
+    elif out is not None:
         check_run_dir(out, overwrite=overwrite)
     device = distributed.device_for(resolve_device(cfg.device))
     data = load_data(cfg, data)
