@@ -56,16 +56,14 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
     train, test, info = built if built is not None else entry.builder(data_root(cfg.root), options, seed)
     where = f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else "")
     check_classes(where, train, test)
-    if not test.labelled.all():  # builders refuse this naming the file's sample; a safety net
-        raise DataError(f"{where}: test sample {int((~test.labelled).nonzero()[0])} is unlabelled; "
-                        "unlabelled samples can only be training samples")
     if getattr(train, "val_mask", None) is not None:  # npy_dir: split.npy names the validation samples
         train, val = train.split_file_val()
-        if val is not None and not val.labelled.all():
-            raise DataError(f"{where}: validation sample {int((~val.labelled).nonzero()[0])} is unlabelled; "
-                            "unlabelled samples can only be training samples")
     else:
         train, val = split_validation(train, val_fraction, seed)
+    for split, dataset in (("test", test), ("validation", val)):  # builders refuse these naming the file's sample
+        if dataset is not None and not dataset.labelled.all():
+            raise DataError(f"{where}: {split} sample {int((~dataset.labelled).nonzero()[0])} is unlabelled; "
+                            "unlabelled samples can only be training samples")
     label_fraction = getattr(cfg, "label_fraction", None)
     if label_fraction is not None and label_fraction < 1:
         train = keep_label_fraction(train, label_fraction, seed)
