@@ -170,7 +170,7 @@ def search(cfg: RunConfig, data: DataSplits, teachers: dict[str, nn.Module], *, 
 
 def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config_path: str | Path | None = None,
              data: DataSplits | None = None, search_epochs: int | None = None, scales: Sequence[float] = (1.0,),
-             margin: float = MARGIN, log: Callable[[str], None] | None = None) -> dict:
+             margin: float = MARGIN, log: Callable[[str], None] | None = None, trust_code: bool = False) -> dict:
     """``distill --auto``: search, then keep or retrain the chosen setting (see the module docstring).
 
     The run directory holds ``candidates/<name>/`` (each candidate's metrics.jsonl and
@@ -189,7 +189,7 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
     if not scales or any(not k > 0 for k in scales):
         raise ConfigError(f"--auto-scale: weight scales must be positive (got {list(scales)})")
     device, data = _prepare(cfg, out, overwrite=overwrite, data=data)
-    teachers = load_teachers(cfg, data, device, config_path)
+    teachers = load_teachers(cfg, data, device, config_path, trust_code=trust_code)
     epochs = search_epochs or cfg.train.epochs
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
         save = _saver(cfg, data, "student")
@@ -199,7 +199,7 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         if epochs == cfg.train.epochs:
             final = "kept from the search (it used the full budget)"
             chosen = run.path / "candidates" / choice
-            student, _ = load_checkpoint(chosen / "best.pt", device)
+            student, _ = load_checkpoint(chosen / "best.pt", device, config=cfg)  # the config's own student
             for name in ("best.pt", "last.pt"):
                 (run.path / name).write_bytes((chosen / name).read_bytes())
             (run.path / "metrics.jsonl").write_bytes((chosen / "metrics.jsonl").read_bytes())

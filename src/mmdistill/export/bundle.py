@@ -200,14 +200,15 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = "onnx", quantize: str | None = None,
                       data_root: str | None = None, tolerance: float | None = None, parity_samples: int = 256,
                       calibration_samples: int = 512, overwrite: bool = False, opset: int | None = None,
-                      log: Callable[[str], None] = print) -> dict:
+                      log: Callable[[str], None] = print, trust_code: bool = False) -> dict:
     """Export ``checkpoint`` to the folder ``out`` and return its ``model.json``.
 
     Parity with PyTorch is checked on ``parity_samples`` test samples with every modality present
     and with each one absent; above ``tolerance`` (default :data:`TOLERANCE`, 1e-4) it raises :class:`ParityError` and writes nothing.
     With ``quantize="int8"`` (ONNX only) a statically quantised ``model.int8.onnx`` is added,
     calibrated on ``calibration_samples`` training samples; test accuracy and latency of both
-    are recorded under ``quantized``.
+    are recorded under ``quantized``. ``trust_code``: run the code the checkpoint names (imports,
+    factory); refused without it.
     """
     from ..checkpoint import load_checkpoint
     from ..runs import checkpoint_data
@@ -221,7 +222,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
     checkpoint, out = Path(checkpoint), Path(out)
     tolerance = TOLERANCE if tolerance is None else tolerance
     _prepare_out(out, overwrite)
-    model, payload = load_checkpoint(checkpoint, "cpu")
+    model, payload = load_checkpoint(checkpoint, "cpu", trust_code=trust_code)
     data_cfg, data = checkpoint_data(checkpoint, model, payload, data_root)
     modalities = list(model.modalities)
     specs = {m: payload["specs"][m] for m in modalities}

@@ -197,17 +197,18 @@ def format_cost(key: str, value) -> str:
 
 
 def profile_checkpoints(checkpoints: Sequence[str | Path], out: str | Path, *, threads: int = 1, repeats: int = 200,
-                        warmup: int = 20, cuda: bool | None = None) -> dict:
+                        warmup: int = 20, cuda: bool | None = None, trust_code: bool = False) -> dict:
     """Measure each checkpoint (:func:`measure_cost`) and write ``out/profile.json``; with two or
     more, ``ratios`` says for each other model how many times cheaper it is than the first: the
     first's value over its value (its over the first's for the throughputs, ``*_sps_*``).
-    ``cuda``: None times CUDA too when available, False never."""
+    ``cuda``: None times CUDA too when available, False never. ``trust_code``: run the code the
+    checkpoints name (imports, factory); refused without it."""
     from ..checkpoint import load_checkpoint
     from ..rundir import write_json
 
     models = []
     for ckpt in checkpoints:
-        model, payload = load_checkpoint(ckpt, "cpu")
+        model, payload = load_checkpoint(ckpt, "cpu", trust_code=trust_code)
         cost = measure_cost(model, payload["specs"], threads=threads, repeats=repeats, warmup=warmup,
                             cuda=cuda)
         models.append({"checkpoint": str(ckpt), "modalities": list(model.modalities), **cost})
