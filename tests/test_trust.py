@@ -1,0 +1,176 @@
+"""Trust nothing you load (issue 19, safety half).
+
+* Loading a checkpoint runs no code it names (recorded ``imports``, ``model.factory``) unless the
+  user opts in (``--trust-code``, ``trust_code=True``) or their own config names that code.
+* An ``--out`` never removes or replaces one of the command's own inputs.
+* A full disk during any write is one line, exit 2, and leaves no half-written file.
+
+Hostile files are checked with marker files: a ``.py`` whose import writes a marker, and a factory
+``subprocess:call`` whose crafted modality names are a shell command that writes one.
+"""
+import errno
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import run_cli, write
+from mmdistill.checkpoint import check_code, load_checkpoint, read_checkpoint
+from mmdistill.errors import CheckpointError
+from mmdistill.plugins import module_name_for
+
+torch.set_num_threads(1)
+
+DATA = {"name": "synthetic", "train_size": 96, "test_size": 32, "num_classes": 4}
+TRAIN = {"epochs": 1, "batch_size": 32, "progress": False, "val_fraction": 0.25}
+MODEL = {"encoders": {"image": {"type": "mlp", "hidden": [8]}, "audio": {"type": "mlp", "hidden": [8]}},
+         "fusion": {"type": "concat"}}
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A trained run (``run/best.pt``), a checkpoint that imports a marker-writing file, one whose
+    factory is ``subprocess:call`` writing a marker, and a fresh marker path per test."""
+    w = tmp_path_factory.mktemp("trust")
+    cfg = {"seed": 0, "device": "cpu", "data": DATA, "train": TRAIN, "model": MODEL}
+    assert run_cli("train", write(w, "t.yaml", cfg), "--out", w / "run") == 0
+    payload = read_checkpoint(w / "run" / "best.pt")
+    assert payload["imports"] == [] and "factory" not in payload["model_config"]
+
+    # imports: a file whose import appends to a marker
+    (w / "evil.py").write_text(f"with open({str(w / 'imported.txt')!r}, 'a') as f:\n    f.write('x')\n")
+    torch.save({**payload, "imports": [str(w / "evil.py")]}, w / "imports.pt")
+    # factory: subprocess.call(specs, num_classes) runs the modality names as a command
+    spec = next(iter(payload["specs"].values()))
+    touch = shutil.which("touch")
+    torch.save({**payload, "model_config": {"factory": "subprocess:call", "kwargs": {}},
+                "specs": {touch: {**spec, "name": touch}, str(w / "called.txt"): {**spec, "name": str(w / "called.txt")}},
+                "imports": []}, w / "factory.pt")
+    return SimpleNamespace(dir=w, run=w / "run", imports=w / "imports.pt", factory=w / "factory.pt",
+                           imported=w / "imported.txt", called=w / "called.txt", cfg=cfg)
+
+
+@pytest.fixture
+def fresh(world):
+    """No marker yet, and the marker module not imported in this process (a file loads once)."""
+    for marker in (world.imported, world.called):
+        marker.unlink(missing_ok=True)
+    sys.modules.pop(module_name_for(world.dir / "evil.py"), None)
+    return world
+
+
+# --- loading runs nothing ------------------------------------------------------------------------
+LOADERS = {
+    "evaluate": lambda w, ckpt, out: ("evaluate", ckpt, "--out", out, "--no-cost"),
+    "export": lambda w, ckpt, out: ("export", ckpt, "--out", out),
+    "profile": lambda w, ckpt, out: ("profile", ckpt, "--out", out, "--repeats", "2"),
+    "distill": lambda w, ckpt, out: ("distill", write(w.dir, f"s_{out.name}.yaml", {
+        **w.cfg, "distill": {"teacher": {"checkpoint": str(ckpt)}, "terms": [{"name": "kd"}]}}), "--out", out),
+}
+
+
+@pytest.mark.parametrize("command", list(LOADERS))
+def test_a_checkpoint_s_imports_run_only_with_trust_code(fresh, tmp_path, capsys, command):
+    args = LOADERS[command](fresh, fresh.imports, tmp_path / "out")
+    assert run_cli(*args) == 2
+    err = one_line(capsys)
+    assert str(fresh.dir / "evil.py") in err and "--trust-code" in err
+    assert not fresh.imported.exists() and not (tmp_path / "out").exists()
+    assert run_cli(*args, "--trust-code") == 0
+    assert fresh.imported.read_text() == "x"  # trusted: imported (once)
+
+
+@pytest.mark.parametrize("command", list(LOADERS))
+def test_a_checkpoint_s_factory_runs_only_with_trust_code_and_its_result_is_checked(fresh, tmp_path, capsys,
+                                                                                     command):
+    args = LOADERS[command](fresh, fresh.factory, tmp_path / "out")
+    assert run_cli(*args) == 2
+    err = one_line(capsys)
+    assert "model.factory subprocess:call" in err and "--trust-code" in err
+    assert not fresh.called.exists() and not (tmp_path / "out").exists()
+    # trusted, it runs (the user said so), and what it returns is refused before anything else
+    assert run_cli(*args, "--trust-code") == 2
+    assert "subprocess:call returned int, not a torch nn.Module" in one_line(capsys)
+    assert fresh.called.exists() and not (tmp_path / "out").exists()
+
+
+def test_predict_runs_no_code_an_export_names(fresh, tmp_path, capsys):
+    """An ONNX export is data: model.json's recorded imports/factory and a planted
+    mmdistill_runtime.py are never run by predict (no flag exists because none is needed)."""
+    export = tmp_path / "export"
+    assert run_cli("export", fresh.run / "best.pt", "--out", export) == 0
+    meta = json.loads((export / "model.json").read_text())
+    meta.update(imports=[str(fresh.dir / "evil.py")], model_config={"factory": "subprocess:call", "kwargs": {}})
+    (export / "model.json").write_text(json.dumps(meta))
+    (export / "mmdistill_runtime.py").write_text((fresh.dir / "evil.py").read_text())
+    capsys.readouterr()
+    assert run_cli("predict", export, "--data", write(tmp_path, "d.yaml", {"data": DATA}),
+                   "--out", tmp_path / "p.jsonl") == 0
+    assert not fresh.imported.exists() and not fresh.called.exists()
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == DATA["test_size"]
+
+
+def test_the_api_refuses_untrusted_code_and_names_it(fresh):
+    with pytest.raises(CheckpointError, match=r"asks to run code \(imports .*evil\.py\).*trust_code=True"):
+        load_checkpoint(fresh.imports)
+    with pytest.raises(CheckpointError, match=r"model\.factory subprocess:call"):
+        load_checkpoint(fresh.factory)
+    assert not fresh.imported.exists() and not fresh.called.exists()
+    model, payload = load_checkpoint(fresh.imports, trust_code=True)
+    assert fresh.imported.exists() and isinstance(model, torch.nn.Module)
+
+
+def test_code_the_user_s_own_config_names_needs_no_flag(tmp_path, monkeypatch):
+    """A checkpoint recording exactly the imports the config imports, and a factory that is the
+    config's own or a function defined in one of its modules, loads without the opt-in; a name the
+    module merely imported (``from os import system``) or a dotted path through it does not."""
+    package = tmp_path / "trustpkg_a1"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text("from os import system\n\ndef build(specs, num_classes):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import trustpkg_a1.nets  # noqa: F401  (the config's imports: have been imported when it is run)
+
+    cfg = SimpleNamespace(imports=["trustpkg_a1.nets"], model=SimpleNamespace(factory="trustpkg_a1.nets:other"))
+    ok = [{"imports": ["trustpkg_a1.nets"], "model_config": {}},
+          {"imports": ["trustpkg_a1.nets"], "model_config": {"factory": "trustpkg_a1.nets:build"}},
+          {"imports": [], "model_config": {"factory": "trustpkg_a1.nets:other"}}]
+    for payload in ok:
+        check_code("c.pt", payload, config=cfg)
+    refused = [{"imports": ["trustpkg_a1.nets", "this"], "model_config": {}},
+               {"imports": [], "model_config": {"factory": "trustpkg_a1.nets:system"}},
+               {"imports": [], "model_config": {"factory": "trustpkg_a1.nets:os.system"}},
+               {"imports": [], "model_config": {"factory": "os:system"}}]
+    for payload in refused:
+        with pytest.raises(CheckpointError, match="--trust-code"):
+            check_code("c.pt", payload, config=cfg)
+        check_code("c.pt", payload, trust_code=True)
+
+
+def test_an_hf_model_folder_with_custom_code_is_refused_without_running_it(tmp_path):
+    """``model: {hf: DIR}`` where DIR ships modelling code (``auto_map``): transformers is called
+    with trust_remote_code=False (no prompt, nothing imported) and local files only."""
+    pytest.importorskip("transformers")
+    from mmdistill.data.dataset import ModalitySpec
+    from mmdistill.errors import ConfigError
+    from mmdistill.models.kinds import build
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evilnet", "hidden_size": 8,
+        "auto_map": {"AutoConfig": "modeling_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}}))
+    (folder / "modeling_evil.py").write_text(f"open({str(tmp_path / 'ran.txt')!r}, 'w').write('ran')\n")
+    with pytest.raises(ConfigError, match="model.hf: .*custom code"):
+        build({"hf": str(folder), "modality": "t"}, {"t": ModalitySpec("t", "text", (2, 8))}, 3)
+    assert not (tmp_path / "ran.txt").exists()
