@@ -174,3 +174,133 @@ def test_an_hf_model_folder_with_custom_code_is_refused_without_running_it(tmp_p
     with pytest.raises(ConfigError, match="model.hf: .*custom code"):
         build({"hf": str(folder), "modality": "t"}, {"t": ModalitySpec("t", "text", (2, 8))}, 3)
     assert not (tmp_path / "ran.txt").exists()
+
+
+# --- outputs never clobber inputs ----------------------------------------------------------------
+def copy_run(world, tmp_path) -> Path:
+    """A private copy of the trained run directory (tests change it)."""
+    run = tmp_path / "D"
+    shutil.copytree(world.run, run)
+    return run
+
+
+def intact(run: Path, world) -> bool:
+    return (run / "best.pt").read_bytes() == (world.run / "best.pt").read_bytes()
+
+
+def student_config(world, tmp_path, teacher: Path) -> Path:
+    return write(tmp_path, "s.yaml", {**world.cfg, "distill": {"teacher": {"checkpoint": str(teacher)},
+                                                              "terms": [{"name": "kd"}]}})
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]])
+def test_evaluate_export_profile_refuse_an_out_holding_their_checkpoint(world, tmp_path, capsys, extra):
+    run = copy_run(world, tmp_path)
+    for args in (("evaluate", run / "best.pt", "--out", run, "--no-cost"),
+                 ("export", run / "best.pt", "--out", run),
+                 ("profile", run / "best.pt", "--out", run, "--repeats", "2"),
+                 ("profile", world.run / "best.pt", "--compare", run / "best.pt", "--out", tmp_path, "--repeats", "2")):
+        if args[0] == "profile" and extra:
+            continue  # profile has no --overwrite
+        assert run_cli(*args, *extra) == 2
+        err = one_line(capsys)
+        assert f"--out {args[args.index('--out') + 1]}: contains the checkpoint" in err and "best.pt" in err, err
+        assert intact(run, world) and sorted(p.name for p in run.iterdir()) == sorted(
+            p.name for p in world.run.iterdir())
+
+
+@pytest.mark.parametrize("mode", [["--overwrite"], ["--resume"], ["--auto", "--overwrite"]])
+def test_distill_refuses_an_out_holding_its_teacher(world, tmp_path, capsys, mode):
+    run = copy_run(world, tmp_path)
+    assert run_cli("distill", student_config(world, tmp_path, run / "best.pt"), "--out", run, *mode) == 2
+    err = one_line(capsys)
+    assert f"--out {run}: contains the teacher checkpoint {run / 'best.pt'}" in err, err
+    assert intact(run, world)
+
+
+def test_diagnose_refuses_an_out_holding_its_teacher(world, tmp_path, capsys):
+    run = copy_run(world, tmp_path)
+    assert run_cli("diagnose", student_config(world, tmp_path, run / "best.pt"), "--out", run, "--overwrite") == 2
+    assert f"--out {run}: contains the teacher checkpoint" in one_line(capsys)
+    assert intact(run, world)
+
+
+def test_train_refuses_an_out_holding_its_data_or_config(world, tmp_path, capsys):
+    import numpy as np
+
+    run = copy_run(world, tmp_path)  # an mmdistill run directory, which --overwrite would empty
+    rng = np.random.default_rng(0)
+    np.savez(run / "data.npz", x=rng.normal(size=(40, 6)).astype("float32"), label=np.arange(40) % 4)
+    data = (run / "data.npz").read_bytes()
+    cfg = {"seed": 0, "device": "cpu", "data": {"name": "npz", "path": str(run / "data.npz")}, "train": TRAIN,
+           "model": {"encoders": {"x": {"type": "mlp", "hidden": [4]}}}}
+    assert run_cli("train", write(tmp_path, "npz.yaml", cfg), "--out", run, "--overwrite") == 2
+    assert f"--out {run}: contains the data.path {run / 'data.npz'}" in one_line(capsys)
+    assert (run / "data.npz").read_bytes() == data and intact(run, world)
+    # the config file itself, relative data paths (to the data root) and a data folder the output lies in
+    cfg["data"] = {"name": "npz", "path": "data.npz", "root": str(run)}
+    assert run_cli("train", write(run, "c.yaml", cfg), "--out", run, "--overwrite") == 2
+    assert "contains the config" in one_line(capsys)
+    assert run_cli("train", write(tmp_path, "c.yaml", cfg), "--out", run, "--overwrite") == 2
+    assert f"contains the data.path {run / 'data.npz'}" in one_line(capsys)
+    (tmp_path / "arrays").mkdir()
+    cfg["data"] = {"name": "npy_dir", "path": str(tmp_path / "arrays")}
+    assert run_cli("train", write(tmp_path, "c.yaml", cfg), "--out", tmp_path / "arrays" / "run") == 2
+    assert f"lies inside the data.path {tmp_path / 'arrays'}" in one_line(capsys)
+    assert not (tmp_path / "arrays" / "run").exists() and (run / "data.npz").read_bytes() == data
+
+
+def test_demo_refuses_an_out_holding_the_data_root(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"format": "mmdistill-run", "version": 1, "status": "complete"}))
+    (out / "data").mkdir()
+    (out / "data" / "keep.txt").write_text("data")
+    monkeypatch.setenv("MMDISTILL_DATA", str(out / "data"))
+    assert run_cli("demo", "--out", out, "--overwrite", "--quick") == 2
+    assert f"--out {out}: contains the data root {out / 'data'}" in one_line(capsys)
+    assert (out / "data" / "keep.txt").read_text() == "data"
+
+
+def test_single_file_outputs_never_replace_a_run_s_or_an_export_s_files(world, tmp_path, capsys):
+    run = copy_run(world, tmp_path)
+    export = tmp_path / "export"
+    assert run_cli("export", run / "best.pt", "--out", export) == 0
+    data = write(tmp_path, "d.yaml", {"data": DATA})
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in [*run.iterdir(), *export.iterdir()]}
+    for target in (run / "metrics.json", run / "best.pt", export / "model.json", export / "model.onnx"):
+        assert run_cli("predict", export, "--data", data, "--out", target) == 2
+        assert f"--out {target}: would replace a file of the " in one_line(capsys)
+        assert run_cli("report", run, "--out", target) == 2
+        assert f"--out {target}: would replace a file of the " in one_line(capsys)
+    for target, what in ((export, "is the export folder"), (data, "is the data config"), (run, "is the run directory")):
+        assert run_cli("predict" if what != "is the run directory" else "report",
+                       *((export, "--data", data) if what != "is the run directory" else (run,)), "--out", target) == 2
+        assert what in one_line(capsys)
+    assert before == {p: p.read_bytes() for p in [*run.iterdir(), *export.iterdir()]}
+    # their own outputs inside a run or export folder may be written, and written again
+    for _ in range(2):
+        assert run_cli("predict", export, "--data", data, "--out", export / "predictions.jsonl") == 0
+        assert run_cli("report", run, "--out", run / "report.html") == 0
+    capsys.readouterr()
+    assert run_cli("report", run, "--out", export / "predictions.jsonl") == 2  # a report does not replace predictions
+    assert "would replace a file of the export folder" in one_line(capsys)
+
+
+def test_export_overwrite_removes_only_what_an_export_wrote(world, tmp_path, capsys):
+    export = tmp_path / "export"
+    assert run_cli("export", world.run / "best.pt", "--out", export) == 0
+    (export / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert run_cli("export", world.run / "best.pt", "--out", export, "--overwrite") == 2
+    assert f"--out {export}: holds notes.txt, which no export wrote" in one_line(capsys)
+    assert (export / "notes.txt").read_text() == "mine" and (export / "model.onnx").is_file()
+    (export / "notes.txt").unlink()
+    (export / "sub").mkdir()  # a folder, even one named like an export file, is not an export's
+    assert run_cli("export", world.run / "best.pt", "--out", export, "--overwrite") == 2
+    assert "holds sub, which no export wrote" in one_line(capsys)
+    (export / "sub").rmdir()
+    assert run_cli("export", world.run / "best.pt", "--out", export, "--overwrite") == 0
+    written = json.loads((export / "model.json").read_text())["files"]
+    assert sorted(p.name for p in export.iterdir()) == sorted(["model.json", *written.values()])

@@ -188,7 +188,7 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         raise ConfigError("train.val_fraction: --auto chooses on the validation split; set it above 0")
     if not scales or any(not k > 0 for k in scales):
         raise ConfigError(f"--auto-scale: weight scales must be positive (got {list(scales)})")
-    device, data = _prepare(cfg, out, overwrite=overwrite, data=data)
+    device, data = _prepare(cfg, out, overwrite=overwrite, data=data, config_path=config_path)
     teachers = load_teachers(cfg, data, device, config_path, trust_code=trust_code)
     epochs = search_epochs or cfg.train.epochs
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:

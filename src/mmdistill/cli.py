@@ -83,7 +83,8 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
     """Train a model with cross-entropy (e.g. a teacher)."""
     from .runs import run_train
 
-    summary = run_train(_config(config, set_, device, data_root), out, overwrite=overwrite, resume=resume)
+    summary = run_train(_config(config, set_, device, data_root), out, overwrite=overwrite, resume=resume,
+                        config_path=config)
     if not summary:  # a torchrun rank other than 0: rank 0 reports
         return
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})

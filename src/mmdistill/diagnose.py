@@ -132,7 +132,7 @@ def run_diagnose(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bo
         raise ConfigError(f"--trial-epochs: {trial_epochs} must be at least 1")
     if cfg.train.val_fraction <= 0:
         raise ConfigError("train.val_fraction: diagnose measures on the validation split; set it above 0")
-    device, data = _prepare(cfg, out, overwrite=overwrite)
+    device, data = _prepare(cfg, out, overwrite=overwrite, config_path=config_path)
     teacher = next(iter(load_teachers(cfg, data, device, config_path, trust_code=trust_code).values()))
     if out is None:
         return diagnose(cfg, data, teacher, device=device, trial_epochs=trial_epochs, log=log)

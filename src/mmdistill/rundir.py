@@ -39,12 +39,16 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPER
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a text file atomically (temporary file, then rename); no ``.part`` file survives a failure."""
+    """Write a text file atomically (temporary file, then rename); no ``.part`` file survives a
+    failure. The file gets the permissions ``open`` would give it (the umask's), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "w") as f:
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

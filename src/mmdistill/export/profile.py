@@ -204,8 +204,10 @@ def profile_checkpoints(checkpoints: Sequence[str | Path], out: str | Path, *, t
     ``cuda``: None times CUDA too when available, False never. ``trust_code``: run the code the
     checkpoints name (imports, factory); refused without it."""
     from ..checkpoint import load_checkpoint
+    from ..guard import Input, check_out
     from ..rundir import write_json
 
+    check_out(out, [Input("checkpoint", Path(c)) for c in checkpoints])
     models = []
     for ckpt in checkpoints:
         model, payload = load_checkpoint(ckpt, "cpu", trust_code=trust_code)
