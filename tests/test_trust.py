@@ -304,3 +304,114 @@ def test_export_overwrite_removes_only_what_an_export_wrote(world, tmp_path, cap
     assert run_cli("export", world.run / "best.pt", "--out", export, "--overwrite") == 0
     written = json.loads((export / "model.json").read_text())["files"]
     assert sorted(p.name for p in export.iterdir()) == sorted(["model.json", *written.values()])
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+FULL_DISK = r'''
+import contextlib, io, json, os, resource, signal, sys
+from pathlib import Path
+
+from mmdistill.cli import run
+from mmdistill.rundir import append_text
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, as on a full disk
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+results = {}
+for name, limit, argv in json.loads(sys.argv[1]):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = run(argv)
+    results[name] = [code, err.getvalue()]
+resource.setrlimit(resource.RLIMIT_FSIZE, (150, hard))
+log = Path(sys.argv[2])
+log.write_text("x" * 99 + "\n")
+try:
+    append_text(log, "y" * 99 + "\n")  # 50 bytes fit, the rest does not
+except OSError as e:
+    results["append"] = [e.errno, log.read_text()]
+print(json.dumps(results))
+'''
+
+
+def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_half_written(world, tmp_path):
+    """Every writer (checkpoints, run records, ONNX and TorchScript exports, predictions, reports,
+    profiles, metrics.jsonl) under a real write limit (RLIMIT_FSIZE: a write past it fails with
+    EFBIG, as one on a full disk fails with ENOSPC; both are disk errors)."""
+    import os
+    import subprocess
+    import sys
+
+    export = tmp_path / "export0"
+    assert run_cli("export", world.run / "best.pt", "--out", export) == 0
+    data = write(tmp_path, "d.yaml", {"data": DATA})
+    t = tmp_path
+    commands = [
+        ["train", 8000, ["train", str(write(t, "t.yaml", world.cfg)), "--out", str(t / "run")]],
+        ["evaluate", 8000, ["evaluate", str(world.run / "best.pt"), "--out", str(t / "eval")]],
+        ["export", 8000, ["export", str(world.run / "best.pt"), "--out", str(t / "export")]],
+        ["torchscript", 8000, ["export", str(world.run / "best.pt"), "--out", str(t / "ts"), "--format", "torchscript"]],
+        ["predict", 1000, ["predict", str(export), "--data", str(data), "--out", str(t / "p.jsonl")]],
+        ["report", 8000, ["report", str(world.run), "--out", str(t / "r.html")]],
+        ["profile", 8000, ["profile", str(world.run / "best.pt"), "--out", str(t / "prof"), "--repeats", "2"]],
+    ]
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, json.dumps(commands), str(t / "log.jsonl")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "MMDISTILL_DATA": str(t)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.splitlines()[-1])
+    for name, (code, err) in results.items():
+        if name == "append":
+            continue
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "File too large (EFBIG)" in lines[0], (name, err)
+    assert str(t / "run" / "last.pt") in results["train"][1]
+    for name in ("export", "torchscript", "predict", "report"):
+        assert str(t / {"export": "export", "torchscript": "ts", "predict": "p.jsonl", "report": "r.html"}[name]) in \
+            results[name][1], results[name]
+    assert not list(t.rglob("*.part")) and not list(t.rglob(".*.part*")), list(t.rglob("*part*"))
+    for gone in ("export", "ts", "p.jsonl", "r.html", "prof/profile.json", "run/last.pt", "run/best.pt",
+                 "eval/metrics.json"):
+        assert not (t / gone).exists(), gone
+    for folder in ("run", "eval"):
+        assert json.loads((t / folder / "run.json").read_text())["status"] == "failed"
+    assert results["append"] == [errno.EFBIG, "x" * 99 + "\n"]  # the half line was taken back
+
+
+def test_a_full_disk_writing_predictions_or_a_report_says_enospc(world, tmp_path, capsys, monkeypatch):
+    import os
+
+    import mmdistill.rundir as rundir
+
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def write(self, text):
+            self.f.write(text[:len(text) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "fdopen", lambda fd, *a, **k: Full(real(fd, *a, **k)))
+    export = tmp_path / "export"
+    shutil.copytree(world.dir / "run", tmp_path / "run")
+    assert run_cli("report", tmp_path / "run", "--out", tmp_path / "r.html") == 2
+    assert one_line(capsys) == f"error: {tmp_path / 'r.html'}: No space left on device (ENOSPC)"
+    monkeypatch.undo()
+    assert run_cli("export", world.run / "best.pt", "--out", export) == 0
+    monkeypatch.setattr(rundir.os, "fdopen", lambda fd, *a, **k: Full(real(fd, *a, **k)))
+    capsys.readouterr()
+    assert run_cli("predict", export, "--data", write(tmp_path, "d.yaml", {"data": DATA}),
+                   "--out", tmp_path / "p.jsonl") == 2
+    assert one_line(capsys) == f"error: {tmp_path / 'p.jsonl'}: No space left on device (ENOSPC)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.yaml", "export", "run"]

@@ -56,8 +56,14 @@ def atomic_torch_save(payload, path: str | Path) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            writer = _Writer(f, tmp)
+            try:
+                torch.save(payload, writer)
+            except Exception:
+                if writer.error is not None:  # torch may wrap the disk's error in its own RuntimeError
+                    raise writer.error from None
+                raise
         os.replace(tmp, path)
     except OSError as err:
         if err.filename is None:
@@ -67,6 +73,27 @@ def atomic_torch_save(payload, path: str | Path) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+class _Writer:
+    """A file for ``torch.save`` that writes every byte (retrying short writes) and keeps the
+    OSError a write raised (disk full, file too large), which torch would report as its own."""
+
+    def __init__(self, f, name: str):
+        self.f, self.name, self.error = f, name, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[self.f.write(view):]
+        except OSError as err:
+            self.error = err
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def read_checkpoint(path: str | Path) -> dict:

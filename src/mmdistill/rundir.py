@@ -51,13 +51,32 @@ def write_text(path: Path, text: str) -> Path:
             os.fchmod(f.fileno(), 0o666 & ~umask)
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file: name it
+            err.filename = str(path)
         raise
     return path
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a file whole or not at all: a failed write (a full disk) truncates the file back
+    to its previous length, so no half line is left behind."""
+    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to flush after a failure
+        size = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(text.encode())
+            while view:
+                view = view[f.write(view):]
+        except OSError:
+            try:
+                f.truncate(size)
+            except OSError:
+                pass
+            raise
 
 
 def write_json(path: Path, payload: Any) -> Path:

@@ -306,6 +306,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
             _prepare_out(out, overwrite)  # again: nothing but the old export's files is deleted
             shutil.rmtree(out)
         tmp.replace(out)
+    except OSError as err:  # e.g. a full disk: one line naming the export (nothing of it is left)
+        if err.filename is None:
+            err.filename = str(out)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

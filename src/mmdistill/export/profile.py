@@ -211,8 +211,13 @@ def profile_checkpoints(checkpoints: Sequence[str | Path], out: str | Path, *, t
     models = []
     for ckpt in checkpoints:
         model, payload = load_checkpoint(ckpt, "cpu", trust_code=trust_code)
-        cost = measure_cost(model, payload["specs"], threads=threads, repeats=repeats, warmup=warmup,
-                            cuda=cuda)
+        try:
+            cost = measure_cost(model, payload["specs"], threads=threads, repeats=repeats, warmup=warmup,
+                                cuda=cuda)
+        except OSError as err:  # the temporary ONNX file (a full disk): one line naming the checkpoint
+            if err.filename is None:
+                err.filename = f"{ckpt} (its temporary ONNX file)"
+            raise
         models.append({"checkpoint": str(ckpt), "modalities": list(model.modalities), **cost})
     result = {"threads": threads, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
               "onnxruntime": _ort_version(), "models": models}
