@@ -177,7 +177,7 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
     checkpoints), the final model's ``best.pt``/``last.pt``, ``metrics.json`` and ``summary.json``
     with ``auto: {choice, margin, search_epochs, final, candidates}``."""
     from .checkpoint import load_checkpoint
-    from .rundir import RunDir
+    from .rundir import RunDir, copy_file
     from .runs import _finish, _prepare, _saver, load_teachers
 
     if cfg.distill is None:
@@ -200,9 +200,8 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
             final = "kept from the search (it used the full budget)"
             chosen = run.path / "candidates" / choice
             student, _ = load_checkpoint(chosen / "best.pt", device, config=cfg)  # the config's own student
-            for name in ("best.pt", "last.pt"):
-                (run.path / name).write_bytes((chosen / name).read_bytes())
-            (run.path / "metrics.jsonl").write_bytes((chosen / "metrics.jsonl").read_bytes())
+            for name in ("best.pt", "last.pt", "metrics.jsonl"):  # atomic: a full disk leaves no half file
+                copy_file(chosen / name, run.path / name)
             record = next(r for r in found["candidates"] if r["name"] == choice)
             best_epoch, val_accuracy = record["best_epoch"], record["val_accuracy"]
         else:

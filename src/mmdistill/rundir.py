@@ -79,6 +79,25 @@ def append_text(path: Path, text: str) -> None:
             raise
 
 
+def copy_file(source: Path, path: Path) -> Path:
+    """Copy a file atomically (temporary file beside ``path``, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)
+        raise
+    return path
+
+
 def write_json(path: Path, payload: Any) -> Path:
     """Write JSON atomically (temporary file, then rename)."""
     return write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
