@@ -342,8 +342,22 @@ def check_demo_epochs(ctx: Ctx) -> dict:
     return out
 
 
+def teachers(ctx: Ctx) -> None:
+    """The teacher checkpoints written on each device, trained here (one epoch) when
+    ``demo_epochs`` did not run first (``--only``)."""
+    for key, device in (("teacher_gpu", ctx.gpu), ("teacher_cpu", "cpu")):
+        if key not in ctx.shared:
+            run = ctx.work / f"teacher_{device}"
+            if not (run / "best.pt").is_file():
+                ctx.mmdistill("train", recipe_file(ctx, "av_digits_teacher"), "--out", run, "--overwrite",
+                              "--device", device, *sum((["--set", s] for s in ctx.sets("teacher", 1)), []),
+                              timeout=300)
+            ctx.shared[key] = run / "best.pt"
+
+
 def check_cross_device(ctx: Ctx) -> dict:
     """Evaluate and export each teacher checkpoint on the other device than the one that wrote it."""
+    teachers(ctx)
     out = {}
     legs = [("written_on_gpu", ctx.shared["teacher_gpu"], "cpu"), ("written_on_cpu", ctx.shared["teacher_cpu"], ctx.gpu)]
     if not ctx.dry:  # the same checkpoint evaluated on its own device too: accuracy must agree
@@ -368,6 +382,7 @@ def check_cross_device(ctx: Ctx) -> dict:
 
 
 def _distill_args(ctx: Ctx, out: Path, epochs: int, *extra: str) -> list:
+    teachers(ctx)
     return ["distill", recipe_file(ctx, "av_digits_student"), "--out", out, "--device", ctx.gpu,
             *sum((["--set", s] for s in ctx.sets("student", epochs)), []),
             "--set", f"distill.teacher.checkpoint={ctx.shared['teacher_gpu']}", *extra]
@@ -556,11 +571,11 @@ def summary_line(name: str, figures: dict) -> str:
 def run(args) -> int:
     import torch  # noqa: F401  (fails here, with its own message, where torch is missing)
 
-    out_paths = [Path(args.out)]
-    if os.environ.get("OUT") and not args.dry_run:
-        out_paths.append(Path(os.environ["OUT"]) / "gpu.json")
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
+    out_paths = [Path(args.out or (work / "gpu.json" if args.dry_run else HERE / "results" / "gpu.json"))]
+    if os.environ.get("OUT") and not args.dry_run:
+        out_paths.append(Path(os.environ["OUT"]) / "gpu.json")
     ctx = Ctx(args, work)
     result = {"format": FORMAT, "dry_run": args.dry_run,
               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -618,7 +633,8 @@ def main(argv=None) -> int:
     sub.add_parser("install", help="install the carried wheels (on the GPU machine)")
     pr = sub.add_parser("run", help="run the checks")
     pr.add_argument("--dry-run", action="store_true", help="every step on the CPU at the smallest size")
-    pr.add_argument("--out", default=str(HERE / "results" / "gpu.json"))
+    pr.add_argument("--out", default=None, help="the JSON (default benchmarks/results/gpu.json; for a dry run, "
+                    "gpu.json in the work folder: a dry run's figures are never results)")
     pr.add_argument("--work", default=None, help="folder for the checks' runs (default: a new temporary one)")
     pr.add_argument("--budget", type=float, default=None, help="seconds for all checks; a check that would start "
                     "with less than its share left is recorded as not run (default 330; dry run 1800)")

@@ -7,6 +7,7 @@
 #                                            # device tool: run(command="bash benchmarks/gpu_check.sh",
 #                                            #   carry=[".gpu_carry"], timeout_s=480)
 #   bash benchmarks/gpu_check.sh --dry-run   # anywhere: every step on the CPU at the smallest size, installs nothing
+#   bash benchmarks/gpu_check.sh --only resume torchrun   # a second try of some checks (they rewrite gpu.json)
 #
 # On the GPU machine it installs the carried wheels that are missing (no registry is needed), uses the
 # machine's CUDA build of torch (or installs the Makefile's pinned torch where a registry is reachable),
@@ -25,8 +26,8 @@ case "${1:-}" in
     for tool in timeout git; do command -v "$tool" >/dev/null || { echo "gpu_check: $tool not found" >&2; exit 2; }; done
     bash -n "$0"
     exec "$PY" benchmarks/gpu_check.py run --dry-run "${@:2}" ;;
-  "") ;;
-  *) echo "usage: bash benchmarks/gpu_check.sh [--prepare | --dry-run [run options]]" >&2; exit 2 ;;
+  ""|--only) ;;   # --only CHECK...: a second try of the checks that failed (names in gpu_check.py)
+  *) echo "usage: bash benchmarks/gpu_check.sh [--prepare | --dry-run [run options] | --only CHECK...]" >&2; exit 2 ;;
 esac
 
 LOG=/dev/null
@@ -39,6 +40,6 @@ if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; LOG="$OUT/gpu_check.log"; fi
   export MMDISTILL_CACHE="${MMDISTILL_CACHE:-/tmp/mmdistill-cache}" PYTHONUNBUFFERED=1
   echo "== checks ($(date -u +%H:%M:%S), budget ${BUDGET}s)"
   # the hard stop leaves the JSON written after the last finished check in place
-  timeout --signal=TERM --kill-after=10 $((BUDGET + 60)) "$PY" benchmarks/gpu_check.py run --budget "$BUDGET"
+  timeout --signal=TERM --kill-after=10 $((BUDGET + 60)) "$PY" benchmarks/gpu_check.py run --budget "$BUDGET" "$@"
 } 2>&1 | tee "$LOG"
 exit "${PIPESTATUS[0]}"
