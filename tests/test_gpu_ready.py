@@ -230,3 +230,43 @@ def test_a_distillation_step_runs_on_the_meta_device(data, loss):
     assert all(p.device.type == "meta" for p in task.parameters())
     meter = EpochMeter(torch.device("meta"))
     meter.add(losses, total, logits, meta["label"])  # the epoch sums stay on the device too
+
+
+# --- deterministic adaptive pooling (torch's CUDA backward has no deterministic kernel) -------------
+@pytest.mark.parametrize("shape,size", [((2, 3, 7, 5), (2, 2)), ((2, 3, 8, 8), (2, 2)), ((2, 3, 9, 4), (4, 3)),
+                                        ((2, 3, 11), (3,)), ((2, 3, 6, 6), (1, 1))])
+def test_sliced_adaptive_pooling_is_torchs(shape, size):
+    """The formulation used on CUDA under deterministic algorithms gives torch's values and
+    gradients (bins that overlap where the size does not divide included)."""
+    import torch.nn.functional as F
+
+    from mmdistill.models.pooling import sliced_adaptive_avg_pool
+
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    ref = (F.adaptive_avg_pool1d if len(size) == 1 else F.adaptive_avg_pool2d)(x, size)
+    out = sliced_adaptive_avg_pool(x, size)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-12)
+    g = torch.randn_like(ref)
+    (gr,) = torch.autograd.grad(ref, x, g)
+    (go,) = torch.autograd.grad(out, x, g)
+    assert torch.allclose(go, gr, atol=1e-12)
+
+
+def test_the_encoders_pooling_is_torchs_off_cuda():
+    """On the CPU (deterministic or not) the encoders' pooling runs torch's own kernel, bit for bit."""
+    from mmdistill.models.pooling import AdaptiveAvgPool2d
+
+    x = torch.randn(4, 3, 7, 7)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.equal(AdaptiveAvgPool2d(2)(x), nn.AdaptiveAvgPool2d(2)(x))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert isinstance(build_model(TEACHER, {"image": _spec(), "audio": _spec()}, 3).encoders["image"].pool[0],
+                      AdaptiveAvgPool2d)
+
+
+def _spec():
+    from mmdistill.data.dataset import ModalitySpec
+
+    return ModalitySpec("x", "image", (1, 16, 16))
