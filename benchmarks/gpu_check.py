@@ -521,12 +521,20 @@ def check_throughput(ctx: Ctx) -> dict:
             size = ["--quick", "--samples", "64", "--threads", "1"]
         else:
             rows, size = list(THROUGHPUT_ROWS), ["--rounds", "1", "--steps", "100"]
-        ctx.run(sys.executable, str(HERE / "throughput.py"), "--device", ctx.gpu, "--pairs", pair, "--rows", *rows,
-                *size, "--name", name, timeout=300)
+        try:
+            ctx.run(sys.executable, str(HERE / "throughput.py"), "--device", ctx.gpu, "--pairs", pair, "--rows", *rows,
+                    *size, "--keep-going", "--name", name, timeout=300)
+        except (subprocess.TimeoutExpired, RuntimeError) as err:  # the other pair's figures are kept
+            out[pair] = {"failed": {"all": f"{type(err).__name__}: {str(err)[-300:]}"}}
+            continue
         result = json.loads(name.with_suffix(".json").read_text())
         res = result["pairs"][pair]
         out[pair] = {"samples_per_s": res["samples_per_s"], "ratios": res["ratios"],
-                     "roofline_samples_per_s": res["roofline_samples_per_s"], "machine": result["machine"]}
+                     "roofline_samples_per_s": res["roofline_samples_per_s"], "machine": result["machine"],
+                     "failed": {row: why for row, why in res["skipped"].items() if why.startswith("failed")}}
+    failed = [f"{pair}/{row}" for pair, res in out.items() for row in res["failed"]]
+    if failed:
+        raise CheckFailed(f"throughput rows failed: {', '.join(failed)}", out)
     return out
 
 

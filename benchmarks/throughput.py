@@ -433,6 +433,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="1 round, 1,024 samples, 8 steps: checks that every row runs")
     p.add_argument("--torchdistill-python", default=None, help="interpreter of a venv with torchdistill 1.1.5")
     p.add_argument("--name", default="throughput", help="result file name (or path without suffix)")
+    p.add_argument("--keep-going", action="store_true", help="record a failing row (skipped: failed) and go on")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where every row trains (default cpu)")
     p.add_argument("--worker", choices=(*ROWS, "roofline"), help=argparse.SUPPRESS)
     p.add_argument("--pair", choices=PAIRS, help=argparse.SUPPRESS)
@@ -450,9 +451,19 @@ def main(argv=None) -> None:
         for r in range(args.rounds):
             order = rows[r % len(rows):] + rows[:r % len(rows)]
             for row in order:
-                runs[row].append(measure(args, pair, row))
+                if row in skipped:  # --keep-going: a row that failed once is not tried again
+                    continue
+                try:
+                    runs[row].append(measure(args, pair, row))
+                except SystemExit as err:
+                    if not args.keep_going:
+                        raise
+                    skipped[row] = f"failed: {err}"
+                    print(skipped[row], flush=True)
+                    continue
                 print(f"{pair} round {r + 1}: {row} {runs[row][-1]['samples_per_s']:,.0f} samples/s", flush=True)
             roofline.append(measure(args, pair, "roofline"))
+        runs = {row: rs for row, rs in runs.items() if rs}
         notes = {"torchdistill": TORCHDISTILL_NOTE} if "torchdistill" in rows else {}
         result["pairs"][pair] = {**summarise(pair, runs, roofline), "skipped": skipped, "notes": notes}
     name = Path(args.name)

@@ -21,7 +21,9 @@ on CUDA too:
   it before it moves anything to the device, but a program that already ran CUDA matrix products
   should set it in its environment.
 
-What it costs: on CPU nothing measurable (its kernels are deterministic already and cuDNN is not
+Adaptive average pooling, which every conv encoder ends with and whose CUDA backward torch can
+only run non-deterministically, switches to a sliced formulation in this mode
+(:mod:`mmdistill.models.pooling`). What it costs: on CPU nothing measurable (its kernels are deterministic already and cuDNN is not
 used). On CUDA, convolutions lose the autotuner's choice, a few operations (``index_add_``,
 ``scatter_add_`` and other atomics-based backward passes) run slower deterministic kernels or
 refuse to run, and cuBLAS keeps 8 workspaces of 4 MiB (32 MiB of GPU memory) per stream. The
