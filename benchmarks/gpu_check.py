@@ -26,6 +26,14 @@ Driven by ``benchmarks/gpu_check.sh`` (see there for the three ways to call it).
 
 Writes ``benchmarks/results/gpu.json`` (and ``$OUT/gpu.json`` when ``$OUT`` is set, as on the
 lent GPU machines) after every check, so a run cut short keeps what it measured, and prints a table.
+``merge FIRST SECOND --out PATH`` combines a run with a second try of some of its checks
+(``--only``): the second try's entries replace the first's.
+
+With a lent GPU (device tool): ``bash benchmarks/gpu_check.sh --prepare`` here, then one call
+``run(command="bash benchmarks/gpu_check.sh", carry=[".gpu_carry"], timeout_s=480)``; copy the
+returned ``gpu.json`` to ``benchmarks/results/gpu.json``; on failures, fix and try those checks
+again at once (``bash benchmarks/gpu_check.sh --only NAME...``, with ``GPU_CHECK_BUDGET`` fitted
+to the device time left) and ``merge`` the two files.
 ``run --dry-run`` runs every step on the CPU at the smallest size (synthetic data where the real
 data is not the point), to check commands, arguments and parsing before GPU time is spent; its
 figures are not measurements.
@@ -621,6 +629,21 @@ def run(args) -> int:
     return 0 if result["all_passed"] else 1
 
 
+def merge(args) -> int:
+    """The first run with the second's checks in place of its own (a second try of some checks)."""
+    first, second = (json.loads(Path(p).read_text()) for p in (args.first, args.second))
+    if first.get("dry_run") or second.get("dry_run"):
+        raise SystemExit("merge: a dry run's figures are not results")
+    merged = {**first, "checks": {**first["checks"], **second["checks"]},
+              "tries": [first.get("started"), second.get("started")]}
+    if "environment" in second["checks"]:
+        merged["environment"] = second["environment"]
+    merged["all_passed"] = all(c["status"] == "pass" for c in merged["checks"].values())
+    Path(args.out).write_text(json.dumps(merged, indent=2, default=str) + "\n")
+    print(table(merged))
+    return 0 if merged["all_passed"] else 1
+
+
 def table(result: dict) -> str:
     rows = [("check", "status", "seconds", "figures")]
     for name, c in result["checks"].items():
@@ -647,6 +670,10 @@ def main(argv=None) -> int:
     pr.add_argument("--budget", type=float, default=None, help="seconds for all checks; a check that would start "
                     "with less than its share left is recorded as not run (default 330; dry run 1800)")
     pr.add_argument("--only", nargs="+", choices=[c[0] for c in CHECKS], help="run these checks only")
+    pg = sub.add_parser("merge", help="a run plus a second try of some of its checks")
+    pg.add_argument("first")
+    pg.add_argument("second")
+    pg.add_argument("--out", required=True)
     pm = sub.add_parser("memory-worker", help=argparse.SUPPRESS)
     pm.add_argument("--device", default="cuda")
     pm.add_argument("--dry-run", action="store_true")
@@ -657,6 +684,8 @@ def main(argv=None) -> int:
         return prepare(args) or 0
     if args.cmd == "install":
         return install(args) or 0
+    if args.cmd == "merge":
+        return merge(args)
     if args.cmd == "memory-worker":
         return memory_worker(args) or 0
     return run(args)

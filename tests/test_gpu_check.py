@@ -126,3 +126,20 @@ def test_the_table_shows_failures_with_their_error():
         "torchrun": {"status": "fail", "seconds": 3, "error": "exited 1: nccl error"}}}
     text = gpu_check.table(result)
     assert "NVIDIA H100, driver 580" in text and "fail" in text and "nccl error" in text and "DRY RUN" not in text
+
+
+def test_merge_puts_a_second_try_in_place_of_the_first(tmp_path):
+    first = {"dry_run": False, "started": "a", "environment": {"gpu": "H100"}, "checks": {
+        "environment": {"status": "pass", "figures": {"gpu": "H100"}},
+        "resume": {"status": "fail", "error": "x"}, "torchrun": {"status": "pass", "figures": {}}}}
+    second = {"dry_run": False, "started": "b", "checks": {"resume": {"status": "pass", "figures": {}}}}
+    (tmp_path / "1.json").write_text(json.dumps(first))
+    (tmp_path / "2.json").write_text(json.dumps(second))
+    assert gpu_check.main(["merge", str(tmp_path / "1.json"), str(tmp_path / "2.json"), "--out",
+                           str(tmp_path / "m.json")]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["all_passed"] and list(merged["checks"]) == ["environment", "resume", "torchrun"]
+    assert merged["tries"] == ["a", "b"] and merged["environment"] == {"gpu": "H100"}
+    (tmp_path / "d.json").write_text(json.dumps({**second, "dry_run": True}))
+    with pytest.raises(SystemExit, match="dry run"):
+        gpu_check.main(["merge", str(tmp_path / "1.json"), str(tmp_path / "d.json"), "--out", str(tmp_path / "x.json")])
