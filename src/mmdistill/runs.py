@@ -28,7 +28,7 @@ from .config import DataConfig, RunConfig, format_validation_error
 from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits, ModalitySpec
-from .distill import distributed
+from .distill import backends, distributed
 from .distill.engine import Trainer, check_train_options, resolve_device
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
@@ -96,7 +96,7 @@ def checkpoint_data(checkpoint: str | Path, model: nn.Module, payload: dict,
 
 
 #: config keys that do not change what a run computes, so a resumed run may differ in them
-RESUME_IGNORES = ("train.progress",)
+RESUME_IGNORES = ("train.progress", "train.workers")
 
 
 def _first_difference(old, new, key: str = ""):
@@ -176,6 +176,13 @@ def _prepare(cfg: RunConfig, out, *, overwrite: bool = False, resume: bool = Fal
     return device, data
 
 
+def _record_backends(run, device, cfg: RunConfig) -> None:
+    """``run.json``'s ``backends``: the torch.backends settings the fit runs with (rank 0 writes)."""
+    if distributed.is_main():
+        run.info["backends"] = backends.settings(device, cfg.train.deterministic)
+        write_json(run / "run.json", run.info)
+
+
 @distributed.launch
 def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None,
               resume: bool = False, log=print, config_path: str | Path | None = None) -> dict:
@@ -196,6 +203,7 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
             f"{labelled['unlabelled_skipped']} unlabelled ones are left out")
     with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
                              out) as run:
+        _record_backends(run, device, cfg)
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
                     save=_saver(cfg, data, "model"), label="train", resume=resume)
         if not distributed.is_main():
@@ -263,6 +271,7 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
         terms = make_terms(cfg.distill.terms, list(teachers), student=student, teachers=list(teachers.values()))
     with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
                              out) as run:
+        _record_backends(run, device, cfg)
         fit = distill(student, teachers, data, terms=terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
                       run_dir=run.path, save=_saver(cfg, data, "student"), resume=resume)
