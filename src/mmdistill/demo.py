@@ -108,6 +108,9 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     scratch_raw = apply_overrides({k: v for k, v in json.loads(json.dumps(student_raw)).items() if k != "distill"},
                                   list(scratch_overrides))
     scratch_cfg = parse_config(scratch_raw, "student")
+    from .guard import check_out, config_inputs
+
+    check_out(out, config_inputs(teacher_cfg) + config_inputs(scratch_cfg))  # e.g. --out holding the data root
     resolve_device(teacher_cfg.device)  # --device cuda without CUDA: the one-line error, before any work
     try:
         data = load_data(teacher_cfg)

@@ -37,7 +37,7 @@ from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
 from ..optim import build_optimizer, build_scheduler  # noqa: F401  (registries of optimisers, schedules)
-from ..rundir import write_text
+from ..rundir import append_text, write_text
 from . import backends, distributed
 from .sinks import MetricSinks
 
@@ -362,8 +362,7 @@ class Trainer:
                     best_state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
                 result.history.append(record)
                 if metrics_path:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_text(metrics_path, json.dumps(record) + "\n")
                     self.sinks.write(record)
                 if self.save and self._writes:
                     meta = {"epoch": epoch + 1, "metrics": record}
