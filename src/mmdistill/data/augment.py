@@ -11,13 +11,22 @@ def mixup(batch: dict, alpha: float, generator: torch.Generator) -> dict:
 
     x = lam * x_i + (1 - lam) * x_j for a random pairing j of the batch, lam ~ Beta(alpha, alpha).
     The result carries ``label`` (y_i), ``label_mix`` (y_j) and ``mix_lambda`` (lam), so the
-    cross-entropy becomes lam * CE(y_i) + (1 - lam) * CE(y_j); a teacher simply sees the mixed
-    input, which is the "consistent teaching" of Beyer et al. (CVPR 2022). A mixed sample has a
-    modality when either source has it.
+    cross-entropy becomes lam * CE(y_i) + (1 - lam) * CE(y_j). A mixed sample has a modality when
+    either source has it. :func:`draw_mixup` and :func:`apply_mixup` split the draw from its
+    application, so the engine mixes the teachers' input with the same pairing and coefficient.
     """
+    return apply_mixup(batch, *draw_mixup(batch, alpha, generator))
+
+
+def draw_mixup(batch: dict, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """(pairing j, lam) of :func:`mixup`: lam ~ Beta(alpha, alpha) (the global RNG), j a random
+    permutation of the batch from ``generator``."""
     lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
-    size = batch["label"].shape[0]
-    perm = torch.randperm(size, generator=generator).to(batch["label"].device)
+    perm = torch.randperm(batch["label"].shape[0], generator=generator).to(batch["label"].device)
+    return perm, lam
+
+
+def apply_mixup(batch: dict, perm: torch.Tensor, lam: float) -> dict:
     out = dict(batch)
     present = {}
     for name in modality_names(batch):
@@ -28,6 +37,79 @@ def mixup(batch: dict, alpha: float, generator: torch.Generator) -> dict:
     out["present"] = present
     out["label_mix"] = batch["label"][perm]
     out["mix_lambda"] = torch.tensor(lam, device=batch["label"].device)
+    return out
+
+
+#: kinds CutMix can cut, and how: a box in the last two axes of an image, a band of the last
+#: (time) axis of the others (a spectrogram keeps all its frequencies)
+CUTMIX_KINDS = {"image": "box", "audio": "time", "sequence": "time", "waveform": "time"}
+
+
+def cut_regions(size: int, shape: tuple, how: str, cut: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """CutMix's pasted regions for ``size`` samples of per-sample ``shape``: ([size, *shape] bool,
+    True where the partner's values go; the fraction of each sample they cover).
+
+    ``box`` (images, last two axes H x W): a rectangle round(H * sqrt(cut)) x round(W * sqrt(cut)),
+    its top-left corner uniform over the positions where it fits (Yun et al. place the centre
+    uniformly and clip the box; fitting it keeps the same area in every sample, and so one label
+    coefficient per batch). ``time``: round(T * cut) consecutive steps of the last axis, start
+    uniform where the band fits. Every other axis (channels, frequencies) is cut whole.
+    """
+    mask = torch.zeros(size, *shape, dtype=torch.bool)
+    if how == "box":
+        height, width = shape[-2:]
+        h, w = round(height * cut ** 0.5), round(width * cut ** 0.5)
+        top = torch.randint(0, height - h + 1, (size,), generator=generator)
+        left = torch.randint(0, width - w + 1, (size,), generator=generator)
+        rows = (torch.arange(height).view(1, -1) >= top.view(-1, 1)) & (torch.arange(height).view(1, -1) < (top + h).view(-1, 1))
+        cols = (torch.arange(width).view(1, -1) >= left.view(-1, 1)) & (torch.arange(width).view(1, -1) < (left + w).view(-1, 1))
+        view = (size,) + (1,) * (len(shape) - 2)
+        mask |= rows.view(*view, height, 1) & cols.view(*view, 1, width)
+        return mask, h * w / (height * width)
+    length = shape[-1]
+    t = round(length * cut)
+    start = torch.randint(0, length - t + 1, (size,), generator=generator)
+    steps = torch.arange(length).view(1, -1)
+    band = (steps >= start.view(-1, 1)) & (steps < (start + t).view(-1, 1))
+    mask |= band.view(size, *((1,) * (len(shape) - 1)), length)
+    return mask, t / length
+
+
+def draw_cutmix(batch: dict, alpha: float, kinds: dict[str, str], generator: torch.Generator) -> dict:
+    """One CutMix draw (Yun et al., ICCV 2019) for every modality of ``batch`` at once: a pairing j
+    (``generator``), lam ~ Beta(alpha, alpha) (the global RNG, as mixup's), and per modality the
+    regions of :func:`cut_regions` covering 1 - lam of each sample, where sample i takes sample
+    j's values. The same partner and coefficient serve every modality, so a mixed sample is one
+    pair of samples in all of them. The label coefficient is 1 - (mean over the cut modalities of
+    the fraction actually cut), the box's rounding included. ``kinds``: modality -> its kind."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
+    size = batch["label"].shape[0]
+    perm = torch.randperm(size, generator=generator).to(batch["label"].device)
+    masks, fractions = {}, []
+    for name in modality_names(batch):
+        masks[name], fraction = cut_regions(size, tuple(batch[name].shape[1:]), CUTMIX_KINDS[kinds[name]],
+                                            1 - lam, generator)
+        fractions.append(fraction)
+    label_lam = 1 - sum(fractions) / len(fractions) if fractions else 1.0
+    return {"perm": perm, "masks": masks, "lam": label_lam}
+
+
+def apply_cutmix(batch: dict, draw: dict) -> dict:
+    """``batch`` with each sample's regions replaced by its partner's (see :func:`draw_cutmix`);
+    carries ``label_mix`` and ``mix_lambda`` as :func:`mixup` does."""
+    perm = draw["perm"]
+    out = dict(batch)
+    present = {}
+    for name in modality_names(batch):
+        x = batch[name]
+        mask = draw["masks"][name].to(x.device)
+        out[name] = torch.where(mask, x[perm], x)
+        has = presence(batch, name)
+        cut_any = bool(mask.any())
+        present[name] = has | has[perm] if cut_any else has
+    out["present"] = present
+    out["label_mix"] = batch["label"][perm]
+    out["mix_lambda"] = torch.tensor(draw["lam"], device=batch["label"].device)
     return out
 
 
@@ -158,3 +240,47 @@ def augment_batch(batch: dict, plan: dict, generator: torch.Generator) -> dict:
                 raise ValueError(f"unknown augmentation {entry.type!r}")
         out[name] = x
     return out
+
+
+def training_inputs(batch: dict, cfg, kinds: dict[str, str], augment_generator: torch.Generator,
+                    mix_generator: torch.Generator) -> tuple[dict, dict]:
+    """(what the student sees, what the teachers see) for one training batch under ``cfg`` (a
+    :class:`~mmdistill.config.TrainConfig`), in this order: ``augment`` (drawn from
+    ``augment_generator``), ``modality_dropout``, ``time_shift``, then ``mixup`` or ``cutmix``
+    (drawn from ``mix_generator``). ``kinds``: modality -> kind (for CutMix's regions).
+
+    The teachers' input, by ``cfg.augment_teacher``:
+
+    - ``consistent``: exactly the student's input, after every step above ("consistent teaching",
+      Beyer et al., CVPR 2022: teacher and student see the same view, so the teacher's output
+      is the target for that very input).
+    - ``same`` (the default): the student's augmented input, before modality dropout and time
+      shifts (each sample whole and aligned), mixed with the student's pairing and coefficient.
+    - ``clean``: the stored sample, mixed with the student's pairing and coefficient.
+
+    Without mixing, ``same`` and ``clean`` leave the teachers' input a function of the sample
+    (and the augmentation draw), which is what lets the plain teacher cache serve ``clean``.
+    """
+    student = teacher = batch
+    if cfg.augment:
+        student = augment_batch(batch, cfg.augment, augment_generator)
+        if cfg.augment_teacher != "clean":
+            teacher = student
+    if cfg.modality_dropout:
+        student = modality_dropout(student, cfg.modality_dropout, mix_generator)
+    if cfg.time_shift:
+        student = time_shift(student, cfg.time_shift, mix_generator)
+    consistent = cfg.augment_teacher == "consistent"
+    if consistent:
+        teacher = student
+    if cfg.mixup > 0:
+        perm, lam = draw_mixup(student, cfg.mixup, mix_generator)
+        mixed = apply_mixup(student, perm, lam)
+        teacher = mixed if consistent or teacher is student else apply_mixup(teacher, perm, lam)
+        student = mixed
+    elif getattr(cfg, "cutmix", 0) > 0:
+        draw = draw_cutmix(student, cfg.cutmix, kinds, mix_generator)
+        mixed = apply_cutmix(student, draw)
+        teacher = mixed if consistent or teacher is student else apply_cutmix(teacher, draw)
+        student = mixed
+    return student, teacher
