@@ -118,6 +118,27 @@ def test_consistent_teacher_sees_exactly_the_student_input_and_same_sees_it_whol
 VIEWS_CFG = dict(augment=AUGMENT, augment_teacher="consistent", modality_dropout={"audio": 0.3})
 
 
+def test_batched_views_equal_each_sample_regenerated_alone_from_its_seed():
+    """The reference: each sample through the pipeline alone, every draw from
+    torch.Generator().manual_seed(view_seed(i, k))."""
+    data = tiny_data()
+    cfg = TrainConfig(view_cache={"views": 4}, augment=AUGMENT, augment_teacher="same",
+                      modality_dropout={"audio": 0.5, "image": 0.5}, time_shift={"audio": 0.2})
+    views = Views(cfg, KINDS, len(data.train), seed=3)
+    full = next(iter(data.train.loader(40)))
+    chosen = torch.arange(40) % 4
+    student, teacher = views.make(full, chosen)
+    for b in range(40):
+        alone = {k: ({m: t[b:b + 1] for m, t in v.items()} if isinstance(v, dict) else v[b:b + 1]) for k, v in full.items()}
+        g = torch.Generator().manual_seed(views.view_seed(b, b % 4))
+        s_ref, t_ref = training_inputs(alone, cfg, KINDS, g, g)
+        for m in KINDS:
+            assert torch.equal(student[m][b:b + 1], s_ref[m]) and torch.equal(teacher[m][b:b + 1], t_ref[m])
+            assert torch.equal(student["present"][m][b:b + 1], s_ref["present"][m])
+    dropped = sum(int((~student["present"][m]).sum()) for m in KINDS)
+    assert dropped > 0 and all(bool(teacher["present"][m].all()) for m in KINDS)  # same: teachers see samples whole
+
+
 def test_a_view_is_a_function_of_sample_view_and_seed_alone():
     data = tiny_data()
     cfg = TrainConfig(view_cache={"views": 4}, **VIEWS_CFG)

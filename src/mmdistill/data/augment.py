@@ -6,6 +6,38 @@ import torch
 from .batch import modality_names, presence
 
 
+class PerSample:
+    """A batch's random draws where sample b draws only from its own generator, seeded by
+    ``seeds[b]``: what a batch of independently regenerable samples needs (the seeded views of
+    :mod:`mmdistill.distill.views`). Every per-sample augmentation below takes either one
+    ``torch.Generator`` for the whole batch or a PerSample; a draw of shape (B, *tail) gives
+    sample b the next ``prod(tail)`` numbers of its own stream."""
+
+    def __init__(self, seeds: list[int]):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+
+def _randint(low: int, high: int, size: tuple, rng) -> torch.Tensor:
+    if isinstance(rng, PerSample):
+        return torch.stack([torch.randint(low, high, size[1:], generator=g) for g in rng.generators])
+    return torch.randint(low, high, size, generator=rng)
+
+
+def _rand(size: tuple, rng) -> torch.Tensor:
+    if isinstance(rng, PerSample):
+        return torch.stack([torch.rand(size[1:], generator=g) for g in rng.generators])
+    return torch.rand(size, generator=rng)
+
+
+def _random_shifts(size: int, length: int, fraction: float, rng) -> torch.Tensor:
+    """Uniform in [-most, most], most = max(1, round(fraction * length)) (as corruptions.random_shifts)."""
+    most = max(1, round(fraction * length))
+    return _randint(-most, most + 1, (size,), rng)
+
+
 def mixup(batch: dict, alpha: float, generator: torch.Generator) -> dict:
     """Mixup (Zhang et al. ICLR 2018) across every modality with one shared coefficient.
 
@@ -126,14 +158,19 @@ def modality_dropout(batch: dict, rates: dict[str, float], generator: torch.Gene
         return batch
     size = batch["label"].shape[0]
     present = {m: presence(batch, m).cpu() for m in modality_names(batch)}
-    drop = {m: torch.rand(size, generator=generator) < rates[m] for m in names}
+    drop = {m: _rand((size,), generator) < rates[m] for m in names}
     keep_any = torch.zeros(size, dtype=torch.bool)
     for m in present:
         keep_any |= present[m] & ~drop.get(m, torch.zeros(size, dtype=torch.bool))
     rescue = ~keep_any  # samples that would lose everything: keep one present modality back
     if rescue.any():
         candidates = torch.stack([present[m] for m in names], dim=1).float()
-        choice = torch.multinomial(candidates[rescue] + 1e-9, 1, generator=generator).squeeze(1)
+        if isinstance(generator, PerSample):  # each rescued sample draws from its own stream
+            rows = rescue.nonzero().squeeze(1).tolist()
+            choice = torch.cat([torch.multinomial(candidates[r] + 1e-9, 1, generator=generator.generators[r])
+                                for r in rows])
+        else:
+            choice = torch.multinomial(candidates[rescue] + 1e-9, 1, generator=generator).squeeze(1)
         for j, m in enumerate(names):
             drop[m][rescue.nonzero().squeeze(1)[choice == j]] = False
     out = dict(batch)
@@ -150,12 +187,12 @@ def time_shift(batch: dict, fractions: dict[str, float], generator: torch.Genera
     number of steps, uniform in [-f * T, f * T] for ``fractions[modality] = f``, repeating the
     edge step in the gap (see :func:`mmdistill.data.corruptions.shift_time`). Trains a
     student to tolerate a modality that is out of sync with the others."""
-    from .corruptions import random_shifts, shift_time
+    from .corruptions import shift_time
 
     out = dict(batch)
     for name, fraction in fractions.items():
         x = batch[name]
-        out[name] = shift_time(x, random_shifts(x.shape[0], x.shape[-1], fraction, generator, exact=False))
+        out[name] = shift_time(x, _random_shifts(x.shape[0], x.shape[-1], fraction, generator))
     return out
 
 
@@ -182,7 +219,7 @@ def translate(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 def random_translate(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
     """:func:`translate` by (dx, dy), each uniform in {-pixels, ..., pixels}, drawn per sample: the
     "jittered by up to two pixels in any direction" of Hinton et al. (2015) with ``pixels = 2``."""
-    return translate(x, torch.randint(-pixels, pixels + 1, (x.shape[0], 2), generator=generator))
+    return translate(x, _randint(-pixels, pixels + 1, (x.shape[0], 2), generator))
 
 
 def band_mask(size: int, length: int, width: int, count: int, min_width: int,
@@ -192,8 +229,8 @@ def band_mask(size: int, length: int, width: int, count: int, min_width: int,
     mask = torch.zeros(size, length, dtype=torch.bool)
     steps = torch.arange(length).view(1, -1)
     for _ in range(count):
-        w = torch.randint(min(min_width, length), min(width, length) + 1, (size, 1), generator=generator)
-        start = (torch.rand(size, 1, generator=generator) * (length - w + 1)).floor().long()
+        w = _randint(min(min_width, length), min(width, length) + 1, (size, 1), generator)
+        start = (_rand((size, 1), generator) * (length - w + 1)).floor().long()
         mask |= (steps >= start) & (steps < start + w)
     return mask
 
@@ -221,7 +258,7 @@ def augment_batch(batch: dict, plan: dict, generator: torch.Generator) -> dict:
     """Apply ``plan`` (``{modality: [entry, ...]}``, entries of ``train.augment``) to a batch, in
     order, each sample drawn independently from ``generator``. Every transform maps a zero sample
     (an absent modality) to zero, so presence is unchanged."""
-    from .corruptions import random_shifts, shift_time
+    from .corruptions import shift_time
 
     out = dict(batch)
     for name, entries in plan.items():
@@ -235,7 +272,7 @@ def augment_batch(batch: dict, plan: dict, generator: torch.Generator) -> dict:
                 fn = time_mask if entry.type == "time_mask" else freq_mask
                 x = fn(x, entry.width, entry.count, generator, min_width=entry.min_width)
             elif entry.type == "time_shift":
-                x = shift_time(x, random_shifts(x.shape[0], x.shape[-1], entry.fraction, generator, exact=False))
+                x = shift_time(x, _random_shifts(x.shape[0], x.shape[-1], entry.fraction, generator))
             else:  # the config schema admits no other type
                 raise ValueError(f"unknown augmentation {entry.type!r}")
         out[name] = x

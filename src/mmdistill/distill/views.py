@@ -6,9 +6,10 @@ dataset reinforcement (Faghri et al., ICCV 2023), the teachers' outputs are inst
 for K augmented *views* of every training sample, and stored with what regenerates each view:
 
 - view k of sample i is the training pipeline (:func:`mmdistill.data.augment.training_inputs`:
-  ``augment``, ``modality_dropout``, ``time_shift``) applied to sample i alone with every random
-  draw taken from ``torch.Generator().manual_seed(view_seed(i, k))``, so the view is a function
-  of (i, k, the seed) and nothing else: not of the batch it lands in, the epoch, or the process;
+  ``augment``, ``modality_dropout``, ``time_shift``) applied to sample i with every random draw
+  taken from its own ``torch.Generator().manual_seed(view_seed(i, k))`` (a batch of views is
+  computed at once, each sample drawing from its own stream), so the view is a function of
+  (i, k, the seed) and nothing else: not of the batch it lands in, the epoch, or the process;
 - in epoch e each sample draws one of its K views from a generator seeded by (seed, e), so a
   resumed run draws what the uninterrupted one drew;
 - the student sees the regenerated view; the loss reads the teachers' outputs for (i, k) from the
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.augment import training_inputs
+from ..data.augment import PerSample, training_inputs
 from ..errors import ConfigError
 from .cache import TeacherCache
 from .hooks import OUTPUT
@@ -36,17 +37,6 @@ from .hooks import OUTPUT
 #: view seeds are base + i * K + k with base = (seed mod 2^23 + 1) * 2^40; epoch e's draw of views
 #: uses base - 1 - e, below every view seed of the run
 _STRIDE = 1 << 40
-
-
-def slice_batch(batch: dict, i: int) -> dict:
-    return {k: ({m: t[i:i + 1] for m, t in v.items()} if isinstance(v, dict) else v[i:i + 1])
-            for k, v in batch.items()}
-
-
-def cat_batches(parts: list[dict]) -> dict:
-    first = parts[0]
-    return {k: ({m: torch.cat([p[k][m] for p in parts]) for m in v} if isinstance(v, dict)
-                else torch.cat([p[k] for p in parts])) for k, v in first.items()}
 
 
 class Views:
@@ -73,15 +63,14 @@ class Views:
         return self._table
 
     def make(self, batch: dict, views: torch.Tensor) -> tuple[dict, dict]:
-        """(student input, teacher input) of each sample's view ``views[b]``, carrying ``view_index``."""
-        index, views = batch["index"].cpu().tolist(), views.cpu()
-        students, teachers = [], []
-        for b, (i, k) in enumerate(zip(index, views.tolist())):
-            generator = torch.Generator().manual_seed(self.view_seed(i, k))
-            student, teacher = training_inputs(slice_batch(batch, b), self.cfg, self.kinds, generator, generator)
-            students.append(student)
-            teachers.append(teacher)
-        student, teacher = cat_batches(students), cat_batches(teachers)
+        """(student input, teacher input) of each sample's view ``views[b]``, carrying ``view_index``:
+        the training pipeline on the whole batch, every draw of sample b from its own generator
+        (:class:`~mmdistill.data.augment.PerSample`), so each sample's result is the one it gets alone."""
+        views = views.cpu()
+        seeds = [self.view_seed(i, k) for i, k in zip(batch["index"].cpu().tolist(), views.tolist())]
+        rng = PerSample(seeds)
+        student, teacher = training_inputs(batch, self.cfg, self.kinds, rng, rng)
+        student, teacher = dict(student), dict(teacher)
         views = views.to(batch["index"].device)
         student["view_index"] = teacher["view_index"] = views
         return student, teacher
