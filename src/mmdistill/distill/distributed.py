@@ -40,6 +40,8 @@ samples of a batch (RKD, PKT, SP, CC, CRD's memory banks hold rank 0's updates o
 draws per sample (dropout layers, modality dropout, time shift, mixup, ``train.augment``: every
 rank draws from the same seeded streams, so rank r's samples get other draws than in a 1-process
 run). PyTorch's SyncBatchNorm needs CUDA, so there is no synchronised BatchNorm option on CPU.
+With ``train.view_cache`` each rank trains on a fixed shard of the samples (:class:`OwnedShardSampler`)
+so that it caches only their views; the batches, and so the weights, then differ from a 1-process run's.
 """
 from __future__ import annotations
 

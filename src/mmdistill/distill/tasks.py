@@ -6,8 +6,8 @@ training set's), ``trainable_parameters()``, ``training_step(batch, progress) ->
 weighted loss})`` and ``teardown()`` (called when a fit ends or fails, to release what the fit set
 up: forward hooks, the teacher cache); the engine minimises the sum of the terms. Teacher training
 and distillation therefore share one loop.
-``training_step`` also receives ``teacher_batch``, the batch before modality dropout (and before
-``train.augment`` when ``train.augment_teacher`` is ``clean``).
+``training_step`` also receives ``teacher_batch``, what the teachers see by ``train.augment_teacher``
+(see :func:`mmdistill.data.augment.training_inputs`).
 """
 from __future__ import annotations
 
@@ -140,8 +140,9 @@ class DistillationTask(nn.Module):
         """Run every frozen teacher once over ``dataset`` and serve its outputs by sample index.
 
         Valid only while the teachers see the dataset's own samples, unaltered: the engine builds
-        the cache only when they do (no mixup; ``train.augment`` only with ``augment_teacher:
-        clean``), for this run, and drops it at the end, so it can never be stale (teachers are
+        the cache only when they do (no mixup or cutmix; ``train.augment`` only with
+        ``augment_teacher: clean``; ``consistent`` only without augmentation, modality dropout and
+        time shifts), for this run, and drops it at the end, so it can never be stale (teachers are
         frozen and in eval mode). It holds the logits and every hooked feature the terms read,
         in memory or in memory-mapped files under ``folder`` (see :mod:`mmdistill.distill.cache`).
         Under torchrun each rank runs the teachers over its shard of the samples and the shards
@@ -251,8 +252,8 @@ class DistillationTask(nn.Module):
 
     def training_step(self, batch, progress: float = 0.0, teacher_batch=None):
         """``teacher_batch``: what the teachers see, when it differs from the student's ``batch``
-        (under modality dropout the student loses modalities, the teachers see every sample whole;
-        under ``train.augment`` with ``augment_teacher: clean`` they see the unaugmented input)."""
+        (e.g. under modality dropout with ``augment_teacher: same`` the teachers see every sample
+        whole; with ``clean`` the unaugmented input; see :func:`mmdistill.data.augment.training_inputs`)."""
         teacher_batch = batch if teacher_batch is None else teacher_batch
         for capture in self._captures():  # until teardown (see there)
             capture.attach()
