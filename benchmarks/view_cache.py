@@ -93,6 +93,51 @@ def run_one(row: str, seed: int, teacher, data, args) -> dict:
             "samples_per_s_with_build": samples / (fit.seconds + fit.view_cache_seconds)}
 
 
+def speed_rounds(teacher, data, args) -> dict:
+    """Training samples/s of the three rows on the same ``--speed-samples`` training samples,
+    ``--speed-rounds`` rounds of scratch, online, views in turn, so that a shared machine's load
+    drifts over all three alike. Each fit runs 2 epochs without validation; the view cache (of
+    ``--speed-views`` views: a step's cost does not depend on K) is built before the clock starts
+    and its build is timed apart."""
+    from mmdistill.data import DataSplits
+
+    subset = DataSplits(train=data.train.subset(list(range(args.speed_samples))), test=data.test)
+    rounds = []
+    for r in range(args.speed_rounds):
+        one = {}
+        for row in ROWS:
+            scfg = student_cfg(args, 0)
+            options = dict(scfg.train.model_dump(), epochs=2, augment=AUGMENT, progress=False, val_fraction=0.0)
+            if row != "scratch":
+                options["augment_teacher"] = "consistent"
+            if row == "views":
+                options["view_cache"] = {"views": args.speed_views, "dtype": "float16", "storage": "mmap"}
+            cfg = TrainConfig.model_validate(options)
+            torch.manual_seed(r)
+            student = build_model(scfg.model, data.specs, data.num_classes)
+            if row == "scratch":
+                fit = api.train(student, subset, cfg, device="cpu", seed=r)
+            else:
+                fit = api.distill(student, teacher, subset, terms=TERMS, gamma=1.0, cfg=cfg, device="cpu", seed=r)
+            one[row] = {"seconds": fit.seconds, "samples_per_s": 2 * args.speed_samples / fit.seconds,
+                        "cache_seconds": fit.view_cache_seconds}
+            print(f"speed round {r} {row}: {one[row]['samples_per_s']:.0f} samples/s", flush=True)
+        rounds.append(one)
+    return {"samples": args.speed_samples, "epochs": 2, "views": args.speed_views, "rounds": rounds}
+
+
+def speed_table(speed: dict) -> str:
+    import statistics
+
+    rows = []
+    for row in ROWS:
+        sps = [r[row]["samples_per_s"] for r in speed["rounds"]]
+        ratio = [r[row]["samples_per_s"] / r["online"]["samples_per_s"] for r in speed["rounds"]]
+        rows.append([row, f"{statistics.median(sps):.0f}", f"{statistics.median(ratio):.2f}x",
+                     f"{min(ratio):.2f}x to {max(ratio):.2f}x"])
+    return markdown_table(["student", "train samples/s (median)", "vs online (median of rounds)", "range"], rows)
+
+
 def table(result: dict) -> str:
     runs = result["runs"]
     epochs = result["setup"]["epochs"]
@@ -135,9 +180,22 @@ def main(argv=None) -> None:
     parser.add_argument("--teacher-seed", type=int, default=0)
     parser.add_argument("--quick-teacher", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the interleaved throughput rounds, into results/view_cache_speed.json")
+    parser.add_argument("--speed-rounds", type=int, default=3)
+    parser.add_argument("--speed-samples", type=int, default=1280)
+    parser.add_argument("--speed-views", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     teacher, data, summary = teacher_and_data(args)
+    if args.speed_only:
+        speed = speed_rounds(teacher, data, args)
+        speed.update(threads=args.threads, quick_teacher=args.quick_teacher,
+                     machine=f"{platform.machine()}, shared by several jobs")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{NAME}_speed.json").write_text(json.dumps(speed, indent=2) + "\n")
+        print(speed_table(speed))
+        return
     teacher_acc = evaluate_model(teacher, data.test, device="cpu", latency=False)["accuracy"]
     result = {"setup": {"epochs": args.epochs, "views": args.views, "augment": AUGMENT, "terms": TERMS,
                         "quick_teacher": args.quick_teacher, "teacher_accuracy": teacher_acc,
