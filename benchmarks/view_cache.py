@@ -159,8 +159,8 @@ def table(result: dict) -> str:
                     f"{mean_std(speed)[0]:.2f}x" if speed else "",
                     f"{mean_std([r['cache_seconds'] for r in rs])[0]:.0f}" if row == "views" else "",
                     f"{mean_std(speed_b)[0]:.2f}x" if speed_b and row == "views" else ""])
-    header = ["student", "seeds", "test accuracy %", f"best epoch (of {epochs})", "train samples/s",
-              "speed vs online", "cache build s", "speed vs online, build counted"]
+    header = ["student", "seeds", "test accuracy %", f"best epoch (of {epochs})", "train samples/s (sequential runs)",
+              "vs online", "cache build s", "vs online, build counted"]
     return markdown_table(header, out)
 
 

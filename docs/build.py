@@ -640,7 +640,13 @@ def _view_cache(results: Path):
     speed_build = [r["samples_per_s_with_build"] / online[r["seed"]]["samples_per_s"]
                    for r in runs(row="views") if r["seed"] in online]
     epochs = data["setup"]["epochs"]
-    return Namespace(runs=runs, setup=Namespace(data["setup"]), table=view_cache.table(data),
+    speed_data = _load(results, "view_cache_speed.json")
+    rounds = speed_data["rounds"]
+    interleaved = Namespace(table=view_cache.speed_table(speed_data), samples=speed_data["samples"],
+                            rounds=len(rounds), views=speed_data["views"],
+                            ratio=sorted(r["views"]["samples_per_s"] / r["online"]["samples_per_s"] for r in rounds),
+                            scratch=sorted(r["views"]["samples_per_s"] / r["scratch"]["samples_per_s"] for r in rounds))
+    return Namespace(runs=runs, setup=Namespace(data["setup"]), table=view_cache.table(data), interleaved=interleaved,
                      seeds=sorted({r["seed"] for r in runs(row="views")} & set(online)),
                      speed=speed, speed_build=speed_build,
                      spread=100 * max(mean_std(runs(row=row).values())[1] for row in ("online", "views")),
