@@ -628,6 +628,31 @@ def _label_efficiency(results: Path):
     return out
 
 
+@source("view_cache")
+def _view_cache(results: Path):
+    """benchmarks/view_cache.py: consistent teaching online vs the augmented-view teacher cache."""
+    import view_cache
+
+    data = _load(results, "view_cache.json")
+    runs = Runs(data["runs"])
+    online = {r["seed"]: r for r in runs(row="online")}
+    speed = [r["samples_per_s"] / online[r["seed"]]["samples_per_s"] for r in runs(row="views") if r["seed"] in online]
+    speed_build = [r["samples_per_s_with_build"] / online[r["seed"]]["samples_per_s"]
+                   for r in runs(row="views") if r["seed"] in online]
+    epochs = data["setup"]["epochs"]
+    speed_data = _load(results, "view_cache_speed.json")
+    rounds = speed_data["rounds"]
+    interleaved = Namespace(table=view_cache.speed_table(speed_data), samples=speed_data["samples"],
+                            rounds=len(rounds), views=speed_data["views"],
+                            ratio=sorted(r["views"]["samples_per_s"] / r["online"]["samples_per_s"] for r in rounds),
+                            scratch=sorted(r["views"]["samples_per_s"] / r["scratch"]["samples_per_s"] for r in rounds))
+    return Namespace(runs=runs, setup=Namespace(data["setup"]), table=view_cache.table(data), interleaved=interleaved,
+                     seeds=sorted({r["seed"] for r in runs(row="views")} & set(online)),
+                     speed=speed, speed_build=speed_build,
+                     spread=100 * max(mean_std(runs(row=row).values())[1] for row in ("online", "views")),
+                     late=sum(r["best_epoch"] > epochs - max(1, epochs // 10) for r in runs))
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,

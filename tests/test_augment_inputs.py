@@ -102,7 +102,7 @@ BASE = {"data": {"name": "synthetic"}, "model": {"encoders": {"image": {"type": 
 def test_augment_config_errors_name_the_key(augment, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({**BASE, "train": {"augment": augment}})
-    with pytest.raises(ConfigError, match=r"train\.augment_teacher: Input should be 'same' or 'clean'"):
+    with pytest.raises(ConfigError, match=r"train\.augment_teacher: Input should be 'same', 'clean' or 'consistent'"):
         parse_config({**BASE, "train": {"augment_teacher": "teacher"}})
 
 

@@ -206,3 +206,47 @@ def test_an_error_on_one_rank_mid_training_stops_every_rank(tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["status"] in ("failed", "interrupted")  # rank 0: a peer's closed connection, or torchrun's SIGTERM
     assert not (out / "run.lock").exists() and not (out / "summary.json").exists()
+
+
+SHARD_REPORT = """
+import torch.distributed as dist
+from mmdistill.distill import tasks
+build = tasks.DistillationTask.cache_view_outputs
+
+def reporting(self, dataset, *args, **kwargs):
+    build(self, dataset, *args, **kwargs)
+    cache = self._view_cache
+    print(f"rank {dist.get_rank()} holds {len(cache.owned)} of {len(dataset)}: {cache.owned.tolist()}", flush=True)
+
+tasks.DistillationTask.cache_view_outputs = reporting
+from mmdistill.cli import main
+main()
+"""
+
+
+def test_view_cache_under_torchrun_holds_each_ranks_shard_and_equals_online_views(tmp_path):
+    """2 gloo processes with train.view_cache: each rank builds and reads only the rows of its own
+    samples (i = rank mod 2; a read outside them is an error), and the weights equal online teaching
+    on the same views under the same 2 processes."""
+    teacher = config(epochs=1)
+    assert run_cli("train", write(tmp_path, "t.yaml", teacher), "--out", tmp_path / "teacher") == 0
+    paths = {}
+    for cache in (True, False):
+        cfg = config(batch_size=18, epochs=2, augment={"audio": [{"type": "time_mask", "width": 3}]}, augment_teacher="consistent",
+                     modality_dropout={"image": 0.3},
+                     view_cache={"views": 3, "dtype": "float32", "storage": "memory", "cache": cache})
+        cfg["distill"] = {"teacher": {"checkpoint": str(tmp_path / "teacher" / "best.pt")}, "gamma": 0.5,
+                          "terms": [{"name": "kd", "temperature": 4.0}]}
+        paths[cache] = write(tmp_path, f"s{int(cache)}.yaml", cfg)
+    script = tmp_path / "report.py"
+    script.write_text(SHARD_REPORT)
+    cached = torchrun("distill", paths[True], "--out", tmp_path / "cached", script=script)
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    lines = sorted(line for line in cached.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 2
+    n = int(lines[0].split(" of ")[1].split(":")[0])
+    for rank, line in enumerate(lines):
+        assert json.loads(line.split(": ", 1)[1]) == list(range(rank, n, 2))
+    online = torchrun("distill", paths[False], "--out", tmp_path / "online")
+    assert online.returncode == 0, online.stderr[-3000:]
+    assert_same_weights(tmp_path / "cached" / "last.pt", tmp_path / "online" / "last.pt")

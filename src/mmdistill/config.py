@@ -120,6 +120,21 @@ AugmentConfig = Annotated[Union[TranslateAugment, BandMaskAugment, TimeShiftAugm
 AUGMENT_KINDS = {"translate": ("image",), "time_mask": ("audio",), "freq_mask": ("audio",), "time_shift": ("audio",)}
 
 
+class ViewCacheConfig(Strict):
+    """``train.view_cache``: teacher outputs for ``views`` seeded augmented views of every training
+    sample, computed once before training (see :mod:`mmdistill.distill.views`)."""
+
+    views: PositiveInt = 8  # K views per sample; each epoch a sample draws one of them (seeded)
+    dtype: Literal["float32", "float16"] = "float16"  # storage of the teacher outputs
+    # keep only the k largest teacher logits per view (plus the mean of the others, which fills them
+    # back in); None: all. Features the loss terms read are stored whole
+    topk: PositiveInt | None = None
+    storage: Literal["memory", "mmap"] = "mmap"  # mmap: np.memmap files, deleted when the fit ends
+    seed: int | None = None  # seed of the views (None: the run's seed)
+    # false: the teachers run on each regenerated view instead (the same views, no cache; the reference)
+    cache: StrictBool = True
+
+
 class TrainConfig(Strict):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 128
@@ -129,6 +144,9 @@ class TrainConfig(Strict):
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     grad_clip: PositiveFloat | None = None
     mixup: NonNegativeFloat = 0.0  # Beta(alpha, alpha) mixup across all modalities; 0 = off
+    # CutMix (Yun et al. 2019) with lam ~ Beta(alpha, alpha): one partner and one cut fraction for all
+    # modalities of a sample (images: a box, spectrograms and sequences: a band of time); 0 = off
+    cutmix: NonNegativeFloat = 0.0
     modality_dropout: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}  # modality -> drop rate
     # modality -> largest random time shift, as a fraction of the last (time) axis; the student sees
     # shifted inputs, teachers the aligned ones
@@ -142,9 +160,13 @@ class TrainConfig(Strict):
     # modality -> input augmentations, applied in order to every training batch (teachers being
     # trained and distilled students see them); e.g. {image: [{type: translate, pixels: 2}]}
     augment: dict[str, list[AugmentConfig]] = {}
-    # what distillation teachers see under ``augment``: ``same`` augmented input as the student, or
-    # the ``clean`` one. The teacher-output cache is only valid for clean inputs: ``same`` disables it
-    augment_teacher: Literal["same", "clean"] = "same"
+    # what distillation teachers see (mmdistill.data.augment.training_inputs): ``consistent``: exactly
+    # the student's input (augmented, modality-dropped, time-shifted, mixed); ``same``: the augmented
+    # input, whole and aligned, mixed as the student's; ``clean``: the stored sample, mixed as the
+    # student's. The plain teacher cache only serves inputs that are stored samples
+    augment_teacher: Literal["same", "clean", "consistent"] = "same"
+    # teacher outputs precomputed on K seeded augmented views per sample (None: off)
+    view_cache: ViewCacheConfig | None = None
     progress: StrictBool = True
     # extra sinks for the per-epoch metrics (metrics.jsonl is always written): tensorboard writes
     # event files to RUN_DIR/tensorboard (needs the optional extra: pip install 'mmdistill[tensorboard]')
@@ -170,6 +192,22 @@ class TrainConfig(Strict):
     # kernels without autotuning, CUBLAS_WORKSPACE_CONFIG; slower on GPUs, free on CPU
     # (mmdistill.distill.backends says what it sets and costs)
     deterministic: StrictBool = False
+
+    @pydantic.model_validator(mode="after")
+    def _mixing(self):
+        if self.mixup > 0 and self.cutmix > 0:
+            raise ValueError("cutmix: set either mixup or cutmix, not both")
+        if self.view_cache is not None:
+            if self.mixup > 0 or self.cutmix > 0:
+                raise ValueError("view_cache: cannot serve mixup or cutmix (a cached view holds one sample, a mixed "
+                                 "input pairs samples per batch); set mixup and cutmix to 0 or drop view_cache")
+            if self.augment_teacher == "clean":
+                raise ValueError("view_cache: with augment_teacher: clean the teachers see stored samples and "
+                                 "cache_teacher serves them; use augment_teacher: consistent or same")
+            if not (self.augment or self.modality_dropout or self.time_shift):
+                raise ValueError("view_cache: there is no augmentation to make views with (set train.augment, "
+                                 "modality_dropout or time_shift)")
+        return self
 
     @pydantic.field_validator("log")
     @classmethod

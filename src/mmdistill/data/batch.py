@@ -5,6 +5,7 @@ A batch maps each modality name to a tensor whose first dimension is the batch, 
     "label":   LongTensor[B]            class labels; -1 for an unlabelled sample
     "labelled": BoolTensor[B]           which samples carry a label (label >= 0)
     "index":   LongTensor[B]            dataset indices of the samples (for memory banks, caches)
+    "view_index": LongTensor[B]         under ``train.view_cache``: which seeded view of each sample
     "present": {modality: BoolTensor[B]} which samples carry each modality
 
 A modality that is absent from a sample keeps a zero tensor in its slot and ``False`` in
@@ -17,7 +18,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-RESERVED_KEYS = frozenset({"label", "labelled", "index", "present", "label_mix", "mix_lambda"})
+RESERVED_KEYS = frozenset({"label", "labelled", "index", "present", "label_mix", "mix_lambda", "view_index"})
 
 #: the label of a sample that has none (see :func:`labelled`)
 UNLABELLED = -1

@@ -78,6 +78,9 @@ class TeacherCache:
         if self.storage == "memory":
             out = []
             for store in self.arrays:
+                if not store:
+                    out.append({})
+                    continue
                 rows = index.to(next(iter(store.values())).device)
                 out.append({p: a[rows] if a.dtype != torch.float16 else a[rows].float() for p, a in store.items()})
             return out

@@ -40,6 +40,8 @@ samples of a batch (RKD, PKT, SP, CC, CRD's memory banks hold rank 0's updates o
 draws per sample (dropout layers, modality dropout, time shift, mixup, ``train.augment``: every
 rank draws from the same seeded streams, so rank r's samples get other draws than in a 1-process
 run). PyTorch's SyncBatchNorm needs CUDA, so there is no synchronised BatchNorm option on CPU.
+With ``train.view_cache`` each rank trains on a fixed shard of the samples (:class:`OwnedShardSampler`)
+so that it caches only their views; the batches, and so the weights, then differ from a 1-process run's.
 """
 from __future__ import annotations
 
@@ -275,10 +277,34 @@ class ShardSampler(DistributedSampler):
         return self.num_samples
 
 
-def train_loader(dataset, batch_size: int, *, seed: int, **options):
-    """The training loader of this rank: global ``batch_size`` split over the ranks (:class:`ShardSampler`);
-    ``options``: the loader's others (workers, pin_memory)."""
-    sampler = ShardSampler(dataset, batch_size, seed=seed, num_replicas=dist.get_world_size(), rank=dist.get_rank())
+class OwnedShardSampler(ShardSampler):
+    """:class:`ShardSampler` whose rank r only ever draws the samples it owns, i = r mod W (each
+    epoch in a seeded shuffle of them), so that what it caches per sample (``train.view_cache``)
+    is only its shard. The global batches differ from the 1-process run's; the batch sizes, the
+    last batches and their loss weights are ShardSampler's."""
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.empty(self.size, dtype=torch.long)
+        for r in range(self.num_replicas):  # every rank draws every shard's order, the same on all
+            owned = torch.arange(r, self.size, self.num_replicas)
+            perm[r::self.num_replicas] = owned[torch.randperm(len(owned), generator=generator)]
+        return perm
+
+    def __iter__(self):
+        perm = self._permutation(self.epoch)
+        indices = perm[self.rank::self.num_replicas].tolist()
+        if self.empty(self.steps - 1):  # the weight-0 step: one of this rank's own samples
+            indices.append(indices[0])
+        return iter(indices)
+
+
+def train_loader(dataset, batch_size: int, *, seed: int, owned: bool = False, **options):
+    """The training loader of this rank: global ``batch_size`` split over the ranks
+    (:class:`ShardSampler`; ``owned``: :class:`OwnedShardSampler`); ``options``: the loader's
+    others (workers, pin_memory)."""
+    kind = OwnedShardSampler if owned else ShardSampler
+    sampler = kind(dataset, batch_size, seed=seed, num_replicas=dist.get_world_size(), rank=dist.get_rank())
     return dataset.loader(sampler.batch_size, sampler=sampler, **options)
 
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..checkpoint import atomic_torch_save
 from ..config import AUGMENT_KINDS, TrainConfig
-from ..data.augment import augment_batch, mixup, modality_dropout, time_shift
+from ..data.augment import CUTMIX_KINDS, training_inputs
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
@@ -65,6 +65,8 @@ class FitResult:
     best_score: float = -math.inf
     extra_params: int = 0
     seconds: float = 0.0
+    view_cache_seconds: float = 0.0  # building train.view_cache (0 without one)
+    view_cache_bytes: int = 0  # what this process's view cache held
     task: object = None  # the task that was fitted (set by api.distill)
 
 
@@ -84,6 +86,11 @@ def check_train_options(cfg: TrainConfig, specs: dict) -> None:
     text = [m for m, s in specs.items() if s.kind == "text"]
     if cfg.mixup > 0 and text:  # mixing token ids would make other tokens, not a blend
         raise ConfigError(f"train.mixup: cannot mix the token ids of text modality {text[0]!r}; set mixup: 0")
+    if cfg.cutmix > 0:
+        for m, s in specs.items():
+            if s.kind not in CUTMIX_KINDS:
+                raise ConfigError(f"train.cutmix: modality {m!r} is {s.kind} data with no spatial or time axis to cut "
+                                  f"(CutMix cuts {', '.join(CUTMIX_KINDS)} modalities); use mixup")
     for m in cfg.time_shift:
         kind = specs[m].kind
         if kind not in TIME_KINDS:
@@ -253,28 +260,46 @@ class Trainer:
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed, **self._loader_options())
         if distributed.active():  # global batch split over the ranks, the 1-process order
-            loader = distributed.train_loader(train, cfg.batch_size, seed=self.seed, **self._loader_options())
+            # (a view cache: each rank keeps to its own fixed shard of the samples, whose views it caches)
+            loader = distributed.train_loader(train, cfg.batch_size, seed=self.seed, owned=cfg.view_cache is not None,
+                                                **self._loader_options())
+        self.kinds = {m: s.kind for m, s in train.specs.items()}
+        self.views = None
+        if cfg.view_cache is not None:
+            from .views import Views
+
+            self.views = Views(cfg, self.kinds, len(train), self.seed)
         if self.run_dir:
             self._fingerprints = self._inputs_fingerprint(task, train)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train),
                    labels=train.labels)
-        # teachers see each sample whole and aligned under modality dropout and time shifts, so
-        # only mixup, and ``augment`` with ``augment_teacher: same``, change their inputs
-        teacher_sees_clean = cfg.mixup == 0 and (not cfg.augment or cfg.augment_teacher == "clean")
+        # the plain cache serves teachers that see stored samples (see data.augment.training_inputs)
+        result = FitResult()
+        view_cache = self.views is not None and cfg.view_cache.cache and hasattr(task, "cache_view_outputs")
+        if view_cache:
+            built = time.perf_counter()
+            task.cache_view_outputs(train, self.views, batch_size=cfg.eval_batch_size, device=self.device,
+                                    storage=cfg.view_cache.storage, dtype=cfg.view_cache.dtype,
+                                    topk=cfg.view_cache.topk, folder=self.run_dir)
+            result.view_cache_seconds = time.perf_counter() - built
+            result.view_cache_bytes = task._view_cache.nbytes()
+        altered = (cfg.augment and cfg.augment_teacher != "clean") or (
+            cfg.augment_teacher == "consistent" and (cfg.modality_dropout or cfg.time_shift))
+        teacher_sees_clean = cfg.mixup == 0 and cfg.cutmix == 0 and not altered and self.views is None
         if cfg.cache_teacher and teacher_sees_clean and hasattr(task, "cache_teacher_outputs"):
             task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device,
                                        storage=cfg.cache_storage, dtype=cfg.cache_dtype, folder=self.run_dir)
         optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
         self._forward = distributed.wrap(task, self.device)  # task.training_step, through DDP under torchrun
-        result = FitResult()
         start = time.perf_counter()
         compiled = []
         # train.log: e.g. TensorBoard, beside metrics.jsonl
         self.sinks = MetricSinks(cfg.log, self.run_dir if self._writes else None)
         try:
             if cfg.compile:
-                compiled = compile_forwards(task, self.device, teachers=getattr(task, "_cache", None) is None)
+                compiled = compile_forwards(task, self.device, teachers=getattr(task, "_cache", None) is None
+                                            and getattr(task, "_view_cache", None) is None)
             best_state = self._epochs(task, loader, val, optimizer, scheduler, result)
         finally:
             uncompile(compiled)
@@ -315,17 +340,10 @@ class Trainer:
                 next_sync, pending = epoch_start + SYNC_INTERVAL, 0
                 for step, batch in enumerate(loader):
                     batch = to_device(batch, self.device, non_blocking=True)
-                    whole = batch
-                    if cfg.augment:
-                        batch = augment_batch(batch, cfg.augment, self.augment_generator)
-                        if cfg.augment_teacher == "same":
-                            whole = batch
-                    if cfg.modality_dropout:
-                        batch = modality_dropout(batch, cfg.modality_dropout, mix_generator)
-                    if cfg.time_shift:
-                        batch = time_shift(batch, cfg.time_shift, mix_generator)
-                    if cfg.mixup > 0:
-                        batch = whole = mixup(batch, cfg.mixup, mix_generator)
+                    if self.views is not None:  # each sample's seeded view of this epoch
+                        batch, whole = self.views.epoch_views(batch, epoch)
+                    else:
+                        batch, whole = training_inputs(batch, cfg, self.kinds, self.augment_generator, mix_generator)
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
                     scale = None if shard is None else shard.loss_scale(step)
                     logits, losses, total = self._step(task, batch, whole, progress, optimizer, scale)

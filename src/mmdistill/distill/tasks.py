@@ -6,8 +6,8 @@ training set's), ``trainable_parameters()``, ``training_step(batch, progress) ->
 weighted loss})`` and ``teardown()`` (called when a fit ends or fails, to release what the fit set
 up: forward hooks, the teacher cache); the engine minimises the sum of the terms. Teacher training
 and distillation therefore share one loop.
-``training_step`` also receives ``teacher_batch``, the batch before modality dropout (and before
-``train.augment`` when ``train.augment_teacher`` is ``clean``).
+``training_step`` also receives ``teacher_batch``, what the teachers see by ``train.augment_teacher``
+(see :func:`mmdistill.data.augment.training_inputs`).
 """
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ class DistillationTask(nn.Module):
         self.adapters = nn.ModuleDict()
         self.gamma = gamma
         self._cache = None  # a TeacherCache while a fit uses one
+        self._view_cache = None  # a views.ViewCache while a fit uses one
         self._weight_sums = torch.zeros(len(self.teachers), dtype=torch.float64)
         self._weight_count = 0
         uses_ensemble = any(t.teacher is None for t in self.terms)
@@ -127,6 +128,8 @@ class DistillationTask(nn.Module):
     @torch.no_grad()
     def teacher_outputs(self, batch) -> list[dict[str, torch.Tensor]]:
         """``[{path: tensor}]`` per teacher, from the cache when one is built (see :meth:`cache_teacher_outputs`)."""
+        if self._view_cache is not None:
+            return self._view_cache.read(batch["index"], batch["view_index"], batch["index"].device)
         if self._cache is not None:
             return self._cache.read(batch["index"], batch["index"].device)
         return [capture.run(teacher, batch) for teacher, capture in zip(self.teachers, self._teacher_captures)]
@@ -137,8 +140,9 @@ class DistillationTask(nn.Module):
         """Run every frozen teacher once over ``dataset`` and serve its outputs by sample index.
 
         Valid only while the teachers see the dataset's own samples, unaltered: the engine builds
-        the cache only when they do (no mixup; ``train.augment`` only with ``augment_teacher:
-        clean``), for this run, and drops it at the end, so it can never be stale (teachers are
+        the cache only when they do (no mixup or cutmix; ``train.augment`` only with
+        ``augment_teacher: clean``; ``consistent`` only without augmentation, modality dropout and
+        time shifts), for this run, and drops it at the end, so it can never be stale (teachers are
         frozen and in eval mode). It holds the logits and every hooked feature the terms read,
         in memory or in memory-mapped files under ``folder`` (see :mod:`mmdistill.distill.cache`).
         Under torchrun each rank runs the teachers over its shard of the samples and the shards
@@ -168,10 +172,37 @@ class DistillationTask(nn.Module):
             raise
         self._cache = cache
 
+    @torch.no_grad()
+    def cache_view_outputs(self, dataset, views, *, batch_size: int, device, storage: str = "mmap",
+                           dtype: str = "float16", topk: int | None = None, folder=None) -> None:
+        """Run every frozen teacher once on each of the K views of each sample this process trains
+        on (all of them; under torchrun its fixed shard, see :mod:`mmdistill.distill.views`) and
+        serve the outputs by (sample, view) for the rest of the fit."""
+        from ..data.batch import to_device
+        from .views import ViewCache
+
+        self.clear_cache()
+        shard = distributed.shard_indices(len(dataset))
+        owned = torch.arange(len(dataset)) if shard is None else torch.tensor(shard, dtype=torch.long)
+        cache = ViewCache(owned, len(dataset), views.count, storage=storage, dtype=dtype, topk=topk, folder=folder)
+        try:
+            for batch in dataset.loader(batch_size, sampler=owned.tolist()):
+                for k in range(views.count):
+                    chosen = torch.full((len(batch["index"]),), k, dtype=torch.long)
+                    _, teacher = views.make(batch, chosen)
+                    cache.write(batch["index"], chosen, self.teacher_outputs(to_device(teacher, device)))
+        except BaseException:
+            cache.close()
+            raise
+        self._view_cache = cache
+
     def clear_cache(self) -> None:
         if self._cache is not None:
             self._cache.close()
         self._cache = None
+        if self._view_cache is not None:
+            self._view_cache.close()
+        self._view_cache = None
 
     def _captures(self) -> list[FeatureCapture]:
         return [self._student_capture, *self._teacher_captures]
@@ -221,8 +252,8 @@ class DistillationTask(nn.Module):
 
     def training_step(self, batch, progress: float = 0.0, teacher_batch=None):
         """``teacher_batch``: what the teachers see, when it differs from the student's ``batch``
-        (under modality dropout the student loses modalities, the teachers see every sample whole;
-        under ``train.augment`` with ``augment_teacher: clean`` they see the unaugmented input)."""
+        (e.g. under modality dropout with ``augment_teacher: same`` the teachers see every sample
+        whole; with ``clean`` the unaugmented input; see :func:`mmdistill.data.augment.training_inputs`)."""
         teacher_batch = batch if teacher_batch is None else teacher_batch
         for capture in self._captures():  # until teardown (see there)
             capture.attach()
