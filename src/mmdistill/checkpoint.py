@@ -39,6 +39,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: dict, s
         "imports": list(imports),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    provenance = getattr(model, "provenance", None)  # weights from elsewhere (a pretrained model kind)
+    if provenance:
+        payload["provenance"] = dict(provenance)
     return atomic_torch_save(payload, path)
 
 

@@ -253,6 +253,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
             "checkpoint": _checkpoint_record(checkpoint, payload), "model_config": payload["model_config"],
             "versions": _versions(),
         }
+        if payload.get("provenance"):  # pretrained weights: package, version, file hash, licence
+            meta["provenance"] = payload["provenance"]
         _write(tmp / MODEL_JSON, meta)
 
         if format == "onnx":
