@@ -109,4 +109,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not match the stored model config ({str(err).splitlines()[0]})") from None
     payload["specs"] = specs
+    if payload.get("provenance") and hasattr(model, "provenance"):  # the weights' origin, not the installed package's
+        model.provenance = dict(payload["provenance"])
     return model.to(device).eval(), payload
