@@ -653,6 +653,30 @@ def _view_cache(results: Path):
                      late=sum(r["best_epoch"] > epochs - max(1, epochs // 10) for r in runs))
 
 
+@source("pretrained")
+def _pretrained(results: Path):
+    """benchmarks/pretrained_teacher.py: resemblyzer's speaker encoder distilled into a small student on FSDD."""
+    import pretrained_teacher as pt
+
+    data = _load(results, "pretrained_teacher.json")
+    rows, settings, cost = data["rows"], data["settings"], data["cost"]
+    summary = pt.summarise(rows, cost)
+    out = Namespace(settings=settings, provenance=data["provenance"], cost=cost, goals=summary["goals"],
+                    accuracy=summary["accuracy"], runs=Runs(rows), seeds=sorted({r["seed"] for r in rows}),
+                    table=pt.markdown(rows, summary, cost, settings), models=pt.MODELS)
+    out.acc = lambda task, labels, model: Runs(r for r in rows if (r["task"], r["labels_per_class"], r["model"]) ==
+                                               (task, labels, model))
+    out.mean = lambda task, labels, model: f"{out.acc(task, labels, model).mean():.1f}"
+    # per-seed runs that trained: the best epoch, and whether it fell in the last tenth of the schedule
+    trained = [r for r in rows if "best_epoch" in r]
+    distilled = {r["seed"]: r["distillation"] for r in rows if "distillation" in r}
+    out.unconverged = [r for r in trained if not r["converged"]]
+    out.trained = trained
+    out.distilled = distilled
+    out.encoder_params = f"{cost['teacher']['params'] - 6 * 257:,}"
+    return out
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,

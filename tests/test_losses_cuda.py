@@ -18,7 +18,7 @@ def inputs(name):
         return torch.randn(2, 3, 2, 2, generator=g), torch.randn(2, 6, generator=g), torch.tensor([0, 1]), 2
     if cls.inputs == "logits":
         return torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g), torch.tensor([0, 1, 2, 4]), 8
-    if name == "fitnet":
+    if name in ("fitnet", "cosine"):
         return torch.randn(4, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g), None, 8
     return torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 5, 2, 2, generator=g), None, 8
 

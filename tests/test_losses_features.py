@@ -1,4 +1,4 @@
-"""Feature losses (fitnet, at, nst, vid) against independent loop references and their invariances."""
+"""Feature losses (fitnet, cosine, at, nst, vid) against independent loop references and their invariances."""
 import math
 
 import pytest
@@ -30,6 +30,44 @@ def test_fitnet_loop():
 def test_fitnet_rejects_shape_mismatch():
     with pytest.raises(ValueError, match="same shape"):
         build_loss("fitnet")(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# --- cosine -----------------------------------------------------------------------------------
+
+def test_cosine_matches_torch_cosine_embedding_loss():
+    """Against an independent reference: torch's CosineEmbeddingLoss with target +1 (1 - cos, batch mean)."""
+    s, t = rand(5, 7, seed=3), rand(5, 7, seed=4)
+    reference = torch.nn.CosineEmbeddingLoss()(s, t, torch.ones(5, dtype=torch.float64))
+    assert build_loss("cosine")(s, t).item() == pytest.approx(reference.item(), rel=1e-12)
+
+
+def test_cosine_loop_and_hand_values():
+    s, t = rand(3, 2, 2, seed=5), rand(3, 2, 2, seed=6)
+    values = []
+    for a, b in zip(s.flatten(1).tolist(), t.flatten(1).tolist()):
+        dot = sum(x * y for x, y in zip(a, b))
+        values.append(1 - dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))))
+    assert build_loss("cosine")(s, t).item() == pytest.approx(sum(values) / len(values), rel=1e-12)
+    e = torch.tensor([[1.0, 0.0]])
+    assert build_loss("cosine")(e, torch.tensor([[0.0, 3.0]])).item() == pytest.approx(1.0)   # orthogonal
+    assert build_loss("cosine")(e, torch.tensor([[-2.0, 0.0]])).item() == pytest.approx(2.0)  # opposite
+
+
+def test_cosine_is_half_the_mse_of_normalised_embeddings_and_ignores_scale():
+    s, t = rand(4, 6, seed=7), rand(4, 6, seed=8)
+    half_mse = ((F.normalize(s, dim=1) - F.normalize(t, dim=1)) ** 2).sum(1).mean() / 2
+    loss = build_loss("cosine")
+    assert loss(s, t).item() == pytest.approx(half_mse.item(), rel=1e-10)
+    assert loss(3 * s, 0.5 * t).item() == pytest.approx(loss(s, t).item(), rel=1e-10)
+    assert loss(s, s).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_rejects_size_mismatch_and_bad_eps():
+    with pytest.raises(ValueError, match="same size"):
+        build_loss("cosine")(torch.zeros(2, 3), torch.zeros(2, 4))
+    from mmdistill.errors import ConfigError
+    with pytest.raises(ConfigError, match="eps"):
+        build_loss("cosine", {"eps": 0.0})
 
 
 # --- at ---------------------------------------------------------------------------------------

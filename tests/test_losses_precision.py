@@ -26,7 +26,7 @@ def shapes(name, batch):
     cls = LOSSES.get(name)
     if cls.inputs == "logits":
         return (batch, 5), (batch, 5)
-    if name == "fitnet":
+    if name in ("fitnet", "cosine"):
         return (batch, 3, 2, 2), (batch, 3, 2, 2)
     return (batch, 3, 4, 4), (batch, 5, 2, 2)
 

@@ -9,7 +9,7 @@ torch.set_num_threads(1)
 
 EXPECTED = {
     "mse", "kd", "dkd", "dist",
-    "fitnet", "at", "nst", "vid",
+    "fitnet", "cosine", "at", "nst", "vid",
     "sp", "rkd", "rkd_distance", "rkd_angle", "pkt", "cc",
     "crd",
 }
@@ -92,7 +92,7 @@ def make_inputs(name, batch, kind, constant=None):
     cls = LOSSES.get(name)
     if cls.inputs == "logits":
         s_shape = t_shape = (batch, 5)
-    elif name == "fitnet":
+    elif name in ("fitnet", "cosine"):  # element-wise losses: equal shapes (the engine's adapter maps them)
         s_shape = t_shape = (batch, 3, 2, 2) if kind == "maps" else (batch, 6)
     else:
         s_shape, t_shape = ((batch, 3, 4, 4), (batch, 4, 2, 2)) if kind == "maps" else ((batch, 6), (batch, 8))

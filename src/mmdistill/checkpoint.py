@@ -45,6 +45,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: dict, s
         "imports": list(imports),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    provenance = getattr(model, "provenance", None)  # weights from elsewhere (a pretrained model kind)
+    if provenance:
+        payload["provenance"] = dict(provenance)
     return atomic_torch_save(payload, path)
 
 
@@ -196,4 +199,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, tru
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not match the stored model config ({str(err).splitlines()[0]})") from None
     payload["specs"] = specs
+    if payload.get("provenance") and hasattr(model, "provenance"):  # the weights' origin, not the installed package's
+        model.provenance = dict(payload["provenance"])
     return model.to(device).eval(), payload

@@ -179,3 +179,41 @@ def log_mel_features(recordings: list[Recording], params: LogMelParams = LogMelP
     torch.save({"names": [r.path.name for r in recordings], "features": features}, tmp)
     os.replace(tmp, path)
     return features
+
+
+def ge2e_fsdd(recordings: list[Recording], params=None, *, snr_db: float | None = None,
+              noise_seed: int = 0) -> torch.Tensor:
+    """[N, 40, frames] GE2E front-end features (:mod:`.ge2e`) of ``recordings``: each resampled
+    from 8 kHz to 16 kHz (librosa's default resampler, as the resemblyzer package does), cached on
+    disk like :func:`log_mel_features`. With ``snr_db``, the noise of :func:`log_mel_features` (the
+    same seed per recording) is mixed in at 8 kHz first, so both views hear the same take."""
+    import librosa
+
+    from .ge2e import GE2EParams, ge2e_features
+
+    params = params or GE2EParams()
+    base = LogMelParams()
+    listing = [(r.path.name, r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in recordings]
+    blob = json.dumps({"v": CACHE_VERSION, "ge2e": params.to_dict(), "snr_db": snr_db,
+                       "noise_seed": noise_seed if snr_db is not None else 0, "files": listing}, sort_keys=True)
+    path = cache_dir() / f"fsdd-ge2e-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.pt"
+    if path.exists():
+        try:
+            cached = torch.load(path, weights_only=True)
+            if cached["names"] == [r.path.name for r in recordings]:
+                return cached["features"]
+        except Exception:
+            pass  # an unreadable cache is recomputed and replaced
+    waves = []
+    for i, rec in enumerate(recordings):
+        wave = read_wave(rec.path, base.sample_rate)
+        if snr_db is not None:
+            padded = fix_length(wave, base.num_samples)
+            wave = mix_noise(padded, snr_db, np.random.default_rng([noise_seed, i]), min(len(wave), len(padded)))
+        waves.append(librosa.resample(wave, orig_sr=base.sample_rate, target_sr=params.sample_rate))
+    features = ge2e_features(waves, params)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    os.close(fd)
+    torch.save({"names": [r.path.name for r in recordings], "features": features}, tmp)
+    os.replace(tmp, path)
+    return features

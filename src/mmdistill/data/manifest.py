@@ -25,7 +25,9 @@ teacher on the waveform, a CNN student on the log-mel of the same recording)::
       waveform: {column: wav, transform: waveform, seconds: 1.0}  # [samples] raw audio
       text: {column: transcript, transform: text, tokenizer: tok/, max_length: 32}
 
-``waveform``: ``seconds * audio.sample_rate`` samples (cut or zero-padded; onset kept),
+``ge2e``: the front end of the pretrained GE2E speaker encoder (model kind ``pretrained``,
+:mod:`.ge2e`): ``[40, frames]`` mel frames of the recording at 16 kHz, cut or padded to
+``seconds`` (default 1.6 here). ``waveform``: ``seconds * audio.sample_rate`` samples (cut or zero-padded; onset kept),
 standardised per recording (zero mean, unit variance, as wav2vec2's feature extractor does) unless
 ``normalize`` is false. ``text``: the cells are the strings themselves, tokenised as
 :mod:`mmdistill.data.text` describes (``[2, max_length]``: ids, attention mask); the tokenizer
@@ -59,6 +61,7 @@ from ..errors import DataError
 from .batch import RESERVED_KEYS
 from .audio import wav_truncation
 from .dataset import MultimodalDataset, guess_kind
+from .ge2e import GE2EParams, ge2e_features
 from .npz import Kind, check_unlabelled_train, encode_labels, parse_split, resolve, stratified_test_mask
 from .text import load_tokenizer, tokenize
 from .registry import register_dataset
@@ -96,11 +99,18 @@ class ManifestModality(_Options):
     ``logmel``); ``waveform`` and ``text`` derive other representations (see the module doc)."""
 
     column: str | None = None  # default: the modality's name
-    transform: Literal["logmel", "waveform", "text"] | None = None
-    seconds: PositiveFloat = 1.0  # waveform length
+    transform: Literal["logmel", "waveform", "text", "ge2e"] | None = None
+    seconds: PositiveFloat = 1.0  # waveform length (ge2e: 1.6 unless given)
     normalize: bool = True  # waveform: zero mean, unit variance per recording
     tokenizer: str | None = None  # text: a local tokenizer directory
     max_length: PositiveInt = 64  # text: tokens per sample
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _ge2e_window(cls, value):  # ge2e: the encoder's 1.6 s window unless a length is given
+        if isinstance(value, dict) and value.get("transform") == "ge2e" and "seconds" not in value:
+            return {**value, "seconds": 1.6}
+        return value
 
     @pydantic.model_validator(mode="after")
     def _tokenizer_for_text(self):
@@ -342,6 +352,18 @@ def _waveforms(waves: list[np.ndarray | None], length: int, normalize: bool) -> 
     return torch.from_numpy(out)
 
 
+def _ge2e(waves: list[np.ndarray | None], rate: int, seconds: float) -> torch.Tensor:
+    """[N, 40, frames] GE2E front-end features (:mod:`.ge2e`) of waves read at ``rate`` (resampled
+    to 16 kHz when it differs); rows without audio stay zero."""
+    params = GE2EParams(seconds=seconds)
+    if rate != params.sample_rate:
+        import librosa
+
+        waves = [None if w is None else librosa.resample(w, orig_sr=rate, target_sr=params.sample_rate)
+                 for w in waves]
+    return ge2e_features(waves, params)
+
+
 @register_dataset("manifest", ManifestOptions)
 def build_manifest(root, options: ManifestOptions, seed: int):
     path = resolve(root, options.path)
@@ -419,7 +441,7 @@ def build_manifest(root, options: ManifestOptions, seed: int):
             raise DataError(f"{path}: column {column!r} has no files (every cell is empty)")
         column_types[column] = kind
     for m, (column, spec) in sources.items():
-        if spec.transform in ("logmel", "waveform") and column_types[column] != "audio":
+        if spec.transform in ("logmel", "waveform", "ge2e") and column_types[column] != "audio":
             raise DataError(f"{path}: modality {m!r}: transform {spec.transform} needs an audio column, "
                             f"{column!r} holds {column_types[column]} files")
 
@@ -460,6 +482,13 @@ def build_manifest(root, options: ManifestOptions, seed: int):
             modalities[name], present[name], kinds[name] = tensor, mask, "waveform"
             described[name] = {"kind": "waveform", "column": column, "files": ftype, "shape": list(tensor.shape[1:]),
                                "sample_rate": params.sample_rate, "normalize": spec.normalize,
+                               "present": int(mask.sum())}
+            continue
+        if spec.transform == "ge2e":
+            tensor = _ge2e(loaded, params.sample_rate, spec.seconds)
+            modalities[name], present[name], kinds[name] = tensor, mask, "sequence"
+            described[name] = {"kind": "sequence", "column": column, "files": ftype, "transform": "ge2e",
+                               "shape": list(tensor.shape[1:]), "ge2e": GE2EParams(seconds=spec.seconds).to_dict(),
                                "present": int(mask.sum())}
             continue
         if ftype == "audio":

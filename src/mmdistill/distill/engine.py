@@ -1,7 +1,8 @@
 """The training/distillation loop shared by every task.
 
 Per epoch: one pass over the training set minimising the sum of the task's loss terms, then
-validation accuracy; one JSON line of metrics is appended to ``metrics.jsonl``; ``last.pt`` and
+validation accuracy (for a label-free task, e.g. a student learning a pretrained encoder's
+embedding with ``gamma = 0``, the terms' validation loss instead: :attr:`DistillationTask.label_free`); one JSON line of metrics is appended to ``metrics.jsonl``; ``last.pt`` and
 (by validation accuracy) ``best.pt`` are written atomically, then ``state.pt``, the training state
 (see :meth:`Trainer._save_state`), from which ``Trainer(resume=True)`` continues an interrupted
 run bit-identically. At the end the model holds the best weights. Seeded and deterministic on CPU.
@@ -365,13 +366,15 @@ class Trainer:
                     record.update(task.epoch_stats())
                 if cfg.scheduler.interval == "epoch":
                     scheduler.step()
-                if val is not None and distributed.active():  # sharded over the ranks, exact counts summed
+                if val is not None and getattr(task, "label_free", False):  # no label signal: the terms' loss
+                    record["val_loss"] = task.validation_loss(val, batch_size=cfg.eval_batch_size, device=self.device)
+                elif val is not None and distributed.active():  # sharded over the ranks, exact counts summed
                     record["val_accuracy"] = distributed.accuracy_on(task.model, val, device=self.device,
                                                                      batch_size=cfg.eval_batch_size)
                 elif val is not None:
                     logits_v, labels_v = predict(task.model, val, device=self.device, batch_size=cfg.eval_batch_size)
                     record["val_accuracy"] = accuracy(logits_v, labels_v)
-                score = record.get("val_accuracy", -record["train_loss"])
+                score = record["val_accuracy"] if "val_accuracy" in record else -record.get("val_loss", record["train_loss"])
                 improved = best_state is None or score > result.best_score
                 if improved:
                     result.best_score = score

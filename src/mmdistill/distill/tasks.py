@@ -110,6 +110,7 @@ class DistillationTask(nn.Module):
         self.gamma = gamma
         self._cache = None  # a TeacherCache while a fit uses one
         self._view_cache = None  # a views.ViewCache while a fit uses one
+        self._val_outputs = None  # (dataset, per-batch teacher outputs) of validation_loss, for the fit
         self._weight_sums = torch.zeros(len(self.teachers), dtype=torch.float64)
         self._weight_count = 0
         uses_ensemble = any(t.teacher is None for t in self.terms)
@@ -203,6 +204,47 @@ class DistillationTask(nn.Module):
         if self._view_cache is not None:
             self._view_cache.close()
         self._view_cache = None
+        self._val_outputs = None
+
+    @property
+    def label_free(self) -> bool:
+        """True when the objective reads neither a label nor the student's logits: ``gamma == 0``
+        and feature terms only (e.g. a student learning a pretrained encoder's embedding). The
+        student's head is then untrained, so its validation accuracy says nothing, and the engine
+        selects the best epoch by :meth:`validation_loss` instead."""
+        return not self.gamma and all(t.student_path != OUTPUT and t.teacher_path != OUTPUT
+                                      and not getattr(t.loss, "needs_labels", False) for t in self.terms)
+
+    @torch.no_grad()
+    def validation_loss(self, dataset, *, batch_size: int, device) -> float:
+        """The weighted sum of the terms (at their full weight) on ``dataset``, averaged over its
+        samples, with the student, adapters and losses in eval mode. The teachers' outputs on it
+        are computed at the first call of a fit and kept until the fit ends (they are frozen)."""
+        from ..data.batch import to_device
+
+        was_training = self.training
+        self.eval()
+        try:
+            if self._val_outputs is None or self._val_outputs[0] is not dataset:
+                outputs = [[capture.run(teacher, to_device(batch, device))
+                            for teacher, capture in zip(self.teachers, self._teacher_captures)]
+                           for batch in dataset.loader(batch_size)]
+                self._val_outputs = (dataset, outputs)
+            total, count = 0.0, 0
+            for batch, teachers in zip(dataset.loader(batch_size), self._val_outputs[1]):
+                batch = to_device(batch, device)
+                student = self._student_capture.run(self.model, batch)
+                value = 0.0
+                for i, term in enumerate(self.terms):
+                    s = student[term.student_path]
+                    if str(i) in self.adapters:
+                        s = self.adapters[str(i)](s)
+                    value += term.weight * term.loss(s, teachers[term.teacher][term.teacher_path], index=None)
+                n = len(batch["label"])
+                total, count = total + float(value) * n, count + n
+        finally:
+            self.train(was_training)
+        return total / max(count, 1)
 
     def _captures(self) -> list[FeatureCapture]:
         return [self._student_capture, *self._teacher_captures]

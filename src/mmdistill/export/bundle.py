@@ -54,6 +54,15 @@ def _log_mel_text(p: Mapping) -> str:
             f"{p['frames']} frames -> [1, {p['n_mels']}, {p['frames']}]")
 
 
+def _ge2e_params(dataset: str, info: Mapping, modality: str) -> dict | None:
+    """The GE2E front end's parameters when ``modality`` is one (FSDD's ``ge2e``, a manifest's ``transform: ge2e``)."""
+    if dataset == "fsdd" and modality == "ge2e":
+        return info.get("ge2e")
+    if dataset == "manifest":
+        return ((info.get("modalities") or {}).get(modality) or {}).get("ge2e")
+    return None
+
+
 def describe_preprocessing(cfg, info: Mapping, specs: Mapping) -> dict:
     """What a deployer must do to a raw sample to get the model's input, per modality."""
     from ..data.transforms import LogMelParams
@@ -70,6 +79,13 @@ def describe_preprocessing(cfg, info: Mapping, specs: Mapping) -> dict:
             if snr is not None:
                 text += f"; training data had white noise mixed in at {snr} dB SNR before the spectrogram"
             entry.update(description=text, log_mel=params)
+        elif _ge2e_params(name, info, m):
+            p = _ge2e_params(name, info, m)
+            entry.update(description=(
+                f"audio resampled to {p['sample_rate']} Hz mono (librosa.resample), scaled up to {p['norm_dbfs']} dBFS "
+                f"RMS when quieter (never down), cut or zero-padded to {p['seconds']} s; mel power spectrogram "
+                f"(librosa.feature.melspectrogram: n_fft {p['n_fft']}, hop {p['hop_length']}, {p['n_mels']} bands, "
+                f"centred, no log) -> {list(spec.shape)} (bands, frames): the resemblyzer GE2E front end"), ge2e=p)
         elif name == "av_digits" and m == "image":
             text = "MNIST digit, 28x28 grayscale in [0, 1] -> [1, 28, 28]"
             if info.get("level") == "hard":
@@ -279,6 +295,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
             "checkpoint": _checkpoint_record(checkpoint, payload), "model_config": payload["model_config"],
             "versions": _versions(),
         }
+        if payload.get("provenance"):  # pretrained weights: package, version, file hash, licence
+            meta["provenance"] = payload["provenance"]
         _write(tmp / MODEL_JSON, meta)
 
         if format == "onnx":

@@ -75,6 +75,39 @@ class FitNet(DistillationLoss):
         return F.mse_loss(student, teacher)
 
 
+@register_loss("cosine")
+class CosineEmbedding(DistillationLoss):
+    """Cosine embedding distillation: one minus the cosine between student and teacher features (Sanh et al. 2019).
+
+    L = 1/B * sum_i (1 - s_i . t_i / (max(||s_i||, eps) * max(||t_i||, eps))), eps = 1e-8, over
+    the flattened features of each sample: the cosine embedding loss L_cos with which DistilBERT
+    aligns the student's hidden states with the teacher's ("DistilBERT, a distilled version of
+    BERT", arXiv:1910.01108). It ignores the features' norms; on L2-normalised features it equals
+    half their mean squared distance, ||s~ - t~||^2 / 2 = 1 - cos, so it is also "MSE on the
+    normalised embedding". The engine inserts an adapter (a linear map) when the dimensions differ.
+    Its default point is the ``fused`` vector the head reads (e.g. a pretrained encoder's embedding).
+    """
+
+    inputs = "features"
+    default_layer = "fusion"
+    needs_adapter = True
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.eps = eps
+
+    @compute_in_float32
+    def forward(self, student, teacher, *, target=None, index=None):
+        _check_batch("cosine", student, teacher)
+        s, t = student.flatten(1), teacher.flatten(1)
+        if s.shape != t.shape:
+            raise ValueError(f"cosine needs student and teacher features of the same size (an adapter maps one onto "
+                             f"the other), got {tuple(student.shape)} and {tuple(teacher.shape)}")
+        return (1 - F.cosine_similarity(s, t, dim=1, eps=self.eps)).mean()
+
+
 def attention_map(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Spatial attention of a map [B, C, ...]: l2-normalised 1/C * sum_c |x_c|^p, flattened to [B, HW]."""
     return F.normalize(x.abs().pow(p).mean(dim=1).flatten(1), dim=1)

@@ -25,7 +25,8 @@ Contract of a kind (register yours with ``MODEL_KINDS.register(KEY, options=Opti
 Built-in kinds: ``multimodal``, ``factory`` (``build(specs, num_classes, **kwargs)``, any
 importable function, e.g. from a module listed under ``imports:``), ``hf`` (a transformers model,
 :mod:`.hf`) and ``timm`` (a timm network, :mod:`.timm`); the last two import their library only
-when built (optional extras ``hf`` and ``timm``).
+when built (optional extras ``hf`` and ``timm``); ``pretrained`` (an encoder whose weights ship in
+an installed package, :mod:`.pretrained`: ``resemblyzer``'s GE2E speaker encoder).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from ..options import Strict, format_validation_error
 from ..registry import Registry
 from .hf import HFModelConfig, build_hf_model
 from .multimodal import ModelConfig, build_model
+from .pretrained import PretrainedModelConfig, build_pretrained_model
 from .timm import TimmModelConfig, build_timm_model
 
 MODEL_KINDS: Registry = Registry("model kind", key="kind")
@@ -141,3 +143,4 @@ def build(cfg: Any, specs: Mapping[str, ModalitySpec], num_classes: int, *, seed
 
 MODEL_KINDS.register("hf", options=HFModelConfig)(build_hf_model)
 MODEL_KINDS.register("timm", options=TimmModelConfig)(build_timm_model)
+MODEL_KINDS.register("pretrained", options=PretrainedModelConfig)(build_pretrained_model)
