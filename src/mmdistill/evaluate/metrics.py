@@ -116,6 +116,10 @@ def evaluate_model(model: nn.Module, dataset: MultimodalDataset, *, device="cpu"
     ``transform``: applied to each batch before the model sees it (e.g. a corruption)."""
     from ..models import count_parameters
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not hasattr(dataset, "loader") or not hasattr(dataset, "labels"):
+        raise TypeError(f"dataset: expected a dataset such as data.test, got {type(dataset).__name__}")
     all_logits, all_labels = predict(model, dataset, device=device, batch_size=batch_size, drop=drop,
                                      transform=transform)
     labelled = all_labels >= 0  # label metrics on the labelled samples; agreement on every sample
