@@ -332,16 +332,31 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _depth(value, limit: int, key: str = "") -> str | None:
-    """The dotted key where ``value`` nests deeper than ``limit`` levels, or None."""
-    if limit < 0:
-        return key or "(top level)"
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        found = _depth(v, limit - 1, f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}" if key else str(k))
-        if found:
-            return found
-    return None
+#: how many values a config may hold once YAML aliases are expanded (``&a [*b, *b, ...]`` bombs)
+MAX_VALUES = 100_000
+
+
+def _shape(value, memo: dict) -> tuple[int, int]:
+    """(nesting height, number of values once aliases are expanded) of a parsed YAML value; shared
+    (aliased) objects are measured once, so an alias bomb costs nothing to measure."""
+    if not isinstance(value, (dict, list)):
+        return 0, 1
+    if id(value) not in memo:
+        children = list(value.values()) if isinstance(value, dict) else value
+        shapes = [_shape(v, memo) for v in children]
+        memo[id(value)] = (1 + max((h for h, _ in shapes), default=0), 1 + sum(n for _, n in shapes))
+    return memo[id(value)]
+
+
+def _deep_key(value, memo: dict, limit: int) -> str:
+    """The dotted key where ``value`` nests deeper than ``limit`` levels (follows the deepest child)."""
+    key = ""
+    while isinstance(value, (dict, list)) and limit >= 0:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        k, value = max(items, key=lambda kv: _shape(kv[1], memo)[0])
+        key = f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}" if key else str(k)
+        limit -= 1
+    return key or "(top level)"
 
 
 def parse_yaml(text: str | bytes, where: str):
@@ -363,9 +378,14 @@ def parse_yaml(text: str | bytes, where: str):
         raise ConfigError(f"{where}:{line} invalid YAML ({getattr(err, 'problem', None) or err})") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)") from None
-    deep = _depth(value, MAX_DEPTH)
-    if deep:
-        raise ConfigError(f"{where}: {deep}: nested too deeply (more than {MAX_DEPTH} levels)")
+    memo: dict = {}
+    height, count = _shape(value, memo)
+    if height > MAX_DEPTH + 1:
+        raise ConfigError(f"{where}: {_deep_key(value, memo, MAX_DEPTH)}: nested too deeply (more than {MAX_DEPTH} "
+                          "levels)")
+    if count > MAX_VALUES:
+        raise ConfigError(f"{where}: holds {count:,} values once its aliases (*name) are expanded, more than "
+                          f"{MAX_VALUES:,}; a config is smaller")
     return value
 
 
