@@ -375,7 +375,10 @@ def parse_yaml(text: str | bytes, where: str):
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}:{line} invalid YAML ({getattr(err, 'problem', None) or err})") from None
+        problem = getattr(err, "problem", None) or str(err)
+        if isinstance(err, yaml.constructor.ConstructorError) and "given twice" in problem:
+            raise ConfigError(f"{where}:{line} {problem}") from None
+        raise ConfigError(f"{where}:{line} invalid YAML ({problem})") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)") from None
     memo: dict = {}
