@@ -99,9 +99,8 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
         train, val = split_validation(train, val_fraction, seed)
         lost = sorted(before - set(torch.unique(train.labels[train.labels >= 0]).tolist()))
         if lost:  # validation took every training sample of a class
-            raise DataError(f"{where}: val_fraction {val_fraction} (train.val_fraction) leaves "
-                            f"{'no labelled training sample' if len(lost) == len(before) else f'class {lost[0]} with no training sample'}"
-                            f"; lower it")
+            left = "no labelled training sample" if len(lost) == len(before) else f"class {lost[0]} with no training sample"
+            raise DataError(f"{where}: val_fraction {val_fraction} (train.val_fraction) leaves {left}; lower it")
     check_present(where, train)
     for split, dataset in (("test", test), ("validation", val)):  # builders refuse these naming the file's sample
         if dataset is not None and not dataset.labelled.all():

@@ -4,7 +4,8 @@ The archive holds (``np.savez``/``np.savez_compressed``; no pickled objects):
 
 * one array per modality, any shape ``[N, ...]``: feature vectors ``[N, D]``, images
   ``[N, C, H, W]`` or ``[N, H, W]``, sequences ``[N, T, D]``; bool, int or float;
-* ``label``: ``[N]`` class indices (ints >= 0), or strings, mapped to the indices of the sorted
+* ``label``: ``[N]`` class indices (ints 0..K-1, each class with at least one sample: labels that
+  skip an index are refused, name the classes with ``classes`` instead), or strings, mapped to the indices of the sorted
   class names (or of ``classes`` when given); the names are recorded in ``info["classes"]``.
   An unlabelled sample has label -1 (or an empty string);
 * optionally ``labelled``: ``[N]`` bools, False where the sample's label is to be ignored
@@ -104,7 +105,8 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe,
 
     ``raw`` holds ints or strings; -1 or None is an unlabelled sample (encoded -1). With ``classes``,
     every other label must be one of them (strings) or an index into them (ints). Without, string
-    labels map to their sorted distinct values, and integer labels are indices 0..K-1 with K (the
+    labels map to their sorted distinct values, and integer labels are indices 0..K-1, every one of
+    them used by a labelled sample (a skipped index would be a class without samples), with K (the
     largest + 1) at most ``total`` (default: the number of samples), so a stray huge label is an
     error here rather than a K-way model that does not fit in memory.
     """
