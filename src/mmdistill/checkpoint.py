@@ -115,7 +115,7 @@ def check_payload(path, payload: dict) -> None:
     if not isinstance(specs, dict) or not specs:
         raise bad("specs", "expected {modality: {name, kind, shape}} with at least one modality")
     for m, spec in specs.items():
-        if not isinstance(spec, dict) or set(spec) != {"name", "kind", "shape"}:
+        if not isinstance(spec, dict) or not {"name", "kind", "shape"} <= set(spec):
             raise bad("specs", f"modality {m!r}: expected {{name, kind, shape}}")
         shape = spec["shape"]
         if spec["name"] != m:
