@@ -136,8 +136,8 @@ def _timeout() -> timedelta:
         seconds = float(raw)
     except ValueError:
         raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be a number of seconds") from None
-    if seconds <= 0:
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be a positive number of seconds")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be a positive, finite number of seconds")
     return timedelta(seconds=seconds)
 
 
