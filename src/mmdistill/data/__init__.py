@@ -74,16 +74,8 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
 
     from .standardize import standardize_splits
 
-    if isinstance(cfg, dict):  # a data section as a dict: validated like the config's
-        import pydantic
-
-        from ..config import DataConfig, format_validation_error
-        try:
-            cfg = DataConfig.model_validate(cfg)
-        except pydantic.ValidationError as err:
-            raise ValueError(f"cfg: {format_validation_error(err, 'data')}") from None
-    if not hasattr(cfg, "name") or not hasattr(cfg, "options"):
-        raise TypeError(f"cfg: expected a DataConfig (or a dict with name: ...), got {type(cfg).__name__}")
+    if not hasattr(cfg, "name") or not hasattr(cfg, "options"):  # (data never imports the config module)
+        raise TypeError(f"cfg: expected a DataConfig (mmdistill.DataConfig(name=..., ...)), got {type(cfg).__name__}")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not math.isfinite(val_fraction) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
