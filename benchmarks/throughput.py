@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                    # both pairs, 3 rounds (long: run it on an idle machine)
     python benchmarks/throughput.py --quick            # a tiny check that every row runs
     python benchmarks/throughput.py --torchdistill-python /path/to/venv/bin/python   # adds torchdistill
+    python benchmarks/throughput.py --device cuda      # every row on the GPU (benchmarks/gpu_check.sh runs it)
 
 Every measurement runs in a fresh process (``--worker``), the rows' order is rotated from round to
 round, and each row reports the median over ``--rounds`` rounds of samples/s. A measurement trains
@@ -49,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 PAIRS = ("hinton", "av_digits")
 PLAIN = ("plain_student", "plain_kd_logits", "plain_kd_teacher")
 MMD = ("mmdistill_train", "mmdistill_distill_cache", "mmdistill_distill_nocache")
-EXTRAS = ("mmdistill_distill_cache_bf16", "mmdistill_distill_cache_compile")
+EXTRAS = ("mmdistill_distill_cache_bf16", "mmdistill_distill_cache_compile", "mmdistill_distill_cache_deterministic")
 ROWS = (*PLAIN, *MMD, *EXTRAS, "torchdistill")
 LABELS = {
     "plain_student": "plain PyTorch, student only",
@@ -60,6 +61,7 @@ LABELS = {
     "mmdistill_distill_nocache": "mmdistill `distill`, no cache",
     "mmdistill_distill_cache_bf16": "mmdistill `distill`, teacher cache, `precision: bf16`",
     "mmdistill_distill_cache_compile": "mmdistill `distill`, teacher cache, `compile: true`",
+    "mmdistill_distill_cache_deterministic": "mmdistill `distill`, teacher cache, `deterministic: true`",
     "torchdistill": "torchdistill 1.1.5, KD with a teacher forward every step",
 }
 TORCHDISTILL_NOTE = ("torchdistill 1.1.5's DistillationBox with its KDLoss on the same MLPs, from its own venv; "
@@ -140,8 +142,11 @@ def run_plain(args, row: str) -> dict:
     import torch.nn.functional as F
 
     data, batch, opt, tcfg, scfg = SETUPS[args.pair](args)
+    device = torch.device(args.device)
     teacher, student, inputs = plain_models(args, data, tcfg, scfg)
     teacher.eval().requires_grad_(False)
+    teacher.to(device)
+    student.to(device)
     train = data.train
     xs = {m: t for m, t in train.modalities.items()}
     ys, n = train.labels, len(train.labels)
@@ -149,7 +154,8 @@ def run_plain(args, row: str) -> dict:
     logits_all = None
     if row == "plain_kd_logits":
         with torch.no_grad():
-            logits_all = torch.cat([teacher(inputs({m: t[i:i + 1024] for m, t in xs.items()})) for i in range(0, n, 1024)])
+            logits_all = torch.cat([teacher(inputs({m: t[i:i + 1024].to(device) for m, t in xs.items()}))
+                                    for i in range(0, n, 1024)])
     steps_per_epoch = math.ceil(n / batch)
     timed = epochs_for(args, steps_per_epoch)
     g = torch.Generator().manual_seed(0)
@@ -159,12 +165,14 @@ def run_plain(args, row: str) -> dict:
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch):
             idx = perm[i:i + batch]
-            x, y = inputs({m: t[idx] for m, t in xs.items()}), ys[idx]
+            # gathered on the host and copied per batch, as mmdistill's loader does
+            x = inputs({m: t[idx].to(device, non_blocking=True) for m, t in xs.items()})
+            y = ys[idx].to(device, non_blocking=True)
             s = student(x)
             loss = F.cross_entropy(s, y)
             if row != "plain_student":
                 if logits_all is not None:
-                    t = logits_all[idx]
+                    t = logits_all[idx.to(device)]
                 else:
                     with torch.no_grad():
                         t = teacher(x)
@@ -174,6 +182,7 @@ def run_plain(args, row: str) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        sync(device)
         if epoch:  # the first epoch is the warm-up
             seconds += time.perf_counter() - start
     return {"samples_per_s": timed * n / seconds, "timed_steps": timed * steps_per_epoch,
@@ -195,12 +204,12 @@ def run_mmdistill(args, row: str) -> dict:
     timed = epochs_for(args, steps_per_epoch)
     cfg = TrainConfig(epochs=1 + timed, batch_size=batch, optimizer=opt, val_fraction=0.0, progress=False,
                       cache_teacher="nocache" not in row, precision="bf16" if row.endswith("bf16") else "fp32",
-                      compile=row.endswith("compile"))
+                      compile=row.endswith("compile"), deterministic=row.endswith("deterministic"))
     if row == "mmdistill_train":
-        fit = api.train(student, data, cfg, device="cpu")
+        fit = api.train(student, data, cfg, device=args.device)
     else:
         fit = api.distill(student, teacher, data, terms=[{"name": "kd", "weight": ALPHA, "temperature": TEMPERATURE}],
-                          gamma=1 - ALPHA, cfg=cfg, device="cpu")
+                          gamma=1 - ALPHA, cfg=cfg, device=args.device)
     seconds = sum(r["epoch_seconds"] for r in fit.history[1:])
     return {"samples_per_s": timed * len(data.train) / seconds, "timed_steps": timed * steps_per_epoch,
             "student_params": sum(p.numel() for p in student.parameters())}
@@ -258,16 +267,28 @@ def run_torchdistill(args, row: str) -> dict:
             "student_params": sum(p.numel() for p in student.parameters())}
 
 
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA) before a host clock is read."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def run_roofline(args, row: str) -> dict:
     """The student's fp32 matrix-product limit in samples/s (see the module docstring)."""
     import torch
 
+    device = torch.device(args.device)
+
     def timed(fn, reps):
         for _ in range(3):
             fn()
+        sync(device)
         start = time.perf_counter()
         for _ in range(reps):
             fn()
+        sync(device)
         return (time.perf_counter() - start) / reps
 
     reps = 5 if args.quick else 50
@@ -276,7 +297,8 @@ def run_roofline(args, row: str) -> dict:
         dims = [784, *HINTON["student"], 10]
         mats = []
         for a, b in zip(dims, dims[1:]):
-            x, w, gy = torch.randn(batch, a), torch.randn(b, a), torch.randn(batch, b)
+            x, w, gy = (torch.randn(batch, a, device=device), torch.randn(b, a, device=device),
+                        torch.randn(batch, b, device=device))
             mats.append((x, w, gy))
 
         def step():
@@ -292,8 +314,8 @@ def run_roofline(args, row: str) -> dict:
 
     student = build_model(scfg, data.specs, data.num_classes)
     flops = 3 * 2 * count_macs(student, data.specs) * batch
-    a = torch.randn(batch, 512)
-    b = torch.randn(512, 512)
+    a = torch.randn(batch, 512, device=device)
+    b = torch.randn(512, 512, device=device)
     seconds = timed(lambda: torch.mm(a, b), reps * 10)
     rate = 2 * batch * 512 * 512 / seconds
     return {"samples_per_s": rate / (flops / batch), "gflops": rate / 1e9, "flops_per_sample": flops / batch}
@@ -319,6 +341,7 @@ def measure(args, pair: str, row: str) -> dict:
     cmd += ["--samples", str(args.samples)] if args.samples else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     cmd += ["--quick"] if args.quick else []
+    cmd += ["--device", args.device]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))}
     if row == "torchdistill":
         env["PYTHONPATH"] = ""  # its own virtual environment, not mmdistill's
@@ -335,6 +358,9 @@ def rows_for(args, pair: str) -> tuple[list[str], dict[str, str]]:
     skipped = {}
     if "torchdistill" in args.rows and pair != "hinton":
         skipped["torchdistill"] = "not measured: the torchdistill row runs the Hinton pair only"
+    if "torchdistill" in rows and args.device != "cpu":
+        rows.remove("torchdistill")
+        skipped["torchdistill"] = "not measured: the torchdistill row runs on the CPU only"
     if "torchdistill" in rows and not args.torchdistill_python:
         rows.remove("torchdistill")
         skipped["torchdistill"] = ("not measured: no --torchdistill-python given (torchdistill needs torchvision, "
@@ -355,7 +381,8 @@ def summarise(pair: str, runs: dict[str, list[dict]], roofline: list[dict]) -> d
                  ("mmdistill_distill_nocache", "plain_kd_teacher"), ("mmdistill_train", "plain_student"),
                  ("mmdistill_distill_cache", "torchdistill"), ("mmdistill_distill_nocache", "torchdistill"),
                  ("mmdistill_distill_cache_bf16", "mmdistill_distill_cache"),
-                 ("mmdistill_distill_cache_compile", "mmdistill_distill_cache")):
+                 ("mmdistill_distill_cache_compile", "mmdistill_distill_cache"),
+                 ("mmdistill_distill_cache_deterministic", "mmdistill_distill_cache")):
         if a in med and b in med:
             ratios[f"{a} / {b}"] = med[a] / med[b]
     out["ratios"] = ratios
@@ -386,6 +413,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def machine(device: str) -> str:
+    """The machine in words: CPU count, and the GPU where the rows ran on one."""
+    import torch
+
+    if device == "cuda":
+        return f"{os.cpu_count()} CPUs, {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"{os.cpu_count()} CPUs, torch CPU"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
@@ -397,6 +433,8 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="1 round, 1,024 samples, 8 steps: checks that every row runs")
     p.add_argument("--torchdistill-python", default=None, help="interpreter of a venv with torchdistill 1.1.5")
     p.add_argument("--name", default="throughput", help="result file name (or path without suffix)")
+    p.add_argument("--keep-going", action="store_true", help="record a failing row (skipped: failed) and go on")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where every row trains (default cpu)")
     p.add_argument("--worker", choices=(*ROWS, "roofline"), help=argparse.SUPPRESS)
     p.add_argument("--pair", choices=PAIRS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -405,7 +443,7 @@ def main(argv=None) -> None:
     if args.worker:
         return worker(args)
     result = {"rounds": args.rounds, "steps": args.steps, "samples": args.samples or None, "threads": args.threads,
-              "quick": args.quick, "machine": f"{os.cpu_count()} CPUs, torch CPU", "pairs": {}}
+              "quick": args.quick, "machine": machine(args.device), "device": args.device, "pairs": {}}
     for pair in args.pairs:
         rows, skipped = rows_for(args, pair)
         runs: dict[str, list[dict]] = {row: [] for row in rows}
@@ -413,9 +451,19 @@ def main(argv=None) -> None:
         for r in range(args.rounds):
             order = rows[r % len(rows):] + rows[:r % len(rows)]
             for row in order:
-                runs[row].append(measure(args, pair, row))
+                if row in skipped:  # --keep-going: a row that failed once is not tried again
+                    continue
+                try:
+                    runs[row].append(measure(args, pair, row))
+                except SystemExit as err:
+                    if not args.keep_going:
+                        raise
+                    skipped[row] = f"failed: {err}"
+                    print(skipped[row], flush=True)
+                    continue
                 print(f"{pair} round {r + 1}: {row} {runs[row][-1]['samples_per_s']:,.0f} samples/s", flush=True)
             roofline.append(measure(args, pair, "roofline"))
+        runs = {row: rs for row, rs in runs.items() if rs}
         notes = {"torchdistill": TORCHDISTILL_NOTE} if "torchdistill" in rows else {}
         result["pairs"][pair] = {**summarise(pair, runs, roofline), "skipped": skipped, "notes": notes}
     name = Path(args.name)

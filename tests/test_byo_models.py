@@ -187,13 +187,18 @@ def test_user_encoder_and_fusion_from_imports_distil_end_to_end(tmp_path, capsys
     summary = json.loads((tmp_path / "student" / "summary.json").read_text())
     assert summary["student"]["extra_params"] > 0  # the fitnet adapter, 8 -> 16
     assert summary["student"]["params"] < summary["teacher"]["params"]
-    assert run_cli("evaluate", tmp_path / "student" / "best.pt", "--out", tmp_path / "eval", "--no-cost") == 0
+    # the student's recorded imports are code the user did not name to evaluate: refused unless trusted
+    assert run_cli("evaluate", tmp_path / "student" / "best.pt", "--out", tmp_path / "eval", "--no-cost") == 2
+    assert "--trust-code" in one_line(capsys) and not (tmp_path / "eval").exists()
+    assert run_cli("evaluate", tmp_path / "student" / "best.pt", "--out", tmp_path / "eval", "--no-cost",
+                   "--trust-code") == 0
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert again["accuracy"] == pytest.approx(summary["student"]["accuracy"])
 
     (tmp_path / "my_models.py").rename(tmp_path / "moved.py")  # a checkpoint needs its recorded modules
     capsys.readouterr()
-    assert run_cli("evaluate", tmp_path / "student" / "best.pt", "--out", tmp_path / "eval2", "--no-cost") == 2
+    assert run_cli("evaluate", tmp_path / "student" / "best.pt", "--out", tmp_path / "eval2", "--no-cost",
+                   "--trust-code") == 2
     err = one_line(capsys)
     assert "student/best.pt: its recorded imports[0]" in err and "no such file" in err and "my_models.py" in err
 
@@ -276,17 +281,21 @@ def test_a_factory_teacher_distils_into_an_mmdistill_student(tmp_path, capsys, m
                            "terms": [{"name": "kd", "temperature": 4.0},
                                      # the factory model declares no feature points: explicit paths
                                      {"name": "fitnet", "weight": 0.1, "student": "fusion", "teacher": "body"}]}}
-    assert run_cli("distill", write(tmp_path, "student.yaml", student), "--out", tmp_path / "student") == 0
+    # the student's config names no code: the teacher's factory runs only with --trust-code
+    assert run_cli("distill", write(tmp_path, "student.yaml", student), "--out", tmp_path / "student") == 2
+    assert f"model.factory {package}.nets:build" in one_line(capsys) and not (tmp_path / "student").exists()
+    assert run_cli("distill", write(tmp_path, "student.yaml", student), "--out", tmp_path / "student",
+                   "--trust-code") == 0
     summary = json.loads((tmp_path / "student" / "summary.json").read_text())
     assert summary["teacher"]["params"] == sum(v.numel() for v in payload["state_dict"].values())
     assert summary["student"]["extra_params"] > 0  # the fitnet adapter, 8 -> 24
 
     # evaluate and export rebuild the factory model from the checkpoint alone
-    assert run_cli("evaluate", tmp_path / "teacher" / "best.pt", "--out", tmp_path / "eval") == 0
+    assert run_cli("evaluate", tmp_path / "teacher" / "best.pt", "--out", tmp_path / "eval", "--trust-code") == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(summary["teacher"]["accuracy"])
     assert metrics["macs"] > 0 and metrics["onnx_bytes"] > 0  # cost: MACs and ONNX Runtime, as for any model
-    assert run_cli("export", tmp_path / "teacher" / "best.pt", "--out", tmp_path / "export") == 0
+    assert run_cli("export", tmp_path / "teacher" / "best.pt", "--out", tmp_path / "export", "--trust-code") == 0
     exported = json.loads((tmp_path / "export" / "model.json").read_text())
     assert exported["model_config"]["factory"] == f"{package}.nets:build"
     assert exported["accuracy"]["onnx"] == pytest.approx(exported["accuracy"]["pytorch"], abs=0.02)
@@ -303,7 +312,7 @@ def test_a_fresh_process_reimports_a_checkpoint_s_modules(tmp_path, monkeypatch)
     assert run_cli("train", write(tmp_path, "m.yaml", cfg), "--out", tmp_path / "m") == 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(tmp_path)])}
     done = subprocess.run([sys.executable, "-m", "mmdistill", "evaluate", str(tmp_path / "m" / "best.pt"),
-                           "--out", str(tmp_path / "eval"), "--no-cost"], env=env, capture_output=True, text=True,
+                           "--out", str(tmp_path / "eval"), "--no-cost", "--trust-code"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "m" / "summary.json").read_text())

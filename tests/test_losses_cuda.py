@@ -8,7 +8,7 @@ from mmdistill.losses import LOSSES, build_loss
 
 torch.set_num_threads(1)
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def inputs(name):

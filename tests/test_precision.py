@@ -133,6 +133,7 @@ def test_compile_failing_on_this_machine_is_a_clear_error(data, monkeypatch):
         fit_model(data, epochs=1, compile=True)
 
 
+@pytest.mark.cuda
 @CUDA
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_each_precision_trains_on_cuda(data, precision):

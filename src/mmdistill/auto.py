@@ -170,14 +170,14 @@ def search(cfg: RunConfig, data: DataSplits, teachers: dict[str, nn.Module], *, 
 
 def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config_path: str | Path | None = None,
              data: DataSplits | None = None, search_epochs: int | None = None, scales: Sequence[float] = (1.0,),
-             margin: float = MARGIN, log: Callable[[str], None] | None = None) -> dict:
+             margin: float = MARGIN, log: Callable[[str], None] | None = None, trust_code: bool = False) -> dict:
     """``distill --auto``: search, then keep or retrain the chosen setting (see the module docstring).
 
     The run directory holds ``candidates/<name>/`` (each candidate's metrics.jsonl and
     checkpoints), the final model's ``best.pt``/``last.pt``, ``metrics.json`` and ``summary.json``
     with ``auto: {choice, margin, search_epochs, final, candidates}``."""
     from .checkpoint import load_checkpoint
-    from .rundir import RunDir
+    from .rundir import RunDir, copy_file
     from .runs import _finish, _prepare, _saver, load_teachers
 
     if cfg.distill is None:
@@ -188,8 +188,8 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         raise ConfigError("train.val_fraction: --auto chooses on the validation split; set it above 0")
     if not scales or any(not k > 0 for k in scales):
         raise ConfigError(f"--auto-scale: weight scales must be positive (got {list(scales)})")
-    device, data = _prepare(cfg, out, overwrite=overwrite, data=data)
-    teachers = load_teachers(cfg, data, device, config_path)
+    device, data = _prepare(cfg, out, overwrite=overwrite, data=data, config_path=config_path)
+    teachers = load_teachers(cfg, data, device, config_path, trust_code=trust_code)
     epochs = search_epochs or cfg.train.epochs
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
         save = _saver(cfg, data, "student")
@@ -199,10 +199,9 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         if epochs == cfg.train.epochs:
             final = "kept from the search (it used the full budget)"
             chosen = run.path / "candidates" / choice
-            student, _ = load_checkpoint(chosen / "best.pt", device)
-            for name in ("best.pt", "last.pt"):
-                (run.path / name).write_bytes((chosen / name).read_bytes())
-            (run.path / "metrics.jsonl").write_bytes((chosen / "metrics.jsonl").read_bytes())
+            student, _ = load_checkpoint(chosen / "best.pt", device, config=cfg)  # the config's own student
+            for name in ("best.pt", "last.pt", "metrics.jsonl"):  # atomic: a full disk leaves no half file
+                copy_file(chosen / name, run.path / name)
             record = next(r for r in found["candidates"] if r["name"] == choice)
             best_epoch, val_accuracy = record["best_epoch"], record["val_accuracy"]
         else:

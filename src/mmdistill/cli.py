@@ -33,6 +33,9 @@ SetOpt = typer.Option(None, "--set", help="Override a config key: key.path=value
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config).")
 RootOpt = typer.Option(None, "--data-root", help="Data root (overrides MMDISTILL_DATA and the config).")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing run directory.")
+TrustOpt = typer.Option(False, "--trust-code", help="Run the code a checkpoint names (its recorded imports: and "
+                                                    "model factory), as transformers' trust_remote_code; without "
+                                                    "it such a checkpoint is refused. Only for files you trust.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last complete "
                                                  "epoch (same config).")
 
@@ -80,7 +83,8 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
     """Train a model with cross-entropy (e.g. a teacher)."""
     from .runs import run_train
 
-    summary = run_train(_config(config, set_, device, data_root), out, overwrite=overwrite, resume=resume)
+    summary = run_train(_config(config, set_, device, data_root), out, overwrite=overwrite, resume=resume,
+                        config_path=config)
     if not summary:  # a torchrun rank other than 0: rank 0 reports
         return
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})
@@ -141,7 +145,8 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
                                                           "(default train.epochs; fewer: the choice is retrained "
                                                           "with train.epochs)."),
                 auto_scale: Optional[List[float]] = typer.Option(None, "--auto-scale", help="--auto: multiply each "
-                                                                 "candidate's weights by this (repeatable: a grid).")):
+                                                                 "candidate's weights by this (repeatable: a grid)."),
+                trust_code: bool = TrustOpt):
     """Distil a trained teacher into the config's student."""
     from .config import parse_config
     from .errors import ConfigError
@@ -161,7 +166,8 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
         if loss or resume:
             raise ConfigError(f"--auto: chooses the loss terms itself; drop {'--loss' if loss else '--resume'}")
         summary = run_auto(cfg, out, overwrite=overwrite, config_path=config, search_epochs=auto_epochs,
-                           scales=tuple(auto_scale or (1.0,)), log=lambda line: console.print(Text(line)))
+                           scales=tuple(auto_scale or (1.0,)), log=lambda line: console.print(Text(line)),
+                           trust_code=trust_code)
         _print_auto(summary["auto"])
         _print_metrics(f"test metrics ({out})", {"teacher": summary["teacher"], "student": summary["student"]})
         return
@@ -169,7 +175,7 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
         raw = cfg.model_dump()
         raw["distill"]["terms"] = _loss_terms(loss)
         cfg = parse_config(raw, str(config))
-    summary = run_distill(cfg, out, overwrite=overwrite, config_path=config, resume=resume)
+    summary = run_distill(cfg, out, overwrite=overwrite, config_path=config, resume=resume, trust_code=trust_code)
     if not summary:  # a torchrun rank other than 0: rank 0 reports
         return
     teachers = summary.get("teachers", {"teacher": summary["teacher"]})
@@ -187,12 +193,13 @@ def diagnose_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the
                  set_: Optional[List[str]] = SetOpt, device: Optional[str] = DeviceOpt,
                  data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt,
                  trial_epochs: Optional[int] = typer.Option(None, "--trial-epochs", help="Epochs of the scratch vs "
-                                                            "KD trial (default: a quarter of train.epochs).")):
+                                                            "KD trial (default: a quarter of train.epochs)."),
+                 trust_code: bool = TrustOpt):
     """Predict, before the full runs, whether distillation will help; prints the evidence and a score."""
     from .diagnose import run_diagnose
 
     result = run_diagnose(_config(config, set_, device, data_root), out, overwrite=overwrite, config_path=config,
-                          trial_epochs=trial_epochs, log=lambda line: console.print(Text(line)))
+                          trial_epochs=trial_epochs, log=lambda line: console.print(Text(line)), trust_code=trust_code)
     table = Table(title=f"diagnose (validation split; student sees {', '.join(result['student_modalities'])})")
     table.add_column("evidence")
     table.add_column("value", justify="right")
@@ -226,13 +233,14 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt c
              corrupt_seed: int = typer.Option(0, "--corrupt-seed", min=0, max=2**32 - 1,
                                               help="Seed of the corruptions' randomness."),
              cost: bool = typer.Option(True, "--cost/--no-cost", help="Also measure MACs, ONNX size and ONNX "
-                                                                      "Runtime latency (exports the model).")):
+                                                                      "Runtime latency (exports the model)."),
+             trust_code: bool = TrustOpt):
     """Evaluate a checkpoint; writes OUT/metrics.json."""
     from .runs import run_evaluate
 
     metrics = run_evaluate(checkpoint, out, split=split, drop=drop or [], data_root=data_root, device=device,
                            overwrite=overwrite, all_subsets=all_subsets, corrupt=corrupt or [],
-                           corrupt_seed=corrupt_seed, cost=cost)
+                           corrupt_seed=corrupt_seed, cost=cost, trust_code=trust_code)
     dropped = f", without {', '.join(drop)}" if drop else ""
     corrupted = f", corrupted by {', '.join(corrupt)}" if corrupt else ""
     _print_metrics(f"{split} metrics{dropped}{corrupted}", {checkpoint.name: metrics})
@@ -283,12 +291,12 @@ def export_cmd(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt
                format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
                quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: add a statically quantised "
                                                       "ONNX model calibrated on training samples."),
-               data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt):
+               data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt, trust_code: bool = TrustOpt):
     """Export a checkpoint (ONNX or TorchScript + model.json), checked against PyTorch on real samples."""
     from .export.bundle import export_checkpoint
 
     meta = export_checkpoint(checkpoint, out, format=format, quantize=quantize, data_root=data_root,
-                             overwrite=overwrite, log=console.print)
+                             overwrite=overwrite, log=console.print, trust_code=trust_code)
     acc = meta["accuracy"]
     console.print(f"test accuracy: PyTorch {acc['pytorch']:.4f}, {format} {acc[format]:.4f} ({acc['samples']} samples)")
     if "quantized" in meta:
@@ -329,11 +337,13 @@ def profile_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint to mea
                 threads: int = typer.Option(1, "--threads", min=1, max=1024,
                                             help="Intra-op threads for PyTorch and ONNX Runtime."),
                 repeats: int = typer.Option(200, "--repeats", min=1, max=10**6,
-                                            help="Timed runs at batch 1 (a tenth of it at batch 64).")):
+                                            help="Timed runs at batch 1 (a tenth of it at batch 64)."),
+                trust_code: bool = TrustOpt):
     """Parameters, MACs, ONNX size and latency (eager PyTorch and ONNX Runtime) of checkpoints."""
     from .export.profile import COST_ROWS, format_cost, profile_checkpoints
 
-    result = profile_checkpoints([checkpoint, *(compare or [])], out, threads=threads, repeats=repeats)
+    result = profile_checkpoints([checkpoint, *(compare or [])], out, threads=threads, repeats=repeats,
+                                 trust_code=trust_code)
     models = result["models"]
     table = Table(title=f"cost per sample ({threads} thread{'s' if threads > 1 else ''}, "
                        f"{repeats} runs at batch 1 after warm-up)")

@@ -161,6 +161,16 @@ class TrainConfig(Strict):
     # on the AV-Digits CNN (1.36x, benchmarks/results/throughput.md), it compiles for tens of
     # seconds, and compiled dropout draws other random numbers than eager
     compile: StrictBool = False
+    # DataLoader worker processes for the training set (0: batches are gathered in the main process).
+    # The engine's random draws (shuffling, augmentation, mixup, dropout) stay in the main process,
+    # so the weights do not depend on the count; each worker is seeded from the run's seed
+    # (torch's per-worker seed, also given to numpy and random), for datasets that draw their own.
+    # Pays off for data read from disk (npy_dir); in-memory data is one gather per batch
+    workers: Annotated[int, Field(ge=0)] = 0
+    # bit-identical repeats on CUDA too: torch.use_deterministic_algorithms, cuDNN's deterministic
+    # kernels without autotuning, CUBLAS_WORKSPACE_CONFIG; slower on GPUs, free on CPU
+    # (mmdistill.distill.backends says what it sets and costs)
+    deterministic: StrictBool = False
 
     @pydantic.field_validator("log")
     @classmethod

@@ -18,6 +18,7 @@ import yaml
 
 from .config import RunConfig, apply_overrides, parse_config
 from .data.root import cache_dir
+from .distill.engine import resolve_device
 from .errors import DataError
 from .export.bundle import export_checkpoint
 from .rundir import RunDir, check_run_dir, write_json
@@ -49,9 +50,9 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, device: str
 
 
 def teacher_key(cfg: RunConfig, data_info: dict) -> str:
-    """A key of everything that decides a trained teacher: its resolved recipe (less the device and
-    the progress bar) and the data it was trained on."""
-    config = cfg.model_dump(exclude={"device": True, "train": {"progress"}})
+    """A key of everything that decides a trained teacher: its resolved recipe (less the device, the
+    progress bar and the loader's worker count) and the data it was trained on."""
+    config = cfg.model_dump(exclude={"device": True, "train": {"progress", "workers"}})
     text = json.dumps({"config": config, "data": _rounded(data_info)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -107,6 +108,10 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     scratch_raw = apply_overrides({k: v for k, v in json.loads(json.dumps(student_raw)).items() if k != "distill"},
                                   list(scratch_overrides))
     scratch_cfg = parse_config(scratch_raw, "student")
+    from .guard import check_out, config_inputs
+
+    check_out(out, config_inputs(teacher_cfg) + config_inputs(scratch_cfg))  # e.g. --out holding the data root
+    resolve_device(teacher_cfg.device)  # --device cuda without CUDA: the one-line error, before any work
     try:
         data = load_data(teacher_cfg)
     except DataError as err:

@@ -119,7 +119,8 @@ def diagnose(cfg: RunConfig, data: DataSplits, teacher: nn.Module, *, device="cp
 
 
 def run_diagnose(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bool = False,
-                 config_path: str | Path | None = None, trial_epochs: int | None = None, log=None) -> dict:
+                 config_path: str | Path | None = None, trial_epochs: int | None = None, log=None,
+                 trust_code: bool = False) -> dict:
     """Load the config's data and (first) teacher, :func:`diagnose`; with ``out``, write
     ``out/diagnose.json`` (a run directory)."""
     from .rundir import RunDir, write_json
@@ -131,8 +132,8 @@ def run_diagnose(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bo
         raise ConfigError(f"--trial-epochs: {trial_epochs} must be at least 1")
     if cfg.train.val_fraction <= 0:
         raise ConfigError("train.val_fraction: diagnose measures on the validation split; set it above 0")
-    device, data = _prepare(cfg, out, overwrite=overwrite)
-    teacher = next(iter(load_teachers(cfg, data, device, config_path).values()))
+    device, data = _prepare(cfg, out, overwrite=overwrite, config_path=config_path)
+    teacher = next(iter(load_teachers(cfg, data, device, config_path, trust_code=trust_code).values()))
     if out is None:
         return diagnose(cfg, data, teacher, device=device, trial_epochs=trial_epochs, log=log)
     with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:

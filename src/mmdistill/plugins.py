@@ -4,8 +4,8 @@ Each entry is a dotted module name (``my_pkg.models``, imported with :mod:`impor
 to a ``.py`` file (``./my_models.py``, relative to the config file), loaded under a stable module
 name derived from its absolute path, so loading it again (a checkpoint's teacher, ``evaluate``)
 reuses the module. Only the listed modules run, and they run as ordinary Python code: list only
-code you trust. Checkpoints record the resolved entries, so evaluate, export and distillation's
-teacher load import them again.
+code you trust. Checkpoints record the resolved entries; loading one imports them again only when
+trusted (``--trust-code``) or named by the config being run (:func:`mmdistill.checkpoint.check_code`).
 """
 from __future__ import annotations
 

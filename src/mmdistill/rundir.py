@@ -39,19 +39,61 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPER
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a text file atomically (temporary file, then rename); no ``.part`` file survives a failure."""
+    """Write a text file atomically (temporary file, then rename); no ``.part`` file survives a
+    failure. The file gets the permissions ``open`` would give it (the umask's), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "w") as f:
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file: name it
+            err.filename = str(path)
+        raise
+    return path
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a file whole or not at all: a failed write (a full disk) truncates the file back
+    to its previous length, so no half line is left behind."""
+    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is left to flush after a failure
+        size = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(text.encode())
+            while view:
+                view = view[f.write(view):]
+        except OSError:
+            try:
+                f.truncate(size)
+            except OSError:
+                pass
+            raise
+
+
+def copy_file(source: Path, path: Path) -> Path:
+    """Copy a file atomically (temporary file beside ``path``, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)
         raise
     return path
 

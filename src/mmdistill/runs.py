@@ -28,7 +28,7 @@ from .config import DataConfig, RunConfig, format_validation_error
 from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits, ModalitySpec
-from .distill import distributed
+from .distill import backends, distributed
 from .distill.engine import TIME_KINDS, Trainer, check_train_options, resolve_device
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
@@ -96,7 +96,7 @@ def checkpoint_data(checkpoint: str | Path, model: nn.Module, payload: dict,
 
 
 #: config keys that do not change what a run computes, so a resumed run may differ in them
-RESUME_IGNORES = ("train.progress",)
+RESUME_IGNORES = ("train.progress", "train.workers")
 
 
 def _first_difference(old, new, key: str = ""):
@@ -145,10 +145,27 @@ def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False)
                           f"a run resumes only with the config it started with")
 
 
-def _prepare(cfg: RunConfig, out, *, overwrite: bool = False, resume: bool = False, data: DataSplits | None = None):
-    """The checks every run makes before anything is written: the run directory (or the run to
+def run_inputs(cfg: RunConfig, config_path: str | Path | None = None) -> list:
+    """What a train or distill run reads (:class:`~mmdistill.guard.Input`): the config file, its
+    data files and its teachers' checkpoints."""
+    from .guard import Input, config_inputs
+
+    found = config_inputs(cfg, config_path)
+    if cfg.distill is not None:
+        found += [Input("teacher checkpoint", resolve_checkpoint(t.checkpoint, config_path))
+                  for t in cfg.distill.teacher_list()]
+    return found
+
+
+def _prepare(cfg: RunConfig, out, *, overwrite: bool = False, resume: bool = False, data: DataSplits | None = None,
+             config_path: str | Path | None = None):
+    """The checks every run makes before anything is written: that ``out`` is none of the run's
+    inputs (:func:`run_inputs`, :func:`mmdistill.guard.check_out`), the run directory (or the run to
     resume; none when ``out`` is None), the device, the data, and the training options against
     the data. Returns (device, data)."""
+    from .guard import check_out
+
+    check_out(out, run_inputs(cfg, config_path))
     if resume:
         check_resumable(cfg, out, overwrite=overwrite)
     elif out is not None:
@@ -159,18 +176,26 @@ def _prepare(cfg: RunConfig, out, *, overwrite: bool = False, resume: bool = Fal
     return device, data
 
 
+def _record_backends(run, device, cfg: RunConfig) -> None:
+    """``run.json``'s ``backends``: the torch.backends settings the fit runs with (rank 0 writes)."""
+    if distributed.is_main():
+        run.info["backends"] = backends.settings(device, cfg.train.deterministic)
+        write_json(run / "run.json", run.info)
+
+
 @distributed.launch
 def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None,
-              resume: bool = False, log=print) -> dict:
+              resume: bool = False, log=print, config_path: str | Path | None = None) -> dict:
     """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics.
 
     Only the labelled training samples train it; with unlabelled ones in the data, ``log`` says
     how many of each, and ``summary.json`` records them (``labelled``).
     ``resume``: continue the interrupted run in ``out`` from its last complete epoch.
+    ``config_path``: the config file, an input ``out`` must not clobber (as the data files).
     Under torchrun (see :mod:`mmdistill.distill.distributed`) only rank 0 writes and evaluates;
     the other ranks return ``{}``."""
     with distributed.agreed():  # a user error on any rank stops every rank
-        device, data = _prepare(cfg, out, overwrite=overwrite, resume=resume, data=data)
+        device, data = _prepare(cfg, out, overwrite=overwrite, resume=resume, data=data, config_path=config_path)
         model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     labelled = {"used": data.train.num_labelled, "unlabelled_skipped": len(data.train) - data.train.num_labelled}
     if labelled["unlabelled_skipped"] and log and distributed.is_main():
@@ -178,6 +203,7 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
             f"{labelled['unlabelled_skipped']} unlabelled ones are left out")
     with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
                              out) as run:
+        _record_backends(run, device, cfg)
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
                     save=_saver(cfg, data, "model"), label="train", resume=resume)
         if not distributed.is_main():
@@ -201,14 +227,19 @@ def resolve_checkpoint(path: str, config_path: str | Path | None = None) -> Path
     return candidate
 
 
-def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) -> dict[str, nn.Module]:
-    """``{name: model}`` for every teacher of ``cfg.distill``, each checked against the data."""
+def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None, *,
+                  trust_code: bool = False) -> dict[str, nn.Module]:
+    """``{name: model}`` for every teacher of ``cfg.distill``, each checked against the data.
+
+    A teacher's recorded code (imports, factory) runs only with ``trust_code`` or when ``cfg``
+    names it itself (:func:`mmdistill.checkpoint.check_code`)."""
     teachers = {}
     several = len(cfg.distill.teacher_list()) > 1
     for i, (name, tcfg) in enumerate(zip(cfg.distill.teacher_names(), cfg.distill.teacher_list())):
         key = f"distill.teachers[{i}].checkpoint" if several else "distill.teacher.checkpoint"
         try:
-            teacher, payload = load_checkpoint(resolve_checkpoint(tcfg.checkpoint, config_path), device)
+            teacher, payload = load_checkpoint(resolve_checkpoint(tcfg.checkpoint, config_path), device,
+                                               trust_code=trust_code, config=cfg)
         except CheckpointError as err:
             raise CheckpointError(f"{key}: {err}") from None
         check_checkpoint_data(key, "the teacher", teacher.modalities, payload["specs"], payload["num_classes"],
@@ -219,25 +250,28 @@ def load_teachers(cfg: RunConfig, data: DataSplits, device, config_path=None) ->
 
 @distributed.launch
 def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
-                config_path: str | Path | None = None, data: DataSplits | None = None, resume: bool = False) -> dict:
+                config_path: str | Path | None = None, data: DataSplits | None = None, resume: bool = False,
+                trust_code: bool = False) -> dict:
     """Distil the checkpointed teacher(s) of ``cfg.distill`` into a student built from ``cfg.model``.
 
     With several teachers the run directory also holds ``teacher_weights.csv``: the ensemble's
     weight of each teacher on each training sample, and the summary their mean per class.
     ``resume``: continue the interrupted run in ``out`` from its last complete epoch.
+    ``trust_code``: run the code the teachers' checkpoints name (see :func:`load_teachers`).
     Under torchrun only rank 0 writes and evaluates; the other ranks return ``{}``.
     """
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
     with distributed.agreed():  # a user error on any rank stops every rank
-        device, data = _prepare(cfg, out, overwrite=overwrite, resume=resume, data=data)
-        teachers = load_teachers(cfg, data, device, config_path)
+        device, data = _prepare(cfg, out, overwrite=overwrite, resume=resume, data=data, config_path=config_path)
+        teachers = load_teachers(cfg, data, device, config_path, trust_code=trust_code)
         student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
         # each loss built once and placed (feature points, explicit paths) before the run starts, so a
         # placement error leaves no run behind
         terms = make_terms(cfg.distill.terms, list(teachers), student=student, teachers=list(teachers.values()))
     with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
                              out) as run:
+        _record_backends(run, device, cfg)
         fit = distill(student, teachers, data, terms=terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
                       run_dir=run.path, save=_saver(cfg, data, "student"), resume=resume)
@@ -287,7 +321,7 @@ def write_teacher_weights(path: Path, task, dataset, device, strategy: str) -> d
 def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test", drop: Sequence[str] = (),
                  data_root: str | None = None, device: str = "auto", overwrite: bool = False,
                  all_subsets: bool = False, corrupt: Sequence[str] = (), corrupt_seed: int = 0,
-                 cost: bool = True) -> dict:
+                 cost: bool = True, trust_code: bool = False) -> dict:
     """Evaluate a checkpoint on the split of the data it was trained on (``drop``: absent modalities;
     ``corrupt``: ``MODALITY:KIND:SEVERITY`` corruptions, see :mod:`mmdistill.data.corruptions`).
 
@@ -295,11 +329,16 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
     modalities (joined by ``+``) to the accuracy with only that subset present.
     With ``cost``, it also holds the cost fields of :func:`mmdistill.export.profile.measure_cost`
     (``macs``, ``onnx_bytes``, ``onnx_ms_b1``, ``onnx_sps_b64``, ...; ONNX Runtime on one CPU thread).
+    ``trust_code``: run the code the checkpoint names (imports, factory); refused without it.
     """
+    from .guard import checkpoint_inputs, check_out
+
     corruptions = [Corruption.parse(c) for c in corrupt]
-    check_run_dir(out, overwrite=overwrite)
+    check_out(out, checkpoint_inputs(checkpoint))
     dev = resolve_device(device)
-    model, payload = load_checkpoint(checkpoint, dev)
+    model, payload = load_checkpoint(checkpoint, dev, trust_code=trust_code)
+    check_out(out, checkpoint_inputs(checkpoint, payload, data_root=data_root))
+    check_run_dir(out, overwrite=overwrite)
     unknown = [c.modality for c in corruptions if c.modality not in model.modalities]
     if unknown:
         raise ConfigError(f"--corrupt: the model has no modality {unknown[0]!r} (it has {', '.join(model.modalities)})")

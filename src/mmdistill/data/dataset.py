@@ -171,17 +171,33 @@ class MultimodalDataset(Dataset):
             present={m: self.present[m] for m in modalities}, groups=self.groups, name=self.name)
 
     def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-               sampler: Sampler | None = None) -> DataLoader:
-        """A DataLoader yielding batch dicts; pass ``sampler`` (e.g. a DistributedSampler) to shard."""
+               sampler: Sampler | None = None, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+        """A DataLoader yielding batch dicts; pass ``sampler`` (e.g. a DistributedSampler) to shard.
+
+        ``workers``: worker processes (0: the main process), each seeded by :func:`seed_worker`;
+        they are started afresh every epoch, so the main process's random stream advances as
+        with none (one draw per epoch, the workers' base seed) and results do not change with the
+        count. ``pin_memory``: batches in page-locked memory, for asynchronous copies to a GPU."""
         if sampler is None and shuffle:
             generator = torch.Generator().manual_seed(seed)
             sampler = torch.utils.data.RandomSampler(self, generator=generator)
         return DataLoader(self, batch_size=batch_size, sampler=sampler, shuffle=False,
-                          drop_last=drop_last, collate_fn=_identity)
+                          drop_last=drop_last, collate_fn=_identity, num_workers=workers,
+                          worker_init_fn=seed_worker if workers else None, pin_memory=pin_memory)
 
 
 def _identity(batch):
     return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """A DataLoader worker's numpy and ``random`` seeds, from the seed torch gave the worker (the
+    loader's base seed, drawn from the run's seeded RNG, plus the worker's id)."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 @dataclass

@@ -7,8 +7,9 @@ train with the student, are counted apart from it, and are not part of the deplo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..models.pooling import adaptive_avg_pool
 
 
 class Adapter(nn.Module):
@@ -28,8 +29,6 @@ class Adapter(nn.Module):
             raise ValueError(f"no adapter for features of shape {t}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.spatial) == 1 and x.shape[2:] != self.spatial:
-            x = F.adaptive_avg_pool1d(x, self.spatial)
-        elif len(self.spatial) == 2 and x.shape[2:] != self.spatial:
-            x = F.adaptive_avg_pool2d(x, self.spatial)
+        if len(self.spatial) in (1, 2) and x.shape[2:] != self.spatial:
+            x = adaptive_avg_pool(x, self.spatial)  # deterministic-capable on CUDA (models.pooling)
         return self.project(x)

@@ -311,10 +311,11 @@ class ShardSampler(DistributedSampler):
         return self.num_samples
 
 
-def train_loader(dataset, batch_size: int, *, seed: int):
-    """The training loader of this rank: global ``batch_size`` split over the ranks (:class:`ShardSampler`)."""
+def train_loader(dataset, batch_size: int, *, seed: int, **options):
+    """The training loader of this rank: global ``batch_size`` split over the ranks (:class:`ShardSampler`);
+    ``options``: the loader's others (workers, pin_memory)."""
     sampler = ShardSampler(dataset, batch_size, seed=seed, num_replicas=dist.get_world_size(), rank=dist.get_rank())
-    return dataset.loader(sampler.batch_size, sampler=sampler)
+    return dataset.loader(sampler.batch_size, sampler=sampler, **options)
 
 
 def shard_indices(n: int) -> list[int] | None:

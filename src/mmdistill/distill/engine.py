@@ -37,8 +37,8 @@ from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
 from ..optim import build_optimizer, build_scheduler  # noqa: F401  (registries of optimisers, schedules)
-from ..rundir import write_text
-from . import distributed
+from ..rundir import append_text, write_text
+from . import backends, distributed
 from .sinks import MetricSinks
 
 
@@ -240,6 +240,18 @@ class Trainer:
                         transient=True, disable=not self.cfg.progress or not distributed.is_main())
 
     def fit(self, task: nn.Module, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
+        """Train ``task`` under the backend settings of :mod:`mmdistill.distill.backends` (set for the
+        fit, restored after it; ``self.backends`` records them)."""
+        with backends.configured(self.device, self.cfg.deterministic) as self.backends:
+            try:
+                return self._fit(task, train, val)
+            except RuntimeError as err:
+                if not backends.is_nondeterminism_error(err):
+                    raise
+                raise ConfigError(f"train.deterministic: {str(err).splitlines()[0]}; "
+                                  "set train.deterministic: false") from None
+
+    def _fit(self, task: nn.Module, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
         seed_everything(self.seed)
         cfg = self.cfg
         check_train_options(cfg, train.specs)
@@ -248,9 +260,9 @@ class Trainer:
         # the input augmentation's own random stream, seeded from the run seed
         self.augment_generator = torch.Generator().manual_seed(self.seed + 2)
         task.to(self.device)
-        loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed)
+        loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed, **self._loader_options())
         if distributed.active():  # global batch split over the ranks, the 1-process order
-            loader = distributed.train_loader(train, cfg.batch_size, seed=self.seed)
+            loader = distributed.train_loader(train, cfg.batch_size, seed=self.seed, **self._loader_options())
         if self.run_dir:
             self._fingerprints = self._inputs_fingerprint(task, train)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train),
@@ -283,6 +295,11 @@ class Trainer:
         task.model.load_state_dict(best_state)
         result.seconds = time.perf_counter() - start
         return result
+
+    def _loader_options(self) -> dict:
+        """The training loader's workers (``train.workers``) and, for CUDA, pinned batches, so that
+        the steps' ``non_blocking`` copies overlap the host's work."""
+        return {"workers": self.cfg.workers, "pin_memory": self.device.type == "cuda"}
 
     def _epochs(self, task, loader, val, optimizer, scheduler, result: FitResult) -> dict:
         """Train for ``cfg.epochs`` epochs; returns the best model state (by validation accuracy)."""
@@ -354,8 +371,7 @@ class Trainer:
                     best_state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
                 result.history.append(record)
                 if metrics_path:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_text(metrics_path, json.dumps(record) + "\n")
                     self.sinks.write(record)
                 if self.save and self._writes:
                     meta = {"epoch": epoch + 1, "metrics": record}

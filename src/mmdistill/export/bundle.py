@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, MMDistillError
+from ..rundir import write_text
 from .onnx import export_onnx, export_torchscript, input_names, onnx_opset
 from .runtime import MODEL_JSON, PRESENT_PREFIX, ExportedModel, softmax
 
@@ -189,25 +190,46 @@ def _checkpoint_record(path: Path, payload: dict) -> dict:
     return record
 
 
+def export_files(folder: Path) -> set[str] | None:
+    """The names of the files an export wrote into ``folder`` (``model.json`` and its ``files``);
+    None when ``folder`` holds no mmdistill export's ``model.json``."""
+    try:
+        meta = json.loads((folder / MODEL_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
+        return None
+    return {MODEL_JSON, *(str(name) for name in meta["files"].values())}
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that exists, unless ``overwrite`` and it is an export folder holding
+    only the files that export wrote (so replacing it deletes nothing of the user's)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise ConfigError(f"--out {out}: already exists; pass --overwrite to replace it")
-        if not out.is_dir() or not (out / MODEL_JSON).is_file():
+        written = export_files(out) if out.is_dir() else None
+        if written is None:
             raise ConfigError(f"--out {out}: exists and is not an mmdistill export folder; refusing to replace it")
+        others = sorted(p.name for p in out.iterdir() if p.name not in written or p.is_symlink() or not p.is_file())
+        if others:
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            raise ConfigError(f"--out {out}: holds {others[0]}{more}, which no export wrote; --overwrite replaces "
+                              "only an export's own files: move them or choose another folder")
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = "onnx", quantize: str | None = None,
                       data_root: str | None = None, tolerance: float | None = None, parity_samples: int = 256,
                       calibration_samples: int = 512, overwrite: bool = False, opset: int | None = None,
-                      log: Callable[[str], None] = print) -> dict:
+                      log: Callable[[str], None] = print, trust_code: bool = False) -> dict:
     """Export ``checkpoint`` to the folder ``out`` and return its ``model.json``.
 
     Parity with PyTorch is checked on ``parity_samples`` test samples with every modality present
     and with each one absent; above ``tolerance`` (default :data:`TOLERANCE`, 1e-4) it raises :class:`ParityError` and writes nothing.
     With ``quantize="int8"`` (ONNX only) a statically quantised ``model.int8.onnx`` is added,
     calibrated on ``calibration_samples`` training samples; test accuracy and latency of both
-    are recorded under ``quantized``.
+    are recorded under ``quantized``. ``trust_code``: run the code the checkpoint names (imports,
+    factory); refused without it.
     """
     from ..checkpoint import load_checkpoint
     from ..runs import checkpoint_data
@@ -218,10 +240,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
         raise ConfigError(f"--quantize {quantize}: only int8 is supported")
     if quantize and format != "onnx":
         raise ConfigError("--quantize int8: needs --format onnx (ONNX Runtime quantises ONNX models)")
+    from ..guard import check_out, checkpoint_inputs
+
     checkpoint, out = Path(checkpoint), Path(out)
     tolerance = TOLERANCE if tolerance is None else tolerance
+    check_out(out, checkpoint_inputs(checkpoint))
+    model, payload = load_checkpoint(checkpoint, "cpu", trust_code=trust_code)
+    check_out(out, checkpoint_inputs(checkpoint, payload, data_root=data_root))
     _prepare_out(out, overwrite)
-    model, payload = load_checkpoint(checkpoint, "cpu")
     data_cfg, data = checkpoint_data(checkpoint, model, payload, data_root)
     modalities = list(model.modalities)
     specs = {m: payload["specs"][m] for m in modalities}
@@ -277,8 +303,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
             meta["quantized"] = _quantize(tmp, files, runtime, data, modalities, calibration_samples, log)
         _write(tmp / MODEL_JSON, meta)
         if out.exists():
+            _prepare_out(out, overwrite)  # again: nothing but the old export's files is deleted
             shutil.rmtree(out)
         tmp.replace(out)
+    except OSError as err:  # e.g. a full disk: one line naming the export (nothing of it is left)
+        if err.filename is None:
+            err.filename = str(out)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -309,6 +340,17 @@ def _quantize(folder: Path, files: dict, fp32: ExportedModel, data, modalities, 
         report[name] = {"accuracy": acc, "onnx_ms_b1": b1["p50_ms"], "onnx_p95_ms_b1": b1["p95_ms"],
                         "onnx_sps_b64": b64["samples_per_s"], "threads": 1}
     return report
+
+
+def is_predictions(path: Path) -> bool:
+    """Whether ``path`` is a predictions file (:func:`predict_export`'s JSON lines), which predict may replace."""
+    from ..guard import first_line
+
+    try:
+        row = json.loads(first_line(path) or "null")
+    except ValueError:
+        return False
+    return isinstance(row, dict) and {"index", "label", "pred", "prob"} <= set(row)
 
 
 def _versions() -> dict:
@@ -434,8 +476,11 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
     """
     from ..config import DataConfig, format_validation_error, read_yaml
     from ..data import build_data
+    from ..guard import Input, check_out, data_inputs
 
     export_dir = Path(export_dir)
+    inputs = [Input("export folder", export_dir), Input("data config", Path(data_config))]
+    check_out(out, inputs, file_kind=is_predictions)
     meta = read_export_meta(export_dir, variant)
     try:
         model = ExportedModel(export_dir, variant=variant)
@@ -462,6 +507,7 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
     # the exported model's standardisation statistics (model.json), not ones recomputed from this data
     stored = {m: e["standardise"] for m, e in model.meta.get("preprocessing", {}).get("modalities", {}).items()
               if e.get("standardise")}
+    check_out(out, inputs + data_inputs(cfg), file_kind=is_predictions)
     data = build_data(cfg, seed=seed, val_fraction=val_fraction, standardise=stored)
     dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
     if dataset is None:
@@ -477,9 +523,8 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
     logits = model.logits(x, present)
     pred, prob = logits.argmax(1), softmax(logits).max(1)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for i, (y, p, q) in enumerate(zip(labels.tolist(), pred.tolist(), prob.tolist())):
-            f.write(json.dumps({"index": i, "label": y, "pred": p, "class": model.classes[p], "prob": round(q, 6)}) + "\n")
+    lines = [json.dumps({"index": i, "label": y, "pred": p, "class": model.classes[p], "prob": round(q, 6)}) + "\n"
+             for i, (y, p, q) in enumerate(zip(labels.tolist(), pred.tolist(), prob.tolist()))]
+    write_text(out, "".join(lines))  # atomic: a full disk leaves no half-written file
     return {"split": split, "samples": int(len(labels)), "accuracy": float((pred == labels).mean()),
             "variant": variant, "out": str(out)}

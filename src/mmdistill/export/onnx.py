@@ -119,7 +119,9 @@ def export_torchscript(model: nn.Module, specs: Mapping | None, path: str | Path
     wrapper = PositionalModel(cpu_eval_copy(model)).eval()
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(wrapper, example_inputs(shapes, batch=2), check_trace=False)
-        torch.jit.save(traced, str(path))
+        buffer = io.BytesIO()  # torch's own file writer aborts the process on a full disk; Python's raises OSError
+        torch.jit.save(traced, buffer)
+    path.write_bytes(buffer.getvalue())
     return path
 
 

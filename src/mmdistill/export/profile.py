@@ -201,19 +201,27 @@ def format_cost(key: str, value) -> str:
 
 
 def profile_checkpoints(checkpoints: Sequence[str | Path], out: str | Path, *, threads: int = 1, repeats: int = 200,
-                        warmup: int = 20, cuda: bool | None = None) -> dict:
+                        warmup: int = 20, cuda: bool | None = None, trust_code: bool = False) -> dict:
     """Measure each checkpoint (:func:`measure_cost`) and write ``out/profile.json``; with two or
     more, ``ratios`` says for each other model how many times cheaper it is than the first: the
     first's value over its value (its over the first's for the throughputs, ``*_sps_*``).
-    ``cuda``: None times CUDA too when available, False never."""
+    ``cuda``: None times CUDA too when available, False never. ``trust_code``: run the code the
+    checkpoints name (imports, factory); refused without it."""
     from ..checkpoint import load_checkpoint
+    from ..guard import Input, check_out
     from ..rundir import write_json
 
+    check_out(out, [Input("checkpoint", Path(c)) for c in checkpoints])
     models = []
     for ckpt in checkpoints:
-        model, payload = load_checkpoint(ckpt, "cpu")
-        cost = measure_cost(model, payload["specs"], threads=threads, repeats=repeats, warmup=warmup,
-                            cuda=cuda)
+        model, payload = load_checkpoint(ckpt, "cpu", trust_code=trust_code)
+        try:
+            cost = measure_cost(model, payload["specs"], threads=threads, repeats=repeats, warmup=warmup,
+                                cuda=cuda)
+        except OSError as err:  # the temporary ONNX file (a full disk): one line naming the checkpoint
+            if err.filename is None:
+                err.filename = f"{ckpt} (its temporary ONNX file)"
+            raise
         models.append({"checkpoint": str(ckpt), "modalities": list(model.modalities), **cost})
     result = {"threads": threads, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
               "onnxruntime": _ort_version(), "models": models}

@@ -28,6 +28,8 @@ A user adds a loss without editing the package::
 """
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import inspect
 from typing import Any, Mapping
@@ -61,7 +63,10 @@ def compute_in_float32(forward):
     @functools.wraps(forward)
     def wrapper(self, student, teacher, *args, **kwargs):
         device = student.device.type if isinstance(student, torch.Tensor) else "cpu"
-        with torch.autocast(device_type=device, enabled=False):
+        # a device without autocast (``meta``) has none to turn off
+        off = (torch.autocast(device_type=device, enabled=False) if torch.amp.is_autocast_available(device)
+               else contextlib.nullcontext())
+        with off:
             return forward(self, full_precision(student), full_precision(teacher), *args, **kwargs)
 
     return wrapper

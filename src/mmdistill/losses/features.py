@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.pooling import adaptive_avg_pool
 from .base import DistillationLoss, compute_in_float32, register_loss
 
 
@@ -42,7 +43,7 @@ def match_spatial(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.T
     if student.shape[2:] == teacher.shape[2:]:
         return student, teacher
     size = tuple(min(a, b) for a, b in zip(student.shape[2:], teacher.shape[2:]))
-    pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d}[student.dim()]
+    pool = adaptive_avg_pool  # F.adaptive_avg_pool1d/2d, deterministic-capable on CUDA
     if tuple(student.shape[2:]) != size:
         student = pool(student, size)
     if tuple(teacher.shape[2:]) != size:

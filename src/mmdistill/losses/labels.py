@@ -21,16 +21,23 @@ def label_loss(logits: torch.Tensor, batch, label_smoothing: float = 0.0, reduct
 
     ``mean``: sum_i m_i CE_i / sum_i m_i over the labelled samples (m_i = 1 when sample i has a
     label), 0 when none has; under mixup each side is weighted by its own mask.
-    ``reduction="none"`` gives one value per sample (0 for an unlabelled one)."""
+    ``reduction="none"`` gives one value per sample (0 for an unlabelled one).
+
+    No host read: both the plain cross-entropy (exact for a batch whose samples all carry labels)
+    and the masked one are computed on the device and ``torch.where`` picks, so a training step
+    never waits for the GPU here; where every sample is labelled the result and its gradient are
+    bit for bit those of ``F.cross_entropy`` (the other branch adds exact zeros)."""
     mixed = "mix_lambda" in batch
-    if not bool((batch["label"] < 0).any()) and not (mixed and bool((batch["label_mix"] < 0).any())):
-        ce = F.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing, reduction=reduction)
-        if mixed:
-            lam = batch["mix_lambda"]
-            ce = lam * ce + (1 - lam) * F.cross_entropy(logits, batch["label_mix"], label_smoothing=label_smoothing,
-                                                        reduction=reduction)
-        return ce
-    ce, mask = _masked_ce(logits, batch["label"], label_smoothing)
+    labels = batch["label"]
+    all_labelled = (labels >= 0).all()
+    if mixed:
+        all_labelled = all_labelled & (batch["label_mix"] >= 0).all()
+    plain = F.cross_entropy(logits, labels.clamp_min(0), label_smoothing=label_smoothing, reduction=reduction)
+    if mixed:
+        lam = batch["mix_lambda"]
+        plain = lam * plain + (1 - lam) * F.cross_entropy(logits, batch["label_mix"].clamp_min(0),
+                                                          label_smoothing=label_smoothing, reduction=reduction)
+    ce, mask = _masked_ce(logits, labels, label_smoothing)
     count = mask
     if mixed:
         lam = batch["mix_lambda"]
@@ -38,8 +45,11 @@ def label_loss(logits: torch.Tensor, batch, label_smoothing: float = 0.0, reduct
         ce = lam * ce + (1 - lam) * ce_mix
         count = lam * mask + (1 - lam) * mask_mix
     if reduction == "none":
-        return ce
-    if reduction == "sum":
-        return ce.sum()
-    total = count.sum()
-    return ce.sum() / total if bool(total > 0) else ce.sum() * 0.0  # no labelled sample: 0, not NaN
+        masked = ce
+    elif reduction == "sum":
+        masked = ce.sum()
+    else:
+        total = count.sum()
+        # no labelled sample: 0, not NaN (the clamp keeps the unused quotient, and its gradient, finite)
+        masked = torch.where(total > 0, ce.sum() / total.clamp_min(1e-12), ce.sum() * 0.0)
+    return torch.where(all_labelled, plain, masked)

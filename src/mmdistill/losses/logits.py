@@ -104,9 +104,11 @@ class DKD(DistillationLoss):
             return torch.stack([log_gt, log_other], dim=1)
 
         tckd = F.kl_div(binary_log_probs(zs), binary_log_probs(zt), reduction="sum", log_target=True)
-        # the non-target logits, [B, K-1] (boolean indexing keeps the row-major order)
-        zs_other = zs[~gt].view(b, k - 1)
-        zt_other = zt[~gt].view(b, k - 1)
+        # the non-target logits, [B, K-1], in column order: a stable sort moves each row's target
+        # column last, and a gather (unlike boolean indexing) needs no host read of the mask
+        other = torch.argsort(gt.to(torch.uint8), dim=1, stable=True)[:, : k - 1]
+        zs_other = zs.gather(1, other)
+        zt_other = zt.gather(1, other)
         nckd = F.kl_div(
             F.log_softmax(zs_other, dim=1), F.log_softmax(zt_other, dim=1), reduction="sum", log_target=True
         )

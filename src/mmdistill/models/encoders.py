@@ -23,6 +23,7 @@ from torch import nn
 
 from ..options import PositiveInt, Strict
 from ..registry import Registry
+from .pooling import AdaptiveAvgPool2d
 
 ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
 
@@ -112,7 +113,7 @@ class ConvEncoder(nn.Module):
             layers += [*conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             in_ch = width
         self.features = nn.Sequential(*layers)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+        self.pool = nn.Sequential(AdaptiveAvgPool2d(pool), nn.Flatten())  # deterministic-capable on CUDA
         pooled = in_ch * pool * pool
         self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(pooled, dim), nn.ReLU(inplace=True)) if dim else nn.Identity()
         self.out_dim = dim or pooled

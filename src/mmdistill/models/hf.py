@@ -1,7 +1,8 @@
 """Hugging Face transformers models as teachers or students: ``model: {hf: PATH_OR_NAME, ...}``.
 
-``transformers.AutoModel.from_pretrained(hf, local_files_only=True)`` loads the backbone from a
-local directory (``save_pretrained``) or the Hugging Face cache; nothing is downloaded. The kind of
+``transformers.AutoModel.from_pretrained(hf, local_files_only=True, trust_remote_code=False)`` loads
+the backbone from a local directory (``save_pretrained``) or the Hugging Face cache; nothing is
+downloaded, and no modelling code shipped with the model (``auto_map``) is run. The kind of
 the data modality ``modality`` picks the backbone's inputs:
 
 * ``text`` (``[2, L]`` ids; mask, see :mod:`mmdistill.data.text`): ``input_ids``, ``attention_mask``;
@@ -155,7 +156,8 @@ def build_hf_model(cfg: HFModelConfig, specs, num_classes: int) -> HFClassifier:
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in a run's output
     try:
-        backbone = AutoModel.from_pretrained(str(source) if source.is_dir() else cfg.hf, local_files_only=True)
+        backbone = AutoModel.from_pretrained(str(source) if source.is_dir() else cfg.hf, local_files_only=True,
+                                             trust_remote_code=False)
     except Exception as err:  # OSError (not found), ValueError (unknown architecture), ...
         first = (str(err).splitlines() or [""])[0]
         raise ConfigError(f"model.hf: cannot load {cfg.hf!r} from a local directory or the Hugging Face cache "

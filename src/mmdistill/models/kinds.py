@@ -18,7 +18,9 @@ Contract of a kind (register yours with ``MODEL_KINDS.register(KEY, options=Opti
   ``specs`` when the module does not say); ``feature_points()`` (see :mod:`.points`) is optional:
   without it, feature losses need explicit ``student:``/``teacher:`` module paths.
 * ``cfg.model_dump()`` is JSON-compatible: checkpoints store it and rebuild the model through
-  the kind before loading the weights (weights-only).
+  the kind before loading the weights (weights-only); a stored ``factory`` is called only when the
+  checkpoint is trusted (:func:`mmdistill.checkpoint.check_code`), and what it returns is checked
+  (an ``nn.Module``) before anything else.
 
 Built-in kinds: ``multimodal``, ``factory`` (``build(specs, num_classes, **kwargs)``, any
 importable function, e.g. from a module listed under ``imports:``), ``hf`` (a transformers model,

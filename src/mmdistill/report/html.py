@@ -136,6 +136,10 @@ def _group_note(group: Group) -> str:
     return "\n".join(parts)
 
 
+#: marks a file as an mmdistill report, which ``report --out`` may replace inside a run directory
+GENERATOR = '<meta name="generator" content="mmdistill report">'
+
+
 def render(runs: list[Run], groups: list[Group], *, title: str = "mmdistill report") -> str:
     colors = {r.name: figures.color(i) for i, r in enumerate(runs)}
     with_history = [r for r in runs if r.history]
@@ -194,5 +198,5 @@ def render(runs: list[Run], groups: list[Group], *, title: str = "mmdistill repo
                     'these modalities present, the others absent.</p>')
         body.append(_img(figures.grouped_bars(names, series, colors, title="accuracy (%) by modalities present",
                                               xlabel="modalities present", rotate=len(names) > 4), "subset accuracy"))
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_e(title)}</title>'
             f"<style>{CSS}</style></head>\n<body><main>\n" + "\n".join(body) + "\n</main></body></html>\n")
