@@ -613,9 +613,311 @@ def _(w, t, mp):
     return Case(train_with(w, t, cfg), ("recordings", "Permission denied"))
 
 
+# --- 9. every numeric option: finite, in range (whole classes, by key) -------------------------------------------------
+# a float option takes no NaN or infinity (YAML .nan, .inf, 1e400) whatever its bounds; the error names
+# the key, never "training diverged"
+FLOAT_KEYS = ["train.optimizer.lr", "train.optimizer.weight_decay", "train.optimizer.momentum", "train.scheduler.gamma",
+              "train.grad_clip", "train.mixup", "train.val_fraction", "train.modality_dropout.x", "train.time_shift.x",
+              "model.head.dropout", "model.encoders.x.dropout", "data.test_fraction", "data.label_fraction"]
+for _key in FLOAT_KEYS:
+    for _value in (".inf", ".nan", "1e400", "-.inf"):
+        case(f"finite/{_key}={_value}")(lambda w, t, mp, k=_key, v=_value: Case(
+            ["train", w.cfg, "--out", t / "run", "--set", f"{k}={v}"], k))
+# counts are bounded (2**70 would overflow inside torch or numpy), seeds are 0..2**32-1
+COUNT_KEYS = ["train.epochs", "train.batch_size", "train.eval_batch_size", "train.scheduler.step_size",
+              "model.fusion.dim", "model.encoders.x.hidden[0]"]
+for _key in COUNT_KEYS:
+    _set = _key.replace("[0]", "=[1180591620717411303424]") if "[0]" in _key else f"{_key}=1180591620717411303424"
+    if _key == "model.fusion.dim":
+        _set = "model.fusion={type: attention, dim: 1180591620717411303424}"
+    case(f"count/{_key}=2**70")(lambda w, t, mp, s=_set, k=_key: Case(["train", w.cfg, "--out", t / "run", "--set", s], k))
+for _seed in ("-1", "4294967296", "1180591620717411303424", "1.5", "'7'"):
+    case(f"count/seed={_seed}")(lambda w, t, mp, s=_seed: Case(["train", w.cfg, "--out", t / "run", "--set", f"seed={s}"],
+                                                              "seed"))
+RANGES = {
+    "modality_dropout_1": ("train.modality_dropout={x: 1.0}", "train.modality_dropout.x"),
+    "translate_beyond_image": ("train.augment={img: [{type: translate, pixels: 100}]}", "train.augment.img[0].pixels"),
+    "translate_image_size": ("train.augment={img: [{type: translate, pixels: 8}]}", "train.augment.img[0].pixels"),
+    "val_fraction_leaves_no_training": ("train.val_fraction=0.99", "val_fraction"),
+    "conv_on_a_vector": ("model.encoders.x={type: conv, channels: [4]}", ("model.encoders.x", "[6]", "type: mlp")),
+    "conv_deeper_than_the_image": ("model.encoders.img={type: conv, channels: [4, 4, 4, 4, 4]}",
+                                   ("model.encoders.img", "too small")),
+    "model_beyond_memory": ("model.encoders.img.channels=[2000000000]", ("model.encoders.img", "GB", "memory")),
+}
+for _name, (_set, _culprit) in RANGES.items():
+    case(f"range/{_name}")(lambda w, t, mp, s=_set, c=_culprit: Case(["train", w.cfg, "--out", t / "run", "--set", s], c))
+LOSSES = {"kd:-1": "kd:-1", "kd:nan": "kd:nan", "kd:inf": "kd:inf", "kd:1e400": "kd:1e400", ":1": "--loss :1"}
+for _spec, _culprit in LOSSES.items():
+    case(f"range/--loss {_spec}")(lambda w, t, mp, s=_spec, c=_culprit: Case(
+        ["distill", w.student, "--out", t / "run", "--loss", s], c))
+DISTILL_KEYS = {
+    "weight=-1": ("distill.terms=[{name: kd, weight: -1}]", "distill.terms[0].weight"),
+    "weight=.nan": ("distill.terms=[{name: kd, weight: .nan}]", "distill.terms[0].weight"),
+    "temperature=.inf": ("distill.terms=[{name: kd, temperature: .inf}]", "temperature"),
+    "gamma=.inf": ("distill.gamma=.inf", "distill.gamma"),
+    "gamma_0_no_terms": ("distill={teacher: {checkpoint: T}, gamma: 0, terms: []}", "distill.gamma"),
+    "gamma_0_zero_weights": ("distill={teacher: {checkpoint: T}, gamma: 0, terms: [{name: kd, weight: 0}]}",
+                             "distill.gamma"),
+}
+for _name, (_set, _culprit) in DISTILL_KEYS.items():
+    case(f"range/distill.{_name}")(lambda w, t, mp, s=_set, c=_culprit: Case(
+        ["distill", w.student, "--out", t / "run", "--set", s.replace("checkpoint: T", f"checkpoint: '{w.ckpt}'")], c))
+OPTIONS = {
+    "profile --repeats 0": (lambda w, t: ["profile", w.ckpt, "--out", t / "run", "--repeats", "0"], "--repeats"),
+    "profile --threads 0": (lambda w, t: ["profile", w.ckpt, "--out", t / "run", "--threads", "0"], "--threads"),
+    "profile --threads -1": (lambda w, t: ["profile", w.ckpt, "--out", t / "run", "--threads", "-1"], "--threads"),
+    "evaluate --corrupt-seed -1": (lambda w, t: ["evaluate", w.ckpt, "--out", t / "run", "--corrupt-seed", "-1"],
+                                   "--corrupt-seed"),
+    "evaluate --corrupt-seed 2**70": (lambda w, t: ["evaluate", w.ckpt, "--out", t / "run", "--corrupt-seed",
+                                                    str(2**70)], "--corrupt-seed"),
+    "evaluate --drop every modality": (lambda w, t: ["evaluate", w.ckpt, "--out", t / "run", "--drop", "x", "--drop",
+                                                     "img"], "--drop"),
+    "evaluate --corrupt occlusion on a vector": (lambda w, t: ["evaluate", w.ckpt, "--out", t / "run", "--corrupt",
+                                                               "x:occlusion:3"], ("--corrupt x:occlusion:3", "'x'")),
+    "evaluate --corrupt time_shift on an image": (lambda w, t: ["evaluate", w.ckpt, "--out", t / "run", "--corrupt",
+                                                                "img:time_shift:3"], ("img:time_shift:3", "time axis")),
+    "demo --seed -1": (lambda w, t: ["demo", "--out", t / "run", "--seed", "-1"], "--seed"),
+    "distill --auto-scale nan": (lambda w, t: ["distill", w.student, "--out", t / "run", "--auto", "--auto-scale", "nan"],
+                                 "--auto-scale"),
+}
+for _name, (_args, _culprit) in OPTIONS.items():
+    case(f"range/{_name}")(lambda w, t, mp, a=_args, c=_culprit: Case(a(w, t), c))
+
+
+# --- 10. config files: encodings, duplicate keys, nesting, alias bombs ------------------------------------------------
+def config_bytes(name, make, culprit):
+    @case(f"file/{name}")
+    def _(w, t, mp):
+        (t / "c.yaml").write_bytes(make(w))
+        return Case(["train", t / "c.yaml", "--out", t / "run"], ("c.yaml", *culprit))
+
+
+_BOMB = b"".join(b"%s: &%s [%s]\n" % (bytes([97 + i]), bytes([97 + i]), b",".join([b"*" + bytes([96 + i])] * 9 if i
+                                                                                    else [b"x"] * 9)) for i in range(9))
+config_bytes("binary", lambda w: bytes(range(256)) * 4, ("not UTF-8",))
+config_bytes("latin1", lambda w: "data: {name: npz, path: caf\xe9.npz}\n".encode("latin-1"), ("not UTF-8", "0xe9"))
+config_bytes("deep_list", lambda w: b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", ("nested too deeply",))
+config_bytes("deep_mapping", lambda w: b"a: " + b"{b: " * 3000 + b"1" + b"}" * 3000 + b"\n", ("nested too deeply",))
+config_bytes("nesting_past_the_limit", lambda w: b"model: " + b"[" * 40 + b"]" * 40 + b"\n", ("model[0]", "nested"))
+config_bytes("alias_bomb", lambda w: _BOMB, ("aliases", "more than"))
+config_bytes("duplicate_top_key", lambda w: w.cfg.read_bytes().replace(b"seed: 0", b"seed: 0\nseed: 5"),
+             ("'seed' given twice", "line"))
+config_bytes("duplicate_nested_key", lambda w: w.cfg.read_bytes().replace(b"  epochs: 1", b"  epochs: 1\n  epochs: 3"),
+             ("'epochs' given twice",))
+config_bytes("duplicate_flow_key", lambda w: w.cfg.read_bytes() + b"extra: {a: 1, a: 2}\n", ("'a' given twice",))
+case("file/--set duplicate key")(lambda w, t, mp: Case(["train", w.cfg, "--out", t / "run", "--set",
+                                                        "train={epochs: 1, epochs: 2}"], ("'epochs' given twice",)))
+case("file/--set deep nesting")(lambda w, t, mp: Case(["train", w.cfg, "--out", t / "run", "--set",
+                                                       "x=" + "[" * 3000 + "]" * 3000], ("--set x", "nested")))
+
+
+# --- 11. data: sizes, shapes, label sets, presence ----------------------------------------------------------------------
+npz_case("two_samples", ("no test sample",), x=np.zeros((2, 6), np.float32), img=np.zeros((2, 1, 8, 8), np.float32),
+         label=np.array([0, 1]))
+npz_case("labels_skip_classes", ("sample 2", "label 7", "no sample has label 2, 3, 4, 5, 6"),
+         label=np.array([0, 1, 7])[np.arange(N) % 3])
+npz_case("present_all_false", ("modality 'x'", "absent from every training sample"), present_x=np.zeros(N, bool))
+npz_case("sample_with_no_modality", ("sample 5", "every modality absent"), present_x=np.arange(N) != 5,
+         present_img=np.arange(N) != 5)
+for _name, _img, _culprit in [("images_1x1", np.zeros((N, 1, 1, 1), np.float32), ("[1, 1, 1]", "too small")),
+                               ("array_of_32_axes", np.zeros((N,) + (1,) * 32, np.float32), ("type: mlp",))]:
+    case(f"npz/{_name}")(lambda w, t, mp, img=_img, c=_culprit: Case(
+        train_with(w, t, npz_config(make_npz(t / "d.npz", img=img))), ("model.encoders.img", *c)))
+npz_case("zero_width", ("'x'", "no values"), x=np.zeros((N, 0), np.float32))
+npz_case("float64_beyond_float32", ("'x'", "sample 0", "infinite"), x=np.full((N, 6), 1e300))
+npz_case("uint64_label_beyond_int64", ("sample 3",),
+         label=np.where(np.arange(N) == 3, np.uint64(2**63), np.arange(N) % 3).astype(np.uint64))
+npz_case("test_class_not_in_training", ("class 2", "no training sample"),
+         split=np.where(np.arange(N) % 3 == 2, "test", "train"))
+
+
+@case("npz/classes_option_twice")
+def _(w, t, mp):
+    cfg = npz_config(make_npz(t / "d.npz", label=np.array(["a", "b", "c"])[np.arange(N) % 3]))
+    cfg["data"]["classes"] = ["a", "b", "c", "a"]
+    return Case(train_with(w, t, cfg), ("d.npz", "'a' twice"))
+
+
+@case("npz/kinds_image_on_a_vector")
+def _(w, t, mp):
+    cfg = npz_config(make_npz(t / "d.npz"))
+    cfg["data"]["kinds"] = {"x": "image"}
+    return Case(train_with(w, t, cfg), ("d.npz", "kinds.x", "[6]"))
+
+
+@case("npz/member_of_zero_bytes")
+def _(w, t, mp):
+    import zipfile
+    make_npz(t / "g.npz")
+    with zipfile.ZipFile(t / "g.npz") as zin, zipfile.ZipFile(t / "d.npz", "w") as zout:
+        for n in zin.namelist():
+            zout.writestr(n, b"" if n == "x.npy" else zin.read(n))
+    return Case(train_with(w, t, npz_config(t / "d.npz")), ("d.npz", "'x'"))
+
+
+# --- 12. every field of a checkpoint's metadata ----------------------------------------------------------------------------
+def _first_float(p):
+    return next(k for k, v in p["state_dict"].items() if v.is_floating_point())
+
+
+CHECKPOINT_FIELDS = {
+    "num_classes_1e9": (lambda p: p.update(num_classes=10**9), "'num_classes'"),
+    "num_classes_negative": (lambda p: p.update(num_classes=-3), "'num_classes'"),
+    "num_classes_one": (lambda p: p.update(num_classes=1), "'num_classes'"),
+    "num_classes_string": (lambda p: p.update(num_classes="3"), "'num_classes'"),
+    "num_classes_bool": (lambda p: p.update(num_classes=True), "'num_classes'"),
+    "shape_negative": (lambda p: p["specs"]["x"].update(shape=[-6]), "'specs'"),
+    "shape_zero": (lambda p: p["specs"]["x"].update(shape=[0]), "'specs'"),
+    "shape_huge": (lambda p: p["specs"]["x"].update(shape=[10**12]), "'specs'"),
+    "shape_string": (lambda p: p["specs"]["x"].update(shape="6"), "'specs'"),
+    "kind_unknown": (lambda p: p["specs"]["x"].update(kind="video"), ("'specs'", "video")),
+    "spec_misnamed": (lambda p: p["specs"]["x"].update(name="img"), "'specs'"),
+    "specs_empty": (lambda p: p.update(specs={}), "'specs'"),
+    "seed_string": (lambda p: p["meta"].update(seed="zero"), "'meta.seed'"),
+    "seed_negative": (lambda p: p["meta"].update(seed=-1), "'meta.seed'"),
+    "seed_2**70": (lambda p: p["meta"].update(seed=2**70), "'meta.seed'"),
+    "val_fraction_2": (lambda p: p["meta"].update(val_fraction=2.0), "'meta.val_fraction'"),
+    "val_fraction_nan": (lambda p: p["meta"].update(val_fraction=float("nan")), "'meta.val_fraction'"),
+    "meta_list": (lambda p: p.update(meta=[1]), "'meta'"),
+    "standardise_nan": (lambda p: p["meta"].update(data_info={"standardise": {"x": {"mean": [float("nan")] * 6,
+                                                                                     "std": [1.0] * 6}}}),
+                        ("standardise", "x.mean")),
+    "standardise_zero_std": (lambda p: p["meta"].update(data_info={"standardise": {"x": {"mean": [0.0] * 6,
+                                                                                          "std": [0.0] * 6}}}),
+                             ("standardise", "x.std")),
+    "nan_weights": (lambda p: p["state_dict"][_first_float(p)].fill_(float("nan")), ("'state_dict'", "NaN")),
+    "inf_weights": (lambda p: p["state_dict"][_first_float(p)].fill_(float("inf")), ("'state_dict'", "infinite")),
+    "state_dict_list": (lambda p: p.update(state_dict=[1, 2]), "'state_dict'"),
+    "model_config_string": (lambda p: p.update(model_config="mlp"), "'model_config'"),
+}
+for _name, (_edit, _culprit) in CHECKPOINT_FIELDS.items():
+    case(f"checkpoint_field/{_name}")(lambda w, t, mp, e=_edit, c=_culprit, n=_name: Case(
+        evaluate(w, t, tampered(w, t, "b.pt", e)), ("b.pt", *([c] if isinstance(c, str) else c))))
+for _name in ("num_classes_1e9", "shape_negative", "seed_string", "nan_weights"):
+    _edit, _culprit = CHECKPOINT_FIELDS[_name]
+    case(f"checkpoint_field/export_{_name}")(lambda w, t, mp, e=_edit, c=_culprit: Case(
+        ["export", tampered(w, t, "b.pt", e), "--out", t / "run"], ("b.pt", *([c] if isinstance(c, str) else c))))
+
+    def _teacher(w, t, mp, e=_edit, c=_culprit):
+        cfg = yaml.safe_load(w.student.read_text())
+        cfg["distill"]["teacher"]["checkpoint"] = str(tampered(w, t, "b.pt", e))
+        return Case(["distill", write_yaml(t / "s.yaml", cfg), "--out", t / "run"],
+                    ("distill.teacher.checkpoint", *([c] if isinstance(c, str) else c)))
+    case(f"checkpoint_field/teacher_{_name}")(_teacher)
+
+
+# --- 13. every field of an export's model.json, and its ONNX file ------------------------------------------------------------
+def exported(w) -> Path:
+    """The world checkpoint's export (made once)."""
+    folder = w.root / "export"
+    if not folder.exists():
+        code, _, err = cli("export", w.ckpt, "--out", folder)
+        assert code == 0, err
+    return folder
+
+
+def export_copy(w, t, edit=None, files=None) -> Path:
+    import shutil
+    folder = t / "ex"
+    shutil.copytree(exported(w), folder)
+    if edit is not None:
+        meta = json.loads((folder / "model.json").read_text())
+        edit(meta)
+        (folder / "model.json").write_text(json.dumps(meta))
+    for name, data in (files or {}).items():
+        (folder / name).write_bytes(data(w) if callable(data) else data)
+    return folder
+
+
+def predict_with(w, t, folder):
+    return ["predict", folder, "--data", w.cfg, "--out", t / "run" / "p.jsonl"]
+
+
+def _std(modality, mean, std):
+    return lambda m: m["preprocessing"]["modalities"][modality].update(standardise={"mean": mean, "std": std})
+
+
+MODEL_JSON = {
+    "not_json": (None, {"model.json": b"{not json"}, "not JSON"),
+    "binary": (None, {"model.json": bytes(range(256))}, "not JSON"),
+    "a_list": (None, {"model.json": b"[1, 2]"}, "expected a JSON object"),
+    "no_modalities": (lambda m: m.pop("modalities"), None, "modalities"),
+    "modalities_string": (lambda m: m.update(modalities="x"), None, "modalities"),
+    "modality_without_input": (lambda m: m.update(modalities=["x", "img", "audio"]), None, "inputs.audio"),
+    "input_shape_string": (lambda m: m["inputs"]["x"].update(shape="6"), None, "inputs.x.shape"),
+    "classes_named_twice": (lambda m: m.update(classes=["0", "0", "1"]), None, "classes"),
+    "classes_fewer_than_outputs": (lambda m: m.update(classes=["0", "1"], num_classes=2), None, "logits over 2"),
+    "files_list": (lambda m: m.update(files=["model.onnx"]), None, "files"),
+    "onnx_path_traversal": (lambda m: m["files"].update(onnx="../../somewhere.onnx"), None,
+                            ("files.onnx", "../../somewhere.onnx")),
+    "onnx_absolute_path": (lambda m: m["files"].update(onnx="/etc/passwd"), None, ("files.onnx", "/etc/passwd")),
+    "onnx_missing": (lambda m: m["files"].update(onnx="gone.onnx"), None, ("files.onnx", "gone.onnx", "missing")),
+    "onnx_garbage": (None, {"model.onnx": b"garbage" * 100}, ("model.onnx", "not a loadable ONNX model")),
+    "onnx_empty": (None, {"model.onnx": b""}, ("model.onnx", "not a loadable ONNX model")),
+    "standardise_mean_nan": (_std("x", [float("nan")] * 6, [1.0] * 6), None, ("standardise", "x.mean")),
+    "standardise_std_zero": (_std("x", [0.0] * 6, [0.0] * 6), None, ("standardise", "x.std")),
+    "standardise_wrong_length": (_std("x", [0.0] * 3, [1.0] * 3), None, ("standardise", "3 means")),
+    "format_other": (lambda m: m.update(format="other/1"), None, "format"),
+    "checkpoint_seed_string": (lambda m: m["checkpoint"].update(seed="x"), None, "checkpoint.seed"),
+}
+for _name, (_edit, _files, _culprit) in MODEL_JSON.items():
+    case(f"model_json/{_name}")(lambda w, t, mp, e=_edit, f=_files, c=_culprit: Case(
+        predict_with(w, t, export_copy(w, t, e, f)), c))
+
+
+@case("model_json/onnx_of_another_model")
+def _(w, t, mp):
+    other = export_copy(w, t)
+    student = t / "student.onnx"
+    # a model over x alone, exported from a one-modality run
+    cfg = npz_config(w.data)
+    cfg["model"] = {"encoders": {"x": {"type": "mlp", "hidden": [4]}}}
+    code, _, err = cli("train", write_yaml(t / "x.yaml", cfg), "--out", t / "xrun")
+    assert code == 0, err
+    code, _, err = cli("export", t / "xrun" / "best.pt", "--out", t / "xexport")
+    assert code == 0, err
+    student.write_bytes((t / "xexport" / "model.onnx").read_bytes())
+    (other / "model.onnx").write_bytes(student.read_bytes())
+    return Case(predict_with(w, t, other), ("model.onnx", "does not match model.json"))
+
+
+# --- 14. report inputs, torchrun variables -------------------------------------------------------------------------------------
+REPORT_FILES = {
+    "metrics_list": ({"metrics.json": "[1, 2]"}, ("metrics.json", "expected a JSON object")),
+    "metrics_string": ({"metrics.json": '"hello"'}, ("metrics.json", "expected a JSON object")),
+    "accuracy_string": ({"metrics.json": '{"accuracy": "high"}'}, ("metrics.json", "accuracy")),
+    "confusion_ragged": ({"metrics.json": '{"accuracy": 0.5, "confusion": [[1, 2], [3]]}'}, ("confusion",)),
+    "jsonl_line_list": ({"metrics.jsonl": "[1, 2]\n"}, ("metrics.jsonl", "line 1")),
+    "jsonl_value_string": ({"metrics.jsonl": '{"epoch": "one"}\n'}, ("metrics.jsonl", "epoch")),
+    "summary_list": ({"metrics.json": '{"accuracy": 0.5}', "summary.json": "[1]"}, ("summary.json",)),
+    "run_json_list": ({"metrics.json": '{"accuracy": 0.5}', "run.json": "[1]"}, ("run.json",)),
+}
+for _name, (_files, _culprit) in REPORT_FILES.items():
+    def _report(w, t, mp, files=_files, c=_culprit):
+        (t / "r").mkdir()
+        for name, text in files.items():
+            (t / "r" / name).write_text(text)
+        return Case(["report", t / "r", "--out", t / "run" / "r.html"], c)
+    case(f"report/{_name}")(_report)
+ENVIRONMENT = {
+    "WORLD_SIZE=2 without torchrun": ({"WORLD_SIZE": "2"}, ("WORLD_SIZE=2", "torchrun")),
+    "WORLD_SIZE not a number": ({"WORLD_SIZE": "two"}, "WORLD_SIZE"),
+    "LOCAL_RANK negative": ({"LOCAL_RANK": "-1"}, "LOCAL_RANK"),
+    "RANK beyond WORLD_SIZE": ({"RANK": "3", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "RANK=3"),
+}
+for _name, (_env, _culprit) in ENVIRONMENT.items():
+    def _environment(w, t, mp, env=_env, c=_culprit):
+        for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            mp.delenv(key, raising=False)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        return Case(["train", w.cfg, "--out", t / "run"], c)
+    case(f"env/{_name}")(_environment)
+
+
 # --- the campaign ----------------------------------------------------------------------------------------------
 def test_the_campaign_is_large_enough():
-    assert len(CASES) >= 100
+    assert len(CASES) >= 300
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -828,3 +1130,109 @@ def test_signals_exit_with_one_line_and_leave_interrupted(world, tmp_path):
     assert read_record(killed)["status"] == "interrupted" and not (killed / LOCK).exists()
     with RunDir(killed, resume=True) as run:
         assert (run / "last.pt").exists()
+
+
+def test_utf16_config_and_yaml_merge_keys_are_accepted(world, tmp_path):
+    """YAML's own encodings (UTF-16 with a BOM) and a key a ``<<`` merge brings in, overridden: not duplicates."""
+    (tmp_path / "u16.yaml").write_bytes(world.cfg.read_text().encode("utf-16"))
+    code, _, err = cli("train", tmp_path / "u16.yaml", "--out", tmp_path / "a")
+    assert code == 0, err
+    text = world.cfg.read_text().replace("  epochs: 1", "  <<: {epochs: 5}\n  epochs: 1")
+    (tmp_path / "merge.yaml").write_text(text)
+    from mmdistill.config import load_config
+    assert load_config(tmp_path / "merge.yaml").train.epochs == 1
+
+
+def test_predict_maps_labels_by_the_exports_class_names(world, tmp_path):
+    """Data holding a subset of the export's string classes is scored by class name, not by its own
+    class list (where 'dog' would be index 0, the export's 'cat')."""
+    names = np.array(["cat", "dog", "emu"])
+    label = names[np.arange(N) % 3]
+    split = np.where(np.arange(N) % 4 == 0, "test", "train")
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(N, 6)) + 3 * (np.arange(N) % 3)[:, None]).astype(np.float32)
+    img = rng.random((N, 1, 8, 8), dtype=np.float32)
+    cfg = npz_config(make_npz(tmp_path / "full.npz", x=x, img=img, label=label, split=split))
+    cfg["train"]["epochs"] = 5
+    assert cli("train", write_yaml(tmp_path / "full.yaml", cfg), "--out", tmp_path / "run")[0] == 0
+    assert cli("export", tmp_path / "run" / "best.pt", "--out", tmp_path / "export")[0] == 0
+    keep = label != "cat"
+    sub = npz_config(make_npz(tmp_path / "sub.npz", x=x[keep], img=img[keep], label=label[keep], split=split[keep]))
+    code, out, err = cli("predict", tmp_path / "export", "--data", write_yaml(tmp_path / "sub.yaml", sub),
+                         "--out", tmp_path / "p.jsonl")
+    assert code == 0, err
+    classes = json.loads((tmp_path / "export" / "model.json").read_text())["classes"]
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    truth = label[keep][split[keep] == "test"]
+    assert [classes[r["label"]] for r in rows] == truth.tolist()  # the export's index of each sample's class
+    accuracy = float(np.mean([r["class"] == t for r, t in zip(rows, truth)]))
+    assert f"accuracy (fp32, ONNX Runtime): {accuracy:.4f}" in " ".join(out.split())
+
+
+# --- the Python API: arguments are checked, TypeError / ValueError naming the argument --------------------------------------
+@pytest.fixture(scope="module")
+def api(world):
+    import mmdistill as M
+
+    data = M.build_data(M.DataConfig(name="npz", path=str(world.data)), val_fraction=0.0)
+    make = lambda: M.build_model({"encoders": {"x": {"type": "mlp", "hidden": [4]}}}, data.specs, 3)  # noqa: E731
+    return SimpleNamespace(M=M, data=data, model=make, cfg=M.TrainConfig(epochs=1, progress=False))
+
+
+API = {
+    "train model None": (lambda a: a.M.train(None, a.data, a.cfg), TypeError, "model"),
+    "train data None": (lambda a: a.M.train(a.model(), None, a.cfg), TypeError, "data"),
+    "train data a dataset": (lambda a: a.M.train(a.model(), a.data.train, a.cfg), TypeError, "data"),
+    "train cfg a bad dict": (lambda a: a.M.train(a.model(), a.data, {"epochs": 0}), ValueError, "cfg: train.epochs"),
+    "train cfg a string": (lambda a: a.M.train(a.model(), a.data, "fast"), TypeError, "cfg"),
+    "train seed -1": (lambda a: a.M.train(a.model(), a.data, a.cfg, seed=-1), ValueError, "seed"),
+    "train seed 2**70": (lambda a: a.M.train(a.model(), a.data, a.cfg, seed=2**70), ValueError, "seed"),
+    "train seed a string": (lambda a: a.M.train(a.model(), a.data, a.cfg, seed="1"), TypeError, "seed"),
+    "train device tpu": (lambda a: a.M.train(a.model(), a.data, a.cfg, device="tpu"), ValueError, "device"),
+    "distill teacher is the student": (lambda a: (lambda m: a.M.distill(m, m, a.data, cfg=a.cfg))(a.model()),
+                                       ValueError, "teachers"),
+    "distill teachers None": (lambda a: a.M.distill(a.model(), None, a.data, cfg=a.cfg), TypeError, "teachers"),
+    "distill teachers empty": (lambda a: a.M.distill(a.model(), [], a.data, cfg=a.cfg), ValueError, "teachers"),
+    "distill a teacher not a module": (lambda a: a.M.distill(a.model(), [a.model(), 3], a.data, cfg=a.cfg), TypeError,
+                                       "teachers[1]"),
+    "distill student None": (lambda a: a.M.distill(None, a.model(), a.data, cfg=a.cfg), TypeError, "student"),
+    "distill gamma -1": (lambda a: a.M.distill(a.model(), a.model(), a.data, gamma=-1, cfg=a.cfg), ValueError, "gamma"),
+    "distill gamma nan": (lambda a: a.M.distill(a.model(), a.model(), a.data, gamma=float("nan"), cfg=a.cfg),
+                          ValueError, "gamma"),
+    "distill gamma 0 and no terms": (lambda a: a.M.distill(a.model(), a.model(), a.data, terms=[], gamma=0, cfg=a.cfg),
+                                     ValueError, "gamma"),
+    "distill terms None": (lambda a: a.M.distill(a.model(), a.model(), a.data, terms=None, cfg=a.cfg), TypeError,
+                           "terms"),
+    "distill a Term of NaN weight": (lambda a: a.M.distill(a.model(), a.model(), a.data, cfg=a.cfg, terms=[
+        a.M.Term(name="kd", loss=a.M.build_loss("kd"), weight=float("nan"))]), ValueError, "terms[0].weight"),
+    "build_model specs a list": (lambda a: a.M.build_model({"encoders": {"x": {"type": "mlp"}}},
+                                                           list(a.data.specs.values()), 3), TypeError, "specs"),
+    "build_model num_classes 0": (lambda a: a.M.build_model({"encoders": {"x": {"type": "mlp"}}}, a.data.specs, 0),
+                                  ValueError, "num_classes"),
+    "build_model num_classes 1e10": (lambda a: a.M.build_model({"encoders": {"x": {"type": "mlp"}}}, a.data.specs,
+                                                               10**10), ValueError, "num_classes"),
+    "build_model cfg None": (lambda a: a.M.build_model(None, a.data.specs, 3), TypeError, "cfg"),
+    "build_data cfg None": (lambda a: a.M.build_data(None), TypeError, "cfg"),
+    "build_data val_fraction 1.5": (lambda a: a.M.build_data(a.M.DataConfig(name="npz", path="x.npz"),
+                                                             val_fraction=1.5), ValueError, "val_fraction"),
+    "evaluate_model model None": (lambda a: a.M.evaluate_model(None, a.data.test), TypeError, "model"),
+    "evaluate_model splits as dataset": (lambda a: a.M.evaluate_model(a.model(), a.data), TypeError, "dataset"),
+    "evaluate_model drop unknown": (lambda a: a.M.evaluate_model(a.model(), a.data.test, drop=["zzz"]), ValueError,
+                                    "drop"),
+    "make_terms a string": (lambda a: a.M.make_terms("kd"), TypeError, "terms"),
+    "load_checkpoint None": (lambda a: a.M.load_checkpoint(None), TypeError, "path"),
+    "load_config None": (lambda a: a.M.load_config(None), TypeError, "path"),
+}
+
+
+@pytest.mark.parametrize("name", list(API))
+def test_api_checks_its_arguments(api, name):
+    call, error, argument = API[name]
+    with pytest.raises(error) as info:
+        call(api)
+    assert str(info.value).startswith(argument), str(info.value)
+
+
+def test_api_accepts_a_dict_as_train_config(api):
+    fit = api.M.train(api.model(), api.data, {"epochs": 1, "progress": False})
+    assert fit.best_epoch == 1

@@ -216,10 +216,16 @@ def fsdd_manifest(tmp_path: Path, jsonl: bool = False) -> tuple[Path, list[dict]
 
 def test_manifest_csv_round_trip_real_fsdd_and_mnist(tmp_path):
     path, rows = fsdd_manifest(tmp_path)
-    train, test, info = build("manifest", tmp_path, path="manifest.csv",
+    # integer labels are class indices; digits 3 and 7 alone skip classes 0-2 and 4-6, refused
+    # unless ``classes`` names every class (a model with 8 outputs for 2 classes would otherwise
+    # be trained and scored over empty ones)
+    with pytest.raises(DataError, match=r"manifest.csv row \d+: label \d, but no sample has label 0, 1, 2, 4, 5"):
+        build("manifest", tmp_path, path="manifest.csv", audio={"sample_rate": 8000, "standardize": False})
+    digits = [str(d) for d in range(10)]
+    train, test, info = build("manifest", tmp_path, path="manifest.csv", classes=digits,
                               audio={"sample_rate": 8000, "standardize": False})
     assert len(train) == 16 and len(test) == 4 and info["split"] == "column split"
-    assert train.num_classes == 8 and "classes" not in info  # integer labels are class indices
+    assert train.num_classes == 10 and info["classes"] == digits
     assert sorted(set(train.labels.tolist())) == [3, 7]
     assert {m: (s.kind, s.shape) for m, s in train.specs.items()} == {
         "audio": ("audio", (1, 32, 32)), "image": ("image", (1, 28, 28)), "feat": ("sequence", (2, 3))}
@@ -252,10 +258,10 @@ def test_manifest_csv_round_trip_real_fsdd_and_mnist(tmp_path):
 
 def test_manifest_jsonl_resamples_and_stratifies(tmp_path):
     path, rows = fsdd_manifest(tmp_path, jsonl=True)
-    train, test, info = build("manifest", tmp_path, path=str(path), test_fraction=0.2,
+    train, test, info = build("manifest", tmp_path, path=str(path), test_fraction=0.2, classes=[str(d) for d in range(10)],
                               audio={"n_mels": 24, "frames": 20}, image_size=[14, 14])
     assert len(train) == 16 and len(test) == 4 and info["format"] == "jsonl"
-    assert torch.bincount(test.labels, minlength=8)[[3, 7]].tolist() == [2, 2]
+    assert torch.bincount(test.labels, minlength=10)[[3, 7]].tolist() == [2, 2]
     assert train.specs["audio"].shape == (1, 24, 20) and train.specs["image"].shape == (1, 14, 14)
     assert info["audio"]["sample_rate"] == 16000 and info["audio"]["n_fft"] == 512  # resampled from 8 kHz
     audio = torch.cat([train.modalities["audio"], test.modalities["audio"]])

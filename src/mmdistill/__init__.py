@@ -4,7 +4,7 @@ The Python API in one import::
 
     from mmdistill import DataConfig, TrainConfig, build_data, build_model, distill, evaluate_model, train
 """
-from .api import distill, make_terms, train
+from .api import build_model, distill, make_terms, train
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
 from .data import MultimodalDataset, build_data
@@ -12,7 +12,7 @@ from .distill.tasks import DistillationTask, SupervisedTask, Term
 from .errors import CheckpointError, ConfigError, DataError, MMDistillError
 from .evaluate import evaluate_model
 from .losses import DistillationLoss, build_loss, register_loss
-from .models import build_model, count_parameters
+from .models import count_parameters
 
 __version__ = "0.1.0"
 

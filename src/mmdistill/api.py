@@ -33,6 +33,98 @@ from .distill.hooks import OUTPUT
 from .distill.tasks import DistillationTask, SupervisedTask, Term
 from .errors import ConfigError, DataError
 from .losses import build_loss
+from .options import MAX_COUNT, MAX_SEED
+
+
+# --- argument checks of the public functions: TypeError / ValueError naming the argument -------------
+def _type_name(value) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def check_module(name: str, value) -> nn.Module:
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name}: expected a torch.nn.Module, got {_type_name(value)}")
+    return value
+
+
+def check_splits(name: str, value) -> DataSplits:
+    if not isinstance(value, DataSplits):
+        hint = " (a dataset: pass the DataSplits that build_data returns)" if hasattr(value, "loader") else ""
+        raise TypeError(f"{name}: expected DataSplits (from build_data), got {_type_name(value)}{hint}")
+    return value
+
+
+def check_train_config(name: str, value) -> TrainConfig:
+    """A TrainConfig, or a dict of its keys (validated)."""
+    if isinstance(value, TrainConfig):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return TrainConfig.model_validate(dict(value))
+        except pydantic.ValidationError as err:
+            raise ValueError(f"{name}: {format_validation_error(err, 'train')}") from None
+    raise TypeError(f"{name}: expected a TrainConfig (or a dict of its keys), got {_type_name(value)}")
+
+
+def check_seed(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an integer, got {_type_name(value)}")
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name}: expected an integer from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+def check_device(name: str, value) -> str:
+    import re
+
+    if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        return value
+    if not isinstance(value, (str, type(None))) and type(value).__name__ == "device":
+        return str(value)
+    raise ValueError(f"{name}: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+
+
+def check_number(name: str, value, *, least: float = 0.0) -> float:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {_type_name(value)}")
+    if not math.isfinite(value) or value < least:
+        raise ValueError(f"{name}: expected a finite number >= {least:g}, got {value}")
+    return float(value)
+
+
+def check_count(name: str, value, *, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an integer, got {_type_name(value)}")
+    if not least <= value <= MAX_COUNT:
+        raise ValueError(f"{name}: expected an integer from {least} to {MAX_COUNT}, got {value}")
+    return value
+
+
+def check_specs(name: str, value) -> dict:
+    from .data.dataset import ModalitySpec
+
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, ModalitySpec)
+                                                 for k, v in value.items()):
+        raise TypeError(f"{name}: expected {{modality: ModalitySpec}} (e.g. data.specs), got {_type_name(value)}")
+    if not value:
+        raise ValueError(f"{name}: no modality")
+    return dict(value)
+
+
+def build_model(cfg, specs, num_classes: int, *, seed: int | None = None) -> nn.Module:
+    """Build a model of any kind (:func:`mmdistill.models.build_model`) from its config (a dict or
+    a config object), the data's ``specs`` and ``num_classes``, its arguments checked first."""
+    from .models import build_model as build
+
+    if cfg is None or not isinstance(cfg, (Mapping, pydantic.BaseModel)):
+        raise TypeError(f"cfg: expected a model config (a dict such as {{'encoders': ...}}), got {_type_name(cfg)}")
+    check_specs("specs", specs)
+    check_count("num_classes", num_classes, least=2)
+    if seed is not None:
+        check_seed("seed", seed)
+    return build(cfg, specs, num_classes, seed=seed)
 
 
 def make_terms(terms: Sequence[Term | LossTermConfig | dict | str],
@@ -48,9 +140,13 @@ def make_terms(terms: Sequence[Term | LossTermConfig | dict | str],
     from .losses import LOSSES
     from .models.points import placements
 
+    if isinstance(terms, (str, dict, Term, LossTermConfig)) or not isinstance(terms, Sequence):
+        raise TypeError(f"terms: expected a list of terms (loss names, dicts or Term objects), got "
+                        f"{_type_name(terms)}; e.g. terms=['kd']")
     out = []
     for i, term in enumerate(terms):
         if isinstance(term, Term):
+            check_number(f"terms[{i}].weight", term.weight)
             out.append(term)
             continue
         where = f"distill.terms[{i}]"
@@ -98,6 +194,11 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig = TrainConfig(), 
 
     Unlabelled training samples are left out (cross-entropy has nothing to learn from them).
     ``resume``: continue the run whose training state ``run_dir`` holds (see :class:`Trainer`)."""
+    check_module("model", model)
+    check_splits("data", data)
+    cfg = check_train_config("cfg", cfg)
+    check_seed("seed", seed)
+    check_device("device", device)
     trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label,
                       resume=resume)
     train_set = data.train.labelled_only(f"{data.train.name} (labelled)")
@@ -120,8 +221,24 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
     ``result.task`` keeps the task, e.g. for :meth:`~DistillationTask.sample_weights`.
     ``resume``: continue the run whose training state ``run_dir`` holds (see :class:`Trainer`).
     """
+    check_module("student", student)
+    check_splits("data", data)
+    cfg = check_train_config("cfg", cfg)
+    check_seed("seed", seed)
+    check_device("device", device)
+    gamma = check_number("gamma", gamma)
     if isinstance(teachers, nn.Module):
         teachers = [teachers]
+    if not isinstance(teachers, (Sequence, Mapping)) or isinstance(teachers, str):
+        raise TypeError(f"teachers: expected a model, a list of models or {{name: model}}, got {_type_name(teachers)}")
+    if not teachers:
+        raise ValueError("teachers: at least one teacher is needed")
+    for i, (key, teacher) in enumerate(teachers.items() if isinstance(teachers, Mapping) else enumerate(teachers)):
+        check_module(f"teachers[{key!r}]" if isinstance(teachers, Mapping) else f"teachers[{i}]", teacher)
+        if teacher is student:
+            raise ValueError("teachers: the student is also given as a teacher; distil from a separate, trained model")
+    if isinstance(terms, str):
+        terms = [terms]
     names = list(teachers) if isinstance(teachers, Mapping) else [f"teacher{i}" for i in range(len(teachers))]
     models = list(teachers.values()) if isinstance(teachers, Mapping) else list(teachers)
     if isinstance(ensemble, str):
@@ -136,7 +253,10 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
                                  options=ens.model_dump(exclude={"strategy", "weights"}))
     except ValueError as err:
         raise ConfigError(f"distill.ensemble: {err}") from None
-    task = DistillationTask(student, models, make_terms(terms, names, student=student, teachers=models), gamma=gamma,
+    placed = make_terms(terms, names, student=student, teachers=models)
+    if gamma == 0 and not any(t.weight > 0 for t in placed):
+        raise ValueError("gamma: 0 with no term of positive weight leaves nothing to train")
+    task = DistillationTask(student, models, placed, gamma=gamma,
                             teacher_names=names, ensemble=fusion)
     trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label,
                       resume=resume)

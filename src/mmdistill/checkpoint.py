@@ -100,6 +100,8 @@ class _Writer:
 
 
 def read_checkpoint(path: str | Path) -> dict:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a checkpoint path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -116,6 +118,103 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mmdistill checkpoint (format {FORMAT})")
     return payload
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_payload(path, payload: dict) -> None:
+    """Every field of a checkpoint's metadata, before anything is built from it: one
+    :class:`CheckpointError` naming the file and the field. ``num_classes`` an integer >= 2 that the
+    weights can hold; ``specs`` ``{modality: {name, kind, shape}}`` with positive integer sizes;
+    ``meta.seed`` and ``meta.val_fraction`` in their config ranges; recorded standardisation
+    statistics finite, with positive spreads; the state dict a mapping of names to finite tensors."""
+    import math
+
+    from .data.dataset import MODALITY_KINDS
+    from .options import MAX_COUNT, MAX_SEED
+
+    def bad(field: str, why: str):
+        return CheckpointError(f"{path}: malformed {field!r}: {why}")
+
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise bad("state_dict", "expected a mapping of parameter names to tensors")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise bad("state_dict", f"weight {name!r} holds NaN or infinite values")
+    if not isinstance(payload["model_config"], dict):
+        raise bad("model_config", f"expected a mapping, got {type(payload['model_config']).__name__}")
+    n = payload["num_classes"]
+    if not _is_int(n) or n < 2:
+        raise bad("num_classes", f"expected an integer >= 2, got {n!r}")
+    weights = sum(t.numel() for t in state.values())
+    if n > weights:  # every model's output layer holds at least one number per class
+        raise bad("num_classes", f"{n} classes, but the weights hold only {weights} numbers")
+    specs = payload["specs"]
+    if not isinstance(specs, dict) or not specs:
+        raise bad("specs", "expected {modality: {name, kind, shape}} with at least one modality")
+    for m, spec in specs.items():
+        if not isinstance(spec, dict) or not {"name", "kind", "shape"} <= set(spec):
+            raise bad("specs", f"modality {m!r}: expected {{name, kind, shape}}")
+        shape = spec["shape"]
+        if spec["name"] != m:
+            raise bad("specs", f"modality {m!r} is named {spec['name']!r}")
+        if spec["kind"] not in MODALITY_KINDS:
+            raise bad("specs", f"modality {m!r}: unknown kind {spec['kind']!r} (kinds: {', '.join(MODALITY_KINDS)})")
+        if not isinstance(shape, list) or not shape or not all(_is_int(d) and 0 < d <= MAX_COUNT for d in shape) \
+                or math.prod(shape) > MAX_COUNT:
+            raise bad("specs", f"modality {m!r}: shape {shape!r} is not a list of positive sizes")
+    meta = payload.get("meta", {})
+    if not isinstance(meta, dict):
+        raise bad("meta", f"expected a mapping, got {type(meta).__name__}")
+    seed = meta.get("seed", 0)
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise bad("meta.seed", f"expected an integer from 0 to {MAX_SEED}, got {seed!r}")
+    fraction = meta.get("val_fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise bad("meta.val_fraction", f"expected a number in [0, 1), got {fraction!r}")
+    info = meta.get("data_info", {})
+    if not isinstance(info, dict):
+        raise bad("meta.data_info", f"expected a mapping, got {type(info).__name__}")
+    stats = info.get("standardise")
+    if stats is not None:
+        where = check_standardise(stats, {m: spec["shape"] for m, spec in specs.items()})
+        if where:
+            raise bad("meta.data_info.standardise", where)
+
+
+def check_standardise(stats, shapes: dict | None = None) -> str | None:
+    """What is wrong with recorded standardisation statistics ``{modality: {mean, std}}`` (each a
+    number or a list of numbers, finite, std > 0, mean and std of one length, one per value of a
+    sample of ``shapes[modality]`` when given), or None."""
+    import math
+
+    if not isinstance(stats, dict):
+        return f"expected {{modality: {{mean, std}}}}, got {type(stats).__name__}"
+    for m, entry in stats.items():
+        if not isinstance(entry, dict) or "mean" not in entry or "std" not in entry:
+            return f"{m}: expected {{mean, std}}"
+        values = {}
+        for key in ("mean", "std"):
+            v = entry[key]
+            flat = v if isinstance(v, list) else [v]
+            while flat and isinstance(flat[0], list):
+                flat = [x for row in flat for x in (row if isinstance(row, list) else [row])]
+            if not flat or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                   for x in flat):
+                return f"{m}.{key}: expected finite numbers"
+            values[key] = flat
+        if len(values["mean"]) != len(values["std"]):
+            return f"{m}: mean has {len(values['mean'])} values, std {len(values['std'])}"
+        shape = (shapes or {}).get(m)
+        if isinstance(entry["mean"], list) and shape is not None and len(values["mean"]) != math.prod(shape):
+            return f"{m}: {len(values['mean'])} means for samples of shape {shape}"
+        if not all(x > 0 for x in values["std"]):
+            return f"{m}.std: a standard deviation must be > 0"
+    return None
 
 
 def code_requests(payload: dict) -> tuple[list[str], str | None]:
@@ -178,10 +277,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, tru
     missing = [k for k in ("model_config", "specs", "num_classes", "state_dict") if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: incomplete mmdistill checkpoint (no {missing[0]!r})")
-    try:
-        specs = {m: ModalitySpec.from_dict(s) for m, s in payload["specs"].items()}
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: malformed 'specs' (expected {{modality: {{name, kind, shape}}}})") from None
+    check_payload(path, payload)
+    specs = {m: ModalitySpec.from_dict(s) for m, s in payload["specs"].items()}
     imports = payload.get("imports", [])
     if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
         raise CheckpointError(f"{path}: malformed 'imports' (expected a list of module names and files)")

@@ -64,7 +64,7 @@ def _print_metrics(title: str, rows: dict[str, dict]) -> None:
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory to create."),
          quick: bool = typer.Option(False, "--quick", help="Few epochs: finishes in about a minute."),
-         seed: int = typer.Option(0, "--seed"),
+         seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
          device: str = typer.Option("auto", "--device"),
          data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt):
     """Train a teacher on AV-Digits hard, a student from scratch, and a distilled student."""
@@ -93,17 +93,28 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
 def _loss_terms(specs: list[str]) -> list[dict]:
     """``NAME[:WEIGHT]`` -> loss terms ``{name, weight}``; a feature loss is placed when the task is
     built, through the models' feature points (:func:`mmdistill.models.points.placements`)."""
+    import math
+
     from .errors import ConfigError
     from .losses import LOSSES
 
     terms = []
     for spec in specs:
         name, _, weight = spec.partition(":")
+        if not name.strip():
+            raise ConfigError(f"--loss {spec}: give a loss name before the colon (see `mmdistill losses`)")
         try:
-            terms.append({"name": name, "weight": float(weight) if weight else 1.0})
+            value = float(weight) if weight else 1.0
         except ValueError:
             raise ConfigError(f"--loss {spec}: the weight must be a number") from None
-        LOSSES.get(name)  # an unknown name is an error here, naming the known ones
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"--loss {spec}: the weight must be a finite number >= 0 (a negative weight would "
+                              f"push the student away from the teacher)")
+        terms.append({"name": name, "weight": value})
+        try:
+            LOSSES.get(name)  # an unknown name is an error here, naming the known ones
+        except ConfigError as err:
+            raise ConfigError(f"--loss {spec}: {err}") from None
     return terms
 
 
@@ -141,6 +152,11 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
     from .errors import ConfigError
     from .runs import run_distill
 
+    import math
+
+    bad = [k for k in auto_scale or () if not (math.isfinite(k) and k > 0)]
+    if bad:
+        raise ConfigError(f"--auto-scale {bad[0]}: a weight scale must be a finite number > 0")
     cfg = _config(config, set_, device, data_root)
     if not auto and (auto_epochs is not None or auto_scale):
         raise ConfigError("--auto-epochs/--auto-scale: only with --auto")
@@ -214,7 +230,8 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt c
              corrupt: Optional[List[str]] = typer.Option(
                  None, "--corrupt", help="MODALITY:KIND:SEVERITY (repeatable), KIND one of gaussian_noise, occlusion, "
                                          "noise_snr, time_shift, SEVERITY 1-5; e.g. audio:noise_snr:3."),
-             corrupt_seed: int = typer.Option(0, "--corrupt-seed", help="Seed of the corruptions' randomness."),
+             corrupt_seed: int = typer.Option(0, "--corrupt-seed", min=0, max=2**32 - 1,
+                                              help="Seed of the corruptions' randomness."),
              cost: bool = typer.Option(True, "--cost/--no-cost", help="Also measure MACs, ONNX size and ONNX "
                                                                       "Runtime latency (exports the model)."),
              trust_code: bool = TrustOpt):
@@ -317,8 +334,10 @@ def profile_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint to mea
                 out: Path = typer.Option(..., "--out", help="Folder for profile.json."),
                 compare: Optional[List[Path]] = typer.Option(None, "--compare", help="Another checkpoint to "
                                                              "measure beside it (repeatable)."),
-                threads: int = typer.Option(1, "--threads", help="Intra-op threads for PyTorch and ONNX Runtime."),
-                repeats: int = typer.Option(200, "--repeats", help="Timed runs at batch 1 (a tenth of it at batch 64)."),
+                threads: int = typer.Option(1, "--threads", min=1, max=1024,
+                                            help="Intra-op threads for PyTorch and ONNX Runtime."),
+                repeats: int = typer.Option(200, "--repeats", min=1, max=10**6,
+                                            help="Timed runs at batch 1 (a tenth of it at batch 64)."),
                 trust_code: bool = TrustOpt):
     """Parameters, MACs, ONNX size and latency (eager PyTorch and ONNX Runtime) of checkpoints."""
     from .export.profile import COST_ROWS, format_cost, profile_checkpoints

@@ -23,7 +23,7 @@ from .models.fusion import PlainFusionConfig, ProjectedFusionConfig  # noqa: F40
 from .models.kinds import FactoryModelConfig, parse_model_config  # noqa: F401
 from .models.multimodal import HeadConfig, ModelConfig  # noqa: F401  (the multimodal model kind's config)
 from .optim import OPTIMIZERS, SCHEDULERS, OptimizerConfig, SchedulerConfig
-from .options import PositiveInt, Strict
+from .options import PositiveInt, Seed, Strict
 from .options import format_validation_error as _format_validation_error
 from .plugins import load_imports
 
@@ -45,7 +45,7 @@ class DataConfig(BaseModel):
       ignored. Its modalities must match the data's.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
     root: str | None = None
     label_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
@@ -147,7 +147,8 @@ class TrainConfig(Strict):
     # CutMix (Yun et al. 2019) with lam ~ Beta(alpha, alpha): one partner and one cut fraction for all
     # modalities of a sample (images: a box, spectrograms and sequences: a band of time); 0 = off
     cutmix: NonNegativeFloat = 0.0
-    modality_dropout: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}  # modality -> drop rate
+    # modality -> drop rate; below 1: at 1 the modality would never be seen in training
+    modality_dropout: dict[str, Annotated[float, Field(ge=0, lt=1)]] = {}
     # modality -> largest random time shift, as a fraction of the last (time) axis; the student sees
     # shifted inputs, teachers the aligned ones
     time_shift: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
@@ -224,9 +225,9 @@ class TrainConfig(Strict):
 class LossTermConfig(BaseModel):
     """One weighted distillation term; keys other than these are the loss's own options."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
-    weight: float = 1.0
+    weight: NonNegativeFloat = 1.0  # a negative weight would maximise the term: push the student away
     # module paths the term compares; None: "logits" for a logit loss, and for a feature loss the
     # models' declared feature points of the loss's kind (models.points.placements), one term
     # per shared modality for per-modality kinds
@@ -272,6 +273,9 @@ class DistillConfig(Strict):
     def _check_teachers(self):
         if (self.teacher is None) == (not self.teachers):
             raise ValueError("give exactly one of teacher (one checkpoint) or teachers (a list)")
+        if self.gamma == 0 and not any(t.weight > 0 for t in self.terms):
+            raise ValueError("gamma: 0 with no loss term of positive weight leaves nothing to train; "
+                             "give gamma > 0 or a term")
         names = self.teacher_names()
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate:
@@ -302,7 +306,7 @@ class DistillConfig(Strict):
 class RunConfig(Strict):
     # the user's modules, imported before the rest is validated (see :mod:`mmdistill.plugins`)
     imports: list[str] = []
-    seed: StrictInt = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig
     # the multimodal model (encoders, fusion, head) or another model kind selected by its key
@@ -351,6 +355,91 @@ def set_key(raw: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"{'.'.join(parts[:i])}: is not a section, cannot set {dotted}")
 
 
+#: how deeply a config may nest (sections, lists, mappings); real configs use under 10 levels
+MAX_DEPTH = 32
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may be overridden by later keys
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                where = f"lines {first} and {line}" if first != line else f"line {line}"
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice ({where})",
+                                                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+#: how many values a config may hold once YAML aliases are expanded (``&a [*b, *b, ...]`` bombs)
+MAX_VALUES = 100_000
+
+
+def _shape(value, memo: dict) -> tuple[int, int]:
+    """(nesting height, number of values once aliases are expanded) of a parsed YAML value; shared
+    (aliased) objects are measured once, so an alias bomb costs nothing to measure."""
+    if not isinstance(value, (dict, list)):
+        return 0, 1
+    if id(value) not in memo:
+        children = list(value.values()) if isinstance(value, dict) else value
+        shapes = [_shape(v, memo) for v in children]
+        memo[id(value)] = (1 + max((h for h, _ in shapes), default=0), 1 + sum(n for _, n in shapes))
+    return memo[id(value)]
+
+
+def _deep_key(value, memo: dict, limit: int) -> str:
+    """The dotted key where ``value`` nests deeper than ``limit`` levels (follows the deepest child)."""
+    key = ""
+    while isinstance(value, (dict, list)) and limit >= 0:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        k, value = max(items, key=lambda kv: _shape(kv[1], memo)[0])
+        key = f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}" if key else str(k)
+        limit -= 1
+    return key or "(top level)"
+
+
+def parse_yaml(text: str | bytes, where: str):
+    """YAML text to plain values, one line naming ``where`` on any problem: not UTF-8/16/32 text,
+    invalid YAML (with its line), a key given twice in a mapping, or nesting deeper than
+    :data:`MAX_DEPTH` (which would otherwise exhaust Python's recursion limit)."""
+    if isinstance(text, bytes):
+        try:  # YAML's encodings: UTF-8 (with or without a BOM), UTF-16/32 with a BOM
+            text = text.decode("utf-32" if text[:4] in (b"\xff\xfe\0\0", b"\0\0\xfe\xff") else
+                               "utf-16" if text[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{where}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                              "save it as UTF-8") from None
+    try:
+        value = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        if isinstance(err, yaml.constructor.ConstructorError) and "given twice" in problem:
+            raise ConfigError(f"{where}:{line} {problem}") from None
+        raise ConfigError(f"{where}:{line} invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)") from None
+    memo: dict = {}
+    height, count = _shape(value, memo)
+    if height > MAX_DEPTH + 1:
+        raise ConfigError(f"{where}: {_deep_key(value, memo, MAX_DEPTH)}: nested too deeply (more than {MAX_DEPTH} "
+                          "levels)")
+    if count > MAX_VALUES:
+        raise ConfigError(f"{where}: holds {count:,} values once its aliases (*name) are expanded, more than "
+                          f"{MAX_VALUES:,}; a config is smaller")
+    return value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``key=value`` overrides; values are parsed as YAML (``3``, ``0.1``, ``[32, 64]``)."""
     for item in overrides:
@@ -358,9 +447,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
+            value = parse_yaml(text, f"--set {key.strip()}")
+        except ConfigError as err:
+            if "invalid YAML" not in str(err):
+                raise
+            value = text  # not YAML: the text itself (a path, a name)
         set_key(raw, key.strip(), value)
     return raw
 
@@ -368,13 +459,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    raw = parse_yaml(data, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections (data, model, train, ...)")
     return raw
@@ -399,5 +489,9 @@ def parse_config(raw: dict, source: str = "config", base: str | Path | None = No
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    import os
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a config file path, got {type(path).__name__}")
     raw = apply_overrides(read_yaml(path), overrides or [])
     return parse_config(raw, source=str(path), base=Path(path).parent)

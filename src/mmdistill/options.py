@@ -11,12 +11,23 @@ from typing import Annotated, Collection
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+#: the largest count an option takes (epochs, batch sizes, widths): beyond it, sizes no longer fit
+#: the int32/int64 arithmetic of the libraries below (2**70 would overflow deep inside them)
+MAX_COUNT = 2**31 - 1
+#: seeds are 0..2**32-1, the range every random number generator below accepts
+MAX_SEED = 2**32 - 1
+
 # Strict: YAML ``true`` is a bool, never the integer 1 (``epochs: true`` is an error naming the key).
-PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0, le=MAX_COUNT)]
+Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]
+
+#: every options model: no unknown keys, and no NaN or infinite number (YAML ``.inf``, ``1e400``)
+#: for any float option, so a non-finite value is an error naming its key, not a diverged run
+OPTIONS_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
 
 def format_validation_error(err: pydantic.ValidationError, prefix: str = "", tags: Collection[str] = ()) -> str:

@@ -6,7 +6,7 @@ Usage::
     ENCODERS = Registry("encoder")
 
     class WideOptions(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
         width: int = 64
 
     @ENCODERS.register("wide", options=WideOptions)
@@ -131,7 +131,7 @@ class Registry(Generic[T]):
 
 
 class _NoOptions(BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def options_of(entry: BaseModel, key: str) -> dict[str, Any]:

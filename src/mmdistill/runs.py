@@ -29,7 +29,7 @@ from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits, ModalitySpec
 from .distill import backends, distributed
-from .distill.engine import Trainer, check_train_options, resolve_device
+from .distill.engine import TIME_KINDS, Trainer, check_train_options, resolve_device
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
 from .models.kinds import build as build_model
@@ -346,6 +346,17 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
     if unknown:
         raise ConfigError(f"--drop {unknown[0]}: the model has no modality {unknown[0]!r} "
                           f"(it has {', '.join(model.modalities)})")
+    for c in corruptions:  # each corruption against the kind of data it would corrupt, before any work
+        spec = payload["specs"][c.modality]
+        if c.kind == "occlusion" and len(spec.shape) < 2:
+            raise ConfigError(f"--corrupt {c}: occlusion needs samples with two spatial axes; {c.modality!r} is "
+                              f"{spec.kind} of shape {list(spec.shape)}")
+        if c.kind == "time_shift" and spec.kind not in TIME_KINDS:
+            raise ConfigError(f"--corrupt {c}: time_shift needs a time axis; {c.modality!r} is {spec.kind} data "
+                              f"(time axes: {', '.join(TIME_KINDS)})")
+    if drop and set(model.modalities) <= set(drop):
+        raise ConfigError(f"--drop: dropping every modality of the model ({', '.join(model.modalities)}) leaves it "
+                          "nothing to predict from; keep at least one")
     _, data = checkpoint_data(checkpoint, model, payload, data_root)
     dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
     if dataset is None:

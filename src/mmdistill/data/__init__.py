@@ -1,6 +1,8 @@
 """Data: modality-aware datasets, the batch format, loaders of real data, and transforms."""
 from __future__ import annotations
 
+import torch
+
 from .batch import collate, drop_modalities, modality_names, presence, to_device
 from .dataset import DataSplits, ModalitySpec, MultimodalDataset, join_unlabelled, keep_label_fraction, split_validation
 from ..errors import DataError
@@ -30,12 +32,31 @@ def check_classes(where: str, train: MultimodalDataset, test: MultimodalDataset)
 
     seen = torch.unique(train.labels[train.labels >= 0])
     if len(seen) < 2:
-        only = f"label {int(seen[0])}" if len(seen) else "no samples"
-        raise DataError(f"{where}: every training sample has {only}; a classifier needs at least 2 classes")
+        if not len(seen):
+            raise DataError(f"{where}: no training sample has a label; a classifier needs labelled samples "
+                            "of at least 2 classes")
+        raise DataError(f"{where}: every training sample has label {int(seen[0])}; a classifier needs at least 2 "
+                        "classes")
+    unseen = sorted(set(torch.unique(test.labels[test.labels >= 0]).tolist()) - set(seen.tolist()))
+    if unseen:
+        raise DataError(f"{where}: class {unseen[0]} has test samples but no training sample; the model could "
+                        "never learn it (check the split)")
+    if len(test) == 0:
+        raise DataError(f"{where}: no test sample (a class needs at least 2 samples for one to be held out for "
+                        "test); add samples or give a split")
     total = len(train) + len(test)
     if train.num_classes > total:
         raise DataError(f"{where}: {train.num_classes} classes for {total} samples; labels must be class "
                         f"indices 0..K-1")
+
+
+def check_present(where: str, train) -> None:
+    """Refuse a modality that no training sample carries (its presence mask all False): the model
+    would never see it."""
+    for m, mask in (getattr(train, "present", None) or {}).items():
+        if len(mask) and not bool(mask.any()):
+            raise DataError(f"{where}: modality {m!r} is absent from every training sample (its presence mask, "
+                            f"e.g. present_{m}, is all False); drop the modality or mark where it is present")
 
 
 def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: dict | None = None,
@@ -49,8 +70,15 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
     (``info["standardise"]``), used instead of recomputing them. ``built``: the dataset builder's
     ``(train, test, info)`` for ``cfg``'s name and options, when already built (e.g. once for
     several seeds of a builder that does not use the seed)."""
+    import math
+
     from .standardize import standardize_splits
 
+    if not hasattr(cfg, "name") or not hasattr(cfg, "options"):  # (data never imports the config module)
+        raise TypeError(f"cfg: expected a DataConfig (mmdistill.DataConfig(name=..., ...)), got {type(cfg).__name__}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not math.isfinite(val_fraction) or not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
     entry = DATASETS.get(cfg.name)
     options = parse_options(cfg.name, cfg.options)
     train, test, info = built if built is not None else entry.builder(data_root(cfg.root), options, seed)
@@ -59,7 +87,13 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
     if getattr(train, "val_mask", None) is not None:  # npy_dir: split.npy names the validation samples
         train, val = train.split_file_val()
     else:
+        before = set(torch.unique(train.labels[train.labels >= 0]).tolist())
         train, val = split_validation(train, val_fraction, seed)
+        lost = sorted(before - set(torch.unique(train.labels[train.labels >= 0]).tolist()))
+        if lost:  # validation took every training sample of a class
+            left = "no labelled training sample" if len(lost) == len(before) else f"class {lost[0]} with no training sample"
+            raise DataError(f"{where}: val_fraction {val_fraction} (train.val_fraction) leaves {left}; lower it")
+    check_present(where, train)
     for split, dataset in (("test", test), ("validation", val)):  # builders refuse these naming the file's sample
         if dataset is not None and not dataset.labelled.all():
             raise DataError(f"{where}: {split} sample {int((~dataset.labelled).nonzero()[0])} is unlabelled; "

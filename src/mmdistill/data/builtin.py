@@ -5,8 +5,9 @@ from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
+from ..options import PositiveInt
 from .av_digits import load_av_digits
 from .dataset import MultimodalDataset
 from ..errors import DataError
@@ -17,7 +18,7 @@ from .registry import register_dataset
 
 
 class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AVDigitsOptions(_Options):

@@ -33,6 +33,19 @@ class ModalitySpec:
         return cls(d["name"], d["kind"], tuple(d["shape"]))
 
 
+#: how many per-sample axes a modality of each declarable kind has
+KIND_AXES = {"image": (2, 3), "audio": (2, 3), "vector": (1,), "sequence": (2,)}
+
+
+def check_kind(where: str, modality: str, kind: str, shape: Sequence[int]) -> None:
+    """Refuse a declared ``kinds`` entry that the samples' shape cannot be: an image or spectrogram
+    is [C, H, W] or [H, W], a vector [D], a sequence [T, D]."""
+    axes = KIND_AXES.get(kind)
+    if axes is not None and len(shape) not in axes:
+        raise DataError(f"{where}: kinds.{modality}: {kind} data has {' or '.join(map(str, axes))} axes per sample, "
+                        f"but {modality!r} has shape {list(shape)}")
+
+
 def guess_kind(shape: Sequence[int]) -> str:
     """image for [C,H,W] or [H,W], sequence for [T,D], vector for [D]."""
     if len(shape) == 1:

@@ -55,12 +55,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, StrictBool
 
+from ..options import PositiveInt
 from ..errors import DataError
 from .batch import RESERVED_KEYS
 from .audio import wav_truncation
-from .dataset import MultimodalDataset, guess_kind
+from .dataset import MultimodalDataset, check_kind, guess_kind
 from .ge2e import GE2EParams, ge2e_features
 from .npz import Kind, check_unlabelled_train, encode_labels, parse_split, resolve, stratified_test_mask
 from .text import load_tokenizer, tokenize
@@ -73,7 +74,7 @@ INTEGER = re.compile(r"^[+-]?\d+$")
 
 
 class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ManifestAudioOptions(_Options):
@@ -508,6 +509,8 @@ def build_manifest(root, options: ManifestOptions, seed: int):
         present[name] = mask
         kinds[name] = (options.kinds or {}).get(name) or (
             ftype if ftype in ("audio", "image") else guess_kind(tensor.shape[1:]))
+        if name in (options.kinds or {}):
+            check_kind(str(path), name, kinds[name], tensor.shape[1:])
         described[name] = {"kind": kinds[name], "files": ftype, "shape": list(tensor.shape[1:]),
                            "present": int(mask.sum())}
         if column != name:

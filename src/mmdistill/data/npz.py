@@ -4,7 +4,8 @@ The archive holds (``np.savez``/``np.savez_compressed``; no pickled objects):
 
 * one array per modality, any shape ``[N, ...]``: feature vectors ``[N, D]``, images
   ``[N, C, H, W]`` or ``[N, H, W]``, sequences ``[N, T, D]``; bool, int or float;
-* ``label``: ``[N]`` class indices (ints >= 0), or strings, mapped to the indices of the sorted
+* ``label``: ``[N]`` class indices (ints 0..K-1, each class with at least one sample: labels that
+  skip an index are refused, name the classes with ``classes`` instead), or strings, mapped to the indices of the sorted
   class names (or of ``classes`` when given); the names are recorded in ``info["classes"]``.
   An unlabelled sample has label -1 (or an empty string);
 * optionally ``labelled``: ``[N]`` bools, False where the sample's label is to be ignored
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ..errors import DataError
 from .batch import RESERVED_KEYS
-from .dataset import MultimodalDataset, guess_kind
+from .dataset import MultimodalDataset, check_kind, guess_kind
 from .registry import register_dataset
 from .text import TextOptions, load_tokenizer, tokenize
 
@@ -42,7 +43,7 @@ PRESENT_PREFIX = "present_"
 
 
 class NpzOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: str
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -104,11 +105,15 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe,
 
     ``raw`` holds ints or strings; -1 or None is an unlabelled sample (encoded -1). With ``classes``,
     every other label must be one of them (strings) or an index into them (ints). Without, string
-    labels map to their sorted distinct values, and integer labels are indices 0..K-1 with K (the
+    labels map to their sorted distinct values, and integer labels are indices 0..K-1, every one of
+    them used by a labelled sample (a skipped index would be a class without samples), with K (the
     largest + 1) at most ``total`` (default: the number of samples), so a stray huge label is an
     error here rather than a K-way model that does not fit in memory.
     """
     out = np.full(len(raw), -1, dtype=np.int64)
+    if classes is not None and len(set(classes)) < len(classes):
+        twice = next(c for i, c in enumerate(classes) if c in classes[:i])
+        raise DataError(f"{where}: classes names {twice!r} twice; each class once")
     none = [v is None or (not isinstance(v, str) and v == -1) for v in raw]
     if any(none):
         kept = [i for i, n in enumerate(none) if not n]
@@ -132,12 +137,22 @@ def encode_labels(where: str, raw: list, classes: list[str] | None, describe,
         if v < 0 or (classes is not None and v >= len(classes)):
             limit = f"0..{len(classes) - 1}" if classes is not None else ">= 0"
             raise DataError(f"{where} {describe(i)}: unknown label {v} (expected {limit}, or -1 for unlabelled)")
-        out[i] = v
     total = len(raw) if total is None else total
     if classes is None and len(raw) and max(raw) >= total:
         i = max(range(len(raw)), key=lambda j: raw[j])
         raise DataError(f"{where} {describe(i)}: label {raw[i]} would make {raw[i] + 1} classes for {total} "
                         "samples; integer labels are class indices 0..K-1 (name the classes with `classes`)")
+    if classes is None and len(raw):
+        # integer labels are indices 0..K-1: a skipped index would be a class with no sample, which
+        # the model would still learn to output and the metrics would average over
+        missing = sorted(set(range(max(raw) + 1)) - set(raw))
+        if missing:
+            i = next(j for j, v in enumerate(raw) if v > missing[0])
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise DataError(f"{where} {describe(i)}: label {raw[i]}, but no sample has label {shown}; integer "
+                            f"labels are class indices 0..K-1 with every class present (use string labels, or "
+                            f"name the classes with `classes`)")
+    out[:] = raw
     return out, (list(classes) if classes is not None else None)
 
 
@@ -168,12 +183,15 @@ def modalities_in_use(path: Path, names: list[str], options, member=lambda key: 
 
 def _read(path: Path, archive, name: str) -> np.ndarray:
     try:
-        return archive[name]
+        value = archive[name]
     except ValueError as err:  # object arrays need pickle, which is refused
         raise DataError(f"{path}: array {name!r} cannot be read without pickle ({err}); "
                         "store strings as a fixed-width unicode array (np.array(list_of_str))") from None
     except Exception as err:  # a corrupt member: zlib/zipfile/OSError/EOFError
         raise DataError(f"{path}: array {name!r} is corrupt ({err})") from None
+    if not isinstance(value, np.ndarray):  # a member that is not a .npy array (numpy returns its raw bytes)
+        raise DataError(f"{path}: member {name!r} is not a .npy array (empty or of another format)")
+    return value
 
 
 def _labels(path: Path, label: np.ndarray, classes) -> tuple[np.ndarray, list[str] | None]:
@@ -249,6 +267,8 @@ def build_npz(root, options: NpzOptions, seed: int):
         modalities, present = {}, {}
         for m in wanted:
             arr = _read(path, archive, m)
+            if arr.ndim > 1 and 0 in arr.shape[1:]:
+                raise DataError(f"{path}: array {m!r} has shape {list(arr.shape)}: its samples hold no values")
             if arr.ndim == 0 or len(arr) != n:
                 got = "a scalar" if arr.ndim == 0 else f"{len(arr)} samples"
                 raise DataError(f"{path}: array {m!r} has {got} but 'label' has {n}")
@@ -271,7 +291,8 @@ def build_npz(root, options: NpzOptions, seed: int):
                 continue
             if arr.dtype.kind not in "biuf":
                 raise DataError(f"{path}: array {m!r} has dtype {arr.dtype}, expected numbers")
-            arr = arr.astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32: refused below, by sample
+                arr = arr.astype(np.float32)
             if arr.ndim == 1:
                 arr = arr[:, None]
             mask = np.ones(n, dtype=bool)
@@ -291,9 +312,15 @@ def build_npz(root, options: NpzOptions, seed: int):
             modalities[m] = torch.from_numpy(arr)
             present[m] = torch.from_numpy(mask)
 
+    nothing = ~np.any(np.stack([p.numpy() for p in present.values()]), axis=0)
+    if nothing.any():
+        raise DataError(f"{path}: sample {int(np.flatnonzero(nothing)[0])} has every modality absent "
+                        f"(its present_<modality> masks are all False); a sample needs at least one")
     num_classes = len(classes) if classes is not None else max(int(labels.max()) + 1, 0)
     kinds = {m: "text" if m in options.text else (options.kinds or {}).get(m) or guess_kind(t.shape[1:])
              for m, t in modalities.items()}
+    for m, kind in (options.kinds or {}).items():
+        check_kind(str(path), m, kind, modalities[m].shape[1:])
     labels_t = torch.from_numpy(labels)
     full = MultimodalDataset(modalities, labels_t, num_classes=num_classes, kinds=kinds, present=present,
                              name=path.name)

@@ -27,6 +27,10 @@ def cache_dir() -> Path:
     """Where derived features (e.g. log-mel spectrograms) are cached: ``$MMDISTILL_CACHE``."""
     env = os.environ.get(CACHE_ENV)
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "mmdistill"
+    if path.exists() and not path.is_dir():
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{CACHE_ENV}={path}: is a file, not a folder for the feature cache")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

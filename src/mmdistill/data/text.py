@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict
 
+from ..options import PositiveInt
 from ..errors import DataError
 
 HF_EXTRA = 'pip install "mmdistill[hf]"'
@@ -24,7 +25,7 @@ class TextOptions(BaseModel):
     """``tokenizer``: a local directory (relative paths under the data root); ``max_length``: tokens
     per sample after padding/truncation."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     tokenizer: str
     max_length: PositiveInt = 64
 

@@ -66,9 +66,44 @@ class DistributedError(MMDistillError):
     """Another process of a torchrun job stopped (its own error is printed by that process)."""
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable; ``default`` when unset or not an integer (which
+    :func:`check_environment` reports before a run starts)."""
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def check_environment() -> None:
+    """The launcher's variables, before a run starts: ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``
+    integers in range, and with ``WORLD_SIZE`` > 1 the rest of what torchrun sets (``RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT``), so a stray ``WORLD_SIZE=2`` is one line, not a silent
+    single-process run or a rendezvous traceback."""
+    values = {}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        raw = os.environ.get(name)
+        if raw is None:
+            continue
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: must be an integer (set by torchrun)") from None
+        if values[name] < (1 if name == "WORLD_SIZE" else 0):
+            raise ConfigError(f"{name}={raw}: out of range (set by torchrun)")
+    size = values.get("WORLD_SIZE", 1)
+    if size > 1:
+        missing = [n for n in ("RANK", "MASTER_ADDR", "MASTER_PORT") if n not in os.environ]
+        if missing:
+            raise ConfigError(f"WORLD_SIZE={size} but {', '.join(missing)} not set: start several processes with "
+                              f"torchrun (torchrun --nproc_per_node={size} -m mmdistill ...), or unset WORLD_SIZE")
+    if "RANK" in values and values["RANK"] >= size:
+        raise ConfigError(f"RANK={values['RANK']}: must be less than WORLD_SIZE={size}")
+
+
 def launched() -> bool:
     """True when started by torchrun (or any launcher setting ``RANK``) with more than one process."""
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return "RANK" in os.environ and _env_int("WORLD_SIZE", 1) > 1
 
 
 def active() -> bool:
@@ -77,11 +112,11 @@ def active() -> bool:
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0")) if launched() else 0
+    return _env_int("RANK", 0) if launched() else 0
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1")) if launched() else 1
+    return _env_int("WORLD_SIZE", 1) if launched() else 1
 
 
 def is_main() -> bool:
@@ -103,8 +138,8 @@ def _timeout() -> timedelta:
         seconds = float(raw)
     except ValueError:
         raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be a number of seconds") from None
-    if seconds <= 0:
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be a positive number of seconds")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be a positive, finite number of seconds")
     return timedelta(seconds=seconds)
 
 
@@ -154,6 +189,7 @@ def launch(fn):
     def wrapper(cfg, *args, **kwargs):
         from .engine import resolve_device
 
+        check_environment()
         if not launched():
             return fn(cfg, *args, **kwargs)
         with session(resolve_device(cfg.device)):

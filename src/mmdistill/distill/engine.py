@@ -103,6 +103,15 @@ def check_train_options(cfg: TrainConfig, specs: dict) -> None:
             if kind not in AUGMENT_KINDS[entry.type]:
                 raise ConfigError(f"train.augment.{m}[{i}]: {entry.type} applies to "
                                   f"{' or '.join(AUGMENT_KINDS[entry.type])} modalities, {m!r} is {kind}")
+            shape = tuple(specs[m].shape)
+            if entry.type == "translate" and len(shape) >= 2 and entry.pixels >= min(shape[-2:]):
+                raise ConfigError(f"train.augment.{m}[{i}].pixels: {entry.pixels} moves the {shape[-2]}x{shape[-1]} "
+                                  f"images of {m!r} entirely out of view; use less than {min(shape[-2:])}")
+            axis = {"time_mask": -1, "freq_mask": -2}.get(entry.type)
+            if axis is not None and len(shape) >= -axis and entry.width > shape[axis]:
+                what = "time steps" if axis == -1 else "frequency bins"
+                raise ConfigError(f"train.augment.{m}[{i}].width: {entry.width} is more than the {shape[axis]} "
+                                  f"{what} of {m!r}")
 
 
 #: seconds between two reads of the running loss (progress bar, divergence check): the only host

@@ -383,6 +383,107 @@ def _write(path: Path, payload) -> None:
 
 
 # --- predict -----------------------------------------------------------------------------------
+def export_labels(labels: np.ndarray, data_classes: Sequence[str], export_classes: Sequence[str],
+                  where) -> np.ndarray:
+    """The data's labels (indices into ``data_classes``) as indices into the export's own classes,
+    matched by name: data holding a subset of the classes, or naming them in another order, is
+    scored against what the model predicts. A class the model does not know is an error naming it."""
+    lookup = {name: i for i, name in enumerate(export_classes)}
+    out = np.full(len(labels), -1, dtype=np.int64)
+    for c in np.unique(labels[labels >= 0]):
+        name = str(data_classes[int(c)])
+        if name not in lookup:
+            first = int(np.flatnonzero(labels == c)[0])
+            raise DataError(f"{where}: sample {first} has class {name!r}, which the exported model does not know "
+                            f"(its classes: {', '.join(export_classes)})")
+        out[labels == c] = lookup[name]
+    return out
+
+
+def read_export_meta(export_dir: Path, variant: str = "fp32") -> dict:
+    """An export folder's ``model.json``, every field :func:`predict_export` reads checked first:
+    one :class:`ConfigError` naming the file and the field."""
+    from ..checkpoint import check_standardise
+
+    path = export_dir / MODEL_JSON
+    if not path.is_file():
+        raise ConfigError(f"{export_dir}: no {MODEL_JSON}; not an mmdistill export folder")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not JSON ({err})") from None
+
+    def bad(field: str, why: str):
+        return ConfigError(f"{path}: {field}: {why}")
+
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise bad("format", f"expected {FORMAT!r}, got {meta.get('format')!r} (not an mmdistill export)")
+    modalities = meta.get("modalities")
+    if not isinstance(modalities, list) or not modalities or not all(isinstance(m, str) for m in modalities) \
+            or len(set(modalities)) < len(modalities):
+        raise bad("modalities", f"expected a list of distinct modality names, got {modalities!r}")
+    inputs = meta.get("inputs")
+    if not isinstance(inputs, dict):
+        raise bad("inputs", f"expected {{modality: {{shape, ...}}}}, got {inputs!r}")
+    for m in modalities:
+        shape = (inputs.get(m) or {}).get("shape") if isinstance(inputs.get(m), dict) else None
+        if not isinstance(shape, list) or not shape or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise bad(f"inputs.{m}.shape", f"expected a list of positive sizes, got {shape!r}")
+    classes, n = meta.get("classes"), meta.get("num_classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) < len(classes):
+        raise bad("classes", f"expected a list of at least 2 distinct class names, got {classes!r}")
+    if n != len(classes):
+        raise bad("num_classes", f"{n!r}, but classes names {len(classes)}")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise bad("files", f"expected {{role: file name}}, got {files!r}")
+    for role, name in files.items():
+        # a bare file name inside the export folder: never a path that leads elsewhere
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise bad(f"files.{role}", f"{name!r} is not a file name inside the export folder")
+    role = "onnx_int8" if variant == "int8" else "onnx"
+    if role in files and not (export_dir / files[role]).is_file():
+        raise bad(f"files.{role}", f"{export_dir / files[role]} is missing")
+    pre = meta.get("preprocessing", {})
+    mods = pre.get("modalities", {}) if isinstance(pre, dict) else None
+    if not isinstance(mods, dict) or not all(isinstance(v, dict) for v in mods.values()):
+        raise bad("preprocessing", "expected {modalities: {modality: {...}}}")
+    stats = {m: e["standardise"] for m, e in mods.items() if e.get("standardise") is not None}
+    problem = check_standardise(stats, {m: inputs[m]["shape"] for m in modalities if m in stats}) if stats else None
+    if problem:
+        raise bad("preprocessing.modalities", f"standardise: {problem}")
+    ckpt = meta.get("checkpoint", {})
+    if not isinstance(ckpt, dict):
+        raise bad("checkpoint", f"expected a mapping, got {type(ckpt).__name__}")
+    seed = ckpt.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise bad("checkpoint.seed", f"expected an integer >= 0, got {seed!r}")
+    meta.setdefault("checkpoint", ckpt)
+    return meta
+
+
+def check_session(export_dir: Path, model: ExportedModel, meta: dict, variant: str) -> None:
+    """The ONNX file ``model`` loaded against ``model.json``: one input per modality of the recorded
+    shape and a presence input each, and logits over the recorded classes (not another model's file)."""
+    graph = model.session
+    got = {i.name: i.shape for i in graph.get_inputs()}
+    name = meta["files"]["onnx_int8" if variant == "int8" else "onnx"]
+    for m in model.modalities:
+        shape = got.get(m)
+        if shape is None or PRESENT_PREFIX + m not in got or [d for d in shape[1:]] != list(model.inputs[m]["shape"]):
+            raise ConfigError(f"{export_dir / name}: does not match {MODEL_JSON} (input {m!r} of shape "
+                              f"{model.inputs[m]['shape']} expected; the model takes {sorted(got)}); "
+                              "not this export's model")
+    outputs = {o.name: o.shape for o in graph.get_outputs()}
+    if "logits" not in outputs or outputs["logits"][-1] != len(model.classes):
+        raise ConfigError(f"{export_dir / name}: does not match {MODEL_JSON} (logits over {len(model.classes)} "
+                          f"classes expected, the model outputs {outputs})")
+
+
 def predict_export(export_dir: str | Path, data_config: str | Path, out: str | Path, *, split: str = "test",
                    data_root: str | None = None, variant: str = "fp32") -> dict:
     """Run an ONNX export on a split of the data a config names; write one JSON line per sample
@@ -398,20 +499,27 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
     export_dir = Path(export_dir)
     inputs = [Input("export folder", export_dir), Input("data config", Path(data_config))]
     check_out(out, inputs, file_kind=is_predictions)
-    if not (export_dir / MODEL_JSON).is_file():
-        raise ConfigError(f"{export_dir}: no {MODEL_JSON}; not an mmdistill export folder")
+    meta = read_export_meta(export_dir, variant)
     try:
         model = ExportedModel(export_dir, variant=variant)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
+    check_session(export_dir, model, meta, variant)
     raw = read_yaml(data_config)
-    ckpt = model.meta.get("checkpoint", {})
-    seed = raw.get("seed", ckpt.get("seed") or 0)
-    val_fraction = (raw.get("train") or {}).get("val_fraction", 0.0)
+    seed = raw.get("seed", meta["checkpoint"].get("seed", 0))
+    val_fraction = (raw.get("train") or {}).get("val_fraction", 0.0) if isinstance(raw.get("train"), dict) else 0.0
     import pydantic
 
+    from ..options import MAX_SEED
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{data_config}: seed: expected an integer from 0 to {MAX_SEED} (got {seed!r})")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise ConfigError(f"{data_config}: train.val_fraction: expected a number in [0, 1) (got {val_fraction!r})")
+    if not isinstance(raw.get("data"), dict):
+        raise ConfigError(f"{data_config}: data: section missing (it names the data to predict on)")
     try:
-        cfg = DataConfig.model_validate({**raw.get("data", raw), **({"root": data_root} if data_root else {})})
+        cfg = DataConfig.model_validate({**raw["data"], **({"root": data_root} if data_root else {})})
     except pydantic.ValidationError as err:
         raise ConfigError(f"{data_config}: {format_validation_error(err, 'data')}") from None
     # the exported model's standardisation statistics (model.json), not ones recomputed from this data
@@ -429,6 +537,7 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
             raise DataError(f"{data_config}: modality {m!r} has shape {list(dataset.specs[m].shape)}, the exported "
                             f"model takes {model.inputs[m]['shape']}")
     x, present, labels = dataset_arrays(dataset, model.modalities)
+    labels = export_labels(labels, class_names(cfg.name, data.info, data.num_classes), model.classes, data_config)
     logits = model.logits(x, present)
     pred, prob = logits.argmax(1), softmax(logits).max(1)
     out = Path(out)

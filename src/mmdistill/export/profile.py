@@ -138,6 +138,10 @@ def measure_cost(model: nn.Module, specs: Mapping | None = None, *, threads: int
     ``cuda`` is not False. ``onnx_path``: an existing export to time (else the model is exported
     to a temporary file). ``large_batch`` replaces 64 in the throughput keys' batch.
     """
+    for name, value, least in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
+                               ("large_batch", large_batch, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name}: expected an integer >= {least} (got {value!r})")
     large_repeats = large_repeats or max(3, repeats // 10)
     shapes = input_shapes(model, specs)
     cpu_model = model if next(model.parameters()).device.type == "cpu" else cpu_eval_copy(model)

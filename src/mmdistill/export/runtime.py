@@ -61,7 +61,11 @@ class ExportedModel:
         self.modalities: list[str] = list(self.meta["modalities"])
         self.inputs = {m: self.meta["inputs"][m] for m in self.modalities}
         self.classes: list[str] = list(self.meta["classes"])
-        self.session = session(self.dir / name, threads=threads, providers=providers)
+        try:
+            self.session = session(self.dir / name, threads=threads, providers=providers)
+        except Exception as err:  # onnxruntime's load errors (no such file, invalid protobuf) share no base class
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{self.dir / name}: not a loadable ONNX model ({first})") from None
 
     def standardise(self, modality: str, x: np.ndarray) -> np.ndarray:
         """``(x - mean) / std`` with the training split's statistics (unchanged when the data had none)."""

@@ -148,7 +148,8 @@ def _constructor_options(cls) -> type[pydantic.BaseModel]:
                   ... if p.default is inspect.Parameter.empty else p.default)
               for k, p in params.items() if k != "self" and p.kind in named}
     return pydantic.create_model(f"{cls.__name__}Options",
-                                 __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                                 __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True,
+                                                                allow_inf_nan=False),
                                  **fields)
 
 

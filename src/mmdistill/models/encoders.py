@@ -5,7 +5,7 @@ An encoder is registered with its options model and built as ``cls(shape, **opti
 map, a feature point). A user's encoder works from YAML once its module is listed in ``imports:``::
 
     class WideOptions(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
         width: int = 64
 
     @ENCODERS.register("wide", options=WideOptions)
@@ -65,6 +65,23 @@ class TextEncoderConfig(Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
+def check_conv_input(shape: Sequence[int], blocks: int, stride: int = 1) -> None:
+    """Raise ValueError unless a ``blocks``-block :class:`ConvEncoder` can read samples of ``shape``:
+    [C, H, W] or [H, W], each spatial side still at least 1 after every block's conv and maxpool2."""
+    shape = [int(d) for d in shape]
+    if len(shape) not in (2, 3):
+        raise ValueError(f"a conv encoder reads images or spectrograms ([C, H, W] or [H, W]), not samples of shape "
+                         f"{shape}; use type: mlp")
+    sides = shape[-2:]
+    for i in range(blocks):
+        s = stride if i == 0 else 1
+        sides = [((d - 1) // s + 1) // 2 for d in sides]  # conv3x3 (padding 1, stride s), then maxpool2
+        if min(sides) < 1:
+            raise ValueError(f"samples of shape {shape} are too small for {blocks} conv blocks (each halves the "
+                             f"height and width; block {i + 1} would get nothing); use fewer channels entries "
+                             f"or type: mlp")
+
+
 @ENCODERS.register("conv", options=ConvEncoderConfig)
 class ConvEncoder(nn.Module):
     """A 2-D CNN for images ([C,H,W] or [H,W]) and spectrograms ([1, mels, frames]).
@@ -83,6 +100,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, shape: Sequence[int], channels: Sequence[int] = (32, 64), dim: int | None = None,
                  dropout: float = 0.0, pool: int = 1, stride: int = 1, separable: bool = False):
         super().__init__()
+        check_conv_input(shape, len(channels), stride)
         self.add_channel = len(shape) == 2
         in_ch = 1 if self.add_channel else int(shape[0])
         layers: list[nn.Module] = []

@@ -35,7 +35,7 @@ class HFModelConfig(BaseModel):
     modality it reads; ``hidden_layers``: which encoder layers are declared as ``hidden`` feature
     points (indices into the layer list, negative from the end)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     hf: str
     modality: str
     pooling: Literal["cls", "mean"] = "cls"

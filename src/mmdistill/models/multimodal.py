@@ -125,12 +125,21 @@ def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int, *, see
             cfg = ModelConfig.model_validate(cfg)
         except pydantic.ValidationError as err:
             raise ConfigError(format_validation_error(err, "model")) from None
+    check_fits_in_memory(lambda: _assemble(cfg, specs, num_classes))
+    return _assemble(cfg, specs, num_classes)
+
+
+def _assemble(cfg, specs, num_classes: int) -> MultimodalModel:
     encoders = {}
     for name, enc_cfg in cfg.selected_encoders().items():
         if name not in specs:
             raise ConfigError(f"model.encoders.{name}: the data has no modality {name!r} "
                               f"(it has {', '.join(specs)})")
-        encoders[name] = ENCODERS.get(enc_cfg.type)(specs[name].shape, **options_of(enc_cfg, "type"))
+        try:
+            encoders[name] = ENCODERS.get(enc_cfg.type)(specs[name].shape, **options_of(enc_cfg, "type"))
+        except ValueError as err:  # the encoder cannot read this modality's shape (its own check)
+            raise ConfigError(f"model.encoders.{name}: modality {name!r} ({specs[name].kind}, shape "
+                              f"{list(specs[name].shape)}): {err}") from None
     dims = {m: e.out_dim for m, e in encoders.items()}
     fusion = FUSIONS.get(cfg.fusion.type)(dims, num_classes, **options_of(cfg.fusion, "type"))
     if getattr(fusion, "produces_logits", False):
@@ -140,6 +149,43 @@ def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int, *, see
     else:
         head = HEADS.get(cfg.head.type)(fusion.out_dim, num_classes, **options_of(cfg.head, "type"))
     return MultimodalModel(encoders, fusion, head, {m: specs[m].shape for m in encoders})
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+_CONFIG_KEY = {"encoders": "model.encoders", "fusion": "model.fusion", "head": "model.head"}
+
+
+def check_fits_in_memory(build) -> None:
+    """Build the model ``build()`` makes on the meta device (no memory) and raise ConfigError, naming
+    its largest tensor's config key, when its weights alone would not fit in this machine's memory
+    (e.g. ``hidden: [100000000000]``, or a checkpoint claiming 10**9 classes)."""
+    limit = memory_bytes()
+    if not limit:
+        return
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            probe = build()
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001  (a module that cannot be built on meta: the real build reports problems)
+        return
+    tensors = list(probe.named_parameters()) + list(probe.named_buffers())
+    total = sum(t.numel() * t.element_size() for _, t in tensors)
+    if total > limit:
+        name, big = max(tensors, key=lambda kv: kv[1].numel())
+        parts = name.split(".")
+        key = _CONFIG_KEY.get(parts[0], "model") + (f".{parts[1]}" if parts[0] == "encoders" else "")
+        raise ConfigError(f"{key}: the model's weights need {total / 1e9:,.1f} GB ({name} alone is "
+                          f"{list(big.shape)}), more than this machine's {limit / 1e9:,.1f} GB of memory")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

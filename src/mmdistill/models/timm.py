@@ -13,7 +13,9 @@ from typing import Any, Mapping
 
 import pydantic
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict
+
+from ..options import PositiveInt
 from torch import nn
 
 from ..data.batch import presence
@@ -24,7 +26,7 @@ EXTRA = 'pip install "mmdistill[timm]"'
 
 
 class TimmModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     timm: str
     modality: str = "image"
     checkpoint: str | None = None

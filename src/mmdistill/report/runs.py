@@ -16,11 +16,43 @@ class ReportError(MMDistillError):
     """A report input is not a run directory, or one of its files cannot be read."""
 
 
+#: fields the report computes with, which must hold numbers (or null) wherever they appear
+NUMBER_KEYS = frozenset({"accuracy", "macro_f1", "ece", "samples", "params", "macs", "onnx_bytes", "onnx_ms_b1",
+                         "onnx_p95_ms_b1", "onnx_sps_b64", "latency_ms", "teacher_agreement", "best_epoch",
+                         "val_accuracy", "train_seconds", "epoch", "lr", "extra_params"})
+
+
+def _is_number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def check_record(path: Path, record, where: str = "") -> dict:
+    """A run file's JSON object, with the fields a report computes with checked: an object (not a
+    list or a string), numbers where numbers are read, a square confusion matrix of counts.
+    Nested objects (a summary's ``student``, ``teacher``) are checked the same way."""
+    if not isinstance(record, dict):
+        raise ReportError(f"{path}{where}: expected a JSON object, got {type(record).__name__}")
+    for key, value in record.items():
+        if key in NUMBER_KEYS and not _is_number(value):
+            raise ReportError(f"{path}{where}: {key}: expected a number, got {value!r}")
+        if key == "confusion":
+            k = len(value) if isinstance(value, list) else -1
+            if k < 1 or not all(isinstance(row, list) and len(row) == k and all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in row) for row in value):
+                raise ReportError(f"{path}{where}: confusion: expected a square matrix of counts")
+        if isinstance(value, dict) and key in ("student", "teacher", "model", "teachers"):
+            for sub in ([value] if key != "teachers" else list(value.values())):
+                if isinstance(sub, dict):
+                    check_record(path, sub, f"{where}: {key}")
+    return record
+
+
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ReportError(f"{path}: cannot be read as JSON ({err})") from None
+    return check_record(path, record)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -32,9 +64,13 @@ def _read_jsonl(path: Path) -> list[dict]:
     for i, line in enumerate(lines, 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError as err:
                 raise ReportError(f"{path}: line {i} is not JSON ({err})") from None
+            rows.append(check_record(path, row, f": line {i}"))
+            for key, value in row.items():  # every per-epoch value is a number the curves plot
+                if not _is_number(value):
+                    raise ReportError(f"{path}: line {i}: {key}: expected a number, got {value!r}")
     return rows
 
 
