@@ -63,8 +63,10 @@ def atomic_torch_save(payload, path: str | Path) -> Path:
             writer = _Writer(f, tmp)
             try:
                 torch.save(payload, writer)
-            except Exception:
-                if writer.error is not None:  # torch may wrap the disk's error in its own RuntimeError
+            except BaseException:
+                # torch wraps what a write raised (a full disk, Ctrl-C, SIGTERM's Interrupted arriving
+                # while Python code of the writer runs) in its own RuntimeError: raise the original
+                if writer.error is not None:
                     raise writer.error from None
                 raise
         os.replace(tmp, path)
@@ -79,8 +81,9 @@ def atomic_torch_save(payload, path: str | Path) -> Path:
 
 
 class _Writer:
-    """A file for ``torch.save`` that writes every byte (retrying short writes) and keeps the
-    OSError a write raised (disk full, file too large), which torch would report as its own."""
+    """A file for ``torch.save`` that writes every byte (retrying short writes) and keeps what a
+    write raised (an OSError for a full disk or a file too large; KeyboardInterrupt or the CLI's
+    Interrupted for a signal), which torch would report as its own RuntimeError."""
 
     def __init__(self, f, name: str):
         self.f, self.name, self.error = f, name, None
@@ -90,7 +93,7 @@ class _Writer:
         try:
             while view:
                 view = view[self.f.write(view):]
-        except OSError as err:
+        except BaseException as err:
             self.error = err
             raise
         return len(data)
