@@ -183,7 +183,7 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
         if not distributed.is_main():
             return {}
         metrics = evaluate_model(model, data.test, device=device, batch_size=cfg.train.eval_batch_size)
-        summary = {"dataset": data.info, "model": metrics, "best_epoch": fit.best_epoch,
+        summary = {"dataset": data.info, "model": metrics, **fit.budget(),
                    "val_accuracy": fit.best_val_accuracy, "train_seconds": round(fit.seconds, 2),
                    "checkpoint": str(run / "best.pt")}
         if labelled["unlabelled_skipped"]:
@@ -247,7 +247,7 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
         metrics = evaluate_model(student, data.test, device=device, teacher=first,
                                  batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "student": {**metrics, "extra_params": fit.extra_params},
-                   "best_epoch": fit.best_epoch, "val_accuracy": fit.best_val_accuracy,
+                   **fit.budget(), "val_accuracy": fit.best_val_accuracy,
                    "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt"),
                    "terms": placed_terms(fit.task)}
         reports = {name: evaluate_model(t, data.test, device=device, latency=True, batch_size=cfg.train.eval_batch_size)
