@@ -8,7 +8,9 @@ the config (:func:`~mmdistill.distill.engine.check_train_options`) and every che
 
 Run directory contents: ``run.json`` (status, command, resolved config), ``metrics.jsonl`` (one
 line per epoch), ``best.pt`` / ``last.pt`` (weights-only checkpoints), ``metrics.json`` (test
-metrics) and ``summary.json``, the last two written only on success, and ``state.pt``, the
+metrics) and ``summary.json`` (with the training budget: ``best_epoch``, ``epochs_run``,
+``max_epochs``, ``steps``, ``stopped_early``, ``converged``; see
+:class:`~mmdistill.distill.engine.FitResult`), the last two written only on success, and ``state.pt``, the
 training state after the last complete epoch, from which ``resume=True`` continues the run (see
 :func:`check_resumable`).
 """
