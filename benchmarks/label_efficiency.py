@@ -370,7 +370,7 @@ def summarise(rows: list[dict]) -> dict:
                 e.update(best_epochs=[r["best_epoch"] for r in mine], steps=[r["steps"] for r in mine],
                          max_steps=[r["max_steps"] for r in mine],
                          not_converged=[r["seed"] for r in mine if not r["converged"]])
-            if m not in ("teacher", "scratch"):
+            if m not in ("teacher", "scratch", "linear"):
                 seeds = sorted(set(t) & set(s) & set(acc))
                 closed = [(acc[k] - s[k]) / (t[k] - s[k]) for k in seeds if t[k] > s[k]]
                 if closed:
