@@ -17,6 +17,7 @@ training state after the last complete epoch, from which ``resume=True`` continu
 from __future__ import annotations
 
 import json
+import sys
 from itertools import combinations
 from pathlib import Path
 from typing import Sequence
@@ -49,9 +50,12 @@ def _saver(cfg: RunConfig, data: DataSplits, role: str):
     return save
 
 
-def _finish(run: RunDir, summary: dict, metrics: dict) -> dict:
+def _finish(run: RunDir, summary: dict, metrics: dict, fit=None, label: str = "train") -> dict:
     write_json(run / "metrics.json", metrics)
     write_json(run / "summary.json", summary)
+    warning = fit.warning(label) if fit is not None else None
+    if warning:  # the run finished, but validation was still improving when its budget ran out
+        print(warning, file=sys.stderr, flush=True)
     return summary
 
 
@@ -190,7 +194,7 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
                    "checkpoint": str(run / "best.pt")}
         if labelled["unlabelled_skipped"]:
             summary["labelled"] = labelled
-        return _finish(run, summary, metrics)
+        return _finish(run, summary, metrics, fit, "train")
 
 
 def resolve_checkpoint(path: str, config_path: str | Path | None = None) -> Path:
@@ -261,7 +265,7 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
             summary["teacher"] = reports[max(reports, key=lambda n: reports[n]["accuracy"])]
             summary["ensemble"] = write_teacher_weights(run / "teacher_weights.csv", fit.task, data.train, device,
                                                          cfg.distill.ensemble.strategy)
-        return _finish(run, summary, metrics)
+        return _finish(run, summary, metrics, fit, "distill")
 
 
 def placed_terms(task) -> list[dict]:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +87,13 @@ class FitResult:
     @property
     def converged(self) -> bool:
         return self.stopped_early or not in_last_tenth(self.best_epoch, self.max_epochs)
+
+    def warning(self, label: str) -> str | None:
+        """The line a finished run prints when it did not converge (None when it did)."""
+        if self.converged:
+            return None
+        return (f"{label}: warning: best epoch {self.best_epoch} of {self.max_epochs} is in the last tenth of the "
+                "schedule: validation was still improving (not converged; more epochs, or train.early_stopping)")
 
     def budget(self) -> dict:
         """The fields a run summary records about its training budget."""
@@ -311,10 +317,6 @@ class Trainer:
                 task.teardown()
         task.model.load_state_dict(best_state)
         result.seconds = time.perf_counter() - start
-        if not result.converged and distributed.is_main():
-            print(f"{self.label}: warning: best epoch {result.best_epoch} of {cfg.epochs} is in the last tenth of the "
-                  "schedule: validation was still improving (not converged; more epochs, or train.early_stopping)",
-                  file=sys.stderr, flush=True)
         return result
 
     def _should_stop(self, result: FitResult, epochs_done: int) -> bool:
