@@ -1,38 +1,55 @@
-"""Label efficiency on AV-Digits ``hard``: what a teacher's knowledge is worth where labels are scarce.
+"""Label efficiency on AV-Digits ``hard``, with budgets that converge: what a teacher's knowledge
+is worth where labels are scarce.
 
 For each label fraction f (``data.label_fraction``: a stratified, seeded fraction of the training
-labels is kept, the rest of the training split becomes unlabelled) and each seed:
+labels is kept, the rest of the training split becomes unlabelled) and each seed, every model
+below trains until validation accuracy stops improving (``train.early_stopping``: ``--patience``
+epochs without improvement, at most ``--max-epochs`` epochs, the recipe's cosine schedule over
+the maximum); each row records its best epoch, the epochs and optimisation steps it actually took,
+and whether its best epoch fell in the last tenth of the schedule (not converged: flagged in the
+table). Every student epoch is exactly ceil(N / 128) optimisation steps, N the size of the whole
+training split (labelled and unlabelled), whatever data the student reads, so every student of a
+cell has the same step budget (``max_steps``) and its steps are counted by the engine, not computed.
 
-* ``teacher``: the packaged teacher recipe (recipes/av_digits_teacher.yaml), trained on the
-  labelled part only. At f = 1 it is the recipe as packaged (20 epochs; reused from
-  ``$MMDISTILL_CACHE/teachers/`` like the demo's). At f < 1 it takes a fixed number of optimisation
-  steps (``--teacher-steps``) instead of 20 epochs, which would be 3 steps at f = 0.02; to keep the
-  number of validation passes small, the labelled set is repeated within an epoch.
-* students, all at the packaged student size (recipes/av_digits_student.yaml), each trained for
-  the same number of optimisation steps (``--student-steps``), best epoch on validation:
-  - ``scratch``: cross-entropy on the labelled part only;
-  - ``pseudo_label``: self-training baseline, cross-entropy on the labelled part plus the
-    unlabelled samples on which the teacher's confidence max softmax is >= tau, labelled with the
-    teacher's class; tau from ``--thresholds`` picked by the student's validation accuracy;
-  - ``distilled``: CE on the labelled samples + KD (T = 4, weight 1, Hinton et al. 2015) on
-    every sample, labelled and unlabelled (the transfer set);
-  - ``distilled_feature``: as ``distilled`` plus the packaged student recipe's feature terms, NST
-    (Huang & Wang 2017) on each modality's last convolutional map, weight 0.5 each, on every sample.
+* ``teacher``: the packaged teacher recipe (recipes/av_digits_teacher.yaml) on the labelled part
+  only, its epoch the labelled part repeated to about ``--teacher-epoch-steps`` steps, early stopping
+  as above (reused from ``$MMDISTILL_CACHE/teachers/`` when trained before with the same settings).
+* ``linear``: the simplest baseline a user would try first: multinomial logistic regression
+  (scikit-learn, L-BFGS) on the standardised pixels and log-mel spectrogram, labelled part only;
+  its inverse regularisation C chosen on validation from ``--linear-c``.
+* students, all at the packaged student size (recipes/av_digits_student.yaml):
+  - ``scratch``: cross-entropy on the labelled part (repeated to the epoch's size); its learning
+    rate (``--scratch-lrs``) and whether it is augmented (image translations of 2 pixels, audio
+    time shifts of 10%) chosen on validation, per seed;
+  - ``pseudo_label``: self-training baseline: cross-entropy on the labelled part plus the
+    unlabelled samples whose teacher confidence (max softmax) is >= tau, labelled with the
+    teacher's class; tau from ``--thresholds`` chosen on validation;
+  - ``kd_one_batch``: one mixed batch of 128 drawn from every training sample: CE on its labelled
+    members + KD (T = 4, weight 1, Hinton et al. 2015) on all of them (the previous benchmark's
+    objective);
+  - ``kd_t4`` / ``kd_t1``: separate batches (``train.labelled_batch_size: 128``): CE on a batch of
+    128 labelled samples + KD at T = 4 / T = 1 on it and on a batch of 128 drawn from every
+    training sample (the transfer batch);
+  - ``kd_pseudo``: as ``kd_t4``, with the labelled batch drawn from the labelled samples and the
+    teacher's confident pseudo-labels (pseudo_label's tau).
   The teacher's outputs on the training split are computed once per (fraction, seed) and serve
   every student (the engine's teacher cache, shared).
 
 The validation split (10% of the training recordings, as in the recipes) keeps its labels at
-every fraction: model selection (best epoch, the pseudo-label threshold) sees more labels than
-training does at small fractions, equally for every model.
+every fraction: model selection (best epoch, learning rate, augmentation, tau, C) sees more
+labels than training does at small fractions, equally for every model. Nothing is chosen on test.
 
-    python benchmarks/label_efficiency.py            # writes benchmarks/results/label_efficiency.{md,json,png}
-    # or in two processes, then merged (as the committed results were run):
-    python benchmarks/label_efficiency.py --fractions 0.1 0.02 1.0 --name benchmarks/results/label_efficiency_parts/a
-    python benchmarks/label_efficiency.py --fractions 0.05 0.25 --name benchmarks/results/label_efficiency_parts/b
-    python benchmarks/label_efficiency.py --merge benchmarks/results/label_efficiency_parts/{a,b}.json
+    python benchmarks/label_efficiency.py            # writes benchmarks/results/label_efficiency_converged.{md,json,png}
+    # parts in parallel (any --fractions / --seeds / --models each), then merged:
+    python benchmarks/label_efficiency.py --fractions 0.1 --seeds 0 --name benchmarks/results/label_efficiency_parts/s0
+    python benchmarks/label_efficiency.py --merge benchmarks/results/label_efficiency_parts/s*.json
+    # cheaper: seeds 1 and 2 reuse the scratch learning rate / augmentation and the pseudo-labelling
+    # threshold chosen on seed 0's validation (recorded per row as chosen_on_seed)
+    python benchmarks/label_efficiency.py --fractions 0.1 --seeds 1 --choices PARTS/s0.json --name PARTS/s1
 
-Results are appended to the JSON after every model, and a second run resumes: finished
-(fraction, seed, model) rows are kept, not run again.
+Results are written after every model, and a second run with the same settings resumes: finished
+(fraction, seed, model) rows are kept, not run again. The committed results of the earlier,
+short-budget benchmark (label_efficiency.json, label_efficiency_long.json) stay as they were.
 """
 from __future__ import annotations
 
@@ -50,7 +67,7 @@ from _common import RESULTS, markdown_table, mean_std
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
-from mmdistill.config import DataConfig, LossTermConfig, TrainConfig, apply_overrides, parse_config
+from mmdistill.config import DataConfig, apply_overrides, parse_config
 from mmdistill.data import DATASETS, build_data, data_root, parse_options
 from mmdistill.data.dataset import DataSplits, MultimodalDataset
 from mmdistill.demo import recipe, train_or_reuse_teacher
@@ -60,28 +77,36 @@ from mmdistill.distill.tasks import DistillationTask
 from mmdistill.evaluate import accuracy, agreement, predict
 from mmdistill.models import build_model
 
-FRACTIONS = (0.1, 1.0, 0.02, 0.05, 0.25)  # the goal's fraction first, then the cheap one, then the rest
-MODELS = ("teacher", "scratch", "pseudo_label", "distilled", "distilled_feature")
-KD = {"name": "kd", "weight": 1.0, "temperature": 4.0}
+FRACTIONS = (0.1, 0.25, 0.05, 0.02, 1.0)  # the goal's fraction first
+STUDENTS = ("scratch", "pseudo_label", "kd_one_batch", "kd_t4", "kd_t1", "kd_pseudo")
+MODELS = ("teacher", "linear", *STUDENTS)  # the table's order
+KD_ROWS = ("kd_t4", "kd_one_batch", "kd_t1", "kd_pseudo")  # the order they run in
+#: the KD rows: (temperature, separate labelled and transfer batches, labelled batch with pseudo-labels)
+KD_SPECS = {"kd_one_batch": (4.0, False, False), "kd_t4": (4.0, True, False), "kd_t1": (1.0, True, False),
+            "kd_pseudo": (4.0, True, True)}
+LOSSES = {"scratch": "ce (labelled)", "pseudo_label": "ce (labelled + teacher's confident hard labels)",
+          "kd_one_batch": "one batch: ce (its labelled) + kd T=4 (all)",
+          "kd_t4": "ce (labelled batch) + kd T=4 (labelled + transfer batch)",
+          "kd_t1": "ce (labelled batch) + kd T=1 (labelled + transfer batch)",
+          "kd_pseudo": "ce (labelled + confident pseudo-labelled batch) + kd T=4 (it + transfer batch)"}
+#: the scratch student's augmentation candidate (chosen on validation against none)
+AUGMENT = {"image": [{"type": "translate", "pixels": 2}], "audio": [{"type": "time_shift", "fraction": 0.1}]}
 
 
-def feature_terms(student_raw: dict) -> list[dict]:
-    """The packaged student recipe's distillation terms (NST on each modality's last map)."""
-    return [dict(t) for t in student_raw["distill"]["terms"]]
+def models_at(fraction: float) -> tuple[str, ...]:
+    """The rows of a fraction: nothing is unlabelled at f = 1, so no pseudo-labels or transfer batches."""
+    return MODELS if fraction < 1 else ("teacher", "linear", "scratch", "kd_one_batch")
 
 
-def repeated(dataset: MultimodalDataset, samples: int) -> MultimodalDataset:
-    """``dataset`` repeated r = max(1, round(samples / N)) times: an epoch of about ``samples`` samples."""
-    r = max(1, round(samples / len(dataset)))
-    return dataset if r == 1 else dataset.subset(np.tile(np.arange(len(dataset)), r), dataset.name)
-
-
-def schedule(n: int, steps: int, evals: int, batch: int) -> tuple[int, int]:
-    """(samples per epoch, epochs) so that about ``steps`` optimisation steps take ``evals`` epochs."""
-    per_epoch = max(1, steps // evals) * batch
-    r = max(1, round(per_epoch / n))
-    epochs = max(1, round(steps / math.ceil(r * n / batch)))
-    return per_epoch, epochs
+def resized(dataset: MultimodalDataset, size: int, seed: int) -> MultimodalDataset:
+    """``dataset`` repeated (each copy in its own seeded order) and cut to exactly ``size`` samples,
+    so that an epoch over it takes as many steps as one over a set of ``size`` samples."""
+    if len(dataset) == size:
+        return dataset
+    g = torch.Generator().manual_seed(seed)
+    copies = math.ceil(size / len(dataset))
+    idx = torch.cat([torch.randperm(len(dataset), generator=g) for _ in range(copies)])[:size]
+    return dataset.subset(idx, dataset.name)
 
 
 class SharedTeacherTask(DistillationTask):
@@ -101,51 +126,120 @@ class SharedTeacherTask(DistillationTask):
         self._cache.write(torch.arange(len(dataset)), [self.shared])
 
 
-def teacher_outputs(student, teacher, train, terms, device, batch_size: int) -> dict[str, torch.Tensor]:
-    """The teacher's logits and the feature maps ``terms`` read, on every training sample (the
-    engine's teacher cache, built once; ``student`` is not run)."""
-    task = DistillationTask(student, teacher, api.make_terms(terms))
+def teacher_logits(student, teacher, train, device, batch_size: int) -> torch.Tensor:
+    """The teacher's logits on every training sample (the engine's teacher cache, built once)."""
+    task = DistillationTask(student, teacher, api.make_terms([{"name": "kd"}]))
     task.cache_teacher_outputs(train, batch_size=batch_size, device=device)
-    out = task._cache.arrays[0]
+    out = task._cache.arrays[0][OUTPUT]
     task.teardown()
     return out
 
 
-def fit_student(kind, scfg, data, teacher, shared, steps, evals, device, seed, terms=()):
-    """(model, fit): ``supervised`` on the labelled samples of ``data.train`` (repeated to the epoch
-    size), or ``distill`` over every training sample from the ``shared`` teacher outputs."""
+def budget(cfg, args, **update):
+    """``cfg`` (a TrainConfig) with the benchmark's early stopping and maximum, and ``update``, validated."""
+    return type(cfg).model_validate({**cfg.model_dump(), "epochs": args.max_epochs,
+                                     "early_stopping": {"patience": args.patience, "min_delta": 0.0}, **update})
+
+
+def fit_result(fit, steps_per_epoch: int) -> dict:
+    """The fields a row records about one training run."""
+    return {"val_accuracy": 100 * fit.best_val_accuracy, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs,
+            "max_epochs": fit.max_epochs, "steps": fit.steps, "steps_per_epoch": steps_per_epoch,
+            "max_steps": fit.max_epochs * steps_per_epoch, "stopped_early": fit.stopped_early,
+            "converged": fit.converged, "seconds": round(fit.seconds, 1)}
+
+
+def fit_supervised(scfg, data, train: MultimodalDataset, args, device, seed, *, lr=None, augment=None):
+    """(model, fit): cross-entropy on ``train`` (labelled samples), resized to an epoch of the
+    whole training split's size."""
     model = build_model(scfg.model, data.specs, data.num_classes, seed=seed)
-    if kind == "supervised":
-        train = data.train.labelled_only()
-        per_epoch, epochs = schedule(len(train), steps, evals, scfg.train.batch_size)
-        cfg = scfg.train.model_copy(update={"epochs": epochs})
-        fit = api.train(model, DataSplits(repeated(train, per_epoch), data.test, data.val, data.info), cfg,
-                        device=str(device), seed=seed, label="student")
-        return model, fit
-    per_epoch, epochs = schedule(len(data.train), steps, evals, scfg.train.batch_size)
-    cfg = scfg.train.model_copy(update={"epochs": epochs})
-    SharedTeacherTask.shared = shared
-    task = SharedTeacherTask(model, teacher, api.make_terms(list(terms)), gamma=1.0)
-    fit = Trainer(cfg, device=device, seed=seed, label="student").fit(task, data.train, data.val)
-    return model, fit
+    update = {"augment": augment} if augment else {}
+    if lr is not None:
+        update["optimizer"] = {**scfg.train.optimizer.model_dump(), "lr": lr}
+    cfg = budget(scfg.train, args, **update)
+    train = resized(train.labelled_only(), len(data.train), seed)
+    fit = api.train(model, DataSplits(train, data.test, data.val, data.info), cfg, device=str(device), seed=seed,
+                    label="student")
+    return model, fit, math.ceil(len(train) / cfg.batch_size)
+
+
+def fit_kd(scfg, data, train, teacher, logits, temperature, separate, args, device, seed):
+    """(model, fit): CE + KD at ``temperature`` over every training sample from the shared logits;
+    ``separate``: a labelled batch and a transfer batch per step (train.labelled_batch_size)."""
+    model = build_model(scfg.model, data.specs, data.num_classes, seed=seed)
+    cfg = budget(scfg.train, args, **({"labelled_batch_size": scfg.train.batch_size} if separate else {}))
+    SharedTeacherTask.shared = {OUTPUT: logits}
+    terms = [{"name": "kd", "weight": 1.0, "temperature": temperature}]
+    task = SharedTeacherTask(model, teacher, api.make_terms(terms), gamma=1.0)
+    fit = Trainer(cfg, device=device, seed=seed, label="student").fit(task, train, data.val)
+    return model, fit, math.ceil(len(train) / cfg.batch_size)
 
 
 def pseudo_labelled(train: MultimodalDataset, logits: torch.Tensor, tau: float) -> tuple[MultimodalDataset, dict]:
-    """The labelled samples, plus the unlabelled ones the teacher predicts with confidence >= tau, with its class."""
+    """The labelled samples, plus the unlabelled ones the teacher predicts with confidence >= tau, with its class
+    (the other samples stay unlabelled)."""
     prob = torch.softmax(logits.float(), 1)
     conf, pred = prob.max(1)
     unlabelled = ~train.labelled
     take = unlabelled & (conf >= tau)
     labels = torch.where(take, pred, train.labels)
-    out = MultimodalDataset(train.modalities, labels, num_classes=train.num_classes,
-                            kinds={k: s.kind for k, s in train.specs.items()}, present=train.present,
-                            groups=train.groups, name=train.name)
-    return out, {"pseudo_labelled": int(take.sum()), "unlabelled": int(unlabelled.sum())}
+    return train.with_labels(labels), {"pseudo_labelled": int(take.sum()), "unlabelled": int(unlabelled.sum())}
+
+
+def flat_features(dataset: MultimodalDataset) -> np.ndarray:
+    return torch.cat([dataset.modalities[m].flatten(1).float() for m in sorted(dataset.modalities)], 1).numpy()
+
+
+def fit_linear(data, cs, seed) -> dict:
+    """Logistic regression on the labelled training samples' flattened, standardised inputs; C on validation."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train = data.train.labelled_only()
+    scaler = StandardScaler().fit(flat_features(train))
+    x, y = scaler.transform(flat_features(train)), train.labels.numpy()
+    xv, yv = scaler.transform(flat_features(data.val)), data.val.labels.numpy()
+    start = time.perf_counter()
+    best = None
+    for c in cs:
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x, y)
+        val = float((clf.predict(xv) == yv).mean())
+        if best is None or val > best[1]:
+            best = (clf, val, c)
+    clf, val, c = best
+    test = float((clf.predict(scaler.transform(flat_features(data.test))) == data.test.labels.numpy()).mean())
+    return {"accuracy": 100 * test, "val_accuracy": 100 * val, "C": c, "Cs": list(cs),
+            "seconds": round(time.perf_counter() - start, 1), "loss": "logistic regression (labelled)"}
+
+
+def cell_teacher(t_raw, data, args, seed, device, base, done, save):
+    """(teacher, its run summary): trained on the labelled part, or reused from the teacher cache."""
+    train = data.train.labelled_only()
+    tcfg = parse_config(t_raw, "teacher")
+    size = max(1, round(args.teacher_epoch_steps * tcfg.train.batch_size / len(train))) * len(train)
+    teacher_epoch = resized(train, size, seed)
+    tcfg = parse_config(apply_overrides(t_raw, [f"train.epochs={args.teacher_max_epochs}",
+                                                f"train.early_stopping={{patience: {args.teacher_patience}}}"]),
+                        "teacher")
+    teacher_data = DataSplits(teacher_epoch, data.test, data.val, {**data.info, "teacher_epoch_samples": size})
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train_or_reuse_teacher(tcfg, teacher_data, Path(tmp) / "teacher", print, reuse=True)
+        teacher = load_checkpoint(Path(tmp) / "teacher" / "best.pt", device)[0]
+    if "teacher" not in done:
+        per_epoch = math.ceil(size / tcfg.train.batch_size)
+        save({**base, "model": "teacher", "accuracy": 100 * summary["model"]["accuracy"],
+              "val_accuracy": 100 * summary["val_accuracy"], "best_epoch": summary["best_epoch"],
+              "epochs_run": summary["epochs_run"], "max_epochs": summary["max_epochs"], "steps": summary["steps"],
+              "steps_per_epoch": per_epoch, "max_steps": summary["max_epochs"] * per_epoch,
+              "stopped_early": summary["stopped_early"], "converged": summary["converged"],
+              "reused": summary.get("reused_from") is not None})
+    return teacher, summary
 
 
 def run_cell(fraction, seed, args, built, rows, save) -> None:
+    wanted = [m for m in models_at(fraction) if m in args.models]
     done = {r["model"] for r in rows if r["label_fraction"] == fraction and r["seed"] == seed}
-    if all(m in done or (m == "pseudo_label" and fraction >= 1) for m in MODELS):
+    if all(m in done for m in wanted):
         return
     device = api.resolve_device(args.device)
     common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
@@ -153,131 +247,168 @@ def run_cell(fraction, seed, args, built, rows, save) -> None:
         common.append(f"data.label_fraction={fraction}")
     t_raw = apply_overrides(recipe("av_digits_teacher"), list(common))
     s_raw = apply_overrides(recipe("av_digits_student"), list(common))
+    s_raw.pop("distill")
     if args.data:
         t_raw["data"] = {**args.data, **({"label_fraction": fraction} if fraction < 1 else {})}
         s_raw["data"] = dict(t_raw["data"])
     tcfg, scfg = parse_config(t_raw, "teacher"), parse_config(s_raw, "student")
     data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction, built=built)
     labelled = data.train.num_labelled
-    base = {"label_fraction": fraction, "seed": seed, "labelled": labelled, "unlabelled": len(data.train) - labelled,
-            "student_steps": args.student_steps}
+    base = {"label_fraction": fraction, "seed": seed, "labelled": labelled, "unlabelled": len(data.train) - labelled}
     start = time.perf_counter()
 
-    # the teacher, on the labelled part only
-    teacher_data = data
-    if fraction < 1:
-        train = data.train.labelled_only()
-        per_epoch, epochs = schedule(len(train), args.teacher_steps, args.evals, tcfg.train.batch_size)
-        tcfg = parse_config(apply_overrides(t_raw, [f"train.epochs={epochs}"]), "teacher")
-        teacher_data = DataSplits(repeated(train, per_epoch), data.test, data.val,
-                                  {**data.info, "teacher_epoch_samples": per_epoch})
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = train_or_reuse_teacher(tcfg, teacher_data, Path(tmp) / "teacher", print, reuse=True)
-        teacher = load_checkpoint(Path(tmp) / "teacher" / "best.pt", device)[0]
-    if "teacher" not in done:
-        save({**base, "model": "teacher", "accuracy": 100 * summary["model"]["accuracy"],
-              "epochs": tcfg.train.epochs,
-              "steps": tcfg.train.epochs * math.ceil(len(teacher_data.train) / tcfg.train.batch_size),
-              "reused": summary.get("reused_from") is not None})
-    teacher_acc = summary["model"]["accuracy"]
-    terms_kd = [KD]
-    terms_feat = [KD, *feature_terms(s_raw)]
-    stub = build_model(scfg.model, data.specs, data.num_classes, seed=seed).to(device)
-    shared = teacher_outputs(stub, teacher, data.train, terms_feat, device, tcfg.train.eval_batch_size)
-    teacher_test, _ = predict(teacher, data.test, device=device, batch_size=tcfg.train.eval_batch_size)
+    # the teacher, on the labelled part only, trained until validation stops improving (not needed
+    # by the linear model and the scratch student, which a part may run alone)
+    if not any(m not in ("linear", "scratch") for m in wanted):
+        teacher = None
+    else:
+        teacher, summary = cell_teacher(t_raw, data, args, seed, device, base, done, save)
+    if "linear" in wanted and "linear" not in done:
+        save({**base, "model": "linear", **fit_linear(data, args.linear_c, seed)})
+    if teacher is not None:
+        stub = build_model(scfg.model, data.specs, data.num_classes, seed=seed).to(device)
+        logits = teacher_logits(stub, teacher, data.train, device, tcfg.train.eval_batch_size).cpu()
+        teacher_test, _ = predict(teacher, data.test, device=device, batch_size=tcfg.train.eval_batch_size)
 
-    def record(name, model, fit, **extra):
-        logits, labels = predict(model, data.test, device=device)
-        save({**base, "model": name, "accuracy": 100 * accuracy(logits, labels),
-              "val_accuracy": 100 * fit.best_val_accuracy if fit.best_val_accuracy is not None else None,
-              "teacher_agreement": agreement(logits, teacher_test), "epochs": len(fit.history), **extra})
+    def record(name, model, fit, steps_per_epoch, **extra):
+        out, labels = predict(model, data.test, device=device)
+        save({**base, "model": name, "accuracy": 100 * accuracy(out, labels),
+              "teacher_agreement": agreement(out, teacher_test) if teacher is not None else None,
+              **fit_result(fit, steps_per_epoch), "loss": LOSSES[name], **extra})
 
-    steps, evals = args.student_steps, args.evals
-    if "scratch" not in done:
-        model, fit = fit_student("supervised", scfg, data, None, None, steps, evals, device, seed)
-        record("scratch", model, fit, loss="ce (labelled)")
-    if "distilled" not in done:
-        model, fit = fit_student("distill", scfg, data, teacher, {OUTPUT: shared[OUTPUT]}, steps, evals, device, seed,
-                                 terms_kd)
-        record("distilled", model, fit, loss="ce (labelled) + kd T=4 w=1 (all)")
-    if "distilled_feature" not in done:
-        model, fit = fit_student("distill", scfg, data, teacher, shared, steps, evals, device, seed, terms_feat)
-        record("distilled_feature", model, fit, loss="ce (labelled) + kd T=4 w=1 + nst w=0.5 per modality (all)")
-    if "pseudo_label" not in done and fraction < 1:
-        best = None
-        for tau in args.thresholds:
-            train, info = pseudo_labelled(data.train, shared[OUTPUT].cpu(), tau)
-            model, fit = fit_student("supervised", scfg, DataSplits(train, data.test, data.val, data.info), None, None,
-                                     steps, evals, device, seed)
+    def candidate(fit, **choice) -> dict:
+        return {**choice, "val_accuracy": 100 * fit.best_val_accuracy, "best_epoch": fit.best_epoch,
+                "steps": fit.steps, "converged": fit.converged}
+
+    chosen = choices(args, fraction, seed, rows)
+    if "scratch" in wanted and "scratch" not in done:
+        best, tried = None, []
+        grid = [(lr, aug == "on") for lr in args.scratch_lrs for aug in args.scratch_augment]
+        for lr, aug in ([chosen["scratch"]] if "scratch" in chosen else grid):
+            model, fit, spe = fit_supervised(scfg, data, data.train, args, device, seed, lr=lr,
+                                             augment=AUGMENT if aug else None)
+            tried.append(candidate(fit, lr=lr, augment=aug))
             if best is None or fit.best_val_accuracy > best[1].best_val_accuracy:
-                best = (model, fit, tau, info)
-        model, fit, tau, info = best
-        record("pseudo_label", model, fit, threshold=tau, thresholds=list(args.thresholds), **info,
-               loss="ce (labelled + teacher's confident hard labels)")
-    print(f"fraction {fraction} seed {seed}: teacher {100 * teacher_acc:.2f}, "
-          f"done in {time.perf_counter() - start:.0f} s", flush=True)
+                best = (model, fit, spe, lr, aug)
+        model, fit, spe, lr, aug = best
+        record("scratch", model, fit, spe, lr=lr, augment=aug, candidates=tried,
+               chosen_on_seed=chosen["seed"] if "scratch" in chosen else seed)
+    # kd_pseudo's threshold: pseudo_label's on this seed, from this run or the --choices file
+    pool = rows + (json.loads(Path(args.choices).read_text())["rows"]
+                   if args.choices and Path(args.choices).is_file() else [])
+    tau = next((r["threshold"] for r in pool if r["label_fraction"] == fraction and r["seed"] == seed
+                and r["model"] == "pseudo_label"), None)
+    if fraction < 1 and (("pseudo_label" in wanted and "pseudo_label" not in done)
+                         or ("kd_pseudo" in wanted and "kd_pseudo" not in done and tau is None)):
+        best, tried = None, []
+        for t in ([chosen["pseudo_label"]] if "pseudo_label" in chosen else args.thresholds):
+            train_p, info = pseudo_labelled(data.train, logits, t)
+            model, fit, spe = fit_supervised(scfg, data, train_p, args, device, seed)
+            tried.append(candidate(fit, threshold=t, **info))
+            if best is None or fit.best_val_accuracy > best[1].best_val_accuracy:
+                best = (model, fit, spe, t, info)
+        model, fit, spe, tau, info = best
+        record("pseudo_label", model, fit, spe, threshold=tau, **info, candidates=tried,
+               chosen_on_seed=chosen["seed"] if "pseudo_label" in chosen else seed)
+    for name in KD_ROWS:
+        if name not in wanted or name in done:
+            continue
+        temperature, separate, pseudo = KD_SPECS[name]
+        train, extra = data.train, {"temperature": temperature}
+        if pseudo:
+            train, info = pseudo_labelled(data.train, logits, tau)
+            extra.update(threshold=tau, **info)
+        model, fit, spe = fit_kd(scfg, data, train, teacher, logits, temperature, separate, args, device, seed)
+        record(name, model, fit, spe, **extra)
+    print(f"fraction {fraction} seed {seed}: {', '.join(wanted)} done in {time.perf_counter() - start:.0f} s",
+          flush=True)
+
+
+def choices(args, fraction, seed, rows) -> dict:
+    """The scratch student's (learning rate, augmentation) and pseudo-labelling's threshold chosen
+    on validation on seed ``--choice-seed`` (in this run's rows or the ``--choices`` file), for
+    another seed to reuse; empty for that seed itself or without them."""
+    if args.choices is None or seed == args.choice_seed:
+        return {}
+    pool = list(rows)
+    path = Path(args.choices)
+    if path.is_file():
+        pool += json.loads(path.read_text())["rows"]
+    out = {"seed": args.choice_seed}
+    for r in pool:
+        if r["label_fraction"] == fraction and r["seed"] == args.choice_seed:
+            if r["model"] == "scratch":
+                out["scratch"] = (r["lr"], r["augment"])
+            elif r["model"] == "pseudo_label":
+                out["pseudo_label"] = r["threshold"]
+    return out
 
 
 # --- the report -----------------------------------------------------------------------------------
-def by(rows, fraction, model) -> dict[int, float]:
-    return {r["seed"]: r["accuracy"] for r in rows if r["label_fraction"] == fraction and r["model"] == model}
+def by(rows, fraction, model, key="accuracy") -> dict[int, float]:
+    return {r["seed"]: r[key] for r in rows if r["label_fraction"] == fraction and r["model"] == model}
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Per fraction: mean accuracy per model, gap closed per distilled model, wins vs pseudo-labelling
-    (paired by seed)."""
+    """Per fraction and model: mean test and validation accuracy, best epochs, steps, convergence; per
+    student, the teacher-scratch gap it closes and its paired differences with scratch and
+    pseudo-labelling (paired by seed, over the seeds both have); the KD row with the best mean
+    validation accuracy (``best_kd``: chosen on validation, never on test)."""
     out = {}
     for f in sorted({r["label_fraction"] for r in rows}):
-        entry = {"accuracy": {}, "gap_closed": {}, "wins_vs_pseudo_label": {}}
-        for m in MODELS:
-            values = list(by(rows, f, m).values())
-            if values:
-                mean, std = mean_std(values)
-                entry["accuracy"][m] = {"mean": mean, "std": std, "seeds": len(values)}
+        entry = {"models": {}, "best_kd": None}
         t, s, p = by(rows, f, "teacher"), by(rows, f, "scratch"), by(rows, f, "pseudo_label")
-        for m in ("distilled", "distilled_feature"):
-            d = by(rows, f, m)
-            seeds = sorted(set(t) & set(s) & set(d))
-            closed = [(d[k] - s[k]) / (t[k] - s[k]) for k in seeds if t[k] > s[k]]
-            if closed:
-                entry["gap_closed"][m] = {"per_seed": closed, "mean": float(np.mean(closed))}
-            paired = sorted(set(d) & set(p))
-            if paired:
-                entry["wins_vs_pseudo_label"][m] = {"wins": sum(d[k] > p[k] for k in paired), "seeds": len(paired)}
+        for m in MODELS:
+            acc = by(rows, f, m)
+            if not acc:
+                continue
+            mine = [r for r in rows if r["label_fraction"] == f and r["model"] == m]
+            mean, std = mean_std(list(acc.values()))
+            e = {"mean": mean, "std": std, "seeds": sorted(acc), "per_seed": acc,
+                 "val_mean": mean_std([r["val_accuracy"] for r in mine])[0]}
+            if "best_epoch" in mine[0]:
+                e.update(best_epochs=[r["best_epoch"] for r in mine], steps=[r["steps"] for r in mine],
+                         max_steps=[r["max_steps"] for r in mine],
+                         not_converged=[r["seed"] for r in mine if not r["converged"]])
+            if m not in ("teacher", "scratch", "linear"):
+                seeds = sorted(set(t) & set(s) & set(acc))
+                closed = [(acc[k] - s[k]) / (t[k] - s[k]) for k in seeds if t[k] > s[k]]
+                if closed:
+                    e["gap_closed"] = {"per_seed": closed, "mean": float(np.mean(closed))}
+            for other, key, skip in ((s, "vs_scratch", "scratch"), (p, "vs_pseudo_label", "pseudo_label")):
+                paired = sorted(set(acc) & set(other))
+                if paired and m != skip:
+                    d = [acc[k] - other[k] for k in paired]
+                    e[key] = {"mean": float(np.mean(d)), "per_seed": d, "ahead": sum(x > 0 for x in d),
+                              "seeds": len(d)}
+            entry["models"][m] = e
+        kd = [m for m in KD_ROWS if m in entry["models"]]
+        if kd:
+            entry["best_kd"] = max(kd, key=lambda m: entry["models"][m]["val_mean"])
         out[str(f)] = entry
     return out
 
 
 def markdown(rows: list[dict], summary: dict, settings: dict) -> str:
-    head = ["labels", *MODELS, "gap closed (distilled)", "gap closed (+NST)", "distilled > pseudo", "+NST > pseudo"]
-    table = []
+    lines = [f"AV-Digits hard, test accuracy (%), mean ± std over the seeds listed; every model trained until "
+             f"validation accuracy stopped improving for {settings['patience']} epochs (at most "
+             f"{settings['max_epochs']} epochs; a student epoch is one pass over the whole training split's size, "
+             "batch 128). best epoch: per seed; steps: optimisation steps taken (counted), per seed. "
+             "Gap closed = (model - scratch) / (teacher - scratch), per seed, averaged. "
+             "⚠: a seed's best epoch is in the last tenth of its schedule (not converged)."]
+    head = ["model", "test %", "seeds", "gap closed", "vs scratch", "vs pseudo_label", "best epoch", "steps", "val %"]
     for f, e in summary.items():
-        cells = [f"{100 * float(f):g}%"]
-        for m in MODELS:
-            a = e["accuracy"].get(m)
-            cells.append(f"{a['mean']:.2f} ± {a['std']:.2f}" if a else "n/a")
-        for m in ("distilled", "distilled_feature"):
-            g = e["gap_closed"].get(m)
-            cells.append(f"{100 * g['mean']:.0f}%" if g else "n/a")
-        for m in ("distilled", "distilled_feature"):
-            w = e["wins_vs_pseudo_label"].get(m)
-            cells.append(f"{w['wins']}/{w['seeds']}" if w else "n/a")
-        table.append(cells)
-    seeds = sorted({r["seed"] for r in rows})
-    lines = [f"AV-Digits hard, test accuracy (%), mean ± std over seeds {seeds}; each student "
-             f"{settings['student_steps']} optimisation steps, teachers at f < 1 {settings['teacher_steps']} steps "
-             "(the packaged recipe at f = 1). Gap closed = (distilled - scratch) / (teacher - scratch), per seed, "
-             "averaged; wins: seeds on which the distilled student beats pseudo-labelling (paired by seed). "
-             "pseudo_label is n/a at 100% labels (nothing unlabelled).", "",
-             markdown_table(head, table)]
-    goal = summary.get("0.1")
-    if goal and "distilled" in goal["gap_closed"] and "distilled" in goal["wins_vs_pseudo_label"]:
-        g, w = goal["gap_closed"]["distilled"], goal["wins_vs_pseudo_label"]["distilled"]
-        met = g["mean"] >= 0.5 and w["wins"] == w["seeds"] == 3
-        lines += ["", f"Goal at 10% labels (close >= half the gap, beat pseudo-labelling on 3/3 seeds): "
-                      f"{'met' if met else 'not met'}: the distilled student closes {100 * g['mean']:.0f}% of the gap "
-                      f"(per seed {', '.join(f'{100 * c:.0f}%' for c in g['per_seed'])}) and beats pseudo-labelling "
-                      f"on {w['wins']}/{w['seeds']} seeds."]
+        table = []
+        for m, a in e["models"].items():
+            flag = " ⚠" if a.get("not_converged") else ""
+            gap = f"{100 * a['gap_closed']['mean']:.0f}%" if "gap_closed" in a else ""
+            vs = lambda k: (f"{a[k]['mean']:+.2f} ({a[k]['ahead']}/{a[k]['seeds']})" if k in a else "")  # noqa: E731
+            table.append([m + (" (best KD on val)" if m == e["best_kd"] else ""),
+                          f"{a['mean']:.2f} ± {a['std']:.2f}", ",".join(map(str, a["seeds"])), gap,
+                          vs("vs_scratch"), vs("vs_pseudo_label"),
+                          ", ".join(map(str, a.get("best_epochs", []))) + flag,
+                          ", ".join(map(str, a.get("steps", []))), f"{a['val_mean']:.2f}"])
+        lines += ["", f"### {100 * float(f):g}% of the labels", "", markdown_table(head, table)]
     return "\n".join(lines)
 
 
@@ -290,7 +421,7 @@ def plot(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     fractions = [float(f) for f in summary]
     for m in MODELS:
-        pts = [(float(f), e["accuracy"][m]) for f, e in summary.items() if m in e["accuracy"]]
+        pts = [(float(f), e["models"][m]) for f, e in summary.items() if m in e["models"]]
         if pts:
             ax.errorbar([100 * f for f, _ in pts], [a["mean"] for _, a in pts], yerr=[a["std"] for _, a in pts],
                         marker="o", capsize=3, label=m)
@@ -299,8 +430,8 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xticklabels([f"{100 * f:g}%" for f in fractions])
     ax.set_xlabel("training labels kept")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("AV-Digits hard: label efficiency")
-    ax.legend(fontsize=8)
+    ax.set_title("AV-Digits hard: label efficiency (converged budgets)")
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -311,24 +442,41 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--teacher-steps", type=int, default=150)
-    parser.add_argument("--student-steps", type=int, default=300)
-    parser.add_argument("--evals", type=int, default=5, help="validation passes (epochs) per training")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8, 0.95])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
+                        help="the rows to run (the others of a cell are left for another run)")
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--teacher-epoch-steps", type=int, default=24)
+    parser.add_argument("--teacher-max-epochs", type=int, default=20)
+    parser.add_argument("--teacher-patience", type=int, default=5)
+    parser.add_argument("--choices", default=None,
+                        help="a results JSON (same settings) whose seed --choice-seed scratch (learning rate, "
+                             "augmentation) and pseudo-labelling threshold, chosen there on validation, the "
+                             "other seeds reuse instead of searching again (cheaper)")
+    parser.add_argument("--choice-seed", type=int, default=0)
+    parser.add_argument("--scratch-lrs", type=float, nargs="+", default=[0.003, 0.001])
+    parser.add_argument("--scratch-augment", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.9])
+    parser.add_argument("--linear-c", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data", type=json.loads, default=None,
                         help="a data section as JSON instead of the recipes' AV-Digits (e.g. for a smoke test)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
-    parser.add_argument("--name", default=str(RESULTS / "label_efficiency"), help="output path without suffix")
+    parser.add_argument("--name", default=str(RESULTS / "label_efficiency_converged"),
+                        help="output path without suffix")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="result files of parts run in parallel (same settings) to merge into --name")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    keys = ("teacher_steps", "student_steps", "evals", "thresholds", "overrides", "data")
+    keys = ("max_epochs", "patience", "teacher_epoch_steps", "teacher_max_epochs", "teacher_patience",
+            "linear_c", "overrides", "data")
     settings = {k: getattr(args, k) for k in keys}
+    # the searches' grids (scratch learning rates and augmentation, pseudo-labelling thresholds) are
+    # not settings: each row records the candidates it chose among, and parts that searched different
+    # candidates of one row merge into one row (the best on validation, every candidate listed)
     json_path = out.with_suffix(".json")
     rows: list[dict] = []
     if json_path.is_file():
@@ -344,9 +492,13 @@ def main(argv=None) -> None:
         if figure:
             plot(summary, out.with_suffix(".png"))
 
-    def save(row: dict) -> None:
-        rows[:] = [r for r in rows if (r["label_fraction"], r["seed"], r["model"])
-                   != (row["label_fraction"], row["seed"], row["model"])] + [row]
+    def save(row: dict, merge: bool = False) -> None:
+        key = (row["label_fraction"], row["seed"], row["model"])
+        old = next((r for r in rows if (r["label_fraction"], r["seed"], r["model"]) == key), None)
+        if merge and old is not None and "candidates" in old and "candidates" in row:
+            tried = old["candidates"] + [c for c in row["candidates"] if c not in old["candidates"]]
+            row = dict(max((old, row), key=lambda r: r["val_accuracy"]), candidates=tried)
+        rows[:] = [r for r in rows if (r["label_fraction"], r["seed"], r["model"]) != key] + [row]
         write()
 
     if args.merge:
@@ -355,7 +507,7 @@ def main(argv=None) -> None:
             if old["settings"] != settings:
                 raise SystemExit(f"{part}: run with other settings than these ({old['settings']})")
             for row in old["rows"]:
-                save(row)
+                save(row, merge=True)
         write(figure=True)
         print(out.with_suffix(".md").read_text())
         return
@@ -365,9 +517,9 @@ def main(argv=None) -> None:
     built = DATASETS.get(dcfg.name).builder(data_root(dcfg.root), parse_options(dcfg.name, dcfg.options), 0)
     if dcfg.name != "av_digits":
         built = None  # e.g. synthetic draws with the seed: build per seed
-    # the first fraction on every seed, then seed by seed: a run cut short still has whole curves
+    # the first fraction on every seed, then seed by seed: a run cut short still has whole rows
     first, rest = args.fractions[0], args.fractions[1:]
-    cells = [(first, seed) for seed in args.seeds] + [(f, seed) for seed in args.seeds for f in rest]
+    cells = [(first, seed) for seed in args.seeds] + [(f, seed) for f in rest for seed in args.seeds]
     for fraction, seed in cells:
         run_cell(fraction, seed, args, built, rows, save)
         write(figure=True)

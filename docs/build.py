@@ -586,45 +586,63 @@ def _auto(results: Path):
 
 @source("label_efficiency")
 def _label_efficiency(results: Path):
-    """benchmarks/label_efficiency.py: teacher, scratch, pseudo-labelling and distilled students per label fraction."""
+    """benchmarks/label_efficiency.py (converged budgets): teacher, a linear baseline, scratch,
+    pseudo-labelling and KD students per label fraction; and the earlier short-budget tables as they were."""
     import label_efficiency
 
-    data = _load(results, "label_efficiency.json")
-    all_rows, settings = data["rows"], data["settings"]
-    # (fraction, seed) cells with every model, and those of the full grid (5 fractions x 3 seeds) without;
-    # the page's numbers come from the complete cells only, so every mean is over the same seeds
-    wanted = [(f, m) for f in label_efficiency.FRACTIONS for m in label_efficiency.MODELS
-              if not (m == "pseudo_label" and f >= 1)]
-    have = {(r["label_fraction"], r["seed"], r["model"]) for r in all_rows}
-    grid = [(f, seed) for f in sorted(label_efficiency.FRACTIONS) for seed in (0, 1, 2)]
-    complete = [c for c in grid if all((c[0], c[1], m) in have for f, m in wanted if f == c[0])]
-    rows = [r for r in all_rows if (r["label_fraction"], r["seed"]) in complete]
+    data = _load(results, "label_efficiency_converged.json")
+    rows, settings = data["rows"], data["settings"]
     summary = label_efficiency.summarise(rows)
-    out = Namespace(runs=Runs(rows), settings=settings, summary=summary, complete=complete,
-                    missing=[c for c in grid if c not in complete],
-                    fractions=[float(f) for f in summary], seeds=sorted({r["seed"] for r in rows}),
-                    table=label_efficiency.markdown(rows, summary, settings))
-    out.cell_text = lambda cells: ", ".join(f"{100 * f:g}%/seed {seed}" for f, seed in cells) or "none"
-    # per model and fraction, the per-seed accuracies (percent) and paired differences (points)
-    out.acc = lambda f, m: Runs(r for r in rows if r["label_fraction"] == f and r["model"] == m)
-    out.diff = lambda f, a, b: paired_diffs(out.acc(f, a), out.acc(f, b))
-    # "+1.03 ± 0.38 (3/3)": mean ± std of the per-seed differences in points, and how many are above zero
-    out.gain = lambda f, a, b: paired_gain([d / 100 for d in out.diff(f, a, b)])
-    # the same benchmark with a longer student schedule, on one cell (optional file)
-    long = results / "label_efficiency_long.json"
-    if long.exists():
-        data = json.loads(long.read_text())
-        f, seed = data["rows"][0]["label_fraction"], data["rows"][0]["seed"]
-        longer = {r["model"]: r["accuracy"] for r in data["rows"]}
-        shorter = {r["model"]: r["accuracy"] for r in all_rows if r["label_fraction"] == f and r["seed"] == seed}
-        cell = lambda acc, m: f"{acc[m]:.2f}" if m in acc else "n/a"  # noqa: E731
-        steps = (settings["student_steps"], data["settings"]["student_steps"])
-        table = markdown_table(["model", f"{steps[0]} steps", f"{steps[1]} steps"],
-                               [[m, cell(shorter, m), cell(longer, m)] for m in label_efficiency.MODELS])
-        out.long = Namespace(settings=data["settings"], cell=(f, seed), table=table, acc=longer, short=shorter,
-                             agree={r["model"]: r["teacher_agreement"] for r in data["rows"] if "teacher_agreement" in r})
-    else:
-        out.long = None
+    # which rows ran on which seeds, per fraction; the grid asked for is every fraction on seeds 0, 1, 2
+    have = {(r["label_fraction"], r["seed"], r["model"]) for r in rows}
+    coverage = []
+    for f in label_efficiency.FRACTIONS:
+        for m in label_efficiency.models_at(f):
+            seeds = [s for s in (0, 1, 2) if (f, s, m) in have]
+            coverage.append((f, m, seeds))
+    missing = [(f, m, [s for s in (0, 1, 2) if s not in seeds]) for f, m, seeds in coverage if len(seeds) < 3]
+    out = Namespace(settings=settings, summary=summary, rows=rows,
+                    table=label_efficiency.markdown(rows, summary, settings),
+                    fractions=[float(f) for f in summary], missing=missing,
+                    ran=[c for c in coverage if c[2]],
+                    not_converged=[(r["label_fraction"], r["seed"], r["model"]) for r in rows
+                                   if "converged" in r and not r["converged"]],
+                    reused_choices=any(r.get("chosen_on_seed") not in (None, r["seed"]) for r in rows))
+    parts = []
+    for f in label_efficiency.FRACTIONS:  # per fraction: the rows missing on each set of seeds
+        by_seeds: dict[tuple, list] = {}
+        for g, m, seeds in missing:
+            if g == f:
+                by_seeds.setdefault(tuple(seeds), []).append(m)
+        for seeds, models in by_seeds.items():
+            what = "every row" if len(models) == len(label_efficiency.models_at(f)) else ", ".join(models)
+            parts.append(f"{100 * f:g}% of the labels: {what} on seed{'s' if len(seeds) > 1 else ''} "
+                         f"{', '.join(map(str, seeds))}")
+    out.missing_text = "; ".join(parts) or "none"
+    # the candidates the searches tried (recorded per row)
+    tried = lambda model, keys: sorted({tuple(c[k] for k in keys) for r in rows if r["model"] == model  # noqa: E731
+                                        for c in r.get("candidates", [])})
+    out.scratch_grid = "; ".join(f"learning rate {lr:g} {'with' if aug else 'without'} augmentation"
+                                 for lr, aug in tried("scratch", ("lr", "augment"))) or "none run yet"
+    out.thresholds = ", ".join(f"{t:g}" for (t,) in tried("pseudo_label", ("threshold",))) or "none run yet"
+    # the goals at a tenth of the labels, over the seeds every model involved has
+    e = summary.get("0.1")
+    out.goal = None
+    if e and e["best_kd"] and all(m in e["models"] for m in ("teacher", "scratch", "pseudo_label")):
+        best = e["models"][e["best_kd"]]
+        out.goal = Namespace(best=e["best_kd"], model=best, teacher=e["models"]["teacher"],
+                             scratch=e["models"]["scratch"], pseudo=e["models"]["pseudo_label"],
+                             gap=best.get("gap_closed"), vs_pseudo=best.get("vs_pseudo_label"),
+                             vs_scratch=best.get("vs_scratch"),
+                             seeds=sorted(set(best["seeds"]) & set(e["models"]["pseudo_label"]["seeds"])))
+        out.goal.gap_met = out.goal.gap is not None and out.goal.gap["mean"] >= 0.75
+        out.goal.pseudo_met = out.goal.vs_pseudo is not None and out.goal.vs_pseudo["mean"] >= 0
+    # distilled (best KD row on validation) > scratch at every fraction up to a quarter of the labels
+    out.wins = [(float(f), e["best_kd"], e["models"][e["best_kd"]].get("vs_scratch")) for f, e in summary.items()
+                if float(f) <= 0.25 and e["best_kd"]]
+    # the earlier benchmark's tables (short budgets, and the step-count bug), as its script wrote them
+    out.old = (results / "label_efficiency.md").read_text().strip()
+    out.old_long = (results / "label_efficiency_long.md").read_text().strip()
     return out
 
 

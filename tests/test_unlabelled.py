@@ -251,28 +251,71 @@ def test_train_uses_the_labelled_samples_and_says_how_many(tmp_path, capsys):
 
 
 # --- the benchmark -----------------------------------------------------------------------------
-def test_label_efficiency_benchmark_writes_rows_of_every_model(tmp_path, monkeypatch):
+def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, monkeypatch):
+    """Every row of every model, and every candidate a row chose among, reports the optimisation steps
+    the engine took (their sum is every step taken), and every student of a cell had the same budget."""
     monkeypatch.setenv("MMDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import label_efficiency
+    from mmdistill.distill import engine
 
+    taken = []
+    step = engine.Trainer._step
+
+    def counting(self, *args, **kwargs):
+        taken.append(1)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Trainer, "_step", counting)
     label_efficiency.main([
-        "--fractions", "0.2", "1.0", "--seeds", "0", "--teacher-steps", "2", "--student-steps", "2", "--evals", "1",
+        "--fractions", "0.2", "1.0", "--seeds", "0", "--max-epochs", "4", "--patience", "1",
+        "--teacher-epoch-steps", "2", "--teacher-max-epochs", "4", "--teacher-patience", "1", "--linear-c", "1.0",
         "--data", json.dumps({"name": "synthetic", "train_size": 120, "test_size": 40, "num_classes": 4}),
-        "--set", "train.epochs=1", "--set", "model.encoders.image.channels=[4]",
+        "--set", "model.encoders.image.channels=[4]",
         "--set", "model.encoders.audio.channels=[4]", "--name", str(tmp_path / "le")])
     out = json.loads((tmp_path / "le.json").read_text())
     keys = {(r["label_fraction"], r["model"]) for r in out["rows"]}
-    models = {"teacher", "scratch", "pseudo_label", "distilled", "distilled_feature"}
-    assert keys == {(0.2, m) for m in models} | {(1.0, m) for m in models - {"pseudo_label"}}
+    assert keys == {(0.2, m) for m in label_efficiency.MODELS} | {(1.0, m) for m in label_efficiency.models_at(1.0)}
+    counted = 0
     for r in out["rows"]:
         assert r["seed"] == 0 and 0 <= r["accuracy"] <= 100
+        if r["model"] == "linear":
+            continue
+        assert r["steps"] == r["epochs_run"] * r["steps_per_epoch"] > 0
+        assert r["best_epoch"] <= r["epochs_run"] <= r["max_epochs"] == 4
+        assert r["converged"] == (r["stopped_early"] or not r["best_epoch"] > 3.6)
+        counted += sum(c["steps"] for c in r["candidates"]) if "candidates" in r else r["steps"]
+    assert counted == len(taken)  # nothing trained that a row does not report, and no row reports steps not taken
+    for f in (0.2, 1.0):
+        students = [r for r in out["rows"] if r["label_fraction"] == f and r["model"] in label_efficiency.STUDENTS]
+        n = students[0]["labelled"] + students[0]["unlabelled"]
+        # one student epoch = one pass over the whole training split's size, whatever the student reads
+        assert {r["steps_per_epoch"] for r in students} == {-(-n // 128)}
+        assert len({r["max_steps"] for r in students}) == 1
     pseudo = next(r for r in out["rows"] if r["model"] == "pseudo_label")
-    assert pseudo["threshold"] in (0.5, 0.8, 0.95) and pseudo["unlabelled"] > 0
-    student = next(r for r in out["rows"] if r["model"] == "scratch" and r["label_fraction"] == 0.2)
-    assert student["labelled"] < 0.3 * (student["labelled"] + student["unlabelled"])
+    assert pseudo["threshold"] in (0.5, 0.9) and pseudo["unlabelled"] > 0
+    assert next(r for r in out["rows"] if r["model"] == "kd_pseudo")["threshold"] == pseudo["threshold"]
+    scratch = next(r for r in out["rows"] if r["model"] == "scratch" and r["label_fraction"] == 0.2)
+    assert scratch["labelled"] < 0.3 * (scratch["labelled"] + scratch["unlabelled"])
+    assert {(c["lr"], c["augment"]) for c in scratch["candidates"]} == {(0.003, False), (0.003, True),
+                                                                         (0.001, False), (0.001, True)}
     assert (tmp_path / "le.md").is_file() and (tmp_path / "le.png").stat().st_size > 0
     assert set(out["summary"]) == {"0.2", "1.0"}
+
+
+def test_label_efficiency_resized_sets_have_the_epoch_size_asked_for():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import label_efficiency
+
+    ds = MultimodalDataset({"x": torch.arange(30.0)[:, None]}, torch.arange(30) % 3, num_classes=3)
+    big = label_efficiency.resized(ds, 100, seed=0)
+    assert len(big) == 100
+    counts = torch.bincount(big.modalities["x"][:, 0].long(), minlength=30)
+    assert set(counts.tolist()) <= {3, 4} and counts.sum() == 100  # every sample 3 or 4 times
+    assert torch.equal(big.labels, big.modalities["x"][:, 0].long() % 3)  # labels follow their samples
+    assert label_efficiency.resized(ds, 30, seed=0) is ds
 
 
 def test_evaluation_scores_labels_on_labelled_samples_and_agreement_on_all():

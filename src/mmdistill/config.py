@@ -135,9 +135,30 @@ class ViewCacheConfig(Strict):
     cache: StrictBool = True
 
 
+class EarlyStoppingConfig(Strict):
+    """Stop when validation accuracy (the training loss's negative without a validation split) has
+    not improved by more than ``min_delta`` for ``patience`` epochs; the model keeps its best weights."""
+
+    patience: PositiveInt
+    min_delta: NonNegativeFloat = 0.0
+
+
 class TrainConfig(Strict):
+    # at most this many epochs; the learning-rate schedule spans them even when early stopping ends
+    # the run sooner. A run whose best epoch is in the last tenth of them, and which did not stop
+    # early, is flagged as not converged (``converged: false`` in summary.json, and a log line)
     epochs: PositiveInt = 10
+    # e.g. {patience: 5, min_delta: 0.002}: stop after ``patience`` epochs without an improvement of
+    # the validation accuracy by more than ``min_delta`` (a fraction: 0.002 = 0.2 points); the same
+    # decision on every process under torchrun; null (default): run all ``epochs``
+    early_stopping: EarlyStoppingConfig | None = None
     batch_size: PositiveInt = 128
+    # distilling with unlabelled samples: each step's batch is ``labelled_batch_size`` labelled
+    # samples (cross-entropy reads these) followed by ``batch_size`` samples drawn from the whole
+    # training set with their labels hidden (the transfer batch); distillation terms read every
+    # sample of it. An epoch is one pass of the transfer batches over the training set. null
+    # (default): one batch of ``batch_size`` samples, cross-entropy on its labelled members
+    labelled_batch_size: PositiveInt | None = None
     eval_batch_size: PositiveInt = 1024
     optimizer: OPTIMIZERS.field() = OptimizerConfig()
     scheduler: SCHEDULERS.field() = SchedulerConfig()

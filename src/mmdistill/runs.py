@@ -8,13 +8,16 @@ the config (:func:`~mmdistill.distill.engine.check_train_options`) and every che
 
 Run directory contents: ``run.json`` (status, command, resolved config), ``metrics.jsonl`` (one
 line per epoch), ``best.pt`` / ``last.pt`` (weights-only checkpoints), ``metrics.json`` (test
-metrics) and ``summary.json``, the last two written only on success, and ``state.pt``, the
+metrics) and ``summary.json`` (with the training budget: ``best_epoch``, ``epochs_run``,
+``max_epochs``, ``steps``, ``stopped_early``, ``converged``; see
+:class:`~mmdistill.distill.engine.FitResult`), the last two written only on success, and ``state.pt``, the
 training state after the last complete epoch, from which ``resume=True`` continues the run (see
 :func:`check_resumable`).
 """
 from __future__ import annotations
 
 import json
+import sys
 from itertools import combinations
 from pathlib import Path
 from typing import Sequence
@@ -47,9 +50,12 @@ def _saver(cfg: RunConfig, data: DataSplits, role: str):
     return save
 
 
-def _finish(run: RunDir, summary: dict, metrics: dict) -> dict:
+def _finish(run: RunDir, summary: dict, metrics: dict, fit=None, label: str = "train") -> dict:
     write_json(run / "metrics.json", metrics)
     write_json(run / "summary.json", summary)
+    warning = fit.warning(label) if fit is not None else None
+    if warning:  # the run finished, but validation was still improving when its budget ran out
+        print(warning, file=sys.stderr, flush=True)
     return summary
 
 
@@ -209,12 +215,12 @@ def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data:
         if not distributed.is_main():
             return {}
         metrics = evaluate_model(model, data.test, device=device, batch_size=cfg.train.eval_batch_size)
-        summary = {"dataset": data.info, "model": metrics, "best_epoch": fit.best_epoch,
+        summary = {"dataset": data.info, "model": metrics, **fit.budget(),
                    "val_accuracy": fit.best_val_accuracy, "train_seconds": round(fit.seconds, 2),
                    "checkpoint": str(run / "best.pt")}
         if labelled["unlabelled_skipped"]:
             summary["labelled"] = labelled
-        return _finish(run, summary, metrics)
+        return _finish(run, summary, metrics, fit, "train")
 
 
 def resolve_checkpoint(path: str, config_path: str | Path | None = None) -> Path:
@@ -281,7 +287,7 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
         metrics = evaluate_model(student, data.test, device=device, teacher=first,
                                  batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "student": {**metrics, "extra_params": fit.extra_params},
-                   "best_epoch": fit.best_epoch, "val_accuracy": fit.best_val_accuracy,
+                   **fit.budget(), "val_accuracy": fit.best_val_accuracy,
                    "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt"),
                    "terms": placed_terms(fit.task)}
         reports = {name: evaluate_model(t, data.test, device=device, latency=True, batch_size=cfg.train.eval_batch_size)
@@ -293,7 +299,7 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
             summary["teacher"] = reports[max(reports, key=lambda n: reports[n]["accuracy"])]
             summary["ensemble"] = write_teacher_weights(run / "teacher_weights.csv", fit.task, data.train, device,
                                                          cfg.distill.ensemble.strategy)
-        return _finish(run, summary, metrics)
+        return _finish(run, summary, metrics, fit, "distill")
 
 
 def placed_terms(task) -> list[dict]:

@@ -60,6 +60,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @dataclass
 class FitResult:
+    """What a fit did. ``steps``: optimiser steps taken (every rank's global step counted once);
+    ``best_epoch`` (1-based), whose weights the model holds at the end; ``stopped_early``: whether
+    ``train.early_stopping`` ended the run before ``max_epochs``; ``converged``: False when the run
+    did not stop early and its best epoch is in the last tenth of the schedule (best_epoch >
+    0.9 * max_epochs), i.e. validation was still improving when the budget ran out."""
+
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_val_accuracy: float | None = None
@@ -69,6 +75,38 @@ class FitResult:
     view_cache_seconds: float = 0.0  # building train.view_cache (0 without one)
     view_cache_bytes: int = 0  # what this process's view cache held
     task: object = None  # the task that was fitted (set by api.distill)
+    steps: int = 0
+    max_epochs: int = 0
+    stopped_early: bool = False
+    # early stopping's reference: the score and epoch of the last improvement by more than min_delta
+    patience_score: float = -math.inf
+    patience_epoch: int = 0
+
+    @property
+    def epochs(self) -> int:
+        """Epochs run."""
+        return len(self.history)
+
+    @property
+    def converged(self) -> bool:
+        return self.stopped_early or not in_last_tenth(self.best_epoch, self.max_epochs)
+
+    def warning(self, label: str) -> str | None:
+        """The line a finished run prints when it did not converge (None when it did)."""
+        if self.converged:
+            return None
+        return (f"{label}: warning: best epoch {self.best_epoch} of {self.max_epochs} is in the last tenth of the "
+                "schedule: validation was still improving (not converged; more epochs, or train.early_stopping)")
+
+    def budget(self) -> dict:
+        """The fields a run summary records about its training budget."""
+        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs, "max_epochs": self.max_epochs,
+                "steps": self.steps, "stopped_early": self.stopped_early, "converged": self.converged}
+
+
+def in_last_tenth(best_epoch: int, epochs: int) -> bool:
+    """Whether epoch ``best_epoch`` (1-based) of ``epochs`` is in the schedule's last tenth."""
+    return best_epoch > 0.9 * epochs
 
 
 #: kinds whose last axis is time, the only ones a time shift makes sense for
@@ -269,6 +307,15 @@ class Trainer:
         self.augment_generator = torch.Generator().manual_seed(self.seed + 2)
         task.to(self.device)
         loader = train.loader(cfg.batch_size, shuffle=True, seed=self.seed, **self._loader_options())
+        if cfg.labelled_batch_size is not None:
+            if distributed.active():
+                raise ConfigError("train.labelled_batch_size: not supported under torchrun; run in one process")
+            if cfg.view_cache is not None:
+                raise ConfigError("train.labelled_batch_size: cannot be combined with train.view_cache (its views "
+                                  "are drawn per sample of one batch); remove one of them")
+            from .transfer import transfer_loader
+
+            loader = transfer_loader(train, cfg.batch_size, cfg.labelled_batch_size, seed=self.seed)
         if distributed.active():  # global batch split over the ranks, the 1-process order
             # (a view cache: each rank keeps to its own fixed shard of the samples, whose views it caches)
             loader = distributed.train_loader(train, cfg.batch_size, seed=self.seed, owned=cfg.view_cache is not None,
@@ -284,7 +331,7 @@ class Trainer:
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train),
                    labels=train.labels)
         # the plain cache serves teachers that see stored samples (see data.augment.training_inputs)
-        result = FitResult()
+        result = FitResult(max_epochs=cfg.epochs)
         view_cache = self.views is not None and cfg.view_cache.cache and hasattr(task, "cache_view_outputs")
         if view_cache:
             built = time.perf_counter()
@@ -327,6 +374,13 @@ class Trainer:
         the steps' ``non_blocking`` copies overlap the host's work."""
         return {"workers": self.cfg.workers, "pin_memory": self.device.type == "cuda"}
 
+    def _should_stop(self, result: FitResult, epochs_done: int) -> bool:
+        """Early stopping: ``patience`` epochs since the last improvement by more than ``min_delta``.
+        Reads only the validation history, which every rank holds alike under torchrun."""
+        rule = self.cfg.early_stopping
+        return rule is not None and epochs_done < self.cfg.epochs and \
+            epochs_done - result.patience_epoch >= rule.patience
+
     def _epochs(self, task, loader, val, optimizer, scheduler, result: FitResult) -> dict:
         """Train for ``cfg.epochs`` epochs; returns the best model state (by validation accuracy)."""
         cfg = self.cfg
@@ -338,6 +392,9 @@ class Trainer:
         first_epoch = 0
         if self.resume:
             first_epoch, best_state = self._load_state(task, loader, optimizer, scheduler, mix_generator, result)
+            if self._should_stop(result, first_epoch):  # interrupted after its last epoch's state was saved
+                result.stopped_early = True
+                return best_state
         with self._progress() as bar:
             job = bar.add_task(self.label, total=cfg.epochs * steps_per_epoch, status="",
                                completed=first_epoch * steps_per_epoch)
@@ -357,6 +414,7 @@ class Trainer:
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
                     scale = None if shard is None else shard.loss_scale(step)
                     logits, losses, total = self._step(task, batch, whole, progress, optimizer, scale)
+                    result.steps += 1
                     lr = optimizer.param_groups[0]["lr"]
                     if cfg.scheduler.interval == "step":
                         scheduler.step()
@@ -390,6 +448,9 @@ class Trainer:
                     result.best_epoch = epoch + 1
                     result.best_val_accuracy = record.get("val_accuracy")
                     best_state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+                min_delta = cfg.early_stopping.min_delta if cfg.early_stopping else 0.0
+                if result.patience_epoch == 0 or score > result.patience_score + min_delta:
+                    result.patience_score, result.patience_epoch = score, epoch + 1
                 result.history.append(record)
                 if metrics_path:
                     append_text(metrics_path, json.dumps(record) + "\n")
@@ -401,6 +462,9 @@ class Trainer:
                         self.save(self.run_dir / "best.pt", task.model, meta)
                 if self._writes:
                     self._save_state(task, loader, optimizer, scheduler, mix_generator, result, epoch + 1, best_state)
+                if self._should_stop(result, epoch + 1):
+                    result.stopped_early = True
+                    break
         return best_state
 
     def _step(self, task, batch, whole, progress: float, optimizer, scale: float | None = None) -> tuple:
@@ -452,11 +516,13 @@ class Trainer:
             "best": {"score": result.best_score, "epoch": result.best_epoch,
                      "val_accuracy": result.best_val_accuracy,
                      "state": {k: v.detach().cpu() for k, v in best_state.items()}},
+            "budget": {"steps": result.steps, "patience_score": result.patience_score,
+                       "patience_epoch": result.patience_epoch},
             "history": json.loads(json.dumps(result.history)),  # plain floats, ints and strings
         }
         if self.scaler.is_enabled():  # fp16: the loss scale and its growth tracker
             payload["scaler"] = self.scaler.state_dict()
-        sampler_generator = getattr(loader.sampler, "generator", None)
+        sampler_generator = _sampler_generator(loader)
         if sampler_generator is not None:
             payload["rng"]["sampler"] = sampler_generator.get_state()
         atomic_torch_save(payload, self.run_dir / self.STATE_FILE)
@@ -513,17 +579,32 @@ class Trainer:
         mix_generator.set_state(rng["mix"])
         if "augment" in rng:
             self.augment_generator.set_state(rng["augment"])
-        sampler_generator = getattr(loader.sampler, "generator", None)
+        sampler_generator = _sampler_generator(loader)
         if sampler_generator is not None and "sampler" in rng:
             sampler_generator.set_state(rng["sampler"])
         best = state["best"]
         result.best_score, result.best_epoch, result.best_val_accuracy = best["score"], best["epoch"], best["val_accuracy"]
         result.history = list(state["history"])
+        budget = state.get("budget")  # states written before it existed: every epoch ran the whole loader
+        if budget is None:
+            budget = {"steps": len(result.history) * len(loader), "patience_score": result.best_score,
+                      "patience_epoch": result.best_epoch}
+        result.steps = int(budget["steps"])
+        result.patience_score, result.patience_epoch = budget["patience_score"], int(budget["patience_epoch"])
         metrics_path = self.run_dir / "metrics.jsonl"
         if self._writes:
             write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
         best_state = {k: v.to(self.device) for k, v in best["state"].items()}
         return int(state["epoch"]), best_state
+
+
+def _sampler_generator(loader) -> torch.Generator | None:
+    """The generator that orders the training batches (a sampler's, or a batch sampler's)."""
+    for sampler in (loader.sampler, loader.batch_sampler):
+        generator = getattr(sampler, "generator", None)
+        if generator is not None:
+            return generator
+    return None
 
 
 def rng_state() -> dict:
