@@ -22,7 +22,9 @@ def test_dry_run_checks_every_step_on_the_cpu(tmp_path, data_root):
     """The whole sequence on the CPU at the smallest size: every check passes, gpu.json records
     each, the table is printed, and nothing is installed (no pip, no private site folder)."""
     site = tmp_path / "site"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "GPU_CHECK_SITE": str(site), "MMDISTILL_DATA": str(data_root),
+    # PYTHON: the script's interpreter is this one (make test runs .venv/bin/python with no venv on PATH)
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO / "src"), "GPU_CHECK_SITE": str(site),
+           "MMDISTILL_DATA": str(data_root),
            "PIP_NO_INDEX": "1", "OUT": str(tmp_path / "device-out")}
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out",
                            str(tmp_path / "gpu.json"), "--work", str(tmp_path / "work")],
