@@ -654,6 +654,10 @@ DISTILL_KEYS = {
     "weight=-1": ("distill.terms=[{name: kd, weight: -1}]", "distill.terms[0].weight"),
     "weight=.nan": ("distill.terms=[{name: kd, weight: .nan}]", "distill.terms[0].weight"),
     "temperature=.inf": ("distill.terms=[{name: kd, temperature: .inf}]", "temperature"),
+    # a temperature every logit is divided by: one that overflows them is refused, not "diverged"
+    "temperature=1e-300": ("distill.terms=[{name: kd, temperature: 1.0e-300}]", ("distill.terms[0]", "temperature")),
+    "dkd temperature=1e9": ("distill.terms=[{name: dkd, temperature: 1.0e9}]", ("distill.terms[0]", "temperature")),
+    "dist temperature=0": ("distill.terms=[{name: dist, temperature: 0}]", ("distill.terms[0]", "temperature")),
     "gamma=.inf": ("distill.gamma=.inf", "distill.gamma"),
     "gamma_0_no_terms": ("distill={teacher: {checkpoint: T}, gamma: 0, terms: []}", "distill.gamma"),
     "gamma_0_zero_weights": ("distill={teacher: {checkpoint: T}, gamma: 0, terms: [{name: kd, weight: 0}]}",
@@ -662,6 +666,21 @@ DISTILL_KEYS = {
 for _name, (_set, _culprit) in DISTILL_KEYS.items():
     case(f"range/distill.{_name}")(lambda w, t, mp, s=_set, c=_culprit: Case(
         ["distill", w.student, "--out", t / "run", "--set", s.replace("checkpoint: T", f"checkpoint: '{w.ckpt}'")], c))
+
+
+def _failed_run(w, t):
+    """A loss whose heads or banks the machine cannot hold fails in the run's setup (they are sized by
+    the first batch): the run directory records the failure, nothing else."""
+    import json as _json
+
+    assert _json.loads((t / "run" / "run.json").read_text())["status"] == "failed"
+    assert not (t / "run" / "best.pt").exists()
+
+
+for _name, _terms in {"crd feat_dim beyond memory": "[{name: crd, feat_dim: 1000000000, negatives: uniform}]"}.items():
+    case(f"range/distill.{_name}")(lambda w, t, mp, s=_terms: Case(
+        ["distill", w.student, "--out", t / "run", "--set", f"distill.terms={s}"],
+        ("distill.terms[0]", "crd", "memory"), check=_failed_run))
 OPTIONS = {
     "profile --repeats 0": (lambda w, t: ["profile", w.ckpt, "--out", t / "run", "--repeats", "0"], "--repeats"),
     "profile --threads 0": (lambda w, t: ["profile", w.ckpt, "--out", t / "run", "--threads", "0"], "--threads"),

@@ -41,7 +41,7 @@ def test_wrong_type_names_the_key():
 
 
 def test_invalid_value_is_a_config_error():
-    with pytest.raises(ConfigError, match="temperature must be > 0"):
+    with pytest.raises(ConfigError, match=r"temperature must be in \[0.001, 1000\]"):
         build_loss("dkd", {"temperature": 0})
 
 

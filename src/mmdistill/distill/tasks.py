@@ -11,6 +11,8 @@ and distillation therefore share one loop.
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -273,7 +275,8 @@ class DistillationTask(nn.Module):
             s = student[term.student_path]
             t = teachers[0][OUTPUT] if term.teacher is None else teachers[term.teacher][term.teacher_path]
             if getattr(term.loss, "needs_adapter", False) and s.shape[1:] != t.shape[1:]:
-                self.adapters[str(i)] = Adapter(s.shape, t.shape).to(device)
+                with _memory_named(f"distill.terms[{i}]", f"the adapter of loss {term.name!r}"):
+                    self.adapters[str(i)] = Adapter(s.shape, t.shape).to(device)
                 with torch.no_grad():
                     s = self.adapters[str(i)](s)
             extra = {"labels": labels} if getattr(term.loss, "needs_labels", False) else {}
@@ -283,8 +286,9 @@ class DistillationTask(nn.Module):
             if needs_label and labels is not None and bool((labels < 0).any()):
                 raise ConfigError(f"distill.terms[{i}]: loss {term.name!r} needs every training sample's label, but "
                                   f"{int((labels < 0).sum())} are unlabelled; use a loss without labels (e.g. kd)")
-            term.loss.bind(s.shape, t.shape, num_samples, **extra)
-            term.loss.to(device)
+            with _memory_named(f"distill.terms[{i}]", f"loss {term.name!r} with these options"):
+                term.loss.bind(s.shape, t.shape, num_samples, **extra)
+                term.loss.to(device)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self.adapters.parameters()) + list(self.losses.parameters())
@@ -350,3 +354,22 @@ class DistillationTask(nn.Module):
             logits = [teacher(batch).float() for teacher in self.teachers]
             out.append(self.ensemble.weights(logits, batch).cpu())
         return torch.cat(out)
+
+
+@contextlib.contextmanager
+def _memory_named(key: str, what: str):
+    """Turn an allocation the machine cannot serve (a loss's heads or banks sized by its options,
+    e.g. crd ``feat_dim: 1e9``) into a ConfigError naming ``key``, instead of a traceback."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        raise ConfigError(f"{key}: {what} needs more memory than this machine has ({_first_line(err)})") from None
+    except RuntimeError as err:
+        if "allocate" not in str(err):
+            raise
+        raise ConfigError(f"{key}: {what} needs more memory than this machine has ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1].split("DefaultCPUAllocator: ")[-1] if text else type(err).__name__

@@ -47,6 +47,19 @@ LOSSES: Registry[type["DistillationLoss"]] = Registry("loss")
 _HALF = (torch.float16, torch.bfloat16)
 
 
+#: the temperatures a loss accepts: logits divided by T must stay finite in float32 (|z| / T below
+#: 3.4e38) and T^2-scaled losses must not overflow, so T is kept within six orders of magnitude of 1
+TEMPERATURE_RANGE = (1e-3, 1e3)
+
+
+def check_temperature(temperature: float) -> float:
+    """``temperature`` if it lies in :data:`TEMPERATURE_RANGE`, else ValueError naming the option."""
+    low, high = TEMPERATURE_RANGE
+    if not low <= temperature <= high:
+        raise ValueError(f"temperature must be in [{low:g}, {high:g}] (logits are divided by it), got {temperature:g}")
+    return temperature
+
+
 def full_precision(x):
     """``x`` as float32 when it is a float16/bfloat16 tensor, else unchanged (float64 stays float64)."""
     return x.float() if isinstance(x, torch.Tensor) and x.dtype in _HALF else x

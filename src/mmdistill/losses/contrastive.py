@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DistillationLoss, compute_in_float32, register_loss
+from .base import DistillationLoss, check_temperature, compute_in_float32, register_loss
 
 
 def nce_loss(scores: torch.Tensor, num_samples: int, eps: float = 1e-7) -> torch.Tensor:
@@ -67,8 +67,7 @@ class CRD(DistillationLoss):
             raise ValueError(f"feat_dim must be >= 1, got {feat_dim}")
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_temperature(temperature)
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if negatives not in ("other_class", "uniform"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import DistillationLoss, compute_in_float32, register_loss
+from .base import DistillationLoss, check_temperature, compute_in_float32, register_loss
 
 
 @register_loss("mse")
@@ -36,8 +36,7 @@ class KD(DistillationLoss):
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_temperature(temperature)
         self.temperature = temperature
 
     @compute_in_float32
@@ -77,8 +76,7 @@ class DKD(DistillationLoss):
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_temperature(temperature)
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
@@ -140,8 +138,7 @@ class DIST(DistillationLoss):
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_temperature(temperature)
         if beta < 0 or gamma < 0:
             raise ValueError(f"beta and gamma must be >= 0, got beta={beta}, gamma={gamma}")
         self.beta, self.gamma, self.temperature = beta, gamma, temperature
