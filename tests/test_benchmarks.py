@@ -88,3 +88,23 @@ def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp
     teacher_params = next(r["params"] for r in runs if r["method"] == "teacher")
     assert merged["teacher"]["params"] == teacher_params and (tmp_path / "frontier.png").stat().st_size > 0
     assert "| teacher |" in (tmp_path / "frontier.md").read_text()
+
+
+def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_scratch(tmp_path, data_root):
+    """benchmarks/demo_recipe.py at a tiny size: each candidate is a row with its validation and test
+    accuracy, best epoch and steps; a second call with the same seed and epochs reruns nothing; the
+    table pairs each distilled candidate with the same seed's scratch student."""
+    args = ["--seeds", "0", "--epochs", "1", "--candidates", "scratch", "kd_t2", "--name", str(tmp_path / "search"),
+            "--set", "data.pairs_per_recording=1", "--set", "train.epochs=1"]
+    first = run_benchmark(tmp_path, data_root, *args, script="demo_recipe.py")
+    rows = {r["candidate"]: r for r in first["rows"]}
+    assert set(rows) == {"scratch", "kd_t2"}
+    for row in rows.values():
+        assert row["epochs"] == 1 and row["best_epoch"] == 1 and row["steps"] > 0
+        assert 0 <= row["val_accuracy"] <= 1 and 0 <= row["accuracy"] <= 1
+    assert rows["kd_t2"]["terms"] == [{"name": "kd", "weight": 1.0, "temperature": 2.0}]
+    again = run_benchmark(tmp_path, data_root, *args, script="demo_recipe.py")
+    assert again["rows"] == first["rows"]  # resumable: nothing reran
+    table = (tmp_path / "search.md").read_text()
+    gain = rows["kd_t2"]["accuracy"] - rows["scratch"]["accuracy"]
+    assert f"{100 * gain:+.2f} ({int(gain > 0)}/1)" in table

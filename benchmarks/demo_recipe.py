@@ -1,0 +1,144 @@
+"""Choose the packaged AV-Digits student recipe on validation, with budgets that converge.
+
+    python benchmarks/demo_recipe.py --seeds 0 --epochs 60            # the search, seed 0
+    python benchmarks/demo_recipe.py --seeds 0 1 2 --epochs 60 --candidates scratch kd_t2
+
+Every candidate trains the packaged student (``recipes/av_digits_student.yaml``: conv[16,32],
+stride-2 stem, 2x2 pool) on AV-Digits hard for the same number of epochs under the recipe's cosine
+schedule, from the same initial weights (the seed), and is scored on the validation split; the
+test split is read only to report. Scratch candidates differ in learning rate and input
+augmentation (the scratch twin gets whichever helps it on validation); distillation candidates in
+the loss (KD at T in {1, 2, 4}, DIST, KD plus NST on each modality's last map, the old NST-only
+recipe) and in consistent teaching (the teacher sees the student's augmented input, so its outputs
+cannot be cached). The teacher is the packaged one for the same seed, trained once and reused from
+``$MMDISTILL_CACHE/teachers`` as ``mmdistill demo`` does.
+
+A cosine schedule ends at a zero learning rate, so its best epoch is nearly always in its last
+tenth; convergence is checked instead by a longer budget (``--epochs`` twice): a recipe whose
+validation accuracy still grows with twice the epochs was not converged. Each row records its
+best epoch, the steps it took and its training time.
+
+Rows go to ``benchmarks/results/demo_recipe.json`` (resumable: a row already there for the same
+seed, candidate and epochs is not rerun) with a markdown table beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import RESULTS, markdown_table, mean_std
+
+from mmdistill.config import apply_overrides, parse_config
+from mmdistill.demo import recipe, train_or_reuse_teacher
+from mmdistill.runs import load_data, run_distill, run_train
+
+KD = lambda t: {"name": "kd", "weight": 1.0, "temperature": t}  # noqa: E731
+NST = [{"name": "nst", "weight": 0.5, "student": f"encoders.{m}.features", "teacher": f"encoders.{m}.features"}
+       for m in ("audio", "image")]
+AUGMENT = ["train.augment={image: [{type: translate, pixels: 2}], "
+           "audio: [{type: time_mask, width: 4}, {type: freq_mask, width: 4}]}"]
+#: name -> (kind, student overrides, distillation terms)
+CANDIDATES = {
+    "scratch": ("scratch", [], None),
+    "scratch_lr0.01": ("scratch", ["train.optimizer.lr=0.01"], None),
+    "scratch_aug": ("scratch", AUGMENT, None),
+    "nst": ("distill", [], NST),  # the recipe chosen by the frontier at 20 epochs
+    "kd_t1": ("distill", [], [KD(1.0)]),
+    "kd_t2": ("distill", [], [KD(2.0)]),
+    "kd_t4": ("distill", [], [KD(4.0)]),
+    "dist": ("distill", [], [{"name": "dist", "weight": 1.0}]),
+    "kd_t4_nst": ("distill", [], [KD(4.0), *NST]),
+    "kd_t2_aug_consistent": ("distill", [*AUGMENT, "train.augment_teacher=same"], [KD(2.0)]),
+    "kd_t2_aug_clean": ("distill", [*AUGMENT, "train.augment_teacher=clean"], [KD(2.0)]),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[60])
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override applied to the teacher and every candidate (e.g. data.pairs_per_recording=1)")
+    parser.add_argument("--name", default="demo_recipe", help="result file name (or path, without suffix)")
+    parser.add_argument("--table", action="store_true", help="only rewrite the table from the JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    path = RESULTS / f"{args.name}.json"
+    results = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    if not args.table:
+        for seed in args.seeds:
+            run_seed(seed, args, results, path)
+    (RESULTS / f"{args.name}.md").write_text(table(results["rows"]) + "\n")
+    print(table(results["rows"]))
+
+
+def run_seed(seed: int, args, results: dict, path: Path) -> None:
+    done = {(r["seed"], r["candidate"], r["epochs"]) for r in results["rows"]}
+    todo = [(c, e) for e in args.epochs for c in args.candidates if (seed, c, e) not in done]
+    if not todo:
+        return
+    common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
+    tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), common), "teacher")
+    data = load_data(tcfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = train_or_reuse_teacher(tcfg, data, Path(tmp) / "teacher", print, reuse=True)
+        for name, epochs in todo:
+            kind, overrides, terms = CANDIDATES[name]
+            raw = apply_overrides(recipe("av_digits_student"), [*common, f"train.epochs={epochs}", *overrides])
+            start = time.perf_counter()
+            out = Path(tmp) / f"{name}_{epochs}"
+            if kind == "scratch":
+                raw.pop("distill")
+                summary = run_train(parse_config(raw, "student"), out, data=data, log=None)
+                model = summary["model"]
+            else:
+                raw["distill"]["terms"] = terms
+                raw["distill"]["teacher"]["checkpoint"] = str(Path(tmp) / "teacher" / "best.pt")
+                summary = run_distill(parse_config(raw, "student"), out, data=data)
+                model = summary["student"]
+            history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            steps = len(history) * math.ceil(data.train.num_labelled / parse_config(raw, "student").train.batch_size)
+            row = {"seed": seed, "candidate": name, "kind": kind, "epochs": epochs,
+                   "val_accuracy": summary["val_accuracy"], "accuracy": model["accuracy"],
+                   "best_epoch": summary["best_epoch"], "steps": steps,
+                   "train_accuracy_last": history[-1].get("train_accuracy"),
+                   "teacher_accuracy": teacher["model"]["accuracy"],
+                   "teacher_agreement": model.get("teacher_agreement"),
+                   "seconds": round(time.perf_counter() - start, 1), "overrides": overrides, "terms": terms}
+            results["rows"].append(row)
+            path.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"seed {seed} {name} ({epochs} epochs): val {row['val_accuracy']:.4f} test {row['accuracy']:.4f} "
+                  f"best epoch {row['best_epoch']} ({row['seconds']} s)", flush=True)
+
+
+def table(rows: list[dict]) -> str:
+    """Mean +- std over seeds per (candidate, epochs), and the paired gain over the seed's scratch."""
+    scratch = {(r["seed"], r["epochs"]): r for r in rows if r["candidate"] == "scratch"}
+    keys = sorted({(r["candidate"], r["epochs"]) for r in rows}, key=lambda k: (k[1], list(CANDIDATES).index(k[0])))
+    out = []
+    for name, epochs in keys:
+        group = [r for r in rows if (r["candidate"], r["epochs"]) == (name, epochs)]
+        val, val_sd = mean_std([r["val_accuracy"] for r in group])
+        test, test_sd = mean_std([r["accuracy"] for r in group])
+        gains = [r["accuracy"] - scratch[(r["seed"], epochs)]["accuracy"] for r in group
+                 if (r["seed"], epochs) in scratch]
+        gain = (f"{100 * mean_std(gains)[0]:+.2f} ({sum(g > 0 for g in gains)}/{len(gains)})"
+                if gains and name != "scratch" else "")
+        late = sum(r["best_epoch"] > 0.9 * epochs for r in group)
+        out.append([name, epochs, len(group), f"{100 * val:.2f} ± {100 * val_sd:.2f}",
+                    f"{100 * test:.2f} ± {100 * test_sd:.2f}", gain,
+                    ", ".join(str(r["best_epoch"]) for r in group) + (" (last tenth)" if late else "")])
+    return markdown_table(["candidate", "epochs", "seeds", "val % (choice)", "test %", "test minus scratch (wins)",
+                           "best epoch"], out)
+
+
+if __name__ == "__main__":
+    main()
