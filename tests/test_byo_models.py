@@ -187,6 +187,7 @@ def test_user_encoder_and_fusion_from_imports_distil_end_to_end(tmp_path, capsys
     summary = json.loads((tmp_path / "student" / "summary.json").read_text())
     assert summary["student"]["extra_params"] > 0  # the fitnet adapter, 8 -> 16
     assert summary["student"]["params"] < summary["teacher"]["params"]
+    capsys.readouterr()  # what the runs printed (e.g. their 1-epoch runs' not-converged warning)
     # the student's recorded imports are code the user did not name to evaluate: refused unless trusted
     assert run_cli("evaluate", tmp_path / "student" / "best.pt", "--out", tmp_path / "eval", "--no-cost") == 2
     assert "--trust-code" in one_line(capsys) and not (tmp_path / "eval").exists()
@@ -281,6 +282,7 @@ def test_a_factory_teacher_distils_into_an_mmdistill_student(tmp_path, capsys, m
                            "terms": [{"name": "kd", "temperature": 4.0},
                                      # the factory model declares no feature points: explicit paths
                                      {"name": "fitnet", "weight": 0.1, "student": "fusion", "teacher": "body"}]}}
+    capsys.readouterr()  # what the teacher's run printed (e.g. its not-converged warning)
     # the student's config names no code: the teacher's factory runs only with --trust-code
     assert run_cli("distill", write(tmp_path, "student.yaml", student), "--out", tmp_path / "student") == 2
     assert f"model.factory {package}.nets:build" in one_line(capsys) and not (tmp_path / "student").exists()
