@@ -668,7 +668,7 @@ for _name, (_set, _culprit) in DISTILL_KEYS.items():
         ["distill", w.student, "--out", t / "run", "--set", s.replace("checkpoint: T", f"checkpoint: '{w.ckpt}'")], c))
 
 
-def _failed_run(w, t):
+def _failed_in_setup(w, t):
     """A loss whose heads or banks the machine cannot hold fails in the run's setup (they are sized by
     the first batch): the run directory records the failure, nothing else."""
     import json as _json
@@ -680,7 +680,7 @@ def _failed_run(w, t):
 for _name, _terms in {"crd feat_dim beyond memory": "[{name: crd, feat_dim: 1000000000, negatives: uniform}]"}.items():
     case(f"range/distill.{_name}")(lambda w, t, mp, s=_terms: Case(
         ["distill", w.student, "--out", t / "run", "--set", f"distill.terms={s}"],
-        ("distill.terms[0]", "crd", "memory"), check=_failed_run))
+        ("distill.terms[0]", "crd", "memory"), check=_failed_in_setup))
 OPTIONS = {
     "profile --repeats 0": (lambda w, t: ["profile", w.ckpt, "--out", t / "run", "--repeats", "0"], "--repeats"),
     "profile --threads 0": (lambda w, t: ["profile", w.ckpt, "--out", t / "run", "--threads", "0"], "--threads"),
