@@ -141,11 +141,32 @@ def waveforms(recordings: list[Recording], sample_rate: int, length: int, *, nor
     return torch.from_numpy(out)
 
 
-def _cache_key(recordings: list[Recording], params: LogMelParams, snr_db, noise_seed) -> str:
+def _cache_key(recordings: list[Recording], params, snr_db, noise_seed, field: str = "params") -> str:
+    """A key of every input file (name, size, mtime), the front end's ``params`` (stored under
+    ``field``) and the noise; the seed only seeds noise, so without ``snr_db`` it is 0."""
     listing = [(r.path.name, r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in recordings]
-    blob = json.dumps({"v": CACHE_VERSION, "params": params.to_dict(), "snr_db": snr_db,
-                       "noise_seed": noise_seed, "files": listing}, sort_keys=True)
+    blob = json.dumps({"v": CACHE_VERSION, field: params.to_dict(), "snr_db": snr_db,
+                       "noise_seed": noise_seed if snr_db is not None else 0, "files": listing}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _cached(path: Path, recordings: list[Recording], compute) -> torch.Tensor:
+    """The features cached at ``path`` for ``recordings``, else ``compute()``, written there
+    atomically (an unreadable or mismatched cache is recomputed and replaced)."""
+    names = [r.path.name for r in recordings]
+    if path.exists():
+        try:
+            cached = torch.load(path, weights_only=True)
+            if cached["names"] == names:
+                return cached["features"]
+        except Exception:
+            pass
+    features = compute()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    os.close(fd)
+    torch.save({"names": names, "features": features}, tmp)
+    os.replace(tmp, path)
+    return features
 
 
 def log_mel_features(recordings: list[Recording], params: LogMelParams = LogMelParams(), *,
@@ -156,29 +177,20 @@ def log_mel_features(recordings: list[Recording], params: LogMelParams = LogMelP
     draws its noise from a generator seeded with ``(noise_seed, i)``, so the result is
     deterministic).
     """
-    key = _cache_key(recordings, params, snr_db, noise_seed if snr_db is not None else 0)  # the seed only seeds noise
-    path = cache_dir() / f"fsdd-logmel-{key}.pt"
-    if path.exists():
-        try:
-            cached = torch.load(path, weights_only=True)
-            if cached["names"] == [r.path.name for r in recordings]:
-                return cached["features"]
-        except Exception:
-            pass  # an unreadable cache is recomputed and replaced
-    length = params.num_samples
-    waves = np.zeros((len(recordings), length), dtype=np.float32)
-    for i, rec in enumerate(recordings):
-        wave = read_wave(rec.path, params.sample_rate)
-        fixed = fix_length(wave, length)
-        if snr_db is not None:
-            fixed = mix_noise(fixed, snr_db, np.random.default_rng([noise_seed, i]), min(len(wave), length))
-        waves[i] = fixed
-    features = LogMel(params)(torch.from_numpy(waves)).unsqueeze(1).contiguous()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    os.close(fd)
-    torch.save({"names": [r.path.name for r in recordings], "features": features}, tmp)
-    os.replace(tmp, path)
-    return features
+    path = cache_dir() / f"fsdd-logmel-{_cache_key(recordings, params, snr_db, noise_seed)}.pt"
+
+    def compute() -> torch.Tensor:
+        length = params.num_samples
+        waves = np.zeros((len(recordings), length), dtype=np.float32)
+        for i, rec in enumerate(recordings):
+            wave = read_wave(rec.path, params.sample_rate)
+            fixed = fix_length(wave, length)
+            if snr_db is not None:
+                fixed = mix_noise(fixed, snr_db, np.random.default_rng([noise_seed, i]), min(len(wave), length))
+            waves[i] = fixed
+        return LogMel(params)(torch.from_numpy(waves)).unsqueeze(1).contiguous()
+
+    return _cached(path, recordings, compute)
 
 
 def ge2e_fsdd(recordings: list[Recording], params=None, *, snr_db: float | None = None,
@@ -193,27 +205,16 @@ def ge2e_fsdd(recordings: list[Recording], params=None, *, snr_db: float | None 
 
     params = params or GE2EParams()
     base = LogMelParams()
-    listing = [(r.path.name, r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in recordings]
-    blob = json.dumps({"v": CACHE_VERSION, "ge2e": params.to_dict(), "snr_db": snr_db,
-                       "noise_seed": noise_seed if snr_db is not None else 0, "files": listing}, sort_keys=True)
-    path = cache_dir() / f"fsdd-ge2e-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.pt"
-    if path.exists():
-        try:
-            cached = torch.load(path, weights_only=True)
-            if cached["names"] == [r.path.name for r in recordings]:
-                return cached["features"]
-        except Exception:
-            pass  # an unreadable cache is recomputed and replaced
-    waves = []
-    for i, rec in enumerate(recordings):
-        wave = read_wave(rec.path, base.sample_rate)
-        if snr_db is not None:
-            padded = fix_length(wave, base.num_samples)
-            wave = mix_noise(padded, snr_db, np.random.default_rng([noise_seed, i]), min(len(wave), len(padded)))
-        waves.append(librosa.resample(wave, orig_sr=base.sample_rate, target_sr=params.sample_rate))
-    features = ge2e_features(waves, params)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    os.close(fd)
-    torch.save({"names": [r.path.name for r in recordings], "features": features}, tmp)
-    os.replace(tmp, path)
-    return features
+    path = cache_dir() / f"fsdd-ge2e-{_cache_key(recordings, params, snr_db, noise_seed, field='ge2e')}.pt"
+
+    def compute() -> torch.Tensor:
+        waves = []
+        for i, rec in enumerate(recordings):
+            wave = read_wave(rec.path, base.sample_rate)
+            if snr_db is not None:
+                padded = fix_length(wave, base.num_samples)
+                wave = mix_noise(padded, snr_db, np.random.default_rng([noise_seed, i]), min(len(wave), len(padded)))
+            waves.append(librosa.resample(wave, orig_sr=base.sample_rate, target_sr=params.sample_rate))
+        return ge2e_features(waves, params)
+
+    return _cached(path, recordings, compute)
