@@ -17,6 +17,8 @@ An existing, non-empty directory is reused only with ``overwrite=True`` and only
 """
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import json
 import os
@@ -43,13 +45,22 @@ def write_text(path: Path, text: str) -> Path:
     failure. The file gets the permissions ``open`` would give it (the umask's), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
+    with _replacing(path) as (fd, _):
         with os.fdopen(fd, "w") as f:
             umask = os.umask(0o022)
             os.umask(umask)
             os.fchmod(f.fileno(), 0o666 & ~umask)
             f.write(text)
+    return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """(fd, name) of a temporary file beside ``path`` that replaces it once the block completes; on
+    any failure it is removed, and an OSError that names no file is given ``path``'s name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        yield fd, tmp
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -59,7 +70,6 @@ def write_text(path: Path, text: str) -> Path:
         if isinstance(err, OSError) and err.filename is None:  # a failed write names no file: name it
             err.filename = str(path)
         raise
-    return path
 
 
 def append_text(path: Path, text: str) -> None:
@@ -82,19 +92,9 @@ def append_text(path: Path, text: str) -> None:
 def copy_file(source: Path, path: Path) -> Path:
     """Copy a file atomically (temporary file beside ``path``, then rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with _replacing(path) as (fd, tmp):
+        os.close(fd)
         shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(err, OSError) and err.filename is None:
-            err.filename = str(path)
-        raise
     return path
 
 
