@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from _common import RESULTS, markdown_table, mean_std
 
 from mmdistill.config import apply_overrides, parse_config
 from mmdistill.demo import recipe, train_or_reuse_teacher
+from mmdistill.distill.engine import in_last_tenth
 from mmdistill.runs import load_data, run_distill, run_train
 
 KD = lambda t: {"name": "kd", "weight": 1.0, "temperature": t}  # noqa: E731
@@ -105,10 +105,9 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
                 summary = run_distill(parse_config(raw, "student"), out, data=data)
                 model = summary["student"]
             history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            steps = len(history) * math.ceil(data.train.num_labelled / parse_config(raw, "student").train.batch_size)
             row = {"seed": seed, "candidate": name, "kind": kind, "epochs": epochs,
                    "val_accuracy": summary["val_accuracy"], "accuracy": model["accuracy"],
-                   "best_epoch": summary["best_epoch"], "steps": steps,
+                   "best_epoch": summary["best_epoch"], "steps": summary["steps"],
                    "train_accuracy_last": history[-1].get("train_accuracy"),
                    "teacher_accuracy": teacher["model"]["accuracy"],
                    "teacher_agreement": model.get("teacher_agreement"),
@@ -132,7 +131,7 @@ def table(rows: list[dict]) -> str:
                  if (r["seed"], epochs) in scratch]
         gain = (f"{100 * mean_std(gains)[0]:+.2f} ({sum(g > 0 for g in gains)}/{len(gains)})"
                 if gains and name != "scratch" else "")
-        late = sum(r["best_epoch"] > 0.9 * epochs for r in group)
+        late = sum(in_last_tenth(r["best_epoch"], epochs) for r in group)
         out.append([name, epochs, len(group), f"{100 * val:.2f} ± {100 * val_sd:.2f}",
                     f"{100 * test:.2f} ± {100 * test_sd:.2f}", gain,
                     ", ".join(str(r["best_epoch"]) for r in group) + (" (last tenth)" if late else "")])
