@@ -183,7 +183,7 @@ def test_loss_option_replaces_the_config_terms(tmp_path):
 
 def test_loss_option_places_feature_losses_on_the_students_modalities():
     from mmdistill.api import make_terms
-    from mmdistill.cli import _loss_terms
+    from mmdistill.runs import loss_terms
     from mmdistill.data.dataset import ModalitySpec
     from mmdistill.models import build_model
 
@@ -192,7 +192,7 @@ def test_loss_option_places_feature_losses_on_the_students_modalities():
                                         "vector": {"type": "mlp", "hidden": [8]}}}, specs, 3)
     student = build_model({"encoders": {"image": {"type": "conv", "channels": [2]},
                                         "vector": {"type": "mlp", "hidden": [4]}}, "modalities": ["vector"]}, specs, 3)
-    specs_in = _loss_terms(["fitnet", "sp:2", "pkt", "kd:0.5"])
+    specs_in = loss_terms(["fitnet", "sp:2", "pkt", "kd:0.5"])
     assert specs_in == [{"name": "fitnet", "weight": 1.0}, {"name": "sp", "weight": 2.0}, {"name": "pkt", "weight": 1.0},
                         {"name": "kd", "weight": 0.5}]
     terms = make_terms(specs_in, student=teacher, teachers=[teacher])

@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
     """A 2-epoch teacher (with TensorBoard), a distilled student, and an all-subsets evaluation."""
     root = tmp_path_factory.mktemp("runs")
     pytest.importorskip("tensorboard", reason="pip install 'mmdistill[tensorboard]' (part of the dev extra)")
-    run_train(parse_config(TEACHER), root / "teacher")
+    run_train(parse_config(TEACHER), root / "teacher", role="teacher")  # as the demo records its teacher
     run_distill(parse_config(student(root / "teacher" / "best.pt")), root / "student")
     run_evaluate(root / "student" / "best.pt", root / "eval", all_subsets=True)
     return root

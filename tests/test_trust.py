@@ -303,7 +303,7 @@ def test_export_overwrite_removes_only_what_an_export_wrote(world, tmp_path, cap
     (export / "sub").rmdir()
     assert run_cli("export", world.run / "best.pt", "--out", export, "--overwrite") == 0
     written = json.loads((export / "model.json").read_text())["files"]
-    assert sorted(p.name for p in export.iterdir()) == sorted(["model.json", *written.values()])
+    assert sorted(p.name for p in export.iterdir()) == sorted(["model.json", "run.json", *written.values()])
 
 
 # --- a full disk ---------------------------------------------------------------------------------

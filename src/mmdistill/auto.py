@@ -37,11 +37,14 @@ from typing import Callable, Sequence
 from torch import nn
 
 from . import api
+from .checkpoint import load_checkpoint
 from .config import RunConfig
 from .data.dataset import DataSplits
 from .errors import ConfigError
 from .evaluate import accuracy, evaluate_model, predict
 from .models import build_model
+from .rundir import BEST, HISTORY, LAST, RunDir, copy_file
+from .runs import finish, load_teachers, loss_terms, placed_terms, prepare, run_distill, saver, with_terms
 
 #: a distillation candidate must beat ``none`` by this much validation accuracy (0.5 points) ...
 MARGIN = 0.005
@@ -152,9 +155,7 @@ def search(cfg: RunConfig, data: DataSplits, teachers: dict[str, nn.Module], *, 
         student, fit = train_candidate(cfg, data, teachers, cand, epochs=epochs, device=device, run_dir=sub,
                                        save=save if sub is not None else None)
         logits, labels = predict(student, data.test, device=device, batch_size=cfg.train.eval_batch_size)
-        placed = [] if fit.task is None else [
-            {"name": t.name, "weight": t.weight, "student": t.student_path, "teacher": t.teacher_path}
-            for t in fit.task.terms]
+        placed = [] if fit.task is None else placed_terms(fit.task)
         record = {"name": cand.name, "terms": cand.terms, "placed": placed, "scale": cand.scale, "val_accuracy": fit.best_val_accuracy,
                   "best_epoch": fit.best_epoch, "test_accuracy": accuracy(logits, labels),
                   "seconds": round(fit.seconds, 2)}
@@ -176,10 +177,6 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
     The run directory holds ``candidates/<name>/`` (each candidate's metrics.jsonl and
     checkpoints), the final model's ``best.pt``/``last.pt``, ``metrics.json`` and ``summary.json``
     with ``auto: {choice, margin, search_epochs, final, candidates}``."""
-    from .checkpoint import load_checkpoint
-    from .rundir import RunDir, copy_file
-    from .runs import _finish, _prepare, _saver, load_teachers
-
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint)")
     if search_epochs is not None and not 0 < search_epochs <= cfg.train.epochs:
@@ -188,19 +185,19 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         raise ConfigError("train.val_fraction: --auto chooses on the validation split; set it above 0")
     if not scales or any(not k > 0 for k in scales):
         raise ConfigError(f"--auto-scale: weight scales must be positive (got {list(scales)})")
-    device, data = _prepare(cfg, out, overwrite=overwrite, data=data, config_path=config_path)
+    device, data = prepare(cfg, out, overwrite=overwrite, data=data, config_path=config_path)
     teachers = load_teachers(cfg, data, device, config_path, trust_code=trust_code)
     epochs = search_epochs or cfg.train.epochs
-    with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
-        save = _saver(cfg, data, "student")
+    with RunDir(out, kind="auto", role="student", overwrite=overwrite, config=cfg.model_dump()) as run:
+        save = saver(cfg, data, "student")
         found = search(cfg, data, teachers, device=device, epochs=epochs, scales=scales, margin=margin,
                        run_dir=run.path, save=save, log=log)
         choice = found["choice"]
         if epochs == cfg.train.epochs:
             final = "kept from the search (it used the full budget)"
             chosen = run.path / "candidates" / choice
-            student, _ = load_checkpoint(chosen / "best.pt", device, config=cfg)  # the config's own student
-            for name in ("best.pt", "last.pt", "metrics.jsonl"):  # atomic: a full disk leaves no half file
+            student, _ = load_checkpoint(chosen / BEST, device, config=cfg)  # the config's own student
+            for name in (BEST, LAST, HISTORY):  # atomic: a full disk leaves no half file
                 copy_file(chosen / name, run.path / name)
             record = next(r for r in found["candidates"] if r["name"] == choice)
             best_epoch, val_accuracy = record["best_epoch"], record["val_accuracy"]
@@ -213,9 +210,33 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
         first = next(iter(teachers.values()))
         metrics = evaluate_model(student, data.test, device=device, teacher=first, batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "student": {**metrics}, "best_epoch": best_epoch,
-                   "val_accuracy": val_accuracy, "checkpoint": str(run / "best.pt"),
+                   "val_accuracy": val_accuracy, "checkpoint": str(run / BEST),
                    "teacher": evaluate_model(first, data.test, device=device, batch_size=cfg.train.eval_batch_size),
                    "auto": {"choice": choice, "terms": found["terms"], "margin": found["margin"],
                             "search_epochs": epochs, "final": final, "candidates": found["candidates"]}}
-        return _finish(run, summary, metrics)
+        return finish(run, summary, metrics)
 
+
+
+def run_distill_command(cfg: RunConfig, out: str | Path, *, loss: Sequence[str] = (), auto: bool = False,
+                        auto_epochs: int | None = None, auto_scales: Sequence[float] = (), resume: bool = False,
+                        overwrite: bool = False, config_path: str | Path | None = None, trust_code: bool = False,
+                        log: Callable[[str], None] | None = None) -> dict:
+    """``mmdistill distill``: :func:`run_auto` with ``auto``, else :func:`~mmdistill.runs.run_distill`
+    with the config's loss terms replaced by ``loss`` (``NAME[:WEIGHT]`` each) when given.
+    Flags that do not go together are refused first, in one line naming them."""
+    import math
+
+    bad = [k for k in auto_scales if not (math.isfinite(k) and k > 0)]
+    if bad:
+        raise ConfigError(f"--auto-scale {bad[0]}: a weight scale must be a finite number > 0")
+    if not auto and (auto_epochs is not None or auto_scales):
+        raise ConfigError("--auto-epochs/--auto-scale: only with --auto")
+    if auto:
+        if loss or resume:
+            raise ConfigError(f"--auto: chooses the loss terms itself; drop {'--loss' if loss else '--resume'}")
+        return run_auto(cfg, out, overwrite=overwrite, config_path=config_path, search_epochs=auto_epochs,
+                        scales=tuple(auto_scales or (1.0,)), log=log, trust_code=trust_code)
+    if loss:
+        cfg = with_terms(cfg, loss_terms(loss), str(config_path) if config_path else None)
+    return run_distill(cfg, out, overwrite=overwrite, config_path=config_path, resume=resume, trust_code=trust_code)

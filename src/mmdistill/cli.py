@@ -69,11 +69,12 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run director
          data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt):
     """Train a teacher on AV-Digits hard, a student from scratch, and a distilled student."""
     from .demo import print_summary, run_demo
+    from .rundir import SUMMARY
 
     summary = run_demo(out, quick=quick, seed=seed, device=device, data_root=data_root, overwrite=overwrite,
                        log=console.print)
     print_summary(summary, console)
-    console.print(Text(f"wrote {out / 'summary.json'}"))
+    console.print(Text(f"wrote {out / SUMMARY}"))
 
 
 @app.command("train")
@@ -88,34 +89,6 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML recipe."), out: Path
     if not summary:  # a torchrun rank other than 0: rank 0 reports
         return
     _print_metrics(f"test metrics ({out})", {"model": summary["model"]})
-
-
-def _loss_terms(specs: list[str]) -> list[dict]:
-    """``NAME[:WEIGHT]`` -> loss terms ``{name, weight}``; a feature loss is placed when the task is
-    built, through the models' feature points (:func:`mmdistill.models.points.placements`)."""
-    import math
-
-    from .errors import ConfigError
-    from .losses import LOSSES
-
-    terms = []
-    for spec in specs:
-        name, _, weight = spec.partition(":")
-        if not name.strip():
-            raise ConfigError(f"--loss {spec}: give a loss name before the colon (see `mmdistill losses`)")
-        try:
-            value = float(weight) if weight else 1.0
-        except ValueError:
-            raise ConfigError(f"--loss {spec}: the weight must be a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise ConfigError(f"--loss {spec}: the weight must be a finite number >= 0 (a negative weight would "
-                              f"push the student away from the teacher)")
-        terms.append({"name": name, "weight": value})
-        try:
-            LOSSES.get(name)  # an unknown name is an error here, naming the known ones
-        except ConfigError as err:
-            raise ConfigError(f"--loss {spec}: {err}") from None
-    return terms
 
 
 def _print_auto(auto: dict) -> None:
@@ -148,35 +121,17 @@ def distill_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the 
                                                                  "candidate's weights by this (repeatable: a grid)."),
                 trust_code: bool = TrustOpt):
     """Distil a trained teacher into the config's student."""
-    from .config import parse_config
-    from .errors import ConfigError
-    from .runs import run_distill
+    from .auto import run_distill_command
 
-    import math
-
-    bad = [k for k in auto_scale or () if not (math.isfinite(k) and k > 0)]
-    if bad:
-        raise ConfigError(f"--auto-scale {bad[0]}: a weight scale must be a finite number > 0")
-    cfg = _config(config, set_, device, data_root)
-    if not auto and (auto_epochs is not None or auto_scale):
-        raise ConfigError("--auto-epochs/--auto-scale: only with --auto")
-    if auto:
-        from .auto import run_auto
-
-        if loss or resume:
-            raise ConfigError(f"--auto: chooses the loss terms itself; drop {'--loss' if loss else '--resume'}")
-        summary = run_auto(cfg, out, overwrite=overwrite, config_path=config, search_epochs=auto_epochs,
-                           scales=tuple(auto_scale or (1.0,)), log=lambda line: console.print(Text(line)),
-                           trust_code=trust_code)
+    summary = run_distill_command(_config(config, set_, device, data_root), out, loss=loss or (), auto=auto,
+                                  auto_epochs=auto_epochs, auto_scales=auto_scale or (), resume=resume,
+                                  overwrite=overwrite, config_path=config, trust_code=trust_code,
+                                  log=lambda line: console.print(Text(line)))
+    if not summary:  # a torchrun rank other than 0: rank 0 reports
+        return
+    if "auto" in summary:
         _print_auto(summary["auto"])
         _print_metrics(f"test metrics ({out})", {"teacher": summary["teacher"], "student": summary["student"]})
-        return
-    if loss:
-        raw = cfg.model_dump()
-        raw["distill"]["terms"] = _loss_terms(loss)
-        cfg = parse_config(raw, str(config))
-    summary = run_distill(cfg, out, overwrite=overwrite, config_path=config, resume=resume, trust_code=trust_code)
-    if not summary:  # a torchrun rank other than 0: rank 0 reports
         return
     teachers = summary.get("teachers", {"teacher": summary["teacher"]})
     _print_metrics(f"test metrics ({out})", {**teachers, "student": summary["student"]})
@@ -197,6 +152,7 @@ def diagnose_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the
                  trust_code: bool = TrustOpt):
     """Predict, before the full runs, whether distillation will help; prints the evidence and a score."""
     from .diagnose import run_diagnose
+    from .rundir import DIAGNOSE
 
     result = run_diagnose(_config(config, set_, device, data_root), out, overwrite=overwrite, config_path=config,
                           trial_epochs=trial_epochs, log=lambda line: console.print(Text(line)), trust_code=trust_code)
@@ -216,7 +172,7 @@ def diagnose_cmd(config: Path = typer.Argument(..., help="YAML recipe naming the
     console.print(table)
     console.print(Text(f"score {result['score']:+.2f} points (mean of trial gain {result['trial_gain']:+.2f} and "
                        f"probe gain {result['probe_gain']:+.2f}): {result['verdict']}"
-                       + (f"; wrote {out / 'diagnose.json'}" if out else "")))
+                       + (f"; wrote {out / DIAGNOSE}" if out else "")))
 
 
 @app.command()
@@ -338,28 +294,29 @@ def profile_cmd(checkpoint: Path = typer.Argument(..., help="A checkpoint to mea
                                             help="Intra-op threads for PyTorch and ONNX Runtime."),
                 repeats: int = typer.Option(200, "--repeats", min=1, max=10**6,
                                             help="Timed runs at batch 1 (a tenth of it at batch 64)."),
-                trust_code: bool = TrustOpt):
+                overwrite: bool = OverwriteOpt, trust_code: bool = TrustOpt):
     """Parameters, MACs, ONNX size and latency (eager PyTorch and ONNX Runtime) of checkpoints."""
-    from .export.profile import COST_ROWS, format_cost, profile_checkpoints
+    from .export.profile import COST_ROWS, column_labels, format_cost, profile_checkpoints
+    from .rundir import PROFILE
 
     result = profile_checkpoints([checkpoint, *(compare or [])], out, threads=threads, repeats=repeats,
-                                 trust_code=trust_code)
+                                 trust_code=trust_code, overwrite=overwrite)
     models = result["models"]
     table = Table(title=f"cost per sample ({threads} thread{'s' if threads > 1 else ''}, "
                        f"{repeats} runs at batch 1 after warm-up)")
-    label = lambda path: "/".join(Path(path).parts[-2:])  # noqa: E731  (run folder / file)
+    labels = column_labels(models)  # by run (folder name, recorded role), not by file name
     table.add_column("")
-    for m in models:
-        table.add_column(label(m["checkpoint"]), justify="right")
+    for name in labels:
+        table.add_column(Text(name), justify="right")
     ratios = result.get("ratios", [])
-    for r in ratios:
-        table.add_column(f"{label(r['checkpoint'])}: x cheaper", justify="right")
+    for name in labels[1:]:
+        table.add_column(Text(f"{name}: x cheaper"), justify="right")
     for key, label, _ in COST_ROWS:
         if any(key in m for m in models):
             table.add_row(label, *(format_cost(key, m.get(key)) for m in models),
                           *(f"{r[key]:.2f}x" if key in r else "-" for r in ratios))
     console.print(table)
-    console.print(Text(f"wrote {out / 'profile.json'}"))
+    console.print(Text(f"wrote {out / PROFILE}"))
 
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")

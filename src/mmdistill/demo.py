@@ -21,7 +21,7 @@ from .data.root import cache_dir
 from .distill.engine import resolve_device
 from .errors import DataError
 from .export.bundle import export_checkpoint
-from .rundir import RunDir, check_run_dir, write_json
+from .rundir import BEST, SUMMARY, RunDir, check_run_dir, write_json
 from .runs import load_data, run_distill, run_train
 
 # --quick: the same recipes on half the training pairs and a short schedule, so that the whole
@@ -72,15 +72,15 @@ def _rounded(value):
 def train_or_reuse_teacher(cfg: RunConfig, data, folder: Path, log: Callable, reuse: bool) -> dict:
     """Train the teacher into ``folder``, or copy a finished run with the same key from the cache."""
     cached = cache_dir() / "teachers" / teacher_key(cfg, data.info)
-    if reuse and (cached / "summary.json").is_file() and (cached / "best.pt").is_file():
+    if reuse and (cached / SUMMARY).is_file() and (cached / BEST).is_file():
         log(f"reusing the teacher trained earlier with the same recipe, data and seed ({cached}; "
             "delete it to train again)")
         shutil.copytree(cached, folder)
-        summary = json.loads((folder / "summary.json").read_text())
-        summary["checkpoint"] = str(folder / "best.pt")
+        summary = json.loads((folder / SUMMARY).read_text())
+        summary["checkpoint"] = str(folder / BEST)
         summary["reused_from"] = str(cached)
         return summary
-    summary = run_train(cfg, folder, data=data)
+    summary = run_train(cfg, folder, data=data, role="teacher")
     if reuse:
         tmp = cached.with_name(cached.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,12 +122,12 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     same = lambda cfg: (cfg.data, cfg.seed, cfg.train.val_fraction) == (  # noqa: E731
         teacher_cfg.data, teacher_cfg.seed, teacher_cfg.train.val_fraction)
     student_data = data if same(scratch_cfg) else None
-    with RunDir(out, overwrite=overwrite, config={"teacher": teacher_raw, "student": student_raw}) as run:
+    with RunDir(out, kind="demo", overwrite=overwrite, config={"teacher": teacher_raw, "student": student_raw}) as run:
         log("[bold]1/3[/bold] training the teacher")
         teacher = train_or_reuse_teacher(teacher_cfg, data, run / "teacher", log, reuse_teacher)
         log("[bold]2/3[/bold] training the student from scratch")
-        scratch = run_train(scratch_cfg, run / "student_scratch", data=student_data)
-        student_raw["distill"]["teacher"]["checkpoint"] = str(run / "teacher" / "best.pt")
+        scratch = run_train(scratch_cfg, run / "student_scratch", data=student_data, role="scratch")
+        student_raw["distill"]["teacher"]["checkpoint"] = str(run / "teacher" / BEST)
         log("[bold]3/3[/bold] distilling the teacher into the student")
         distilled = run_distill(parse_config(student_raw, "student"), run / "student_distilled", data=student_data)
 
@@ -153,12 +153,12 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
         summary["gap_closed"] = gain / gap if gap > 0 else None
         log("measuring cost (ONNX Runtime, one thread) and exporting the distilled student")
         _add_cost(summary, run.path, data.specs)
-        export = export_checkpoint(run / "student_distilled" / "best.pt", run / "student_distilled" / "export",
+        export = export_checkpoint(run / "student_distilled" / BEST, run / "student_distilled" / "export",
                                    data_root=teacher_cfg.data.root, log=lambda *_: None)
         summary["export"] = {"folder": str(run / "student_distilled" / "export"),
                              "max_abs_diff": max(export["parity"]["max_abs_diff"].values()),
                              "onnx_accuracy": export["accuracy"]["onnx"]}
-        write_json(run / "summary.json", summary)
+        write_json(run / SUMMARY, summary)
     from .report import write_report
     log(f"wrote {write_report([out], out / 'report.html', title='mmdistill demo report')}")
     return summary
@@ -175,7 +175,7 @@ def _add_cost(summary: dict, folder: Path, specs) -> None:
     from .export.profile import measure_cost
 
     for key, run in (("teacher", "teacher"), ("student", "student_distilled")):
-        model = load_checkpoint(folder / run / "best.pt")[0]
+        model = load_checkpoint(folder / run / BEST)[0]
         cost = measure_cost(model, specs, threads=1, repeats=300, eager=False, cuda=False)
         targets = ("teacher",) if key == "teacher" else ("student_scratch", "student_distilled")
         for target in targets:

@@ -32,6 +32,8 @@ from .data.dataset import DataSplits, MultimodalDataset
 from .errors import ConfigError
 from .evaluate import accuracy, predict
 from .models import build_model
+from .rundir import DIAGNOSE, RunDir, write_json
+from .runs import load_teachers, prepare
 
 #: |score| (points) beyond which the verdict is not "unclear"
 THRESHOLD = 0.5
@@ -123,20 +125,17 @@ def run_diagnose(cfg: RunConfig, out: str | Path | None = None, *, overwrite: bo
                  trust_code: bool = False) -> dict:
     """Load the config's data and (first) teacher, :func:`diagnose`; with ``out``, write
     ``out/diagnose.json`` (a run directory)."""
-    from .rundir import RunDir, write_json
-    from .runs import _prepare, load_teachers
-
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint)")
     if trial_epochs is not None and trial_epochs < 1:
         raise ConfigError(f"--trial-epochs: {trial_epochs} must be at least 1")
     if cfg.train.val_fraction <= 0:
         raise ConfigError("train.val_fraction: diagnose measures on the validation split; set it above 0")
-    device, data = _prepare(cfg, out, overwrite=overwrite, config_path=config_path)
+    device, data = prepare(cfg, out, overwrite=overwrite, config_path=config_path)
     teacher = next(iter(load_teachers(cfg, data, device, config_path, trust_code=trust_code).values()))
     if out is None:
         return diagnose(cfg, data, teacher, device=device, trial_epochs=trial_epochs, log=log)
-    with RunDir(out, overwrite=overwrite, config=cfg.model_dump()) as run:
+    with RunDir(out, kind="diagnose", overwrite=overwrite, config=cfg.model_dump()) as run:
         result = diagnose(cfg, data, teacher, device=device, trial_epochs=trial_epochs, log=log)
-        write_json(run / "diagnose.json", result)
+        write_json(run / DIAGNOSE, result)
         return result

@@ -122,20 +122,22 @@ def _check_file_out(out: Path, target: Path, file_kind: Callable[[Path], bool], 
 def owning_folder(path: Path) -> tuple[Path, str] | None:
     """(folder, "run directory" or "export folder") of the nearest mmdistill run directory or
     export folder holding ``path``; None when there is none."""
-    from .export.runtime import MODEL_JSON
     from .rundir import read_record
 
     for folder in _real(path).parents:
+        if is_export(folder):  # an export keeps a run record too; it is named as what it is
+            return folder, "export folder"
         if read_record(folder) is not None:
             return folder, "run directory"
-        if is_export(folder, MODEL_JSON):
-            return folder, "export folder"
     return None
 
 
-def is_export(folder: Path, model_json: str = "model.json") -> bool:
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds an mmdistill export (its ``model.json``)."""
+    from .rundir import MODEL_JSON
+
     try:
-        meta = json.loads((folder / model_json).read_text())
+        meta = json.loads((folder / MODEL_JSON).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and str(meta.get("format", "")).startswith("mmdistill-export/")

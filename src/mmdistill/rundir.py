@@ -1,7 +1,10 @@
 """Run directories that never look finished when they are not, and are never deleted by mistake.
 
-``run.json`` is an mmdistill run record, ``{"format": "mmdistill-run", "version": 1, "status": ...}``.
-It is written first with ``"status": "running"`` and rewritten at the end with ``"complete"``,
+``run.json`` is an mmdistill run record, ``{"format": "mmdistill-run", "version": 2, "status": ...}``
+that says what the folder is: ``kind`` (the command that wrote it, one of :data:`KINDS`), ``role``
+(``teacher``, ``student``, ``scratch``, ``model``, ... where the command knows it, else null) and,
+once the run ends, ``artefacts`` (the files it wrote, relative to the folder). Folders written before
+version 2 are read through :func:`describe`, which infers these fields once. It is written first with ``"status": "running"`` and rewritten at the end with ``"complete"``,
 ``"failed"`` (and the error) or ``"interrupted"`` (Ctrl-C, SIGTERM). Result files
 (``summary.json``, ``metrics.json``) are written atomically and only on success.
 
@@ -33,9 +36,23 @@ from typing import Any
 from .errors import RunDirError
 
 FORMAT = "mmdistill-run"
-VERSION = 1
-RECORD = "run.json"
-LOCK = "run.lock"
+#: 2: ``kind``, ``role`` and ``artefacts`` recorded (1: without them; :func:`describe` infers them)
+VERSION = 2
+#: what a run folder can be: the command that wrote it
+KINDS = ("train", "distill", "evaluate", "diagnose", "auto", "demo", "export", "profile")
+
+# The file names of a run folder, defined here once; every module names them through these.
+RECORD = "run.json"  # the run record (this module)
+LOCK = "run.lock"  # held while a run writes into the folder
+BEST = "best.pt"  # weights-only checkpoint of the best validation epoch
+LAST = "last.pt"  # weights-only checkpoint of the last epoch
+STATE = "state.pt"  # training state after the last complete epoch (--resume)
+HISTORY = "metrics.jsonl"  # one line per epoch
+METRICS = "metrics.json"  # test metrics (train, distill, auto) or the evaluation's (evaluate)
+SUMMARY = "summary.json"  # what the run found, written on success
+DIAGNOSE = "diagnose.json"  # diagnose's evidence, score and verdict
+PROFILE = "profile.json"  # profile's cost per model
+MODEL_JSON = "model.json"  # an export's description (also named in export/runtime.py, which stands alone)
 #: errors of the disk rather than of the program: reported in one line, never with a traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
@@ -228,21 +245,122 @@ def check_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = F
     if not overwrite:
         what = f"holds an {status} run" if status in ("interrupted", "failed") else "directory is not empty"
         raise RunDirError(f"{path}: {what}; pass --overwrite to replace it")
-    if record is None:
+    if record is None and _legacy_kind(path) is None:
         raise RunDirError(f"{path}: not an mmdistill run directory ({RECORD} is missing or not an mmdistill run "
                           "record); refusing to overwrite it")
+
+
+def artefacts(path: str | Path) -> list[str]:
+    """The files in a run folder, relative to it and sorted, less the record and the lock; a
+    sub-folder holding a run of its own (the demo's ``teacher/``) is listed as ``name/``."""
+    path = Path(path)
+    found = []
+
+    def walk(folder: Path, prefix: str) -> None:
+        for child in sorted(folder.iterdir()):
+            name = prefix + child.name
+            if child.is_dir() and not child.is_symlink():
+                if (child / RECORD).is_file():
+                    found.append(name + "/")
+                else:
+                    walk(child, name + "/")
+            elif prefix or child.name not in (RECORD, LOCK):
+                found.append(name)
+
+    try:
+        walk(path, "")
+    except OSError:
+        pass  # the listing is a description; a folder that cannot be read is described by what was found
+    return found
+
+
+def _read_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _legacy_kind(path: Path) -> str | None:
+    """``export`` or ``profile`` for a folder those commands wrote before they kept a run record
+    (an export's ``model.json``; a folder holding nothing but ``profile.json``), else None."""
+    if str(_read_object(path / MODEL_JSON).get("format", "")).startswith("mmdistill-export/"):
+        return "export"
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError:
+        return None
+    return "profile" if names == {PROFILE} else None
+
+
+def _infer_kind(path: Path, record: dict) -> str | None:
+    """The command that wrote a folder of format version 1, from the files it holds."""
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    summary = _read_object(path / SUMMARY)
+    if (path / DIAGNOSE).is_file():
+        return "diagnose"
+    if "auto" in summary or (path / "candidates").is_dir():
+        return "auto"
+    if {"teacher", "student"} <= set(config):  # the demo's two recipes
+        return "demo"
+    if "student" in summary or config.get("distill"):
+        return "distill"
+    if "model" in summary or (path / HISTORY).is_file():
+        return "train"
+    if "checkpoint" in config or "checkpoint" in _read_object(path / METRICS):
+        return "evaluate"
+    return _legacy_kind(path)
+
+
+def _infer_role(path: Path, kind: str | None) -> str | None:
+    """A version-1 run's role: from its kind, and for a train run from the demo's folder names."""
+    if kind in ("distill", "auto"):
+        return "student"
+    if kind == "evaluate":
+        return "evaluation"
+    if kind == "train":
+        return "teacher" if path.name == "teacher" else "scratch" if "scratch" in path.name else "model"
+    return None
+
+
+def describe(path: str | Path) -> dict | None:
+    """The run record of ``path`` with ``kind``, ``role`` and ``artefacts`` always present: as
+    written (version 2), or inferred here, once, for a folder written before (version 1, or an
+    export or profile folder without a record); None when ``path`` is no mmdistill run folder.
+    A record of a newer format than this mmdistill reads is refused in one line naming its version."""
+    path = Path(path)
+    record = read_record(path)
+    if record is None:
+        kind = _legacy_kind(path) if path.is_dir() else None
+        if kind is None:
+            return None
+        record = {"format": FORMAT, "version": 0, "status": "complete"}
+    else:
+        kind = record.get("kind")
+    if record["version"] > VERSION:
+        raise RunDirError(f"{path / RECORD}: run record version {record['version']}, newer than this mmdistill "
+                          f"reads (version {VERSION}); upgrade mmdistill to read it")
+    if record["version"] < VERSION:
+        kind = kind or _infer_kind(path, record)
+        record = {**record, "kind": kind, "role": record.get("role") or _infer_role(path, kind),
+                  "artefacts": record.get("artefacts") or artefacts(path)}
+    return record
 
 
 class RunDir:
     """A run directory, locked while open; ``with RunDir(...) as run:`` records how the run ended.
 
-    ``resume=True`` reopens an unfinished run's directory (files kept; the previous record is
-    ``self.previous``) instead of creating a fresh one.
+    ``kind`` (one of :data:`KINDS`) and ``role`` say what the run is; its record lists, once it
+    ends, the files it wrote (``artefacts``). ``resume=True`` reopens an unfinished run's directory
+    (files kept; the previous record is ``self.previous``) instead of creating a fresh one.
     """
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False, command: str = "", config: Any = None,
-                 resume: bool = False):
+    def __init__(self, path: str | Path, *, kind: str | None = None, role: str | None = None,
+                 overwrite: bool = False, command: str = "", config: Any = None, resume: bool = False):
         self.path = Path(path)
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
         check_run_dir(self.path, overwrite=overwrite, resume=resume)
         created = not self.path.exists()
         self._locked = False
@@ -253,11 +371,12 @@ class RunDir:
             if not resume:
                 self._clear()
             self.started = time.time()
-            info = {"format": FORMAT, "version": VERSION, "status": "running",
+            info = {"format": FORMAT, "version": VERSION, "kind": kind, "role": role, "status": "running",
                     "command": command or " ".join(sys.argv), "started": self.started, "pid": os.getpid(),
-                    "config": config}
+                    "config": config, "artefacts": []}
             if self.previous is not None:
-                info = {**{k: v for k, v in self.previous.items() if k not in ("error", "seconds")}, **info,
+                kept = {k: v for k, v in self.previous.items() if k not in ("error", "seconds")}
+                info = {**kept, **info, "kind": kind or kept.get("kind"), "role": role or kept.get("role"),
                         "started": self.previous.get("started", self.started),
                         "resumed": [*self.previous.get("resumed", []), self.started]}
             self.info = info
@@ -326,6 +445,7 @@ class RunDir:
         else:
             self.info.update(status="failed", error=f"{exc_type.__name__}: {exc}")
         self._remove_partial_files()
+        self.info["artefacts"] = artefacts(self.path)
         try:
             write_json(self.path / RECORD, self.info)
             written = True

@@ -6,7 +6,14 @@ directory itself is checked first (:func:`~mmdistill.rundir.check_run_dir`), the
 the config (:func:`~mmdistill.distill.engine.check_train_options`) and every checkpoint against the data
 (:func:`check_checkpoint_data`).
 
-Run directory contents: ``run.json`` (status, command, resolved config), ``metrics.jsonl`` (one
+The building blocks every command that writes a run directory composes (``auto``, ``diagnose``,
+``demo`` and a new command alike) are public here: :func:`prepare` (every check before anything
+is written), :func:`load_teachers`, :func:`saver` (the checkpoint writer), :func:`finish` (the
+result files) and :func:`placed_terms`; :func:`loss_terms` and :func:`with_terms` turn
+``--loss NAME[:WEIGHT]`` into a config's terms.
+
+Run directory contents (file names: :mod:`mmdistill.rundir`): ``run.json`` (kind, role,
+artefacts, status, command, resolved config), ``metrics.jsonl`` (one
 line per epoch), ``best.pt`` / ``last.pt`` (weights-only checkpoints), ``metrics.json`` (test
 metrics) and ``summary.json`` (with the training budget: ``best_epoch``, ``epochs_run``,
 ``max_epochs``, ``steps``, ``stopped_early``, ``converged``; see
@@ -32,14 +39,17 @@ from .data import build_data
 from .data.corruptions import Corruption, corrupter
 from .data.dataset import DataSplits, ModalitySpec
 from .distill import backends, distributed
-from .distill.engine import TIME_KINDS, Trainer, check_train_options, resolve_device
+from .distill.engine import TIME_KINDS, check_train_options, resolve_device
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
 from .models.kinds import build as build_model
-from .rundir import RunDir, check_run_dir, read_record, write_json, write_text
+from .rundir import (BEST, METRICS, RECORD, STATE, SUMMARY, RunDir, check_run_dir, read_record, write_json,
+                     write_text)
 
-def _saver(cfg: RunConfig, data: DataSplits, role: str):
-    """A checkpoint writer recording everything needed to rebuild the model and its data."""
+
+def saver(cfg: RunConfig, data: DataSplits, role: str):
+    """A checkpoint writer, ``save(path, model, extra)``, recording everything needed to rebuild the
+    model and its data; ``role`` (``model``, ``teacher``, ``student``, ...) goes into its metadata."""
     meta = {"role": role, "seed": cfg.seed, "data": cfg.data.model_dump(), "data_info": data.info,
             "val_fraction": cfg.train.val_fraction}
 
@@ -50,9 +60,11 @@ def _saver(cfg: RunConfig, data: DataSplits, role: str):
     return save
 
 
-def _finish(run: RunDir, summary: dict, metrics: dict, fit=None, label: str = "train") -> dict:
-    write_json(run / "metrics.json", metrics)
-    write_json(run / "summary.json", summary)
+def finish(run: RunDir, summary: dict, metrics: dict, fit=None, label: str = "train") -> dict:
+    """Write a finished run's ``metrics.json`` and ``summary.json`` (atomically) and return the
+    summary; with ``fit``, warn when validation was still improving at the end of its budget."""
+    write_json(run / METRICS, metrics)
+    write_json(run / SUMMARY, summary)
     warning = fit.warning(label) if fit is not None else None
     if warning:  # the run finished, but validation was still improving when its budget ran out
         print(warning, file=sys.stderr, flush=True)
@@ -139,9 +151,9 @@ def check_resumable(cfg: RunConfig, out: str | Path, *, overwrite: bool = False)
     check_run_dir(out, resume=True)  # an unfinished mmdistill run, locked by no live process
     info = read_record(out)
     if not isinstance(info.get("config"), dict):
-        raise MMDistillError(f"{out / 'run.json'}: not a train or distill run record; nothing to resume")
-    if not (out / Trainer.STATE_FILE).is_file():
-        raise MMDistillError(f"{out}: no training state to resume from ({Trainer.STATE_FILE} is missing: the run "
+        raise MMDistillError(f"{out / RECORD}: not a train or distill run record; nothing to resume")
+    if not (out / STATE).is_file():
+        raise MMDistillError(f"{out}: no training state to resume from ({STATE} is missing: the run "
                              f"stopped before its first epoch ended); start it again with --overwrite")
     now = json.loads(json.dumps(cfg.model_dump(), default=str))
     diff = _first_difference(info["config"], now)
@@ -163,7 +175,7 @@ def run_inputs(cfg: RunConfig, config_path: str | Path | None = None) -> list:
     return found
 
 
-def _prepare(cfg: RunConfig, out, *, overwrite: bool = False, resume: bool = False, data: DataSplits | None = None,
+def prepare(cfg: RunConfig, out, *, overwrite: bool = False, resume: bool = False, data: DataSplits | None = None,
              config_path: str | Path | None = None):
     """The checks every run makes before anything is written: that ``out`` is none of the run's
     inputs (:func:`run_inputs`, :func:`mmdistill.guard.check_out`), the run directory (or the run to
@@ -186,41 +198,43 @@ def _record_backends(run, device, cfg: RunConfig) -> None:
     """``run.json``'s ``backends``: the torch.backends settings the fit runs with (rank 0 writes)."""
     if distributed.is_main():
         run.info["backends"] = backends.settings(device, cfg.train.deterministic)
-        write_json(run / "run.json", run.info)
+        write_json(run / RECORD, run.info)
 
 
 @distributed.launch
 def run_train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, data: DataSplits | None = None,
-              resume: bool = False, log=print, config_path: str | Path | None = None) -> dict:
+              resume: bool = False, log=print, config_path: str | Path | None = None, role: str = "model") -> dict:
     """Train ``cfg.model`` with cross-entropy; the run directory holds its checkpoints and metrics.
 
     Only the labelled training samples train it; with unlabelled ones in the data, ``log`` says
     how many of each, and ``summary.json`` records them (``labelled``).
     ``resume``: continue the interrupted run in ``out`` from its last complete epoch.
     ``config_path``: the config file, an input ``out`` must not clobber (as the data files).
+    ``role``: what the model is for, recorded in ``run.json`` and its checkpoints (``teacher``,
+    ``scratch``; ``model`` when not said).
     Under torchrun (see :mod:`mmdistill.distill.distributed`) only rank 0 writes and evaluates;
     the other ranks return ``{}``."""
     with distributed.agreed():  # a user error on any rank stops every rank
-        device, data = _prepare(cfg, out, overwrite=overwrite, resume=resume, data=data, config_path=config_path)
+        device, data = prepare(cfg, out, overwrite=overwrite, resume=resume, data=data, config_path=config_path)
         model = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     labelled = {"used": data.train.num_labelled, "unlabelled_skipped": len(data.train) - data.train.num_labelled}
     if labelled["unlabelled_skipped"] and log and distributed.is_main():
         log(f"training with the {labelled['used']} labelled training samples; "
             f"{labelled['unlabelled_skipped']} unlabelled ones are left out")
-    with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
-                             out) as run:
+    with distributed.run_dir(lambda: RunDir(out, kind="train", role=role, overwrite=overwrite,
+                                            config=cfg.model_dump(), resume=resume), out) as run:
         _record_backends(run, device, cfg)
         fit = train(model, data, cfg.train, device=str(device), seed=cfg.seed, run_dir=run.path,
-                    save=_saver(cfg, data, "model"), label="train", resume=resume)
+                    save=saver(cfg, data, role), label="train", resume=resume)
         if not distributed.is_main():
             return {}
         metrics = evaluate_model(model, data.test, device=device, batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "model": metrics, **fit.budget(),
                    "val_accuracy": fit.best_val_accuracy, "train_seconds": round(fit.seconds, 2),
-                   "checkpoint": str(run / "best.pt")}
+                   "checkpoint": str(run / BEST)}
         if labelled["unlabelled_skipped"]:
             summary["labelled"] = labelled
-        return _finish(run, summary, metrics, fit, "train")
+        return finish(run, summary, metrics, fit, "train")
 
 
 def resolve_checkpoint(path: str, config_path: str | Path | None = None) -> Path:
@@ -269,18 +283,18 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
     if cfg.distill is None:
         raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
     with distributed.agreed():  # a user error on any rank stops every rank
-        device, data = _prepare(cfg, out, overwrite=overwrite, resume=resume, data=data, config_path=config_path)
+        device, data = prepare(cfg, out, overwrite=overwrite, resume=resume, data=data, config_path=config_path)
         teachers = load_teachers(cfg, data, device, config_path, trust_code=trust_code)
         student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
         # each loss built once and placed (feature points, explicit paths) before the run starts, so a
         # placement error leaves no run behind
         terms = make_terms(cfg.distill.terms, list(teachers), student=student, teachers=list(teachers.values()))
-    with distributed.run_dir(lambda: RunDir(out, overwrite=overwrite, config=cfg.model_dump(), resume=resume),
-                             out) as run:
+    with distributed.run_dir(lambda: RunDir(out, kind="distill", role="student", overwrite=overwrite,
+                                            config=cfg.model_dump(), resume=resume), out) as run:
         _record_backends(run, device, cfg)
         fit = distill(student, teachers, data, terms=terms, gamma=cfg.distill.gamma,
                       ensemble=cfg.distill.ensemble, cfg=cfg.train, device=str(device), seed=cfg.seed,
-                      run_dir=run.path, save=_saver(cfg, data, "student"), resume=resume)
+                      run_dir=run.path, save=saver(cfg, data, "student"), resume=resume)
         if not distributed.is_main():
             return {}
         first = next(iter(teachers.values()))
@@ -288,7 +302,7 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
                                  batch_size=cfg.train.eval_batch_size)
         summary = {"dataset": data.info, "student": {**metrics, "extra_params": fit.extra_params},
                    **fit.budget(), "val_accuracy": fit.best_val_accuracy,
-                   "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / "best.pt"),
+                   "train_seconds": round(fit.seconds, 2), "checkpoint": str(run / BEST),
                    "terms": placed_terms(fit.task)}
         reports = {name: evaluate_model(t, data.test, device=device, latency=True, batch_size=cfg.train.eval_batch_size)
                    for name, t in teachers.items()}
@@ -299,11 +313,51 @@ def run_distill(cfg: RunConfig, out: str | Path, *, overwrite: bool = False,
             summary["teacher"] = reports[max(reports, key=lambda n: reports[n]["accuracy"])]
             summary["ensemble"] = write_teacher_weights(run / "teacher_weights.csv", fit.task, data.train, device,
                                                          cfg.distill.ensemble.strategy)
-        return _finish(run, summary, metrics, fit, "distill")
+        return finish(run, summary, metrics, fit, "distill")
+
+
+def loss_terms(specs: Sequence[str]) -> list[dict]:
+    """``NAME[:WEIGHT]`` (``--loss``) -> loss terms ``{name, weight}``; a feature loss is placed when
+    the task is built, through the models' feature points (:func:`mmdistill.models.points.placements`)."""
+    import math
+
+    from .losses import LOSSES
+
+    terms = []
+    for spec in specs:
+        name, _, weight = spec.partition(":")
+        if not name.strip():
+            raise ConfigError(f"--loss {spec}: give a loss name before the colon (see `mmdistill losses`)")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ConfigError(f"--loss {spec}: the weight must be a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"--loss {spec}: the weight must be a finite number >= 0 (a negative weight would "
+                              f"push the student away from the teacher)")
+        terms.append({"name": name, "weight": value})
+        try:
+            LOSSES.get(name)  # an unknown name is an error here, naming the known ones
+        except ConfigError as err:
+            raise ConfigError(f"--loss {spec}: {err}") from None
+    return terms
+
+
+def with_terms(cfg: RunConfig, terms: list[dict], source: str | None = None) -> RunConfig:
+    """``cfg`` with ``distill.terms`` replaced by ``terms``, validated again as a whole config
+    (``source`` names it in messages)."""
+    from .config import parse_config
+
+    if cfg.distill is None:
+        raise ConfigError("distill: section missing (it names the teacher checkpoint and the loss terms)")
+    raw = cfg.model_dump()
+    raw["distill"]["terms"] = terms
+    return parse_config(raw, source or "config")
 
 
 def placed_terms(task) -> list[dict]:
-    """The terms a distillation task optimises, as placed (feature points resolved)."""
+    """The terms a distillation task optimises, as placed (feature points resolved): name, weight,
+    student and teacher module paths, and the teacher read (``source``; None for the ensemble)."""
     return [{"name": t.name, "weight": t.weight, "student": t.student_path, "teacher": t.teacher_path,
              "source": task.teacher_names[t.teacher] if t.teacher is not None else None} for t in task.terms]
 
@@ -368,8 +422,9 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
     if dataset is None:
         raise ConfigError(f"--split {split}: no such split for this checkpoint (test, train"
                           f"{', val' if data.val is not None else ''})")
-    with RunDir(out, overwrite=overwrite, config={"checkpoint": str(checkpoint), "split": split,
-                                                   "drop": list(drop), "corrupt": list(corrupt)}) as run:
+    with RunDir(out, kind="evaluate", role="evaluation", overwrite=overwrite,
+                config={"checkpoint": str(checkpoint), "split": split, "drop": list(drop),
+                        "corrupt": list(corrupt)}) as run:
         transform = corrupter(corruptions, corrupt_seed) if corruptions else None
         metrics = evaluate_model(model, dataset, device=dev, drop=drop, transform=transform)
         metrics.update(split=split, checkpoint=str(checkpoint), corrupt=[str(c) for c in corruptions])
@@ -380,7 +435,7 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
             from .export.profile import measure_cost
 
             metrics.update(measure_cost(model, payload["specs"], repeats=50, warmup=5, eager=False, cuda=False))
-        write_json(run / "metrics.json", metrics)
+        write_json(run / METRICS, metrics)
         return metrics
 
 

@@ -38,7 +38,7 @@ from ..data.dataset import MultimodalDataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
 from ..optim import build_optimizer, build_scheduler  # noqa: F401  (registries of optimisers, schedules)
-from ..rundir import append_text, write_text
+from ..rundir import BEST, HISTORY, LAST, STATE, append_text, write_text
 from . import backends, distributed
 from .sinks import MetricSinks
 
@@ -385,7 +385,7 @@ class Trainer:
         """Train for ``cfg.epochs`` epochs; returns the best model state (by validation accuracy)."""
         cfg = self.cfg
         best_state = None
-        metrics_path = self.run_dir / "metrics.jsonl" if self._writes else None
+        metrics_path = self.run_dir / HISTORY if self._writes else None
         shard = loader.sampler if isinstance(loader.sampler, distributed.ShardSampler) else None
         steps_per_epoch = len(loader)
         mix_generator = torch.Generator().manual_seed(self.seed + 1)
@@ -457,9 +457,9 @@ class Trainer:
                     self.sinks.write(record)
                 if self.save and self._writes:
                     meta = {"epoch": epoch + 1, "metrics": record}
-                    self.save(self.run_dir / "last.pt", task.model, meta)
+                    self.save(self.run_dir / LAST, task.model, meta)
                     if improved:
-                        self.save(self.run_dir / "best.pt", task.model, meta)
+                        self.save(self.run_dir / BEST, task.model, meta)
                 if self._writes:
                     self._save_state(task, loader, optimizer, scheduler, mix_generator, result, epoch + 1, best_state)
                 if self._should_stop(result, epoch + 1):
@@ -491,7 +491,7 @@ class Trainer:
         bar.update(job, advance=steps, status=f"epoch {epoch + 1}/{self.cfg.epochs} loss {loss:.4f}")
 
     # --- resumable training state ----------------------------------------------------------
-    STATE_FILE = "state.pt"
+    STATE_FILE = STATE
     STATE_FORMAT = "mmdistill-state/1"
 
     def _save_state(self, task, loader, optimizer, scheduler, mix_generator, result: FitResult, epoch: int,
@@ -591,7 +591,7 @@ class Trainer:
                       "patience_epoch": result.best_epoch}
         result.steps = int(budget["steps"])
         result.patience_score, result.patience_epoch = budget["patience_score"], int(budget["patience_epoch"])
-        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics_path = self.run_dir / HISTORY
         if self._writes:
             write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
         best_state = {k: v.to(self.device) for k, v in best["state"].items()}

@@ -1,8 +1,11 @@
 """Export a checkpoint to a deployable folder, check it against PyTorch, quantise it, predict with it.
 
 An export folder holds ``model.onnx`` (or ``model.pt`` for TorchScript), ``model.json`` (inputs,
-preprocessing and standardisation statistics, class names, opset, accuracy, parity) and
-``mmdistill_runtime.py``, the torch-free ONNX Runtime loader (:mod:`mmdistill.export.runtime`).
+preprocessing and standardisation statistics, class names, opset, accuracy, parity),
+``mmdistill_runtime.py``, the torch-free ONNX Runtime loader (:mod:`mmdistill.export.runtime`),
+and ``run.json``, its run record (kind ``export``). The export is built and checked in a temporary
+folder and moved into ``--out`` under the run directory's lock (:class:`~mmdistill.rundir.RunDir`),
+so a failed export leaves nothing behind and ``--overwrite`` replaces only an earlier export.
 """
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, MMDistillError
-from ..rundir import write_text
+from ..rundir import LOCK, METRICS, MODEL_JSON, RECORD, RunDir, check_run_dir, write_text
 from .onnx import export_onnx, export_torchscript, input_names, onnx_opset
-from .runtime import MODEL_JSON, PRESENT_PREFIX, ExportedModel, softmax
+from .runtime import PRESENT_PREFIX, ExportedModel, softmax
 
 FORMAT = "mmdistill-export/1"
 TOLERANCE = 1e-4
@@ -197,7 +200,7 @@ def _checkpoint_record(path: Path, payload: dict) -> dict:
     meta = payload["meta"]
     record = {"path": str(path), "role": meta.get("role"), "seed": meta.get("seed"), "epoch": meta.get("epoch"),
               "val_accuracy": (meta.get("metrics") or {}).get("val_accuracy")}
-    metrics = path.parent / "metrics.json"
+    metrics = path.parent / METRICS
     if metrics.is_file():
         try:
             record["test_accuracy"] = json.loads(metrics.read_text()).get("accuracy")
@@ -207,24 +210,24 @@ def _checkpoint_record(path: Path, payload: dict) -> dict:
 
 
 def export_files(folder: Path) -> set[str] | None:
-    """The names of the files an export wrote into ``folder`` (``model.json`` and its ``files``);
-    None when ``folder`` holds no mmdistill export's ``model.json``."""
+    """The names of the files an export wrote into ``folder`` (``model.json`` and its ``files``, its
+    run record and lock); None when ``folder`` holds no mmdistill export's ``model.json``."""
     try:
         meta = json.loads((folder / MODEL_JSON).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
         return None
-    return {MODEL_JSON, *(str(name) for name in meta["files"].values())}
+    return {MODEL_JSON, RECORD, LOCK, *(str(name) for name in meta["files"].values())}
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``--out`` that exists, unless ``overwrite`` and it is an export folder holding
-    only the files that export wrote (so replacing it deletes nothing of the user's)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise ConfigError(f"--out {out}: already exists; pass --overwrite to replace it")
-        written = export_files(out) if out.is_dir() else None
+    """Refuse an ``--out`` that :class:`~mmdistill.rundir.RunDir` would refuse (a folder a live run
+    writes into; an existing one without ``overwrite``), and with ``overwrite`` one that is not an
+    export folder holding only the files that export wrote (so replacing it deletes nothing of the user's)."""
+    check_run_dir(out, overwrite=overwrite)
+    if out.exists() and any(out.iterdir()):
+        written = export_files(out)
         if written is None:
             raise ConfigError(f"--out {out}: exists and is not an mmdistill export folder; refusing to replace it")
         others = sorted(p.name for p in out.iterdir() if p.name not in written or p.is_symlink() or not p.is_file())
@@ -320,10 +323,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
         if quantize:
             meta["quantized"] = _quantize(tmp, files, runtime, data, modalities, calibration_samples, log)
         _write(tmp / MODEL_JSON, meta)
-        if out.exists():
-            _prepare_out(out, overwrite)  # again: nothing but the old export's files is deleted
-            shutil.rmtree(out)
-        tmp.replace(out)
+        _prepare_out(out, overwrite)  # again: nothing but the old export's files is deleted
+        with RunDir(out, kind="export", role=meta["checkpoint"]["role"], overwrite=overwrite,
+                    config={"checkpoint": str(checkpoint), "format": format, "quantize": quantize}) as run:
+            for part in sorted(tmp.iterdir()):
+                part.replace(run / part.name)
     except OSError as err:  # e.g. a full disk: one line naming the export (nothing of it is left)
         if err.filename is None:
             err.filename = str(out)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import MMDistillError
 from .onnx import cpu_eval_copy, example_inputs, export_onnx, input_names, input_shapes
 
 
@@ -200,18 +201,48 @@ def format_cost(key: str, value) -> str:
     return f"{value / 1024:,.1f}" if fmt == "kb" else fmt.format(value)
 
 
+def run_label(checkpoint: str | Path) -> dict:
+    """``{"run", "role"}`` of the run folder holding ``checkpoint``: the folder's name and the role
+    its ``run.json`` records (None when it records none, or the file lies in no run folder)."""
+    from ..rundir import describe
+
+    folder = Path(checkpoint).parent
+    try:
+        record = describe(folder) or {}
+    except MMDistillError:  # a newer record format: the folder's name still labels it
+        record = {}
+    return {"run": folder.name or str(folder), "role": record.get("role")}
+
+
+def column_labels(models: Sequence[Mapping]) -> list[str]:
+    """A label per profiled model (:func:`profile_checkpoints`' ``models``): its run folder's name,
+    with the recorded role when it says more (``t1 (teacher)``), and the file name where two
+    models come from the same run (``t1/best.pt``, ``t1/last.pt``)."""
+    def base(m: Mapping) -> str:
+        run, role = m.get("run") or Path(m["checkpoint"]).parent.name, m.get("role")
+        return f"{run} ({role})" if role and role not in run else run
+
+    labels = [base(m) for m in models]
+    return [f"{label}/{Path(m['checkpoint']).name}" if labels.count(label) > 1 else label
+            for label, m in zip(labels, models)]
+
+
 def profile_checkpoints(checkpoints: Sequence[str | Path], out: str | Path, *, threads: int = 1, repeats: int = 200,
-                        warmup: int = 20, cuda: bool | None = None, trust_code: bool = False) -> dict:
-    """Measure each checkpoint (:func:`measure_cost`) and write ``out/profile.json``; with two or
+                        warmup: int = 20, cuda: bool | None = None, trust_code: bool = False,
+                        overwrite: bool = False) -> dict:
+    """Measure each checkpoint (:func:`measure_cost`) and write ``out/profile.json`` in a run
+    directory (kind ``profile``: locked while written, an existing one replaced only with
+    ``overwrite``); each model is labelled by its run (:func:`run_label`). With two or
     more, ``ratios`` says for each other model how many times cheaper it is than the first: the
     first's value over its value (its over the first's for the throughputs, ``*_sps_*``).
     ``cuda``: None times CUDA too when available, False never. ``trust_code``: run the code the
     checkpoints name (imports, factory); refused without it."""
     from ..checkpoint import load_checkpoint
     from ..guard import Input, check_out
-    from ..rundir import write_json
+    from ..rundir import PROFILE, RunDir, check_run_dir, write_json
 
     check_out(out, [Input("checkpoint", Path(c)) for c in checkpoints])
+    check_run_dir(out, overwrite=overwrite)  # before anything is measured
     models = []
     for ckpt in checkpoints:
         model, payload = load_checkpoint(ckpt, "cpu", trust_code=trust_code)
@@ -222,17 +253,18 @@ def profile_checkpoints(checkpoints: Sequence[str | Path], out: str | Path, *, t
             if err.filename is None:
                 err.filename = f"{ckpt} (its temporary ONNX file)"
             raise
-        models.append({"checkpoint": str(ckpt), "modalities": list(model.modalities), **cost})
+        models.append({"checkpoint": str(ckpt), **run_label(ckpt), "modalities": list(model.modalities), **cost})
     result = {"threads": threads, "repeats": repeats, "warmup": warmup, "torch": torch.__version__,
               "onnxruntime": _ort_version(), "models": models}
     if len(models) > 1:
         first = models[0]
-        result["ratios"] = [{"checkpoint": m["checkpoint"],
+        result["ratios"] = [{"checkpoint": m["checkpoint"], "run": m["run"], "role": m["role"],
                              **{k: round(m[k] / first[k] if "_sps_" in k else first[k] / m[k], 3)
                                 for k, _, _ in COST_ROWS if first.get(k) and m.get(k)}} for m in models[1:]]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "profile.json", result)
+    with RunDir(out, kind="profile", overwrite=overwrite,
+                config={"checkpoints": [str(c) for c in checkpoints], "threads": threads, "repeats": repeats,
+                        "warmup": warmup}) as run:
+        write_json(run / PROFILE, result)
     return result
 
 

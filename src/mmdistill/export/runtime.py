@@ -22,6 +22,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
+#: this file is copied into export folders and imports nothing of mmdistill, so it names the file
+#: itself; equal to :data:`mmdistill.rundir.MODEL_JSON` (tests/test_rundir_record.py checks)
 MODEL_JSON = "model.json"
 PRESENT_PREFIX = "present_"
 

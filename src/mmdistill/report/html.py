@@ -7,6 +7,7 @@ import html
 import math
 
 from . import figures
+from ..rundir import BEST
 from .runs import COST_KEYS, Group, Run, same_file
 
 CSS = """
@@ -63,8 +64,8 @@ def _cost_rows(runs: list[Run]) -> list[dict]:
     rows = [{"name": r.name, "role": r.role, **r.metrics} for r in runs if r.metrics]
     for run in runs:
         teacher = run.summary.get("teacher")
-        if run.kind == "distill" and isinstance(teacher, dict) and not any(
-                same_file(run.teacher_checkpoint, r.path / "best.pt") for r in runs):
+        if run.kind in ("distill", "auto") and isinstance(teacher, dict) and not any(
+                same_file(run.teacher_checkpoint, r.path / BEST) for r in runs):
             rows.append({"name": f"teacher of {run.name}", "role": "teacher", **teacher})
     return rows
 

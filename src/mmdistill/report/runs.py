@@ -1,12 +1,16 @@
-"""What a report reads: run directories (``train``, ``distill``, ``evaluate``) and folders of them
-(the demo's ``teacher/``, ``student_scratch/``, ``student_distilled/`` with a ``summary.json``)."""
+"""What a report reads: run directories (``train``, ``distill``, ``evaluate``, ...) and folders of them
+(the demo's ``teacher/``, ``student_scratch/``, ``student_distilled/`` with a ``summary.json``).
+
+A run's kind and role are read from its ``run.json`` (:func:`mmdistill.rundir.describe`, which
+infers them for folders written before they were recorded), never guessed here."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MMDistillError
+from ..errors import MMDistillError, RunDirError
+from ..rundir import BEST, HISTORY, METRICS, RECORD, SUMMARY, describe
 
 # cost fields shown when a run's metrics.json (or its parent's summary.json) has them
 COST_KEYS = ("params", "macs", "onnx_ms_b1", "onnx_sps_b64", "latency_ms")
@@ -80,13 +84,13 @@ class Run:
 
     name: str
     path: Path
-    kind: str  # train, distill, evaluate or run
+    kind: str  # what wrote it (run.json's kind: train, distill, evaluate, auto, ...), "run" when unknown
     status: str = "unknown"
     history: list[dict] = field(default_factory=list)  # metrics.jsonl
     metrics: dict = field(default_factory=dict)  # metrics.json (test metrics)
     summary: dict = field(default_factory=dict)  # summary.json
     teacher_checkpoint: str | None = None  # a distill run's (first) teacher checkpoint
-    role: str = ""  # teacher, student (distilled), ... as the report labels it
+    role: str = ""  # teacher, student (distilled), ... as the report labels it (from run.json's role)
 
     @property
     def best_epoch(self) -> int | None:
@@ -94,30 +98,40 @@ class Run:
 
 
 def is_run(path: Path) -> bool:
-    return path.is_dir() and any((path / f).is_file() for f in ("metrics.jsonl", "metrics.json"))
+    return path.is_dir() and any((path / f).is_file() for f in (HISTORY, METRICS))
+
+
+#: how the report labels a run's recorded role
+ROLE_LABELS = {"student": "student (distilled)", "scratch": "student (scratch)"}
 
 
 def load_run(path: Path, name: str | None = None) -> Run:
     path = Path(path)
-    info = _read_json(path / "run.json") if (path / "run.json").is_file() else {}
-    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
-    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
-    history = _read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
+    if (path / RECORD).is_file():
+        _read_json(path / RECORD)  # a record that is not a JSON object: one line naming it
+    try:
+        info = describe(path) or {}
+    except RunDirError as err:  # a newer record format than this mmdistill reads
+        raise ReportError(str(err)) from None
+    summary = _read_json(path / SUMMARY) if (path / SUMMARY).is_file() else {}
+    metrics = _read_json(path / METRICS) if (path / METRICS).is_file() else {}
+    history = _read_jsonl(path / HISTORY) if (path / HISTORY).is_file() else []
     config = info.get("config") if isinstance(info.get("config"), dict) else {}
-    teacher_checkpoint = None
-    if "student" in summary or config.get("distill"):
-        kind = "distill"
-        distill = config.get("distill") or {}
-        teachers = distill.get("teachers") or ([distill["teacher"]] if distill.get("teacher") else [])
-        teacher_checkpoint = teachers[0].get("checkpoint") if teachers else None
-    elif "model" in summary or history:
-        kind = "train"
-    elif "checkpoint" in metrics:
-        kind = "evaluate"
-    else:
-        kind = "run"
-    return Run(name=name or path.name, path=path, kind=kind, status=info.get("status", "unknown"),
-               history=history, metrics=metrics, summary=summary, teacher_checkpoint=teacher_checkpoint)
+    distill = config.get("distill") if isinstance(config.get("distill"), dict) else {}
+    teachers = distill.get("teachers") or ([distill["teacher"]] if distill.get("teacher") else [])
+    teacher_checkpoint = teachers[0].get("checkpoint") if teachers and isinstance(teachers[0], dict) else None
+    run = Run(name=name or path.name, path=path, kind=info.get("kind") or "run", status=info.get("status", "unknown"),
+              history=history, metrics=metrics, summary=summary, teacher_checkpoint=teacher_checkpoint)
+    role = info.get("role")
+    if run.kind == "evaluate":
+        checkpoint = Path(str(metrics.get("checkpoint") or config.get("checkpoint") or ""))
+        role = f"evaluation of {checkpoint.parent.name or checkpoint.name}".strip()
+        if metrics.get("dropped"):
+            role += f" without {', '.join(metrics['dropped'])}"
+        if metrics.get("corrupt"):
+            role += f", corrupted ({', '.join(metrics['corrupt'])})"
+    run.role = ROLE_LABELS.get(role, role or "model")
+    return run
 
 
 @dataclass
@@ -145,7 +159,7 @@ def collect(paths) -> tuple[list[Run], list[Group]]:
         if not children:
             raise ReportError(f"{path}: not a run directory (no metrics.jsonl or metrics.json), "
                               "and none of its sub-folders is one")
-        summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+        summary = _read_json(path / SUMMARY) if (path / SUMMARY).is_file() else {}
         order = [k for k in summary if isinstance(summary.get(k), dict)]
         children.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
         members = []
@@ -183,20 +197,9 @@ def same_file(a, b: Path) -> bool:
 
 
 def _assign_roles(runs: list[Run]) -> None:
+    """A run whose best checkpoint another run distilled from is that run's teacher, whatever it
+    recorded (a model trained on its own becomes a teacher once something distils from it)."""
     teacher_ckpts = [r.teacher_checkpoint for r in runs if r.teacher_checkpoint]
     for run in runs:
-        if any(same_file(c, run.path / "best.pt") for c in teacher_ckpts) or run.path.name == "teacher":
+        if any(same_file(c, run.path / BEST) for c in teacher_ckpts):
             run.role = "teacher"
-        elif run.kind == "distill":
-            run.role = "student (distilled)"
-        elif "scratch" in run.path.name:
-            run.role = "student (scratch)"
-        elif run.kind == "evaluate":
-            checkpoint = Path(str(run.metrics.get("checkpoint", "")))
-            run.role = f"evaluation of {checkpoint.parent.name or checkpoint.name}".strip()
-            if run.metrics.get("dropped"):
-                run.role += f" without {', '.join(run.metrics['dropped'])}"
-            if run.metrics.get("corrupt"):
-                run.role += f", corrupted ({', '.join(run.metrics['corrupt'])})"
-        else:
-            run.role = "model"
