@@ -70,8 +70,12 @@ def test_distill_auto_end_to_end(tmp_path, teacher, capsys):
     assert auto["choice"] == choose(auto["candidates"], auto["margin"])
     assert auto["margin"] == pytest.approx(margin_for(MARGIN, summary["dataset"]["val_samples"]))
     at = auto["candidates"][-1]
+    # placed as a distill run's summary places its terms (runs.placed_terms), the teacher read included
     assert at["placed"] == [{"name": "at", "weight": 10.0, "student": "encoders.audio.features",
-                             "teacher": "encoders.audio.features"}]
+                             "teacher": "encoders.audio.features", "source": "teacher0"}]
+    record = json.loads((tmp_path / "auto" / "run.json").read_text())
+    assert (record["kind"], record["role"], record["version"]) == ("auto", "student", 2)
+    assert {"best.pt", "last.pt", "metrics.jsonl", "summary.json", "candidates/at/best.pt"} <= set(record["artefacts"])
     assert auto["candidates"][1]["terms"] == [{"name": "kd", "weight": 1.0, "temperature": 2.0}]
     assert auto["search_epochs"] == 2 and auto["final"].startswith("kept")
     chosen = tmp_path / "auto" / "candidates" / auto["choice"] / "best.pt"
