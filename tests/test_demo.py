@@ -53,7 +53,13 @@ def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, 
     export = tmp_path / "demo1" / "student_distilled" / "export"
     assert (export / "model.onnx").is_file() and (export / "model.json").is_file()
     assert written["export"]["max_abs_diff"] <= 1e-4
-    assert json.loads((tmp_path / "demo1" / "run.json").read_text())["status"] == "complete"
+    record = json.loads((tmp_path / "demo1" / "run.json").read_text())
+    assert (record["status"], record["kind"]) == ("complete", "demo")
+    assert record["artefacts"] == ["student_distilled/", "student_scratch/", "summary.json", "teacher/"]
+    roles = {name: json.loads((tmp_path / "demo1" / name / "run.json").read_text())["role"]
+             for name in ("teacher", "student_scratch", "student_distilled")}  # the reused teacher's too
+    assert roles == {"teacher": "teacher", "student_scratch": "scratch", "student_distilled": "student"}
+    assert json.loads((export / "run.json").read_text())["kind"] == "export"
     # another seed is another teacher
     messages = []
     run_demo(tmp_path / "demo2", seed=1, device="cpu", data_root=str(data_root), progress=False,

@@ -54,6 +54,16 @@ def test_resume_keeps_the_recorded_kind_and_role(tmp_path):
     assert (info["kind"], info["role"], info["status"]) == ("distill", "student", "complete")
 
 
+def test_a_resumed_version_1_run_is_recorded_as_version_2_with_its_inferred_kind(tmp_path):
+    path = version_1(tmp_path / "teacher", {"model": {}}, metrics_jsonl="")
+    info = json.loads((path / "run.json").read_text())
+    (path / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    with RunDir(path, resume=True):
+        pass
+    info = record(path)
+    assert (info["version"], info["kind"], info["role"], info["status"]) == (2, "train", "teacher", "complete")
+
+
 def version_1(path: Path, config: dict, **files) -> Path:
     """A run folder as mmdistill wrote it before kind, role and artefacts were recorded."""
     path.mkdir(parents=True)

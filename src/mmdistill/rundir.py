@@ -376,6 +376,9 @@ class RunDir:
                     "config": config, "artefacts": []}
             if self.previous is not None:
                 kept = {k: v for k, v in self.previous.items() if k not in ("error", "seconds")}
+                if self.previous["version"] < VERSION:  # a run started before kind and role were recorded
+                    described = describe(self.path) or {}
+                    kept.update(kind=described.get("kind"), role=described.get("role"))
                 info = {**kept, **info, "kind": kind or kept.get("kind"), "role": role or kept.get("role"),
                         "started": self.previous.get("started", self.started),
                         "resumed": [*self.previous.get("resumed", []), self.started]}
