@@ -1051,7 +1051,7 @@ def test_stale_lock_is_replaced_with_overwrite(world, tmp_path):
 def test_run_record_has_format_version_and_lock_while_open(tmp_path):
     with RunDir(tmp_path / "r", command="x", config={"a": 1}) as run:
         info = read_record(run.path)
-        assert info["format"] == "mmdistill-run" and info["version"] == 1 and info["status"] == "running"
+        assert info["format"] == "mmdistill-run" and info["version"] == 2 and info["status"] == "running"
         assert json.loads((run.path / LOCK).read_text())["pid"] == os.getpid()
         with pytest.raises(RunDirError, match="is writing into this directory"):
             RunDir(tmp_path / "r", overwrite=True)
