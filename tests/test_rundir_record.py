@@ -101,6 +101,12 @@ def test_exports_and_profiles_without_a_record_are_described_and_may_be_overwrit
     profile.mkdir()
     (profile / "profile.json").write_text("{}")
     assert describe(export)["kind"] == "export" and describe(profile)["kind"] == "profile"
+    early = tmp_path / "early"  # a run's result files from before run.json was written
+    early.mkdir()
+    (early / "metrics.jsonl").write_text("")
+    assert (describe(early)["kind"], describe(early)["version"], describe(early)["status"]) == ("train", 0, "unknown")
+    with pytest.raises(RunDirError, match="not an mmdistill run directory"):
+        check_run_dir(early, overwrite=True)  # described for reading, never replaced without a record
     check_run_dir(profile, overwrite=True)  # an old profile folder is replaced like a run ...
     (profile / "notes.txt").write_text("mine")
     assert describe(profile) is None  # ... but not once it holds something no profile wrote

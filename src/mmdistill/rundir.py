@@ -326,16 +326,18 @@ def _infer_role(path: Path, kind: str | None) -> str | None:
 
 def describe(path: str | Path) -> dict | None:
     """The run record of ``path`` with ``kind``, ``role`` and ``artefacts`` always present: as
-    written (version 2), or inferred here, once, for a folder written before (version 1, or an
-    export or profile folder without a record); None when ``path`` is no mmdistill run folder.
+    written (version 2), or inferred here, once, for a folder written before (version 1; version 0:
+    an export or profile folder, or a run's result files, without a record); None when ``path`` is
+    no mmdistill run folder.
     A record of a newer format than this mmdistill reads is refused in one line naming its version."""
     path = Path(path)
     record = read_record(path)
-    if record is None:
-        kind = _legacy_kind(path) if path.is_dir() else None
+    if record is None:  # an export or profile folder, or a run from before run.json was written
+        kind = (_legacy_kind(path) or _infer_kind(path, {})) if path.is_dir() else None
         if kind is None:
             return None
-        record = {"format": FORMAT, "version": 0, "status": "complete"}
+        record = {"format": FORMAT, "version": 0, "status": "unknown" if kind not in ("export", "profile") else
+                  "complete"}
     else:
         kind = record.get("kind")
     if record["version"] > VERSION:
