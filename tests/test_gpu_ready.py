@@ -15,7 +15,8 @@ from mmdistill.api import distill, make_terms, train  # noqa: E402
 from mmdistill.config import TrainConfig  # noqa: E402
 from mmdistill.data import DATASETS, DataSplits, parse_options, split_validation  # noqa: E402
 from mmdistill.distill import backends, distributed  # noqa: E402
-from mmdistill.distill.engine import EpochMeter, Trainer, resolve_device  # noqa: E402
+from mmdistill.distill.distributed import resolve_device  # noqa: E402
+from mmdistill.distill.engine import EpochMeter, Trainer  # noqa: E402
 from mmdistill.distill.tasks import DistillationTask  # noqa: E402
 from mmdistill.errors import ConfigError  # noqa: E402
 from mmdistill.losses import LOSSES  # noqa: E402
