@@ -285,6 +285,53 @@ def losses():
     console.print(table)
 
 
+def _registries() -> dict:
+    """Every registry of the library by its group name (losses, encoders, models, datasets, ...)."""
+    from .data import DATASETS
+    from .distill.ensemble import STRATEGIES
+    from .losses import LOSSES
+    from .models import ENCODERS, FUSIONS, HEADS, MODEL_KINDS
+    from .optim import OPTIMIZERS, SCHEDULERS
+
+    return {r.group: r for r in (LOSSES, ENCODERS, FUSIONS, HEADS, MODEL_KINDS, DATASETS, OPTIMIZERS, SCHEDULERS,
+                                 STRATEGIES)}
+
+
+@app.command("list")
+def list_cmd(group: Optional[str] = typer.Argument(None, help="losses, encoders, fusions, heads, models, datasets, "
+                                                             "optimisers, schedulers or strategies (default: all)."),
+             config: Optional[Path] = typer.Option(None, "--config", help="Also list the entries this config's "
+                                                                          "imports: register.")):
+    """List every registry's entries (what a config can name) with their options and defaults."""
+    import inspect
+
+    registries = _registries()
+    if group is not None and group not in registries:
+        raise typer.BadParameter(f"{group!r} is not a registry (choose from {', '.join(registries)})",
+                                 param_hint="GROUP")
+    if config is not None:
+        _config(config, None, None, None)  # imports its imports: (the one way a user's code runs)
+    for name in ([group] if group else registries):
+        registry = registries[name]
+        table = Table(title=f"{name} (named by {registry.key}:)" if registry.key else name)
+        for col in ("name", "options (default)", "description"):
+            table.add_column(col)
+        for entry, builder in registry.items():
+            model = registry.options(entry)
+            options = ", ".join(k if f.is_required() else f"{k}={_plain(f.default)!r}"
+                                for k, f in model.model_fields.items() if k != registry.key)
+            doc = inspect.getdoc(builder) or ""
+            table.add_row(Text(entry), Text(options), Text(" ".join(doc.split("\n\n")[0].split())))
+        console.print(table)
+
+
+def _plain(value):
+    """An option's default as a config would write it (a nested options model as its mapping)."""
+    from pydantic import BaseModel
+
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
 @app.command("export")
 def export_cmd(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt checkpoint."),
                out: Path = typer.Option(..., "--out", help="Export folder to create."),

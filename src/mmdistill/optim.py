@@ -20,8 +20,8 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, StrictBool
 from .options import PositiveInt, Strict
 from .registry import Registry
 
-OPTIMIZERS: Registry[Callable] = Registry("optimiser", key="name", default="adam")
-SCHEDULERS: Registry[Callable] = Registry("scheduler", key="name", default="none")
+OPTIMIZERS: Registry[Callable] = Registry("optimiser", key="name", default="adam", options_arg=1)
+SCHEDULERS: Registry[Callable] = Registry("scheduler", key="name", default="none", options_arg=0)
 
 
 class OptimizerConfig(Strict):

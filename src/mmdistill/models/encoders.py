@@ -25,7 +25,7 @@ from ..options import PositiveInt, Strict
 from ..registry import Registry
 from .pooling import AdaptiveAvgPool2d
 
-ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
+ENCODERS: Registry[type[nn.Module]] = Registry("encoder", builder_args=1)
 
 
 def add_mlp(layers: list[nn.Module], in_dim: int, hidden: Sequence[int], dropout: float) -> int:

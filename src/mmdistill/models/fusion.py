@@ -18,7 +18,7 @@ from torch import nn
 from ..options import PositiveInt, Strict
 from ..registry import Registry
 
-FUSIONS: Registry[type[nn.Module]] = Registry("fusion", default="concat")
+FUSIONS: Registry[type[nn.Module]] = Registry("fusion", default="concat", builder_args=2)
 
 
 class PlainFusionConfig(Strict):
