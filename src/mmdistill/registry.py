@@ -88,6 +88,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove entry ``name`` (tests, or a module loaded again); an unknown name is ignored."""
+        for table in (self._items, self._options, self._entry_models):
+            table.pop(name, None)
+
     def _signature_options(self, name: str, obj: Any) -> type[BaseModel]:
         """The options model ``obj``'s signature states (see the module docstring)."""
         params = list(_parameters(obj.__init__ if isinstance(obj, type) else obj))
