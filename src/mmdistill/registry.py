@@ -166,6 +166,8 @@ class Registry(Generic[T]):
             try:
                 name = self._name_of(raw)
             except ValueError:
+                if self.select is not None:  # not the options of any entry
+                    raise
                 name = None
             if name is not None and isinstance(raw, self.entry_model(name)):
                 return raw
