@@ -46,6 +46,7 @@ from .options import format_validation_error
 
 T = TypeVar("T")
 
+
 class Registry(Generic[T]):
     """``kind`` names the registry in messages and ``group`` (its plural) in ``mmdistill list``; config
     entries select an entry by ``key``, or by ``default`` when they leave it out; ``select``
