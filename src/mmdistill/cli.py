@@ -285,18 +285,6 @@ def losses():
     console.print(table)
 
 
-def _registries() -> dict:
-    """Every registry of the library by its group name (losses, encoders, models, datasets, ...)."""
-    from .data import DATASETS
-    from .distill.ensemble import STRATEGIES
-    from .losses import LOSSES
-    from .models import ENCODERS, FUSIONS, HEADS, MODEL_KINDS
-    from .optim import OPTIMIZERS, SCHEDULERS
-
-    return {r.group: r for r in (LOSSES, ENCODERS, FUSIONS, HEADS, MODEL_KINDS, DATASETS, OPTIMIZERS, SCHEDULERS,
-                                 STRATEGIES)}
-
-
 @app.command("list")
 def list_cmd(group: Optional[str] = typer.Argument(None, help="losses, encoders, fusions, heads, models, datasets, "
                                                              "optimisers, schedulers or strategies (default: all)."),
@@ -305,7 +293,16 @@ def list_cmd(group: Optional[str] = typer.Argument(None, help="losses, encoders,
     """List every registry's entries (what a config can name) with their options and defaults."""
     import inspect
 
-    registries = _registries()
+    from pydantic import BaseModel
+
+    from .data import DATASETS
+    from .distill.ensemble import STRATEGIES
+    from .losses import LOSSES
+    from .models import ENCODERS, FUSIONS, HEADS, MODEL_KINDS
+    from .optim import OPTIMIZERS, SCHEDULERS
+
+    registries = {r.group: r for r in (LOSSES, ENCODERS, FUSIONS, HEADS, MODEL_KINDS, DATASETS, OPTIMIZERS,
+                                       SCHEDULERS, STRATEGIES)}
     if group is not None and group not in registries:
         raise typer.BadParameter(f"{group!r} is not a registry (choose from {', '.join(registries)})",
                                  param_hint="GROUP")
@@ -318,18 +315,13 @@ def list_cmd(group: Optional[str] = typer.Argument(None, help="losses, encoders,
             table.add_column(col)
         for entry, builder in registry.items():
             model = registry.options(entry)
-            options = ", ".join(k if f.is_required() else f"{k}={_plain(f.default)!r}"
-                                for k, f in model.model_fields.items() if k != registry.key)
+            defaults = {k: f.default.model_dump() if isinstance(f.default, BaseModel) else f.default
+                        for k, f in model.model_fields.items() if not f.is_required()}  # as a config writes them
+            options = ", ".join(f"{k}={defaults[k]!r}" if k in defaults else k
+                                for k in model.model_fields if k != registry.key)
             doc = inspect.getdoc(builder) or ""
             table.add_row(Text(entry), Text(options), Text(" ".join(doc.split("\n\n")[0].split())))
         console.print(table)
-
-
-def _plain(value):
-    """An option's default as a config would write it (a nested options model as its mapping)."""
-    from pydantic import BaseModel
-
-    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 @app.command("export")
