@@ -10,8 +10,8 @@ Contract of a kind (register yours with ``@MODEL_KINDS.register(KEY)`` on its bu
 * ``OptionsModel`` is a pydantic model (``extra="forbid"``) with a field named ``KEY``; a
   ``model:`` section holding ``KEY`` is validated against it (errors name ``model.<key>``).
 * the registered builder is ``build(cfg: OptionsModel, specs, num_classes) -> nn.Module`` (the
-  annotation of ``cfg`` is the options model; or pass ``options=``): ``cfg`` the validated options, ``specs`` ``{modality: ModalitySpec}``. :func:`build` validates the section
-  and, given a seed, runs the builder on a global RNG seeded with it alone (and restored after), so
+  annotation of ``cfg`` is the options model; or pass ``options=``): ``cfg`` the validated
+  options, ``specs`` ``{modality: ModalitySpec}``. :func:`build` validates the section and, given a seed, runs the builder on a global RNG seeded with it alone (and restored after), so
   a builder neither validates nor seeds.
 * the module's ``forward`` takes the batch dict (``{modality: tensor, "present": {...}}``) and
   returns logits ``[B, num_classes]``; ``modalities`` lists the modalities it reads (set to all of
@@ -22,8 +22,8 @@ Contract of a kind (register yours with ``@MODEL_KINDS.register(KEY)`` on its bu
   checkpoint is trusted (:func:`mmdistill.checkpoint.check_code`), and what it returns is checked
   (an ``nn.Module``) before anything else.
 
-Each kind registers itself in its own module. Built-in kinds: ``multimodal`` (:mod:`.multimodal`), ``factory`` (``build(specs, num_classes, **kwargs)``, any
-importable function, e.g. from a module listed under ``imports:``), ``hf`` (a transformers model,
+Each kind registers itself in the module that defines it. Built-in kinds: ``multimodal``
+(:mod:`.multimodal`), ``factory`` (``build(specs, num_classes, **kwargs)``, any importable function, e.g. from a module listed under ``imports:``), ``hf`` (a transformers model,
 :mod:`.hf`) and ``timm`` (a timm network, :mod:`.timm`); the last two import their library only
 when built (optional extras ``hf`` and ``timm``); ``pretrained`` (an encoder whose weights ship in
 an installed package, :mod:`.pretrained`: ``resemblyzer``'s GE2E speaker encoder).
