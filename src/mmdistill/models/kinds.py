@@ -11,8 +11,9 @@ Contract of a kind (register yours with ``@MODEL_KINDS.register(KEY)`` on its bu
   ``model:`` section holding ``KEY`` is validated against it (errors name ``model.<key>``).
 * the registered builder is ``build(cfg: OptionsModel, specs, num_classes) -> nn.Module`` (the
   annotation of ``cfg`` is the options model; or pass ``options=``): ``cfg`` the validated
-  options, ``specs`` ``{modality: ModalitySpec}``. :func:`build` validates the section and, given a seed, runs the builder on a global RNG seeded with it alone (and restored after), so
-  a builder neither validates nor seeds.
+  options, ``specs`` ``{modality: ModalitySpec}``. :func:`build` validates the section and, given
+  a seed, runs the builder on a global RNG seeded with it alone (and restored after), so a builder
+  neither validates nor seeds.
 * the module's ``forward`` takes the batch dict (``{modality: tensor, "present": {...}}``) and
   returns logits ``[B, num_classes]``; ``modalities`` lists the modalities it reads (set to all of
   ``specs`` when the module does not say); ``feature_points()`` (see :mod:`.points`) is optional:
@@ -23,10 +24,11 @@ Contract of a kind (register yours with ``@MODEL_KINDS.register(KEY)`` on its bu
   (an ``nn.Module``) before anything else.
 
 Each kind registers itself in the module that defines it. Built-in kinds: ``multimodal``
-(:mod:`.multimodal`), ``factory`` (``build(specs, num_classes, **kwargs)``, any importable function, e.g. from a module listed under ``imports:``), ``hf`` (a transformers model,
-:mod:`.hf`) and ``timm`` (a timm network, :mod:`.timm`); the last two import their library only
-when built (optional extras ``hf`` and ``timm``); ``pretrained`` (an encoder whose weights ship in
-an installed package, :mod:`.pretrained`: ``resemblyzer``'s GE2E speaker encoder).
+(:mod:`.multimodal`), ``factory`` (``build(specs, num_classes, **kwargs)``, any importable
+function, e.g. from a module listed under ``imports:``), ``hf`` (a transformers model, :mod:`.hf`)
+and ``timm`` (a timm network, :mod:`.timm`); the last two import their library only when built
+(optional extras ``hf`` and ``timm``); ``pretrained`` (an encoder whose weights ship in an
+installed package, :mod:`.pretrained`: ``resemblyzer``'s GE2E speaker encoder).
 """
 from __future__ import annotations
 
