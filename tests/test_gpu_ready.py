@@ -35,7 +35,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic").builder
+    builder = DATASETS.get("synthetic")
     train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 90, "test_size": 20}), 0)
     fit, val = split_validation(train_set, 0.2, seed=0)
     return DataSplits(train=fit, val=val, test=test_set, info=info)

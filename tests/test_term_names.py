@@ -46,7 +46,7 @@ def test_terms_reading_the_same_thing_are_numbered():
 
 
 def test_the_metrics_file_names_each_nst_term_by_its_modality(tmp_path):
-    builder = DATASETS.get("synthetic").builder
+    builder = DATASETS.get("synthetic")
     train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 32, "test_size": 8}), 0)
     data = DataSplits(train=train_set, val=None, test=test_set, info=info)
     torch.manual_seed(0)

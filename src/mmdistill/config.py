@@ -13,17 +13,17 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, SerializeAsAny
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
 from .data.augment import AUGMENT_KINDS
-from .data.registry import check_options
+from .data.registry import DATASETS
 from .distill.engine import TrainConfig
 from .distill.ensemble import STRATEGIES, EnsembleConfig
 from .errors import ConfigError
-from .losses.base import LOSSES, check_loss_options
+from .losses.base import LOSSES
 from .models.encoders import ConvEncoderConfig, MLPEncoderConfig  # noqa: F401  (the built-in encoders' options)
 from .models.fusion import PlainFusionConfig, ProjectedFusionConfig  # noqa: F401
-from .models.kinds import FactoryModelConfig, parse_model_config  # noqa: F401
+from .models.kinds import MODEL_KINDS, FactoryModelConfig  # noqa: F401
 from .models.multimodal import HeadConfig, ModelConfig  # noqa: F401  (the multimodal model kind's config)
 from .optim import OptimizerConfig, SchedulerConfig  # noqa: F401  (train.optimizer's and train.scheduler's options)
 from .options import Seed, Strict
@@ -75,7 +75,7 @@ class DataConfig(BaseModel):
     @pydantic.model_validator(mode="after")
     def _dataset_options(self):
         """The dataset's own options against its options model (:data:`~mmdistill.data.DATASETS`)."""
-        check_options(self.name, self.options)
+        DATASETS.validate(self.name, self.options)
         return self
 
     @property
@@ -109,9 +109,7 @@ class LossTermConfig(BaseModel):
     @pydantic.model_validator(mode="after")
     def _loss_options(self):
         """The loss's own options against its options model (validated here, built once, later)."""
-        if self.name not in LOSSES:
-            raise ValueError(f"name: unknown loss {self.name!r} (known: {', '.join(LOSSES)})")
-        check_loss_options(self.name, self.options)
+        LOSSES.validate(self.name, self.options)
         return self
 
     @property
@@ -179,7 +177,7 @@ class RunConfig(Strict):
     data: DataConfig
     # the multimodal model (encoders, fusion, head) or another model kind selected by its key
     # (``factory``, see :mod:`mmdistill.models.kinds`)
-    model: Annotated[SerializeAsAny[BaseModel], BeforeValidator(parse_model_config)]
+    model: MODEL_KINDS.field()
     train: TrainConfig = TrainConfig()
     distill: DistillConfig | None = None
 
