@@ -72,15 +72,13 @@ def checkpoint_inputs(path: str | os.PathLike, payload: dict | None = None, labe
                       data_root: str | None = None) -> list[Input]:
     """A checkpoint and the data files its recorded data config (``meta.data``; ``data_root``
     replacing its root, as the command does) reads."""
-    from .config import DataConfig
+    from .checkpoint_data import recorded_data_config
 
     found = [Input(label, Path(path))]
-    meta = (payload or {}).get("meta")
-    if isinstance(meta, dict) and isinstance(meta.get("data"), dict):
+    if payload is not None:
         try:
-            raw = {**meta["data"], **({"root": data_root} if data_root else {})}
-            found += data_inputs(DataConfig.model_validate(raw), f"{label}'s data")
-        except Exception:  # an invalid recorded data config is reported where the data is built
+            found += data_inputs(recorded_data_config(path, payload, data_root), f"{label}'s data")
+        except Exception:  # a missing or invalid recorded data config is reported where the data is built
             pass
     return found
 

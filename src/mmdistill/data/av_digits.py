@@ -14,16 +14,18 @@
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from ..options import PositiveInt, Strict
 from .dataset import MultimodalDataset
 from .fsdd import list_recordings, log_mel_features, test_mask
 from .mnist import load_mnist
+from .registry import register_dataset
 from .transforms import LogMelParams, pca_degrade
-
 
 
 def _pair_images(labels: np.ndarray, image_labels: np.ndarray, per_recording: int, rng) -> np.ndarray:
@@ -83,3 +85,19 @@ def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = 
                                      groups=torch.from_numpy(rec_of_pair), name=f"av_digits/{name}"))
         info[f"{name}_recordings"] = int(len(rec_idx))
     return out[0], out[1], info
+
+
+class AVDigitsOptions(Strict):
+    split: Literal["official", "unseen-speaker"] = "official"
+    level: Literal["clean", "hard"] = "hard"
+    pairs_per_recording: PositiveInt = 4
+    image_energy: Annotated[float, Field(gt=0, le=1)] = 0.25
+    audio_snr_db: float = 0.0
+    mnist_source: Literal["auto", "idx", "json10k"] = "auto"
+    pairing_seed: int = 0
+
+
+@register_dataset("av_digits")
+def build_av_digits(root, options: AVDigitsOptions, seed: int):
+    opts = options.model_dump()
+    return load_av_digits(root, seed=opts.pop("pairing_seed"), **opts)

@@ -15,10 +15,16 @@ import json
 import struct
 import zlib
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+import torch
+from pydantic import Field
 
 from ..errors import DataError
+from ..options import Strict
+from .dataset import MultimodalDataset
+from .registry import register_dataset
 from .root import data_root, download
 
 IDX_FILES = {  # name -> md5 of the official .gz (as published alongside the files)
@@ -126,3 +132,21 @@ def load_mnist(root=None, source: str = "auto", train_fraction: float = 0.8):
             download([m + name + ".gz" for m in MIRRORS], idx_dir / f"{name}.gz", md5=md5,
                      dataset="MNIST", hint=HINT)
     return (*load_idx(idx_dir, "train"), *load_idx(idx_dir, "t10k"), "idx")
+
+
+class MNISTOptions(Strict):
+    source: Literal["auto", "idx", "json10k"] = "auto"
+    train_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    flatten: bool = False
+
+
+@register_dataset("mnist")
+def build_mnist(root, options: MNISTOptions, seed: int):
+    """MNIST images in [0, 1] as modality ``image`` ([1,28,28], or [784] with ``flatten``)."""
+    x_train, y_train, x_test, y_test, used = load_mnist(root, options.source, options.train_fraction)
+    shape = (-1, 784) if options.flatten else (-1, 1, 28, 28)
+    kind = "vector" if options.flatten else "image"
+    out = [MultimodalDataset({"image": torch.from_numpy(x).reshape(shape)}, torch.from_numpy(y), num_classes=10,
+                             kinds={"image": kind}, name=f"mnist/{part}")
+           for part, x, y in (("train", x_train, y_train), ("test", x_test, y_test))]
+    return out[0], out[1], {"dataset": "mnist", "source": used, "train": len(y_train), "test": len(y_test)}

@@ -200,7 +200,7 @@ def _split(folder: Path, split: np.ndarray, n: int) -> np.ndarray:
     return codes
 
 
-@register_dataset("npy_dir", NpyDirOptions)
+@register_dataset("npy_dir")
 def build_npy_dir(root, options: NpyDirOptions, seed: int):
     folder = resolve(root, options.path)
     if not folder.is_dir():
