@@ -22,12 +22,10 @@ TEACHER = {
 
 
 def section() -> str:
-    """The "Add a command" section: in CONTRIBUTING.md once merged there, else in the file it was written in."""
-    for name in ("CONTRIBUTING.md", "CONTRIBUTING.command.md"):
-        text = (REPO / name).read_text() if (REPO / name).is_file() else ""
-        if SECTION in text:
-            return text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    raise AssertionError(f"no '{SECTION}' section in CONTRIBUTING.md")
+    """The "Add a command" section of CONTRIBUTING.md."""
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    assert SECTION in text, f"no '{SECTION}' section in CONTRIBUTING.md"
+    return text.split(SECTION, 1)[1].split("\n## ", 1)[0]
 
 
 def blocks() -> dict[str, str]:
