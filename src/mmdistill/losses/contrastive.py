@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.multimodal import memory_bytes
 from .base import DistillationLoss, check_temperature, compute_in_float32, register_loss
 
 
@@ -99,6 +100,12 @@ class CRD(DistillationLoss):
         if self.negatives == "other_class":
             self._bind_labels(labels, int(num_samples))
         d_s, d_t = math.prod(student_shape[1:]), math.prod(teacher_shape[1:])
+        # refused before allocating: a size the OS grants lazily would otherwise be found out by the
+        # out-of-memory killer while the banks are filled, not by an error naming the option
+        need, limit = 4 * self.feat_dim * (d_s + d_t + 2 + 2 * int(num_samples)), memory_bytes()
+        if limit and need > limit:
+            raise MemoryError(f"feat_dim={self.feat_dim}: its heads and memory banks take {need / 2**30:,.1f} GiB, "
+                              f"this machine has {limit / 2**30:,.1f} GiB")
         self.num_samples = int(num_samples)
         self.embed_s = nn.Linear(d_s, self.feat_dim)
         self.embed_t = nn.Linear(d_t, self.feat_dim)
