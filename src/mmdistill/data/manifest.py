@@ -49,7 +49,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -63,9 +63,10 @@ from .batch import RESERVED_KEYS
 from .audio import wav_truncation
 from .dataset import MultimodalDataset, check_kind, guess_kind
 from .ge2e import GE2EParams, ge2e_features
-from .npz import Kind, check_unlabelled_train, encode_labels, parse_split, resolve, stratified_test_mask
+from .npz import Kind, check_unlabelled_train, encode_labels, parse_split, stratified_test_mask
 from .text import load_tokenizer, tokenize
 from .registry import register_dataset
+from .root import find_path, resolve
 from .transforms import LogMel, LogMelParams, fix_length
 
 FILE_TYPES = {".wav": "audio", ".flac": "audio", ".png": "image", ".jpg": "image", ".jpeg": "image", ".npy": "npy"}
@@ -123,6 +124,8 @@ class ManifestModality(_Options):
 
 
 class ManifestOptions(_Options):
+    #: options naming a file or folder: searched beside the config file, then under the data root
+    PATHS: ClassVar[dict[str, str]] = {"path": "file", "modalities.*.tokenizer": "folder"}
     path: str
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     label_column: str = "label"
@@ -367,9 +370,7 @@ def _ge2e(waves: list[np.ndarray | None], rate: int, seconds: float) -> torch.Te
 
 @register_dataset("manifest", ManifestOptions)
 def build_manifest(root, options: ManifestOptions, seed: int):
-    path = resolve(root, options.path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (manifest path, relative paths are under the data root {root})")
+    path = find_path(options.path, root, what="manifest path")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         header, rows = _read_csv(path)

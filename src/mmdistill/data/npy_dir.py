@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import pydantic
@@ -31,8 +31,9 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .dataset import ModalitySpec, MultimodalDataset, guess_kind
-from .npz import PRESENT_PREFIX, NpzOptions, _labels, modalities_in_use, resolve, stratified_test_mask
+from .npz import PRESENT_PREFIX, NpzOptions, _labels, modalities_in_use, stratified_test_mask
 from .registry import register_dataset
+from .root import find_path
 
 SPLIT_CODES = ("train", "val", "test")
 
@@ -41,6 +42,7 @@ class NpyDirOptions(NpzOptions):
     """The ``npz`` options, ``path`` naming the folder; without ``standardize`` and ``text``, which
     would rewrite arrays that stay on disk (store them standardised, or tokenised, instead)."""
 
+    PATHS: ClassVar[dict[str, str]] = {"path": "folder"}
     standardize: StrictBool = False
 
     @pydantic.field_validator("standardize", "text")
@@ -202,9 +204,7 @@ def _split(folder: Path, split: np.ndarray, n: int) -> np.ndarray:
 
 @register_dataset("npy_dir", NpyDirOptions)
 def build_npy_dir(root, options: NpyDirOptions, seed: int):
-    folder = resolve(root, options.path)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder (npy_dir dataset path, relative paths are under the data root {root})")
+    folder = find_path(options.path, root, folder=True, what="npy_dir dataset path")
     names = sorted(p.stem for p in folder.glob("*.npy"))
     if "label" not in names:
         raise DataError(f"{folder}: no label.npy (files: {', '.join(n + '.npy' for n in names) or 'none'})")

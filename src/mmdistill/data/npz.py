@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from ..errors import DataError
 from .batch import RESERVED_KEYS
 from .dataset import MultimodalDataset, check_kind, guess_kind
 from .registry import register_dataset
+from .root import find_path, resolve
 from .text import TextOptions, load_tokenizer, tokenize
 
 Kind = Literal["image", "audio", "vector", "sequence"]
@@ -44,6 +45,9 @@ PRESENT_PREFIX = "present_"
 
 class NpzOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    #: options naming a file or folder (dotted, ``*`` any key): searched beside the config file,
+    #: then under the data root (:func:`mmdistill.data.root.find_path`)
+    PATHS: ClassVar[dict[str, str]] = {"path": "file", "text.*.tokenizer": "folder"}
 
     path: str
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -54,12 +58,6 @@ class NpzOptions(BaseModel):
     # (x - mean) / std with the training split's statistics: auto = feature vectors, per feature
     # (see mmdistill.data.standardize); true: every modality; false: none
     standardize: Literal["auto"] | StrictBool = "auto"
-
-
-def resolve(root: Path, path: str) -> Path:
-    """``path`` itself when absolute (or ``~``), else ``path`` under the data root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else Path(root) / p
 
 
 def stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -215,9 +213,7 @@ def _labels(path: Path, label: np.ndarray, classes) -> tuple[np.ndarray, list[st
 
 @register_dataset("npz", NpzOptions)
 def build_npz(root, options: NpzOptions, seed: int):
-    path = resolve(root, options.path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (npz dataset path, relative paths are under the data root {root})")
+    path = find_path(options.path, root, what="npz dataset path")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as err:  # BadZipFile, ValueError, OSError, EOFError, ...

@@ -492,7 +492,7 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
     ``data_config``: a YAML recipe with a ``data:`` section (its ``seed`` and
     ``train.val_fraction``, when present, pick the split; otherwise the exported checkpoint's).
     """
-    from ..config import DataConfig, format_validation_error, read_yaml
+    from ..config import DataConfig, beside_config, format_validation_error, read_yaml
     from ..data import build_data
     from ..guard import Input, check_out, data_inputs
 
@@ -519,9 +519,11 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
     if not isinstance(raw.get("data"), dict):
         raise ConfigError(f"{data_config}: data: section missing (it names the data to predict on)")
     try:
-        cfg = DataConfig.model_validate({**raw["data"], **({"root": data_root} if data_root else {})})
+        cfg = DataConfig.model_validate({**beside_config(raw["data"], Path(data_config).parent),
+                                         **({"root": data_root} if data_root else {})})
     except pydantic.ValidationError as err:
         raise ConfigError(f"{data_config}: {format_validation_error(err, 'data')}") from None
+    cfg.read_from(Path(data_config).parent)
     # the exported model's standardisation statistics (model.json), not ones recomputed from this data
     stored = {m: e["standardise"] for m, e in model.meta.get("preprocessing", {}).get("modalities", {}).items()
               if e.get("standardise")}
