@@ -43,7 +43,7 @@ def _pair_images(labels: np.ndarray, image_labels: np.ndarray, per_recording: in
 def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = "official",
                    level: Literal["clean", "hard"] = "hard", pairs_per_recording: int = 4, seed: int = 0,
                    image_energy: float = 0.25, audio_snr_db: float = 0.0,
-                   mnist_source: Literal["auto", "idx", "json10k"] = "auto"):
+                   mnist_source: Literal["auto", "idx", "json10k"] = "json10k"):
     """(train, test, info) datasets with modalities ``image`` [1,28,28] and ``audio`` [1,32,32]."""
     recordings = list_recordings(root)
     is_test = test_mask(recordings, split)

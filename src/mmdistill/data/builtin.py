@@ -27,7 +27,9 @@ class AVDigitsOptions(_Options):
     pairs_per_recording: PositiveInt = 4
     image_energy: Annotated[float, Field(gt=0, le=1)] = 0.25
     audio_snr_db: float = 0.0
-    mnist_source: Literal["auto", "idx", "json10k"] = "auto"
+    # json10k: the mnist10k subset every published number uses (mnist10k/, else derived from the
+    # official files); idx / auto: full MNIST when its files are in the data root
+    mnist_source: Literal["auto", "idx", "json10k"] = "json10k"
     pairing_seed: int = 0
 
 
