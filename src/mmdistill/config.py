@@ -7,13 +7,14 @@ typo is an error naming the key, never a silent default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import pydantic
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat, SerializeAsAny,
                       StrictBool, StrictInt)
 
+from .data.kinds import augment_kinds
 from .data.registry import DATASETS, check_options
 from .distill.ensemble import STRATEGIES, EnsembleConfig
 from .errors import ConfigError
@@ -158,8 +159,9 @@ class TimeShiftAugment(Strict):
 
 
 AugmentConfig = Annotated[Union[TranslateAugment, BandMaskAugment, TimeShiftAugment], Field(discriminator="type")]
-#: which modality kinds (:data:`mmdistill.data.dataset.MODALITY_KINDS`) each augmentation applies to
-AUGMENT_KINDS = {"translate": ("image",), "time_mask": ("audio",), "freq_mask": ("audio",), "time_shift": ("audio",)}
+#: which modality kinds each augmentation applies to (their ``augments`` in :data:`mmdistill.data.kinds.KINDS`)
+AUGMENT_KINDS = {t: augment_kinds(t) for cls in (TranslateAugment, BandMaskAugment, TimeShiftAugment)
+                 for t in get_args(cls.model_fields["type"].annotation)}
 
 
 class ViewCacheConfig(Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .batch import modality_names, presence
+from .kinds import KINDS
 
 
 class PerSample:
@@ -74,7 +75,7 @@ def apply_mixup(batch: dict, perm: torch.Tensor, lam: float) -> dict:
 
 #: kinds CutMix can cut, and how: a box in the last two axes of an image, a band of the last
 #: (time) axis of the others (a spectrogram keeps all its frequencies)
-CUTMIX_KINDS = {"image": "box", "audio": "time", "sequence": "time", "waveform": "time"}
+CUTMIX_KINDS = {k: row.cutmix for k, row in KINDS.items() if row.cutmix}
 
 
 def cut_regions(size: int, shape: tuple, how: str, cut: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:

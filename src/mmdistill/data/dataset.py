@@ -10,11 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .batch import RESERVED_KEYS, UNLABELLED
-
-#: Kinds of modality; they choose the default encoder (conv for image/audio, mlp for vector).
-#: ``text``: ``[2, max_length]`` token ids (row 0) and attention mask (row 1), see :mod:`.text`;
-#: ``waveform``: ``[samples]`` raw audio at a fixed length, e.g. for a wav2vec2 teacher.
-MODALITY_KINDS = ("image", "audio", "vector", "sequence", "text", "waveform")
+from .kinds import DECLARABLE, KINDS, MODALITY_KINDS  # noqa: F401  (MODALITY_KINDS: the kinds' table, re-exported)
 
 
 @dataclass(frozen=True)
@@ -33,14 +29,11 @@ class ModalitySpec:
         return cls(d["name"], d["kind"], tuple(d["shape"]))
 
 
-#: how many per-sample axes a modality of each declarable kind has
-KIND_AXES = {"image": (2, 3), "audio": (2, 3), "vector": (1,), "sequence": (2,)}
-
-
 def check_kind(where: str, modality: str, kind: str, shape: Sequence[int]) -> None:
-    """Refuse a declared ``kinds`` entry that the samples' shape cannot be: an image or spectrogram
-    is [C, H, W] or [H, W], a vector [D], a sequence [T, D]."""
-    axes = KIND_AXES.get(kind)
+    """Refuse a declared ``kinds`` entry that the samples' shape cannot be (the kind's ``axes`` in
+    :data:`~mmdistill.data.kinds.KINDS`: an image or spectrogram is [C, H, W] or [H, W], a vector
+    [D], a sequence [T, D])."""
+    axes = KINDS[kind].axes if kind in DECLARABLE else None
     if axes is not None and len(shape) not in axes:
         raise DataError(f"{where}: kinds.{modality}: {kind} data has {' or '.join(map(str, axes))} axes per sample, "
                         f"but {modality!r} has shape {list(shape)}")

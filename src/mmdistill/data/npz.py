@@ -35,11 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from ..errors import DataError
 from .batch import RESERVED_KEYS
 from .dataset import MultimodalDataset, check_kind, guess_kind
+from .kinds import DECLARABLE
 from .registry import register_dataset
 from .root import find_path, resolve
 from .text import TextOptions, load_tokenizer, tokenize
 
-Kind = Literal["image", "audio", "vector", "sequence"]
+Kind = Literal[DECLARABLE]  # the kinds a ``kinds:`` option may declare
 PRESENT_PREFIX = "present_"
 
 

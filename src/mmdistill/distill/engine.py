@@ -35,6 +35,7 @@ from ..config import AUGMENT_KINDS, TrainConfig
 from ..data.augment import CUTMIX_KINDS, training_inputs
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
+from ..data.kinds import kinds_with
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
 from ..optim import build_optimizer, build_scheduler  # noqa: F401  (registries of optimisers, schedules)
@@ -110,7 +111,7 @@ def in_last_tenth(best_epoch: int, epochs: int) -> bool:
 
 
 #: kinds whose last axis is time, the only ones a time shift makes sense for
-TIME_KINDS = ("audio", "sequence", "waveform")
+TIME_KINDS = kinds_with(time_axis=True)
 
 
 def check_train_options(cfg: TrainConfig, specs: dict) -> None:
