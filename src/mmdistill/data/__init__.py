@@ -104,7 +104,7 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
     train, test, info = built
     where = f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else "")
     check_classes(where, train, test)
-    if getattr(train, "val_mask", None) is not None:  # npy_dir: split.npy names the validation samples
+    if train.val_mask is not None:  # the data file marks the validation samples (a split of val)
         train, val = train.split_file_val()
     else:
         before = set(torch.unique(train.labels[train.labels >= 0]).tolist())

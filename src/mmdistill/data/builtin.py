@@ -12,16 +12,31 @@ from .av_digits import load_av_digits
 from .dataset import MultimodalDataset
 from ..errors import DataError
 from .fsdd import ge2e_fsdd, list_recordings, log_mel_features, test_mask, waveforms
-from .ge2e import GE2EParams
+from .ge2e import GE2EParams, describe_ge2e
 from .mnist import load_mnist
 from .registry import register_dataset
+from .source import DatasetOptions
+from .transforms import LogMelParams, describe_log_mel
 
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class AVDigitsOptions(_Options):
+def _fsdd_log_mel(snr_db) -> dict:
+    """The built-in spoken-digit spectrogram (FSDD's, AV-Digits' ``audio``)."""
+    params = LogMelParams().to_dict()
+    text = "FSDD spoken digit: " + describe_log_mel(params)
+    if snr_db is not None:
+        text += f"; training data had white noise mixed in at {snr_db} dB SNR before the spectrogram"
+    return {"description": text, "log_mel": params}
+
+
+def _mnist_digit(flatten: bool) -> str:
+    return "MNIST digit, 28x28 grayscale in [0, 1]" + (", flattened row-major -> [784]" if flatten else " -> [1, 28, 28]")
+
+
+class AVDigitsOptions(DatasetOptions):
     split: Literal["official", "unseen-speaker"] = "official"
     level: Literal["clean", "hard"] = "hard"
     pairs_per_recording: PositiveInt = 4
@@ -32,6 +47,19 @@ class AVDigitsOptions(_Options):
     mnist_source: Literal["auto", "idx", "json10k"] = "json10k"
     pairing_seed: int = 0
 
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        hard = info.get("level") == "hard"
+        if modality == "audio":
+            return _fsdd_log_mel(info.get("audio_snr_db") if hard else info.get("snr_db"))
+        if modality == "image":
+            text = _mnist_digit(flatten=False)
+            if hard:
+                text += (f"; training data was rebuilt from the {info.get('pca_components')} leading principal "
+                         f"components of the training images ({info.get('image_energy_kept')} of their energy)")
+            return {"description": text}
+        return None
+
 
 @register_dataset("av_digits", AVDigitsOptions)
 def build_av_digits(root, options: AVDigitsOptions, seed: int):
@@ -39,10 +67,14 @@ def build_av_digits(root, options: AVDigitsOptions, seed: int):
     return load_av_digits(root, seed=opts.pop("pairing_seed"), **opts)
 
 
-class MNISTOptions(_Options):
+class MNISTOptions(DatasetOptions):
     source: Literal["auto", "idx", "json10k"] = "auto"
     train_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.8
     flatten: bool = False
+
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        return {"description": _mnist_digit(bool(options.get("flatten")))}
 
 
 @register_dataset("mnist", MNISTOptions)
@@ -74,7 +106,7 @@ class GE2EOptions(_Options):
     seconds: PositiveFloat = 1.6
 
 
-class FSDDOptions(_Options):
+class FSDDOptions(DatasetOptions):
     split: Literal["official", "unseen-speaker"] = "official"
     snr_db: float | None = None
     # what the label is: the spoken ``digit`` (10 classes) or the ``speaker`` (6, sorted by name)
@@ -83,6 +115,14 @@ class FSDDOptions(_Options):
     waveform: WaveformOptions | None = None
     # also a ``ge2e`` modality of the same recordings (for the pretrained speaker encoder, model kind ``pretrained``)
     ge2e: GE2EOptions | None = None
+
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        if modality == "audio":
+            return _fsdd_log_mel(info.get("snr_db"))
+        if modality == "ge2e" and info.get("ge2e"):
+            return {"description": describe_ge2e(info["ge2e"], spec.shape), "ge2e": info["ge2e"]}
+        return None
 
 
 @register_dataset("fsdd", FSDDOptions)

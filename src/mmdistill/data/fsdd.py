@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 
 from ..errors import DataError
-from .audio import wav_truncation
+from . import audio
 from .root import cache_dir, data_root, download
 from .transforms import LogMel, LogMelParams, fix_length, mix_noise
 
@@ -97,26 +96,9 @@ def fetch(root: Path) -> None:
 
 
 def read_wave(path: Path, sample_rate: int) -> np.ndarray:
-    """A mono float32 waveform; stereo (or more channels) is downmixed to the channels' mean.
-
-    A corrupt file, a file cut short mid-data, a wrong rate or a NaN/infinite sample is a
-    DataError naming the file.
-    """
-    truncated = wav_truncation(path)
-    if truncated:
-        raise DataError(f"{path}: WAV file cut short (its data chunk declares {truncated[0]} bytes, "
-                        f"{truncated[1]} are present)")
-    try:
-        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile raises its own error types for corrupt files
-        raise DataError(f"{path}: cannot decode audio ({err})") from None
-    if rate != sample_rate:
-        raise DataError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz")
-    if wave.shape[0] == 0:
-        raise DataError(f"{path}: empty recording")
-    if not np.isfinite(wave).all():
-        raise DataError(f"{path}: NaN or infinite sample at frame {int(np.flatnonzero(~np.isfinite(wave).all(1))[0])}")
-    return wave.mean(axis=1)
+    """One FSDD recording (:func:`mmdistill.data.audio.read_wave`): FSDD is 8 kHz by definition,
+    so a file at another rate is refused, not resampled."""
+    return audio.read_wave(path, sample_rate, resample=False)
 
 
 def waveforms(recordings: list[Recording], sample_rate: int, length: int, *, normalize: bool = True,
