@@ -71,9 +71,11 @@ def locate_paths(cfg, options, root, prefix: str = "data"):
     found = {}
     for pattern, kind in patterns.items():
         for keys, value in path_options(raw, [pattern]):
-            found[keys] = str(find_path(value, root, getattr(cfg, "config_dir", None), folder=kind == "folder",
-                                        what=f"{prefix}.{'.'.join(keys)}"))
-    return type(options).model_validate(replace_paths(raw, found))
+            path = str(find_path(value, root, getattr(cfg, "config_dir", None), folder=kind == "folder",
+                                 what=f"{prefix}.{'.'.join(keys)}"))
+            if path != value:
+                found[keys] = path
+    return type(options).model_validate(replace_paths(raw, found)) if found else options
 
 
 def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: dict | None = None,
