@@ -514,7 +514,7 @@ def main(argv=None) -> None:
     # the dataset builder does not use the run seed (AV-Digits pairs with its own pairing_seed): built once
     data_raw = args.data or apply_overrides(recipe("av_digits_teacher"), list(args.overrides))["data"]
     dcfg = DataConfig.model_validate(data_raw)
-    built = DATASETS.get(dcfg.name).builder(data_root(dcfg.root), parse_options(dcfg.name, dcfg.options), 0)
+    built = DATASETS.get(dcfg.name)(data_root(dcfg.root), parse_options(dcfg.name, dcfg.options), 0)
     if dcfg.name != "av_digits":
         built = None  # e.g. synthetic draws with the seed: build per seed
     # the first fraction on every seed, then seed by seed: a run cut short still has whole rows

@@ -76,7 +76,7 @@ NAME = "pretrained_teacher"
 def load(root) -> dict:
     """Every FSDD clip's two front ends and both labels, the official test mask."""
     opts = parse_options("fsdd", {"label": "speaker", "ge2e": {}})
-    train, test, info = DATASETS.get("fsdd").builder(data_root(root), opts, 0)
+    train, test, info = DATASETS.get("fsdd")(data_root(root), opts, 0)
     recordings = list_recordings(data_root(root))
     digits = torch.tensor([r.digit for r in recordings])
     is_test = torch.tensor([r.index <= 4 for r in recordings])

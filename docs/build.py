@@ -524,7 +524,7 @@ def _losses(results: Path):
     from mmdistill.losses import LOSSES, loss_options
 
     def options(*names: str) -> str:
-        opts = {k: p.default for name in names for k, p in loss_options(name).items()}
+        opts = {k: v for name in names for k, v in loss_options(name).items()}
         return ", ".join(f"`{k}`" + (f" ({v:g})" if isinstance(v, (int, float)) else "") for k, v in opts.items())
 
     def table(rows: list[tuple[list[str], str, str, str]]) -> str:

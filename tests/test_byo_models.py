@@ -118,8 +118,8 @@ class WidthOptions(BaseModel):
 def test_registry_validates_an_entry_against_its_options_model():
     reg = Registry("widget")
     reg.register("plain", options=WidthOptions)(object)
-    reg.register("bare")(object)
-    assert reg.options("plain") is WidthOptions and reg.options("bare") is None
+    reg.register("bare")(object)  # no options model given: read from object's signature (no options)
+    assert reg.options("plain") is WidthOptions and reg.options("bare").model_fields == {}
     entry = reg.parse({"type": "plain", "width": 7})
     assert isinstance(entry, WidthOptions) and entry.width == 7 and entry.type == "plain"
     assert entry.model_dump() == {"width": 7, "type": "plain"}

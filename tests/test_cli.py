@@ -93,7 +93,7 @@ def test_loss_option_errors(tmp_path, capsys):
     cfg = tiny_student(tmp_path / "missing.pt")
     cfg["distill"]["terms"] = [{"name": "kd", "temperatur": 4}]
     assert run_cli("distill", write(tmp_path, "s.yaml", cfg), "--out", tmp_path / "run") == 2
-    assert "distill.terms[0].temperatur: unknown option for loss 'kd'" in capsys.readouterr().err
+    assert "distill.terms[0].temperatur: unknown key (loss 'kd' takes: temperature)" in capsys.readouterr().err
     cfg["distill"]["terms"] = [{"name": "kd", "temperature": "hot"}]
     assert run_cli("distill", write(tmp_path, "s.yaml", cfg), "--out", tmp_path / "run") == 2
     assert "distill.terms[0].temperature" in capsys.readouterr().err

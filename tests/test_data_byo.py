@@ -41,7 +41,7 @@ def mnist(digit: int, count: int) -> np.ndarray:
 
 
 def build(name, root, seed=0, **options):
-    return DATASETS.get(name).builder(Path(root), parse_options(name, options), seed)
+    return DATASETS.get(name)(Path(root), parse_options(name, options), seed)
 
 
 def write_csv(path: Path, header, rows):

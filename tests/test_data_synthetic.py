@@ -11,7 +11,7 @@ from mmdistill.errors import ConfigError  # noqa: E402
 
 
 def build(seed=0, **options):
-    return DATASETS.get("synthetic").builder(None, parse_options("synthetic", options), seed)
+    return DATASETS.get("synthetic")(None, parse_options("synthetic", options), seed)
 
 
 def test_shapes_kinds_and_info():

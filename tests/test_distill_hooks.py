@@ -22,7 +22,7 @@ CFG = TrainConfig(epochs=1, batch_size=16, eval_batch_size=64, progress=False)
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic").builder
+    builder = DATASETS.get("synthetic")
     train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 32, "test_size": 8}), 0)
     return DataSplits(train=train_set, val=None, test=test_set, info=info)
 

@@ -30,7 +30,7 @@ CFG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=64, progress=False)
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic").builder
+    builder = DATASETS.get("synthetic")
     train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 80, "test_size": 20}), 0)
     fit, val = split_validation(train_set, 0.2, seed=0)
     return DataSplits(train=fit, val=val, test=test_set, info=info)

@@ -15,7 +15,8 @@ from mmdistill.api import distill, make_terms, train  # noqa: E402
 from mmdistill.config import TrainConfig  # noqa: E402
 from mmdistill.data import DATASETS, DataSplits, parse_options, split_validation  # noqa: E402
 from mmdistill.distill import backends, distributed  # noqa: E402
-from mmdistill.distill.engine import EpochMeter, Trainer, resolve_device  # noqa: E402
+from mmdistill.distill.distributed import resolve_device  # noqa: E402
+from mmdistill.distill.engine import EpochMeter, Trainer  # noqa: E402
 from mmdistill.distill.tasks import DistillationTask  # noqa: E402
 from mmdistill.errors import ConfigError  # noqa: E402
 from mmdistill.losses import LOSSES  # noqa: E402
@@ -34,7 +35,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic").builder
+    builder = DATASETS.get("synthetic")
     train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 90, "test_size": 20}), 0)
     fit, val = split_validation(train_set, 0.2, seed=0)
     return DataSplits(train=fit, val=val, test=test_set, info=info)

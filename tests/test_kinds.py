@@ -4,7 +4,7 @@ import typing
 import pytest
 import torch
 
-from mmdistill.config import AUGMENT_KINDS, AugmentConfig
+from mmdistill.data.augment import AUGMENT_KINDS, AugmentConfig
 from mmdistill.data.augment import CUTMIX_KINDS
 from mmdistill.data.dataset import check_kind
 from mmdistill.data.kinds import DECLARABLE, KINDS, MODALITY_KINDS, augment_kinds, kinds_with

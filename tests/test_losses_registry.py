@@ -27,7 +27,7 @@ def test_description_and_inputs(name):
 
 
 def test_unknown_option_names_the_key():
-    with pytest.raises(ConfigError, match=r"^distill\.loss\.temperatur: unknown option.*temperature"):
+    with pytest.raises(ConfigError, match=r"^distill\.loss\.temperatur: unknown key \(loss 'kd' takes: temperature\)"):
         build_loss("kd", {"temperatur": 2.0}, where="distill.loss")
 
 

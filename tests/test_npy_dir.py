@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 
 
 def build(root, seed=0, **options):
-    return DATASETS.get("npy_dir").builder(Path(root), parse_options("npy_dir", options), seed)
+    return DATASETS.get("npy_dir")(Path(root), parse_options("npy_dir", options), seed)
 
 
 def write(folder: Path, **arrays) -> Path:

@@ -25,7 +25,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic").builder
+    builder = DATASETS.get("synthetic")
     train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 96, "test_size": 16}), 0)
     fit, val = split_validation(train_set, 0.2, seed=0)
     return DataSplits(train=fit, val=val, test=test_set, info=info)

@@ -222,7 +222,7 @@ def test_config_errors_name_the_key(manifest):
 def test_fsdd_speaker_labels(data_root):
     """``label: speaker``: 6 classes (speakers sorted by name), the same official split; a held-out
     speaker cannot be a class."""
-    from mmdistill.data.builtin import FSDDOptions, build_fsdd
+    from mmdistill.data.fsdd import FSDDOptions, build_fsdd
     from mmdistill.data.fsdd import list_recordings
     from mmdistill.errors import DataError
 

@@ -119,7 +119,7 @@ class Crash(Exception):
 
 
 def tiny_data() -> DataSplits:
-    train_set, test_set, _ = DATASETS.get("synthetic").builder(
+    train_set, test_set, _ = DATASETS.get("synthetic")(
         None, parse_options("synthetic", {"train_size": 120, "test_size": 30}), 0)
     return DataSplits(train=train_set, test=test_set, val=test_set)
 

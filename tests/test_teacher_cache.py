@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 
 def tiny_data():
-    train_set, test_set, _ = DATASETS.get("synthetic").builder(None, parse_options("synthetic", {"train_size": 200, "test_size": 50}), 0)
+    train_set, test_set, _ = DATASETS.get("synthetic")(None, parse_options("synthetic", {"train_size": 200, "test_size": 50}), 0)
     return DataSplits(train=train_set, test=test_set)
 
 

@@ -27,7 +27,8 @@ from torch import nn
 
 from .config import EnsembleConfig, LossTermConfig, TrainConfig, format_validation_error
 from .data.dataset import DataSplits
-from .distill.engine import FitResult, Trainer, resolve_device
+from .distill.distributed import resolve_device
+from .distill.engine import FitResult, Trainer
 from .distill.ensemble import STRATEGIES, TeacherEnsemble
 from .distill.hooks import OUTPUT
 from .distill.tasks import DistillationTask, SupervisedTask, Term

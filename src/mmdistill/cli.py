@@ -285,6 +285,45 @@ def losses():
     console.print(table)
 
 
+@app.command("list")
+def list_cmd(group: Optional[str] = typer.Argument(None, help="losses, encoders, fusions, heads, models, datasets, "
+                                                             "optimisers, schedulers or strategies (default: all)."),
+             config: Optional[Path] = typer.Option(None, "--config", help="Also list the entries this config's "
+                                                                          "imports: register.")):
+    """List every registry's entries (what a config can name) with their options and defaults."""
+    import inspect
+
+    from pydantic import BaseModel
+
+    from .data import DATASETS
+    from .distill.ensemble import STRATEGIES
+    from .losses import LOSSES
+    from .models import ENCODERS, FUSIONS, HEADS, MODEL_KINDS
+    from .optim import OPTIMIZERS, SCHEDULERS
+
+    registries = {r.group: r for r in (LOSSES, ENCODERS, FUSIONS, HEADS, MODEL_KINDS, DATASETS, OPTIMIZERS,
+                                       SCHEDULERS, STRATEGIES)}
+    if group is not None and group not in registries:
+        raise typer.BadParameter(f"{group!r} is not a registry (choose from {', '.join(registries)})",
+                                 param_hint="GROUP")
+    if config is not None:
+        _config(config, None, None, None)  # imports its imports: (the one way a user's code runs)
+    for name in ([group] if group else registries):
+        registry = registries[name]
+        table = Table(title=f"{name} (named by {registry.key}:)" if registry.key else name)
+        for col in ("name", "options (default)", "description"):
+            table.add_column(col)
+        for entry, builder in registry.items():
+            model = registry.options(entry)
+            defaults = {k: f.default.model_dump() if isinstance(f.default, BaseModel) else f.default
+                        for k, f in model.model_fields.items() if not f.is_required()}  # as a config writes them
+            options = ", ".join(f"{k}={defaults[k]!r}" if k in defaults else k
+                                for k in model.model_fields if k != registry.key)
+            doc = inspect.getdoc(builder) or ""
+            table.add_row(Text(entry), Text(options), Text(" ".join(doc.split("\n\n")[0].split())))
+        console.print(table)
+
+
 @app.command("export")
 def export_cmd(checkpoint: Path = typer.Argument(..., help="A best.pt or last.pt checkpoint."),
                out: Path = typer.Option(..., "--out", help="Export folder to create."),

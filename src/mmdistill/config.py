@@ -2,29 +2,31 @@
 
 Engineering settings (``train``: epochs, optimiser, device) are kept apart from method settings
 (``distill``: teacher, loss terms), as TextBrewer does. Every section forbids unknown keys, so a
-typo is an error naming the key, never a silent default.
+typo is an error naming the key, never a silent default. A section's options model lives beside
+the code that uses it (``train``: :mod:`mmdistill.distill.engine`, ``train.optimizer``:
+:mod:`mmdistill.optim`, ...); this module composes them and reads YAML.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat, SerializeAsAny,
-                      StrictBool, StrictInt)
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from .data.kinds import augment_kinds
-from .data.registry import DATASETS, check_options
+from .data.augment import AUGMENT_KINDS
+from .data.registry import DATASETS
+from .distill.engine import TrainConfig
 from .distill.ensemble import STRATEGIES, EnsembleConfig
 from .errors import ConfigError
-from .losses.base import LOSSES, check_loss_options
+from .losses.base import LOSSES
 from .models.encoders import ConvEncoderConfig, MLPEncoderConfig  # noqa: F401  (the built-in encoders' options)
 from .models.fusion import PlainFusionConfig, ProjectedFusionConfig  # noqa: F401
-from .models.kinds import FactoryModelConfig, parse_model_config  # noqa: F401
+from .models.kinds import MODEL_KINDS, FactoryModelConfig  # noqa: F401
 from .models.multimodal import HeadConfig, ModelConfig  # noqa: F401  (the multimodal model kind's config)
-from .optim import OPTIMIZERS, SCHEDULERS, OptimizerConfig, SchedulerConfig
-from .options import PositiveInt, Seed, Strict
+from .optim import OptimizerConfig, SchedulerConfig  # noqa: F401  (train.optimizer's and train.scheduler's options)
+from .options import Seed, Strict
 from .options import format_validation_error as _format_validation_error
 from .plugins import load_imports
 
@@ -76,7 +78,7 @@ class DataConfig(BaseModel):
     @pydantic.model_validator(mode="after")
     def _dataset_options(self):
         """The dataset's own options against its options model (:data:`~mmdistill.data.DATASETS`)."""
-        check_options(self.name, self.options)
+        DATASETS.validate(self.name, self.options)
         return self
 
     @property
@@ -116,7 +118,7 @@ def beside_config(data: Any, config_dir: str | Path) -> Any:
         return out
     options = {k: v for k, v in out.items() if k not in DataConfig.model_fields}
     new = {}
-    for keys, value in path_options(options, getattr(DATASETS.get(out["name"]).options, "PATHS", {})):
+    for keys, value in path_options(options, getattr(DATASETS.options(out["name"]), "PATHS", {})):
         beside = Path(config_dir) / Path(value).expanduser()
         if not Path(value).expanduser().is_absolute() and beside.exists():
             new[keys] = os.path.abspath(beside)
@@ -124,166 +126,9 @@ def beside_config(data: Any, config_dir: str | Path) -> Any:
 
 
 # --- training -----------------------------------------------------------------------------
-# optimisers and learning-rate schedules (``train.optimizer``, ``train.scheduler``): mmdistill.optim
-
-
-# --- input augmentation (``train.augment``), per modality ----------------------------------------
-class TranslateAugment(Strict):
-    """Images: move by (dx, dy), each uniform in [-pixels, pixels], zero fill (= pad + random crop)."""
-
-    type: Literal["translate"]
-    pixels: PositiveInt = 2
-
-
-class BandMaskAugment(Strict):
-    """Spectrograms (SpecAugment): ``count`` bands of time steps / frequency bins set to zero, each
-    uniform in [min_width, width] wide."""
-
-    type: Literal["time_mask", "freq_mask"]
-    width: PositiveInt
-    count: PositiveInt = 1
-    min_width: Annotated[int, Field(ge=0)] = 0
-
-    @pydantic.model_validator(mode="after")
-    def _widths(self):
-        if self.min_width > self.width:
-            raise ValueError(f"min_width: {self.min_width} is more than width {self.width}")
-        return self
-
-
-class TimeShiftAugment(Strict):
-    """Spectrograms: shift along time by up to ``fraction`` of the length either way, edge repeated."""
-
-    type: Literal["time_shift"]
-    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-
-
-AugmentConfig = Annotated[Union[TranslateAugment, BandMaskAugment, TimeShiftAugment], Field(discriminator="type")]
-#: which modality kinds each augmentation applies to (their ``augments`` in :data:`mmdistill.data.kinds.KINDS`)
-AUGMENT_KINDS = {t: augment_kinds(t) for cls in (TranslateAugment, BandMaskAugment, TimeShiftAugment)
-                 for t in get_args(cls.model_fields["type"].annotation)}
-
-
-class ViewCacheConfig(Strict):
-    """``train.view_cache``: teacher outputs for ``views`` seeded augmented views of every training
-    sample, computed once before training (see :mod:`mmdistill.distill.views`)."""
-
-    views: PositiveInt = 8  # K views per sample; each epoch a sample draws one of them (seeded)
-    dtype: Literal["float32", "float16"] = "float16"  # storage of the teacher outputs
-    # keep only the k largest teacher logits per view (plus the mean of the others, which fills them
-    # back in); None: all. Features the loss terms read are stored whole
-    topk: PositiveInt | None = None
-    storage: Literal["memory", "mmap"] = "mmap"  # mmap: np.memmap files, deleted when the fit ends
-    seed: int | None = None  # seed of the views (None: the run's seed)
-    # false: the teachers run on each regenerated view instead (the same views, no cache; the reference)
-    cache: StrictBool = True
-
-
-class EarlyStoppingConfig(Strict):
-    """Stop when validation accuracy (the training loss's negative without a validation split) has
-    not improved by more than ``min_delta`` for ``patience`` epochs; the model keeps its best weights."""
-
-    patience: PositiveInt
-    min_delta: NonNegativeFloat = 0.0
-
-
-class TrainConfig(Strict):
-    # at most this many epochs; the learning-rate schedule spans them even when early stopping ends
-    # the run sooner. A run whose best epoch is in the last tenth of them, and which did not stop
-    # early, is flagged as not converged (``converged: false`` in summary.json, and a log line)
-    epochs: PositiveInt = 10
-    # e.g. {patience: 5, min_delta: 0.002}: stop after ``patience`` epochs without an improvement of
-    # the validation accuracy by more than ``min_delta`` (a fraction: 0.002 = 0.2 points); the same
-    # decision on every process under torchrun; null (default): run all ``epochs``
-    early_stopping: EarlyStoppingConfig | None = None
-    batch_size: PositiveInt = 128
-    # distilling with unlabelled samples: each step's batch is ``labelled_batch_size`` labelled
-    # samples (cross-entropy reads these) followed by ``batch_size`` samples drawn from the whole
-    # training set with their labels hidden (the transfer batch); distillation terms read every
-    # sample of it. An epoch is one pass of the transfer batches over the training set. null
-    # (default): one batch of ``batch_size`` samples, cross-entropy on its labelled members
-    labelled_batch_size: PositiveInt | None = None
-    eval_batch_size: PositiveInt = 1024
-    optimizer: OPTIMIZERS.field() = OptimizerConfig()
-    scheduler: SCHEDULERS.field() = SchedulerConfig()
-    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    grad_clip: PositiveFloat | None = None
-    mixup: NonNegativeFloat = 0.0  # Beta(alpha, alpha) mixup across all modalities; 0 = off
-    # CutMix (Yun et al. 2019) with lam ~ Beta(alpha, alpha): one partner and one cut fraction for all
-    # modalities of a sample (images: a box, spectrograms and sequences: a band of time); 0 = off
-    cutmix: NonNegativeFloat = 0.0
-    # modality -> drop rate; below 1: at 1 the modality would never be seen in training
-    modality_dropout: dict[str, Annotated[float, Field(ge=0, lt=1)]] = {}
-    # modality -> largest random time shift, as a fraction of the last (time) axis; the student sees
-    # shifted inputs, teachers the aligned ones
-    time_shift: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
-    cache_teacher: StrictBool = True  # compute frozen teachers' outputs once per run (not with mixup)
-    # where that cache lives: ``memory`` (tensors), or ``mmap``: np.memmap files in a temporary folder
-    # (inside the run directory when there is one), deleted when the fit ends; ``cache_dtype``
-    # float16 halves its size (outputs are read back as float32)
-    cache_storage: Literal["memory", "mmap"] = "memory"
-    cache_dtype: Literal["float32", "float16"] = "float32"
-    # modality -> input augmentations, applied in order to every training batch (teachers being
-    # trained and distilled students see them); e.g. {image: [{type: translate, pixels: 2}]}
-    augment: dict[str, list[AugmentConfig]] = {}
-    # what distillation teachers see (mmdistill.data.augment.training_inputs): ``consistent``: exactly
-    # the student's input (augmented, modality-dropped, time-shifted, mixed); ``same``: the augmented
-    # input, whole and aligned, mixed as the student's; ``clean``: the stored sample, mixed as the
-    # student's. The plain teacher cache only serves inputs that are stored samples
-    augment_teacher: Literal["same", "clean", "consistent"] = "same"
-    # teacher outputs precomputed on K seeded augmented views per sample (None: off)
-    view_cache: ViewCacheConfig | None = None
-    progress: StrictBool = True
-    # extra sinks for the per-epoch metrics (metrics.jsonl is always written): tensorboard writes
-    # event files to RUN_DIR/tensorboard (needs the optional extra: pip install 'mmdistill[tensorboard]')
-    log: list[Literal["tensorboard"]] = []
-    # mixed precision of the training step (forward and losses): ``bf16`` or ``fp16`` run it under
-    # torch.autocast on the device, ``fp16`` with a GradScaler; weights, optimiser state,
-    # checkpoints and validation stay float32, and the losses compute in float32. fp32 is the
-    # default: bf16 changes the numerics, and it is only faster where the hardware computes in bf16
-    # (1.41x on the Hinton pair, 1.32x on AV-Digits, on an AVX512-BF16 CPU: benchmarks/results/throughput.md)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # torch.compile the student's forward (and the teachers' when they are not cached); needs a C++
-    # compiler on CPU. Off by default: on CPU it was slower on the Hinton MLPs (0.90x) though faster
-    # on the AV-Digits CNN (1.36x, benchmarks/results/throughput.md), it compiles for tens of
-    # seconds, and compiled dropout draws other random numbers than eager
-    compile: StrictBool = False
-    # DataLoader worker processes for the training set (0: batches are gathered in the main process).
-    # The engine's random draws (shuffling, augmentation, mixup, dropout) stay in the main process,
-    # so the weights do not depend on the count; each worker is seeded from the run's seed
-    # (torch's per-worker seed, also given to numpy and random), for datasets that draw their own.
-    # Pays off for data read from disk (npy_dir); in-memory data is one gather per batch
-    workers: Annotated[int, Field(ge=0)] = 0
-    # bit-identical repeats on CUDA too: torch.use_deterministic_algorithms, cuDNN's deterministic
-    # kernels without autotuning, CUBLAS_WORKSPACE_CONFIG; slower on GPUs, free on CPU
-    # (mmdistill.distill.backends says what it sets and costs)
-    deterministic: StrictBool = False
-
-    @pydantic.model_validator(mode="after")
-    def _mixing(self):
-        if self.mixup > 0 and self.cutmix > 0:
-            raise ValueError("cutmix: set either mixup or cutmix, not both")
-        if self.view_cache is not None:
-            if self.mixup > 0 or self.cutmix > 0:
-                raise ValueError("view_cache: cannot serve mixup or cutmix (a cached view holds one sample, a mixed "
-                                 "input pairs samples per batch); set mixup and cutmix to 0 or drop view_cache")
-            if self.augment_teacher == "clean":
-                raise ValueError("view_cache: with augment_teacher: clean the teachers see stored samples and "
-                                 "cache_teacher serves them; use augment_teacher: consistent or same")
-            if not (self.augment or self.modality_dropout or self.time_shift):
-                raise ValueError("view_cache: there is no augmentation to make views with (set train.augment, "
-                                 "modality_dropout or time_shift)")
-        return self
-
-    @pydantic.field_validator("log")
-    @classmethod
-    def _sinks_installed(cls, sinks):
-        import importlib.util
-
-        if "tensorboard" in sinks and importlib.util.find_spec("tensorboard") is None:
-            raise ValueError("tensorboard is not installed; pip install 'mmdistill[tensorboard]' "
-                             "(or remove it from train.log)")
-        return sinks
+# ``train``: the loop's options, :class:`mmdistill.distill.engine.TrainConfig`; its optimisers and
+# learning-rate schedules (``train.optimizer``, ``train.scheduler``): mmdistill.optim; its input
+# augmentations (``train.augment``): mmdistill.data.augment; ``train.view_cache``: mmdistill.distill.views
 
 
 # --- distillation -------------------------------------------------------------------------
@@ -306,9 +151,7 @@ class LossTermConfig(BaseModel):
     @pydantic.model_validator(mode="after")
     def _loss_options(self):
         """The loss's own options against its options model (validated here, built once, later)."""
-        if self.name not in LOSSES:
-            raise ValueError(f"name: unknown loss {self.name!r} (known: {', '.join(LOSSES)})")
-        check_loss_options(self.name, self.options)
+        LOSSES.validate(self.name, self.options)
         return self
 
     @property
@@ -376,7 +219,7 @@ class RunConfig(Strict):
     data: DataConfig
     # the multimodal model (encoders, fusion, head) or another model kind selected by its key
     # (``factory``, see :mod:`mmdistill.models.kinds`)
-    model: Annotated[SerializeAsAny[BaseModel], BeforeValidator(parse_model_config)]
+    model: MODEL_KINDS.field()
     train: TrainConfig = TrainConfig()
     distill: DistillConfig | None = None
 

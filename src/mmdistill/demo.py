@@ -18,7 +18,7 @@ import yaml
 
 from .config import RunConfig, apply_overrides, parse_config
 from .data.root import cache_dir
-from .distill.engine import resolve_device
+from .distill.distributed import resolve_device
 from .errors import DataError
 from .export.bundle import export_checkpoint
 from .rundir import RunDir, check_run_dir, write_json

@@ -72,15 +72,13 @@ def checkpoint_inputs(path: str | os.PathLike, payload: dict | None = None, labe
                       data_root: str | None = None) -> list[Input]:
     """A checkpoint and the data files its recorded data config (``meta.data``; ``data_root``
     replacing its root, as the command does) reads."""
-    from .config import DataConfig
+    from .checkpoint_data import recorded_data_config
 
     found = [Input(label, Path(path))]
-    meta = (payload or {}).get("meta")
-    if isinstance(meta, dict) and isinstance(meta.get("data"), dict):
+    if payload is not None:
         try:
-            raw = {**meta["data"], **({"root": data_root} if data_root else {})}
-            found += data_inputs(DataConfig.model_validate(raw), f"{label}'s data")
-        except Exception:  # an invalid recorded data config is reported where the data is built
+            found += data_inputs(recorded_data_config(path, payload, data_root), f"{label}'s data")
+        except Exception:  # a missing or invalid recorded data config is reported where the data is built
             pass
     return found
 
@@ -122,20 +120,21 @@ def _check_file_out(out: Path, target: Path, file_kind: Callable[[Path], bool], 
 def owning_folder(path: Path) -> tuple[Path, str] | None:
     """(folder, "run directory" or "export folder") of the nearest mmdistill run directory or
     export folder holding ``path``; None when there is none."""
-    from .export.runtime import MODEL_JSON
     from .rundir import read_record
 
     for folder in _real(path).parents:
         if read_record(folder) is not None:
             return folder, "run directory"
-        if is_export(folder, MODEL_JSON):
+        if is_export(folder):
             return folder, "export folder"
     return None
 
 
-def is_export(folder: Path, model_json: str = "model.json") -> bool:
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds an mmdistill export's ``model.json`` (the name of
+    :data:`mmdistill.export.runtime.MODEL_JSON`, spelt out: the export commands import this module)."""
     try:
-        meta = json.loads((folder / model_json).read_text())
+        meta = json.loads((folder / "model.json").read_text())
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and str(meta.get("format", "")).startswith("mmdistill-export/")

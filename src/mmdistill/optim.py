@@ -3,10 +3,11 @@
 An optimiser is ``builder(params, options) -> torch.optim.Optimizer``; a schedule is
 ``builder(options, epochs) -> factor(e)``, the learning-rate factor at the (fractional) epoch
 ``e`` counted after the warm-up. ``train.optimizer`` and ``train.scheduler`` name them by
-``name``; a user's entry (registered in a module listed under ``imports:``) works the same::
+``name``; a user's entry (registered in a module listed under ``imports:``) works the same, its
+options model read from the annotation of its options parameter::
 
-    @OPTIMIZERS.register("rmsprop", options=RMSpropOptions)
-    def rmsprop(params, options):
+    @OPTIMIZERS.register("rmsprop")
+    def rmsprop(params, options: RMSpropOptions):
         return torch.optim.RMSprop(params, lr=options.lr, alpha=options.alpha)
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, StrictBool
 from .options import PositiveInt, Strict
 from .registry import Registry
 
-OPTIMIZERS: Registry[Callable] = Registry("optimiser", key="name", default="adam")
-SCHEDULERS: Registry[Callable] = Registry("scheduler", key="name", default="none")
+OPTIMIZERS: Registry[Callable] = Registry("optimiser", key="name", default="adam", options_arg=1)
+SCHEDULERS: Registry[Callable] = Registry("scheduler", key="name", default="none", options_arg=0)
 
 
 class OptimizerConfig(Strict):

@@ -4,7 +4,7 @@ Each loads and validates everything it needs (config, data, teacher checkpoint) 
 creates the run directory, so a user error never leaves a half-written run behind: the run
 directory itself is checked first (:func:`~mmdistill.rundir.check_run_dir`), then the data against
 the config (:func:`~mmdistill.distill.engine.check_train_options`) and every checkpoint against the data
-(:func:`check_checkpoint_data`).
+(:func:`~mmdistill.checkpoint_data.check_checkpoint_data`).
 
 Run directory contents: ``run.json`` (status, command, resolved config), ``metrics.jsonl`` (one
 line per epoch), ``best.pt`` / ``last.pt`` (weights-only checkpoints), ``metrics.json`` (test
@@ -22,17 +22,18 @@ from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
-import pydantic
 from torch import nn
 
 from .api import distill, make_terms, train
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import DataConfig, RunConfig, format_validation_error
+from .checkpoint_data import check_checkpoint_data, checkpoint_data, data_meta
+from .config import RunConfig
 from .data import build_data
 from .data.corruptions import Corruption, corrupter
-from .data.dataset import DataSplits, ModalitySpec
+from .data.dataset import DataSplits
 from .distill import backends, distributed
-from .distill.engine import TIME_KINDS, Trainer, check_train_options, resolve_device
+from .distill.distributed import resolve_device
+from .distill.engine import TIME_KINDS, Trainer, check_train_options
 from .errors import CheckpointError, ConfigError, MMDistillError
 from .evaluate import accuracy, evaluate_model, predict
 from .models.kinds import build as build_model
@@ -40,8 +41,7 @@ from .rundir import RunDir, check_run_dir, read_record, write_json, write_text
 
 def _saver(cfg: RunConfig, data: DataSplits, role: str):
     """A checkpoint writer recording everything needed to rebuild the model and its data."""
-    meta = {"role": role, "seed": cfg.seed, "data": cfg.data.model_dump(), "data_info": data.info,
-            "val_fraction": cfg.train.val_fraction}
+    meta = {"role": role, **data_meta(cfg, data)}
 
     def save(path, model, extra):
         save_checkpoint(path, model, model_config=cfg.model.model_dump(), specs=data.specs,
@@ -62,43 +62,6 @@ def _finish(run: RunDir, summary: dict, metrics: dict, fit=None, label: str = "t
 def load_data(cfg: RunConfig, data: DataSplits | None = None) -> DataSplits:
     """The data ``cfg`` names; ``data``, when given, must have been built from the same config."""
     return data if data is not None else build_data(cfg.data, seed=cfg.seed, val_fraction=cfg.train.val_fraction)
-
-
-def check_checkpoint_data(where: str, what: str, modalities, specs: dict[str, ModalitySpec], num_classes: int,
-                          data: DataSplits, data_name: str) -> None:
-    """A checkpoint's class count and the shape of each modality its model reads against ``data``
-    (``what`` names the model in messages: "the teacher", "the model")."""
-    for m in modalities:
-        if m not in data.specs:
-            raise CheckpointError(f"{where}: {what} needs modality {m!r}, which data {data_name!r} lacks "
-                                  f"(it has {', '.join(data.specs)})")
-        if m in specs and tuple(specs[m].shape) != tuple(data.specs[m].shape):
-            raise CheckpointError(f"{where}: {what} was trained on modality {m!r} of shape {list(specs[m].shape)}, "
-                                  f"but data {data_name!r} gives {list(data.specs[m].shape)}")
-    if int(num_classes) != data.num_classes:
-        raise CheckpointError(f"{where}: {what} has {num_classes} classes but data {data_name!r} has "
-                              f"{data.num_classes}")
-
-
-def checkpoint_data(checkpoint: str | Path, model: nn.Module, payload: dict,
-                    data_root: str | None = None) -> tuple[DataConfig, DataSplits]:
-    """(data config, data) a checkpoint was trained on, rebuilt from its metadata (``data_root``
-    replaces the recorded root) and checked against the model it holds."""
-    meta = payload.get("meta")
-    if not isinstance(meta, dict) or not isinstance(meta.get("data"), dict) or "name" not in meta["data"]:
-        raise CheckpointError(f"{checkpoint}: records no data config (meta.data), so its data cannot be rebuilt")
-    try:
-        data_cfg = DataConfig.model_validate({**meta["data"], **({"root": data_root} if data_root else {})})
-    except pydantic.ValidationError as err:
-        raise CheckpointError(f"{checkpoint}: its recorded data config is invalid "
-                              f"({format_validation_error(err, 'data')})") from None
-    # the training run's standardisation statistics, not ones recomputed from the data found now
-    stored = (meta.get("data_info") or {}).get("standardise")
-    data = build_data(data_cfg, seed=meta.get("seed", 0), val_fraction=meta.get("val_fraction", 0.0),
-                      standardise=stored if isinstance(stored, dict) else None)
-    check_checkpoint_data(str(checkpoint), "the model", model.modalities, payload["specs"], payload["num_classes"],
-                          data, data_cfg.name)
-    return data_cfg, data
 
 
 #: config keys that do not change what a run computes, so a resumed run may differ in them
@@ -364,10 +327,7 @@ def run_evaluate(checkpoint: str | Path, out: str | Path, *, split: str = "test"
         raise ConfigError(f"--drop: dropping every modality of the model ({', '.join(model.modalities)}) leaves it "
                           "nothing to predict from; keep at least one")
     _, data = checkpoint_data(checkpoint, model, payload, data_root)
-    dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
-    if dataset is None:
-        raise ConfigError(f"--split {split}: no such split for this checkpoint (test, train"
-                          f"{', val' if data.val is not None else ''})")
+    dataset = data.split(split, " for this checkpoint")
     with RunDir(out, overwrite=overwrite, config={"checkpoint": str(checkpoint), "split": split,
                                                    "drop": list(drop), "corrupt": list(corrupt)}) as run:
         transform = corrupter(corruptions, corrupt_seed) if corruptions else None

@@ -8,7 +8,7 @@ from .dataset import DataSplits, ModalitySpec, MultimodalDataset, join_unlabelle
 from ..errors import DataError
 from .registry import DATASETS, parse_options, register_dataset
 from .root import data_root, find_path, path_options, replace_paths
-from . import builtin  # noqa: F401  (registers av_digits, mnist, fsdd)
+from . import av_digits, fsdd, mnist  # noqa: F401  (registers av_digits, fsdd, mnist)
 from . import npz, manifest, synthetic  # noqa: F401  (registers npz, manifest, synthetic)
 from . import npy_dir  # noqa: F401  (registers npy_dir)
 
@@ -21,7 +21,6 @@ def validate_data_options(cfg) -> None:
     """Check a :class:`~mmdistill.config.DataConfig` (and its transfer set) against its dataset's options model."""
     parse_options(cfg.name, cfg.options)
     if getattr(cfg, "unlabelled", None) is not None:
-        DATASETS.get(cfg.unlabelled.name)
         parse_options(cfg.unlabelled.name, cfg.unlabelled.options, prefix="data.unlabelled")
 
 
@@ -98,11 +97,10 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not math.isfinite(val_fraction) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
-    entry = DATASETS.get(cfg.name)
     options = parse_options(cfg.name, cfg.options)
     if built is None:
         root = data_root(cfg.root)
-        built = entry.builder(root, locate_paths(cfg, options, root), seed)
+        built = DATASETS.get(cfg.name)(root, locate_paths(cfg, options, root), seed)
     train, test, info = built
     where = f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else "")
     check_classes(where, train, test)
@@ -130,7 +128,7 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
     if transfer is not None:
         t_root = data_root(transfer.root if transfer.root is not None else cfg.root)
         t_options = parse_options(transfer.name, transfer.options, prefix="data.unlabelled")
-        t_train, t_test, t_info = DATASETS.get(transfer.name).builder(
+        t_train, t_test, t_info = DATASETS.get(transfer.name)(
             t_root, locate_paths(transfer, t_options, t_root, "data.unlabelled"), seed)
         joined = join_unlabelled(train, t_train, "data.unlabelled")
         if len(t_test):

@@ -1,10 +1,16 @@
-"""Batch-level augmentation applied by the engine during training."""
+"""Batch-level augmentation applied by the engine during training, and the options of its
+``train.augment`` entries (:data:`AugmentConfig`, :data:`AUGMENT_KINDS`)."""
 from __future__ import annotations
 
-import torch
+from typing import Annotated, Literal, Union, get_args
 
+import pydantic
+import torch
+from pydantic import Field
+
+from ..options import PositiveInt, Strict
 from .batch import modality_names, presence
-from .kinds import KINDS
+from .kinds import KINDS, augment_kinds
 
 
 class PerSample:
@@ -255,6 +261,43 @@ def freq_mask(x: torch.Tensor, width: int, count: int, generator: torch.Generato
     return mask_axis(x, band_mask(x.shape[0], x.shape[-2], width, count, min_width, generator), -2)
 
 
+# --- ``train.augment``: each entry's options, and the modality kinds it applies to ----------------
+class TranslateAugment(Strict):
+    """Images: move by (dx, dy), each uniform in [-pixels, pixels], zero fill (= pad + random crop)."""
+
+    type: Literal["translate"]
+    pixels: PositiveInt = 2
+
+
+class BandMaskAugment(Strict):
+    """Spectrograms (SpecAugment): ``count`` bands of time steps / frequency bins set to zero, each
+    uniform in [min_width, width] wide."""
+
+    type: Literal["time_mask", "freq_mask"]
+    width: PositiveInt
+    count: PositiveInt = 1
+    min_width: Annotated[int, Field(ge=0)] = 0
+
+    @pydantic.model_validator(mode="after")
+    def _widths(self):
+        if self.min_width > self.width:
+            raise ValueError(f"min_width: {self.min_width} is more than width {self.width}")
+        return self
+
+
+class TimeShiftAugment(Strict):
+    """Spectrograms: shift along time by up to ``fraction`` of the length either way, edge repeated."""
+
+    type: Literal["time_shift"]
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+
+AugmentConfig = Annotated[Union[TranslateAugment, BandMaskAugment, TimeShiftAugment], Field(discriminator="type")]
+#: which modality kinds each augmentation applies to (their ``augments`` in :data:`mmdistill.data.kinds.KINDS`)
+AUGMENT_KINDS = {t: augment_kinds(t) for cls in (TranslateAugment, BandMaskAugment, TimeShiftAugment)
+                 for t in get_args(cls.model_fields["type"].annotation)}
+
+
 def augment_batch(batch: dict, plan: dict, generator: torch.Generator) -> dict:
     """Apply ``plan`` (``{modality: [entry, ...]}``, entries of ``train.augment``) to a batch, in
     order, each sample drawn independently from ``generator``. Every transform maps a zero sample
@@ -283,7 +326,7 @@ def augment_batch(batch: dict, plan: dict, generator: torch.Generator) -> dict:
 def training_inputs(batch: dict, cfg, kinds: dict[str, str], augment_generator: torch.Generator,
                     mix_generator: torch.Generator) -> tuple[dict, dict]:
     """(what the student sees, what the teachers see) for one training batch under ``cfg`` (a
-    :class:`~mmdistill.config.TrainConfig`), in this order: ``augment`` (drawn from
+    :class:`~mmdistill.distill.engine.TrainConfig`), in this order: ``augment`` (drawn from
     ``augment_generator``), ``modality_dropout``, ``time_shift``, then ``mixup`` or ``cutmix``
     (drawn from ``mix_generator``). ``kinds``: modality -> kind (for CutMix's regions).
 

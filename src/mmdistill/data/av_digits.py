@@ -14,16 +14,19 @@
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from ..options import PositiveInt
 from .dataset import MultimodalDataset
-from .fsdd import list_recordings, log_mel_features, test_mask
-from .mnist import load_mnist
+from .fsdd import describe_fsdd_audio, list_recordings, log_mel_features, test_mask
+from .mnist import describe_mnist_digit, load_mnist
+from .registry import register_dataset
+from .source import DatasetOptions
 from .transforms import LogMelParams, pca_degrade
-
 
 
 def _pair_images(labels: np.ndarray, image_labels: np.ndarray, per_recording: int, rng) -> np.ndarray:
@@ -83,3 +86,34 @@ def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = 
                                      groups=torch.from_numpy(rec_of_pair), name=f"av_digits/{name}"))
         info[f"{name}_recordings"] = int(len(rec_idx))
     return out[0], out[1], info
+
+
+class AVDigitsOptions(DatasetOptions):
+    split: Literal["official", "unseen-speaker"] = "official"
+    level: Literal["clean", "hard"] = "hard"
+    pairs_per_recording: PositiveInt = 4
+    image_energy: Annotated[float, Field(gt=0, le=1)] = 0.25
+    audio_snr_db: float = 0.0
+    # json10k: the mnist10k subset every published number uses (mnist10k/, else derived from the
+    # official files); idx / auto: full MNIST when its files are in the data root
+    mnist_source: Literal["auto", "idx", "json10k"] = "json10k"
+    pairing_seed: int = 0
+
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        hard = info.get("level") == "hard"
+        if modality == "audio":
+            return describe_fsdd_audio(info.get("audio_snr_db") if hard else info.get("snr_db"))
+        if modality == "image":
+            text = describe_mnist_digit(flatten=False)
+            if hard:
+                text += (f"; training data was rebuilt from the {info.get('pca_components')} leading principal "
+                         f"components of the training images ({info.get('image_energy_kept')} of their energy)")
+            return {"description": text}
+        return None
+
+
+@register_dataset("av_digits")
+def build_av_digits(root, options: AVDigitsOptions, seed: int):
+    opts = options.model_dump()
+    return load_av_digits(root, seed=opts.pop("pairing_seed"), **opts)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .batch import RESERVED_KEYS, UNLABELLED
 from .kinds import DECLARABLE, KINDS, MODALITY_KINDS  # noqa: F401  (MODALITY_KINDS: the kinds' table, re-exported)
 
@@ -274,6 +274,15 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return self.train.num_classes
+
+    def split(self, name: str, whose: str = "") -> MultimodalDataset:
+        """The split called ``name`` (test, train, or val when there is one); else a ConfigError
+        naming ``--split`` (``whose``, e.g. " for this checkpoint", follows "no such split")."""
+        found = {"test": self.test, "val": self.val, "train": self.train}.get(name)
+        if found is None:
+            raise ConfigError(f"--split {name}: no such split{whose} (test, train"
+                              f"{', val' if self.val is not None else ''})")
+        return found
 
 
 def split_validation(dataset: MultimodalDataset, fraction: float, seed: int) -> tuple[MultimodalDataset, MultimodalDataset | None]:

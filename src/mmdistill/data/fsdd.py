@@ -15,14 +15,21 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import PositiveFloat
 
 from ..errors import DataError
-from . import audio
+from ..options import PositiveInt, Strict
+from . import audio as audio_io
+from .dataset import MultimodalDataset
+from .ge2e import GE2EParams, describe_ge2e
+from .registry import register_dataset
+from .source import DatasetOptions
 from .root import cache_dir, data_root, download
-from .transforms import LogMel, LogMelParams, fix_length, mix_noise
+from .transforms import LogMel, LogMelParams, describe_log_mel, fix_length, mix_noise
 
 NAME = re.compile(r"^(?P<digit>[^_]+)_(?P<speaker>[A-Za-z0-9-]+)_(?P<index>\d+)\.wav$")
 ARCHIVE_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
@@ -98,7 +105,7 @@ def fetch(root: Path) -> None:
 def read_wave(path: Path, sample_rate: int) -> np.ndarray:
     """One FSDD recording (:func:`mmdistill.data.audio.read_wave`): FSDD is 8 kHz by definition,
     so a file at another rate is refused, not resampled."""
-    return audio.read_wave(path, sample_rate, resample=False)
+    return audio_io.read_wave(path, sample_rate, resample=False)
 
 
 def waveforms(recordings: list[Recording], sample_rate: int, length: int, *, normalize: bool = True,
@@ -200,3 +207,87 @@ def ge2e_fsdd(recordings: list[Recording], params=None, *, snr_db: float | None 
         return ge2e_features(waves, params)
 
     return _cached(path, recordings, compute)
+
+
+class WaveformOptions(Strict):
+    """A derived ``waveform`` modality: each recording's raw audio resampled to ``sample_rate``,
+    cut or zero-padded to ``seconds``, standardised per recording unless ``normalize`` is false."""
+
+    seconds: PositiveFloat = 1.0
+    sample_rate: PositiveInt = 16000
+    normalize: bool = True
+
+
+class GE2EOptions(Strict):
+    """A derived ``ge2e`` modality: the front end of the pretrained GE2E speaker encoder
+    (:mod:`mmdistill.data.ge2e`: 16 kHz, 40 mel bands, 25 ms windows every 10 ms), each recording
+    cut or zero-padded to ``seconds``."""
+
+    seconds: PositiveFloat = 1.6
+
+
+def describe_fsdd_audio(snr_db: float | None) -> dict:
+    """model.json's entry for the built-in spoken-digit spectrogram (FSDD's, AV-Digits' ``audio``)."""
+    params = LogMelParams().to_dict()
+    text = "FSDD spoken digit: " + describe_log_mel(params)
+    if snr_db is not None:
+        text += f"; training data had white noise mixed in at {snr_db} dB SNR before the spectrogram"
+    return {"description": text, "log_mel": params}
+
+
+class FSDDOptions(DatasetOptions):
+    split: Literal["official", "unseen-speaker"] = "official"
+    snr_db: float | None = None
+    # what the label is: the spoken ``digit`` (10 classes) or the ``speaker`` (6, sorted by name)
+    label: Literal["digit", "speaker"] = "digit"
+    # also a ``waveform`` modality of the same recordings (e.g. for a wav2vec2 teacher)
+    waveform: WaveformOptions | None = None
+    # also a ``ge2e`` modality of the same recordings (for the pretrained speaker encoder, model kind ``pretrained``)
+    ge2e: GE2EOptions | None = None
+
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        if modality == "audio":
+            return describe_fsdd_audio(info.get("snr_db"))
+        if modality == "ge2e" and info.get("ge2e"):
+            return {"description": describe_ge2e(info["ge2e"], spec.shape), "ge2e": info["ge2e"]}
+        return None
+
+
+@register_dataset("fsdd")
+def build_fsdd(root, options: FSDDOptions, seed: int):
+    """Spoken digits alone, as modality ``audio`` ([1, 32, 32] standardised log-mel), and with
+    ``waveform`` also as modality ``waveform`` ([samples]), with ``ge2e`` as modality ``ge2e``
+    ([40, frames]), from the same recordings. Labels: the digit, or with ``label: speaker`` the speaker."""
+    recordings = list_recordings(root)
+    audio = log_mel_features(recordings, snr_db=options.snr_db)
+    speakers = sorted({r.speaker for r in recordings})
+    if options.label == "speaker":
+        labels = torch.tensor([speakers.index(r.speaker) for r in recordings])
+        if options.split == "unseen-speaker":
+            raise DataError("data.split: unseen-speaker holds out a speaker, which label: speaker cannot predict; "
+                            "use split: official")
+    else:
+        labels = torch.tensor([r.digit for r in recordings])
+    is_test = torch.from_numpy(test_mask(recordings, options.split))
+    mean, std = audio[~is_test].mean(), audio[~is_test].std()
+    tensors, kinds = {"audio": (audio - mean) / std}, {"audio": "audio"}
+    info = {"dataset": "fsdd", "split": options.split, "snr_db": options.snr_db,
+            "standardise": {"audio": {"mean": float(mean), "std": float(std)}}}
+    if options.waveform is not None:
+        w = options.waveform
+        tensors["waveform"] = waveforms(recordings, w.sample_rate, max(1, round(w.seconds * w.sample_rate)),
+                                        normalize=w.normalize, snr_db=options.snr_db)
+        kinds["waveform"] = "waveform"
+        info["waveform"] = w.model_dump()
+    if options.ge2e is not None:
+        tensors["ge2e"] = ge2e_fsdd(recordings, GE2EParams(seconds=options.ge2e.seconds), snr_db=options.snr_db)
+        kinds["ge2e"] = "sequence"
+        info["ge2e"] = GE2EParams(seconds=options.ge2e.seconds).to_dict()
+    if options.label == "speaker":
+        info.update(label="speaker", classes=speakers)
+    num_classes = len(speakers) if options.label == "speaker" else 10
+    out = [MultimodalDataset({k: t[m] for k, t in tensors.items()}, labels[m], num_classes=num_classes, kinds=kinds,
+                             groups=torch.from_numpy(np.flatnonzero(m.numpy())), name=f"fsdd/{part}")
+           for part, m in (("train", ~is_test), ("test", is_test))]
+    return out[0], out[1], info

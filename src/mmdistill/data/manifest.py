@@ -359,7 +359,7 @@ def _ge2e(waves: list[np.ndarray | None], rate: int, seconds: float) -> torch.Te
     return ge2e_features(waves, params)
 
 
-@register_dataset("manifest", ManifestOptions)
+@register_dataset("manifest")
 def build_manifest(root, options: ManifestOptions, seed: int):
     path = find_path(options.path, root, what="manifest path")
     suffix = path.suffix.lower()

@@ -22,11 +22,17 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+import torch
+from pydantic import Field
 
 from ..errors import DataError
+from .dataset import MultimodalDataset
+from .registry import register_dataset
 from .root import data_root, download
+from .source import DatasetOptions
 
 IDX_FILES = {  # name -> md5 of the official .gz (as published alongside the files)
     "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -221,3 +227,29 @@ def _download(idx_dir: Path, names: list[str]) -> None:
         if _idx_path(idx_dir, name) is None:
             download([m + name + ".gz" for m in MIRRORS], idx_dir / f"{name}.gz", md5=IDX_FILES[name],
                      dataset="MNIST", hint=HINT)
+
+
+def describe_mnist_digit(flatten: bool) -> str:
+    return "MNIST digit, 28x28 grayscale in [0, 1]" + (", flattened row-major -> [784]" if flatten else " -> [1, 28, 28]")
+
+
+class MNISTOptions(DatasetOptions):
+    source: Literal["auto", "idx", "json10k"] = "auto"
+    train_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    flatten: bool = False
+
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        return {"description": describe_mnist_digit(bool(options.get("flatten")))}
+
+
+@register_dataset("mnist")
+def build_mnist(root, options: MNISTOptions, seed: int):
+    """MNIST images in [0, 1] as modality ``image`` ([1,28,28], or [784] with ``flatten``)."""
+    x_train, y_train, x_test, y_test, used = load_mnist(root, options.source, options.train_fraction)
+    shape = (-1, 784) if options.flatten else (-1, 1, 28, 28)
+    kind = "vector" if options.flatten else "image"
+    out = [MultimodalDataset({"image": torch.from_numpy(x).reshape(shape)}, torch.from_numpy(y), num_classes=10,
+                             kinds={"image": kind}, name=f"mnist/{part}")
+           for part, x, y in (("train", x_train, y_train), ("test", x_test, y_test))]
+    return out[0], out[1], {"dataset": "mnist", "source": used, "train": len(y_train), "test": len(y_test)}

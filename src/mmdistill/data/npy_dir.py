@@ -168,7 +168,7 @@ def _split(folder: Path, split: np.ndarray, n: int) -> np.ndarray:
     return parse_split(str(file), split, lambda i: f"{file}: sample {i}")
 
 
-@register_dataset("npy_dir", NpyDirOptions)
+@register_dataset("npy_dir")
 def build_npy_dir(root, options: NpyDirOptions, seed: int):
     folder = find_path(options.path, root, folder=True, what="npy_dir dataset path")
     names = sorted(p.stem for p in folder.glob("*.npy"))

@@ -190,7 +190,7 @@ def _labels(path: Path, label: np.ndarray, classes) -> tuple[np.ndarray, list[st
     return encode_labels(f"{path}: array 'label'", raw, classes, sample)
 
 
-@register_dataset("npz", NpzOptions)
+@register_dataset("npz")
 def build_npz(root, options: NpzOptions, seed: int):
     path = find_path(options.path, root, what="npz dataset path")
     try:

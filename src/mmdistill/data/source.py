@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict
+from ..options import Strict
 
 if TYPE_CHECKING:
     from .dataset import ModalitySpec
 
 
-class DatasetOptions(BaseModel):
+class DatasetOptions(Strict):
     """A data source's options (unknown keys refused), and what it declares about its data."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     #: options naming a file or folder (dotted, ``*`` any key): ``{"path": "file"}``
     PATHS: ClassVar[dict[str, str]] = {}
 

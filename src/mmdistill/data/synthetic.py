@@ -97,7 +97,7 @@ def make_synthetic(size: int, num_classes: int, noise: float, rng: np.random.Gen
     return {"image": image, "audio": audio, "label": labels.astype(np.int64)}
 
 
-@register_dataset("synthetic", SyntheticOptions)
+@register_dataset("synthetic")
 def build_synthetic(root, options: SyntheticOptions, seed: int):
     """Generated on the fly; ``root`` is not read."""
     out = []

@@ -1,4 +1,5 @@
-"""Data-parallel runs under ``torchrun``: one process per device, PyTorch's DistributedDataParallel.
+"""Data-parallel runs under ``torchrun``: one process per device, PyTorch's DistributedDataParallel;
+and the device a process runs on (:func:`resolve_device`, :func:`device_for`).
 
 ``torchrun --nproc_per_node=N -m mmdistill distill CONFIG --out DIR`` starts N processes with
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set; with ``WORLD_SIZE > 1`` a run joins a process group
@@ -124,6 +125,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; asking for ``cuda`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
 def device_for(device: torch.device) -> torch.device:
     """``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun; anything else is kept."""
     device = torch.device(device)
@@ -187,8 +197,6 @@ def launch(fn):
 
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
-        from .engine import resolve_device
-
         check_environment()
         if not launched():
             return fn(cfg, *args, **kwargs)

@@ -23,41 +23,35 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
+import pydantic
 import torch
+from pydantic import Field, NonNegativeFloat, PositiveFloat, StrictBool
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from ..checkpoint import atomic_torch_save
-from ..config import AUGMENT_KINDS, TrainConfig
-from ..data.augment import CUTMIX_KINDS, training_inputs
+from ..data.augment import AUGMENT_KINDS, CUTMIX_KINDS, AugmentConfig, training_inputs
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
 from ..data.dataset import tensor_digest as _fingerprint  # the teachers' digest, as the data's
 from ..data.kinds import kinds_with
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
-from ..optim import build_optimizer, build_scheduler  # noqa: F401  (registries of optimisers, schedules)
+from ..optim import OPTIMIZERS, SCHEDULERS, OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from ..options import PositiveInt, Strict
 from ..rundir import append_text, write_text
 from . import backends, distributed
 from .sinks import MetricSinks
+from .views import ViewCacheConfig
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; asking for ``cuda`` without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA device is available")
-    return torch.device(name)
 
 
 @dataclass
@@ -109,6 +103,117 @@ class FitResult:
 def in_last_tenth(best_epoch: int, epochs: int) -> bool:
     """Whether epoch ``best_epoch`` (1-based) of ``epochs`` is in the schedule's last tenth."""
     return best_epoch > 0.9 * epochs
+
+
+# --- ``train``: the loop's options -----------------------------------------------------------
+class EarlyStoppingConfig(Strict):
+    """Stop when validation accuracy (the training loss's negative without a validation split) has
+    not improved by more than ``min_delta`` for ``patience`` epochs; the model keeps its best weights."""
+
+    patience: PositiveInt
+    min_delta: NonNegativeFloat = 0.0
+
+
+class TrainConfig(Strict):
+    """The ``train`` section of a run config: how :class:`Trainer` trains (kept apart from the
+    method's ``distill`` section); also the ``cfg`` of :func:`mmdistill.api.train` and ``distill``."""
+
+    # at most this many epochs; the learning-rate schedule spans them even when early stopping ends
+    # the run sooner. A run whose best epoch is in the last tenth of them, and which did not stop
+    # early, is flagged as not converged (``converged: false`` in summary.json, and a log line)
+    epochs: PositiveInt = 10
+    # e.g. {patience: 5, min_delta: 0.002}: stop after ``patience`` epochs without an improvement of
+    # the validation accuracy by more than ``min_delta`` (a fraction: 0.002 = 0.2 points); the same
+    # decision on every process under torchrun; null (default): run all ``epochs``
+    early_stopping: EarlyStoppingConfig | None = None
+    batch_size: PositiveInt = 128
+    # distilling with unlabelled samples: each step's batch is ``labelled_batch_size`` labelled
+    # samples (cross-entropy reads these) followed by ``batch_size`` samples drawn from the whole
+    # training set with their labels hidden (the transfer batch); distillation terms read every
+    # sample of it. An epoch is one pass of the transfer batches over the training set. null
+    # (default): one batch of ``batch_size`` samples, cross-entropy on its labelled members
+    labelled_batch_size: PositiveInt | None = None
+    eval_batch_size: PositiveInt = 1024
+    optimizer: OPTIMIZERS.field() = OptimizerConfig()
+    scheduler: SCHEDULERS.field() = SchedulerConfig()
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    grad_clip: PositiveFloat | None = None
+    mixup: NonNegativeFloat = 0.0  # Beta(alpha, alpha) mixup across all modalities; 0 = off
+    # CutMix (Yun et al. 2019) with lam ~ Beta(alpha, alpha): one partner and one cut fraction for all
+    # modalities of a sample (images: a box, spectrograms and sequences: a band of time); 0 = off
+    cutmix: NonNegativeFloat = 0.0
+    # modality -> drop rate; below 1: at 1 the modality would never be seen in training
+    modality_dropout: dict[str, Annotated[float, Field(ge=0, lt=1)]] = {}
+    # modality -> largest random time shift, as a fraction of the last (time) axis; the student sees
+    # shifted inputs, teachers the aligned ones
+    time_shift: dict[str, Annotated[float, Field(gt=0, lt=1)]] = {}
+    cache_teacher: StrictBool = True  # compute frozen teachers' outputs once per run (not with mixup)
+    # where that cache lives: ``memory`` (tensors), or ``mmap``: np.memmap files in a temporary folder
+    # (inside the run directory when there is one), deleted when the fit ends; ``cache_dtype``
+    # float16 halves its size (outputs are read back as float32)
+    cache_storage: Literal["memory", "mmap"] = "memory"
+    cache_dtype: Literal["float32", "float16"] = "float32"
+    # modality -> input augmentations, applied in order to every training batch (teachers being
+    # trained and distilled students see them); e.g. {image: [{type: translate, pixels: 2}]}
+    augment: dict[str, list[AugmentConfig]] = {}
+    # what distillation teachers see (mmdistill.data.augment.training_inputs): ``consistent``: exactly
+    # the student's input (augmented, modality-dropped, time-shifted, mixed); ``same``: the augmented
+    # input, whole and aligned, mixed as the student's; ``clean``: the stored sample, mixed as the
+    # student's. The plain teacher cache only serves inputs that are stored samples
+    augment_teacher: Literal["same", "clean", "consistent"] = "same"
+    # teacher outputs precomputed on K seeded augmented views per sample (None: off)
+    view_cache: ViewCacheConfig | None = None
+    progress: StrictBool = True
+    # extra sinks for the per-epoch metrics (metrics.jsonl is always written): tensorboard writes
+    # event files to RUN_DIR/tensorboard (needs the optional extra: pip install 'mmdistill[tensorboard]')
+    log: list[Literal["tensorboard"]] = []
+    # mixed precision of the training step (forward and losses): ``bf16`` or ``fp16`` run it under
+    # torch.autocast on the device, ``fp16`` with a GradScaler; weights, optimiser state,
+    # checkpoints and validation stay float32, and the losses compute in float32. fp32 is the
+    # default: bf16 changes the numerics, and it is only faster where the hardware computes in bf16
+    # (1.41x on the Hinton pair, 1.32x on AV-Digits, on an AVX512-BF16 CPU: benchmarks/results/throughput.md)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile the student's forward (and the teachers' when they are not cached); needs a C++
+    # compiler on CPU. Off by default: on CPU it was slower on the Hinton MLPs (0.90x) though faster
+    # on the AV-Digits CNN (1.36x, benchmarks/results/throughput.md), it compiles for tens of
+    # seconds, and compiled dropout draws other random numbers than eager
+    compile: StrictBool = False
+    # DataLoader worker processes for the training set (0: batches are gathered in the main process).
+    # The engine's random draws (shuffling, augmentation, mixup, dropout) stay in the main process,
+    # so the weights do not depend on the count; each worker is seeded from the run's seed
+    # (torch's per-worker seed, also given to numpy and random), for datasets that draw their own.
+    # Pays off for data read from disk (npy_dir); in-memory data is one gather per batch
+    workers: Annotated[int, Field(ge=0)] = 0
+    # bit-identical repeats on CUDA too: torch.use_deterministic_algorithms, cuDNN's deterministic
+    # kernels without autotuning, CUBLAS_WORKSPACE_CONFIG; slower on GPUs, free on CPU
+    # (mmdistill.distill.backends says what it sets and costs)
+    deterministic: StrictBool = False
+
+    @pydantic.model_validator(mode="after")
+    def _mixing(self):
+        if self.mixup > 0 and self.cutmix > 0:
+            raise ValueError("cutmix: set either mixup or cutmix, not both")
+        if self.view_cache is not None:
+            if self.mixup > 0 or self.cutmix > 0:
+                raise ValueError("view_cache: cannot serve mixup or cutmix (a cached view holds one sample, a mixed "
+                                 "input pairs samples per batch); set mixup and cutmix to 0 or drop view_cache")
+            if self.augment_teacher == "clean":
+                raise ValueError("view_cache: with augment_teacher: clean the teachers see stored samples and "
+                                 "cache_teacher serves them; use augment_teacher: consistent or same")
+            if not (self.augment or self.modality_dropout or self.time_shift):
+                raise ValueError("view_cache: there is no augmentation to make views with (set train.augment, "
+                                 "modality_dropout or time_shift)")
+        return self
+
+    @pydantic.field_validator("log")
+    @classmethod
+    def _sinks_installed(cls, sinks):
+        import importlib.util
+
+        if "tensorboard" in sinks and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("tensorboard is not installed; pip install 'mmdistill[tensorboard]' "
+                             "(or remove it from train.log)")
+        return sinks
 
 
 #: kinds whose last axis is time, the only ones a time shift makes sense for

@@ -34,7 +34,8 @@ from ..options import Strict
 from ..registry import Registry
 
 #: strategy name -> fn(logits [K, B, C], batch, options) -> weights [B, K]
-STRATEGIES: Registry = Registry("teacher ensemble strategy", key="strategy", default="average")
+STRATEGIES: Registry = Registry("teacher ensemble strategy", group="strategies", key="strategy", default="average",
+                               options_arg=2)
 
 
 class EnsembleConfig(Strict):

@@ -12,6 +12,7 @@ and distillation therefore share one loop.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 
 from dataclasses import dataclass
 from typing import Sequence
@@ -68,6 +69,31 @@ class Term:
         return self.weight
 
 
+def term_keys(terms: Sequence[Term], teacher_names: Sequence[str]) -> list[str]:
+    """How logs and reports name each term: by the loss, and, where several terms share a loss, by
+    what it reads: ``nst[audio]`` for ``encoders.audio.*``, ``kd[teacher1]`` for one teacher's logits
+    among several, the module paths (``student<-teacher`` when they differ) otherwise; terms that
+    read the same thing are numbered (``kd#1``, ``kd#2``), never named by a bare position."""
+    def reads(term: Term) -> str:
+        path = term.student_path if term.student_path == term.teacher_path else f"{term.student_path}<-{term.teacher_path}"
+        parts = path.split(".")
+        what = parts[1] if len(parts) >= 2 and parts[0] == "encoders" and term.student_path == term.teacher_path \
+            else ("" if path == OUTPUT else path)
+        teacher = "" if term.teacher is None or len(teacher_names) < 2 else teacher_names[term.teacher]
+        return ":".join(x for x in (teacher, what) if x) or (
+            "ensemble" if term.teacher is None and len(teacher_names) > 1 else "logits")
+
+    counts = Counter(t.name for t in terms)
+    keys = [t.name if counts[t.name] == 1 else f"{t.name}[{reads(t)}]" for t in terms]
+    seen = Counter(keys)  # two terms reading the same thing (e.g. two kd temperatures): number them
+    index = Counter()
+    for i, key in enumerate(keys):
+        if seen[key] > 1:
+            index[key] += 1
+            keys[i] = f"{key}#{index[key]}"
+    return keys
+
+
 class DistillationTask(nn.Module):
     """total = gamma * CE(student(x), y) + sum_i weight_i * term_i(student, teacher).
 
@@ -108,6 +134,7 @@ class DistillationTask(nn.Module):
             elif term.teacher is not None and not 0 <= term.teacher < len(self.teachers):
                 raise ConfigError(f"distill.terms[{i}].source: no teacher number {term.teacher}")
         self.losses = nn.ModuleList(t.loss for t in self.terms)
+        self.term_keys = term_keys(self.terms, self.teacher_names)
         self.adapters = nn.ModuleDict()
         self.gamma = gamma
         self._cache = None  # a TeacherCache while a fit uses one
@@ -327,8 +354,7 @@ class DistillationTask(nn.Module):
             else:
                 target = teachers[term.teacher][term.teacher_path].detach()
             value = term.loss(s, target, target=batch["label"], index=batch.get("index"))
-            key = term.name if term.name not in losses else f"{term.name}_{i}"
-            losses[key] = term.weight_at(progress) * value
+            losses[self.term_keys[i]] = term.weight_at(progress) * value
         return logits, losses
 
     def epoch_stats(self) -> dict[str, float]:

@@ -27,12 +27,32 @@ with a view cache (``cache: false`` runs the teachers on the same views online: 
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import StrictBool
 
 from ..data.augment import PerSample, training_inputs
 from ..errors import ConfigError
+from ..options import PositiveInt, Strict
 from .cache import TeacherCache
 from .hooks import OUTPUT
+
+
+class ViewCacheConfig(Strict):
+    """``train.view_cache``: teacher outputs for ``views`` seeded augmented views of every training
+    sample, computed once before training (see :mod:`mmdistill.distill.views`)."""
+
+    views: PositiveInt = 8  # K views per sample; each epoch a sample draws one of them (seeded)
+    dtype: Literal["float32", "float16"] = "float16"  # storage of the teacher outputs
+    # keep only the k largest teacher logits per view (plus the mean of the others, which fills them
+    # back in); None: all. Features the loss terms read are stored whole
+    topk: PositiveInt | None = None
+    storage: Literal["memory", "mmap"] = "mmap"  # mmap: np.memmap files, deleted when the fit ends
+    seed: int | None = None  # seed of the views (None: the run's seed)
+    # false: the teachers run on each regenerated view instead (the same views, no cache; the reference)
+    cache: StrictBool = True
+
 
 #: view seeds are base + i * K + k with base = (seed mod 2^23 + 1) * 2^40; epoch e's draw of views
 #: uses base - 1 - e, below every view seed of the run

@@ -54,7 +54,7 @@ def describe_preprocessing(cfg, info: Mapping, specs: Mapping) -> dict:
     from ..data import DATASETS
 
     name, options = cfg.name, cfg.options
-    describe = getattr(DATASETS.get(name).options, "describe", None) if name in DATASETS else None
+    describe = getattr(DATASETS.options(name), "describe", None) if name in DATASETS else None
     stats = info.get("standardise", {})
     out = {}
     for m, spec in specs.items():
@@ -206,7 +206,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
     factory); refused without it.
     """
     from ..checkpoint import load_checkpoint
-    from ..runs import checkpoint_data
+    from ..checkpoint_data import checkpoint_data
 
     if format not in ("onnx", "torchscript"):
         raise ConfigError(f"--format {format}: expected onnx or torchscript")
@@ -487,9 +487,7 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
               if e.get("standardise")}
     check_out(out, inputs + data_inputs(cfg), file_kind=is_predictions)
     data = build_data(cfg, seed=seed, val_fraction=val_fraction, standardise=stored)
-    dataset = {"test": data.test, "val": data.val, "train": data.train}.get(split)
-    if dataset is None:
-        raise ConfigError(f"--split {split}: no such split (test, train{', val' if data.val is not None else ''})")
+    dataset = data.split(split)
     for m in model.modalities:
         if m not in dataset.specs:
             raise DataError(f"{data_config}: the data has no modality {m!r}, which the exported model takes")

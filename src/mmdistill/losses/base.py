@@ -34,15 +34,12 @@ import functools
 import inspect
 from typing import Any, Mapping
 
-import pydantic
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..options import format_validation_error
-from ..registry import Registry
+from ..registry import Registry, options_of
 
-LOSSES: Registry[type["DistillationLoss"]] = Registry("loss")
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -133,64 +130,15 @@ class DistillationLoss(nn.Module):
         return doc.splitlines()[0] if doc else ""
 
 
-def register_loss(name: str, *, options: type[pydantic.BaseModel] | None = None):
-    """Class decorator registering a :class:`DistillationLoss` under ``name``.
-
-    ``options``: the pydantic model of its options (``extra="forbid"``); by default one is made
-    from the constructor's keyword parameters, their annotations and defaults. The loss is built
-    as ``cls(**options)``."""
-
-    def decorator(cls):
-        if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
-            raise TypeError(f"@register_loss({name!r}) expects a DistillationLoss subclass")
-        cls.registered_name = name
-        return LOSSES.register(name, options=options or _constructor_options(cls))(cls)
-
-    return decorator
+LOSSES: Registry[type[DistillationLoss]] = Registry("loss", group="losses", key="name", base=DistillationLoss)
+#: ``@register_loss(name, options=None)``: the registry's one way to register (options read from
+#: the constructor's keyword parameters when not given); the loss is built as ``cls(**options)``
+register_loss = LOSSES.register
 
 
-def _constructor_options(cls) -> type[pydantic.BaseModel]:
-    """A pydantic model of ``cls.__init__``'s named parameters (unannotated ones take any value)."""
-    try:  # resolve string annotations (``from __future__ import annotations``, e.g. Literal[...])
-        params = inspect.signature(cls.__init__, eval_str=True).parameters
-    except Exception:  # an annotation that does not evaluate: accept any value for it
-        params = {k: p.replace(annotation=inspect.Parameter.empty)
-                  for k, p in inspect.signature(cls.__init__).parameters.items()}
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    fields = {k: (Any if p.annotation is inspect.Parameter.empty else p.annotation,
-                  ... if p.default is inspect.Parameter.empty else p.default)
-              for k, p in params.items() if k != "self" and p.kind in named}
-    return pydantic.create_model(f"{cls.__name__}Options",
-                                 __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True,
-                                                                allow_inf_nan=False),
-                                 **fields)
-
-
-def loss_options(name: str) -> dict[str, inspect.Parameter]:
-    """The constructor options of loss ``name``."""
-    init = LOSSES.get(name).__init__
-    try:  # resolve string annotations (``from __future__ import annotations``, e.g. Literal[...])
-        params = inspect.signature(init, eval_str=True).parameters
-    except Exception:  # an annotation that does not evaluate: validate against the raw strings
-        params = inspect.signature(init).parameters
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {k: p for k, p in params.items() if k != "self" and p.kind in named}
-
-
-def check_loss_options(name: str, options: Mapping[str, Any] | None = None) -> pydantic.BaseModel:
-    """``options`` validated against loss ``name``'s options model; nothing is built.
-
-    Raises ``ValueError("option: message")``: ``temperatur: unknown option for loss 'kd' (known:
-    temperature)``; an unknown loss raises :class:`ConfigError`."""
-    model = LOSSES.options(name) or _constructor_options(LOSSES.get(name))
-    try:
-        return model.model_validate(dict(options or {}))
-    except pydantic.ValidationError as err:
-        first = err.errors()[0]
-        if first["type"] == "extra_forbidden":
-            known = ", ".join(sorted(model.model_fields)) or "none"
-            raise ValueError(f"{first['loc'][0]}: unknown option for loss {name!r} (known: {known})") from None
-        raise ValueError(format_validation_error(err)) from None
+def loss_options(name: str) -> dict[str, Any]:
+    """The options of loss ``name`` and their defaults (None where an option is required)."""
+    return {k: (None if f.is_required() else f.default) for k, f in LOSSES.options(name).model_fields.items()}
 
 
 def build_loss(name: str, options: Mapping[str, Any] | None = None, where: str = "loss") -> DistillationLoss:
@@ -200,11 +148,8 @@ def build_loss(name: str, options: Mapping[str, Any] | None = None, where: str =
     ``where.option``.
     """
     cls = LOSSES.get(name)
+    checked = LOSSES.validate(name, options, where=where)
     try:
-        checked = check_loss_options(name, options)
-    except ValueError as err:
-        raise ConfigError(f"{where}.{err}") from None
-    try:
-        return cls(**{k: getattr(checked, k) for k in type(checked).model_fields})
+        return cls(**options_of(checked, LOSSES.key))
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from None

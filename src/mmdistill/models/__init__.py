@@ -4,6 +4,7 @@ from .fusion import FUSIONS, AttentionFusion, ConcatFusion, GatedFusion, LateFus
 from .multimodal import HEADS, ModelConfig, MultimodalModel, count_parameters
 # build_model builds any model kind (multimodal, factory, hf, timm) from its config or a raw dict
 from .kinds import MODEL_KINDS, FactoryModelConfig, build as build_model
+from . import hf, pretrained, timm  # noqa: F401  (register the hf, pretrained and timm model kinds)
 from .points import FeaturePoint, feature_points, placements
 
 __all__ = ["ENCODERS", "FUSIONS", "HEADS", "MODEL_KINDS", "AttentionFusion", "FactoryModelConfig", "ModelConfig",

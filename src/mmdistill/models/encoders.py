@@ -1,16 +1,14 @@
 """Per-modality encoders: each maps ``[B, *shape]`` to an embedding ``[B, out_dim]``.
 
-An encoder is registered with its options model and built as ``cls(shape, **options)``; it sets
-``out_dim`` (and, optionally, ``map_module``: the submodule whose output is its last activation
-map, a feature point). A user's encoder works from YAML once its module is listed in ``imports:``::
+An encoder is built as ``cls(shape, **options)``; it sets ``out_dim`` (and, optionally,
+``map_module``: the submodule whose output is its last activation map, a feature point). Its
+options are read from the constructor after ``shape`` (or given as ``options=``, as the built-ins
+do for their constraints). A user's encoder works from YAML once its module is listed in
+``imports:``::
 
-    class WideOptions(BaseModel):
-        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-        width: int = 64
-
-    @ENCODERS.register("wide", options=WideOptions)
+    @ENCODERS.register("wide")
     class WideEncoder(nn.Module):
-        def __init__(self, shape, width=64): ...
+        def __init__(self, shape, width: int = 64): ...
 """
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ from ..options import PositiveInt, Strict
 from ..registry import Registry
 from .pooling import AdaptiveAvgPool2d
 
-ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
+ENCODERS: Registry[type[nn.Module]] = Registry("encoder", builder_args=1)
 
 
 def add_mlp(layers: list[nn.Module], in_dim: int, hidden: Sequence[int], dropout: float) -> int:

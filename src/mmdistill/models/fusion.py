@@ -4,7 +4,7 @@ Each takes ``embeddings: {modality: [B, D_m]}`` and ``present: {modality: BoolTe
 returns ``[B, out_dim]``. A sample whose modality is absent contributes nothing from it; a
 sample with every modality absent gets zeros rather than NaN.
 
-A fusion is registered with its options model and built as ``cls(dims, num_classes, **options)``
+A fusion is built as ``cls(dims, num_classes, **options)`` (its options read from the constructor or given)
 (``dims``: modality -> embedding size); it sets ``out_dim``, and ``produces_logits = True`` when
 its output is already the class scores (no head follows).
 """
@@ -18,7 +18,7 @@ from torch import nn
 from ..options import PositiveInt, Strict
 from ..registry import Registry
 
-FUSIONS: Registry[type[nn.Module]] = Registry("fusion", default="concat")
+FUSIONS: Registry[type[nn.Module]] = Registry("fusion", default="concat", builder_args=2)
 
 
 class PlainFusionConfig(Strict):

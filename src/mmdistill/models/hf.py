@@ -25,6 +25,7 @@ from torch import nn
 from ..data.batch import presence
 from ..data.kinds import KINDS
 from ..errors import ConfigError
+from .kinds import MODEL_KINDS
 from .points import FeaturePoint
 
 EXTRA = 'pip install "mmdistill[hf]"'
@@ -136,6 +137,7 @@ def encoder_layers(backbone: nn.Module) -> tuple[str, int] | None:
     return (preferred or found)[-1], count
 
 
+@MODEL_KINDS.register("hf")
 def build_hf_model(cfg: HFModelConfig, specs, num_classes: int) -> HFClassifier:
     """Build a :class:`HFClassifier` from validated HFModelConfig options (the ``hf`` model kind;
     :func:`mmdistill.models.kinds.build` validates and seeds)."""

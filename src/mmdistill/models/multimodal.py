@@ -22,9 +22,10 @@ from ..options import PositiveInt, Strict, format_validation_error
 from ..registry import Registry, options_of
 from .encoders import ENCODERS, add_mlp
 from .fusion import FUSIONS, PlainFusionConfig
+from .kinds import MODEL_KINDS
 from .points import FeaturePoint
 
-HEADS: Registry = Registry("head", default="mlp")
+HEADS: Registry = Registry("head", default="mlp", builder_args=2)
 
 
 class HeadConfig(Strict):
@@ -111,6 +112,7 @@ def build_head(in_dim: int, num_classes: int, hidden=(), dropout: float = 0.0) -
     return nn.Sequential(*layers)
 
 
+@MODEL_KINDS.register("multimodal", options=ModelConfig)
 def build_model(cfg, specs: Mapping[str, ModalitySpec], num_classes: int, *, seed: int | None = None) -> MultimodalModel:
     """Build a :class:`MultimodalModel` from a :class:`~mmdistill.config.ModelConfig` (or dict).
 

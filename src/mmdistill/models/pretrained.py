@@ -40,6 +40,7 @@ from torch import nn
 from ..data.batch import presence
 from ..errors import ConfigError
 from ..options import Strict
+from .kinds import MODEL_KINDS
 from .points import FeaturePoint
 
 INSTALL = 'pip install --no-deps "resemblyzer==0.1.4"'
@@ -199,6 +200,7 @@ class PretrainedEncoderClassifier(nn.Module):
         return [FeaturePoint("encoder", "embedding", self.modality), FeaturePoint("encoder", "fused")]
 
 
+@MODEL_KINDS.register("pretrained")
 def build_pretrained_model(cfg: PretrainedModelConfig, specs, num_classes: int) -> PretrainedEncoderClassifier:
     """The ``pretrained`` model kind (:func:`mmdistill.models.kinds.build` validates and seeds)."""
     if cfg.modality not in specs:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data.batch import presence
 from ..errors import ConfigError
+from .kinds import MODEL_KINDS
 from .points import FeaturePoint
 
 EXTRA = 'pip install "mmdistill[timm]"'
@@ -153,6 +154,7 @@ def load_weights(backbone: nn.Module, path: str) -> None:
         raise ConfigError(f"model.checkpoint: {path} does not fit the model (it {what})")
 
 
+@MODEL_KINDS.register("timm")
 def build_timm_model(cfg: TimmModelConfig, specs, num_classes: int) -> TimmClassifier:
     """Build a :class:`TimmClassifier` from validated TimmModelConfig options (the ``timm`` model kind;
     :func:`mmdistill.models.kinds.build` validates and seeds)."""
