@@ -163,8 +163,28 @@ def test_npz_nan_names_array_and_sample(tmp_path, bad):
 
 
 def test_npz_unknown_split_value(tmp_path):
-    message = npz_error(tmp_path, x=np.zeros((3, 2)), label=np.arange(3), split=np.array(["train", "test", "val"]))
-    assert "array 'split' sample 2: unknown split value 'val'" in message
+    message = npz_error(tmp_path, x=np.zeros((3, 2)), label=np.arange(3), split=np.array(["train", "test", "valid"]))
+    assert "array 'split' sample 2: unknown split value 'valid'" in message
+
+
+@pytest.mark.parametrize("split", [np.array(["train", "val", "test", "TRAIN ", "val", "test"] * 4),
+                                   np.array([0, 1, 2, 0, 1, 2] * 4, dtype=np.int8)])
+def test_npz_and_manifest_split_marks_validation(tmp_path, split):
+    """The split grammar of every format: train/val/test or 0/1/2; val samples are the validation set."""
+    from mmdistill.config import DataConfig
+
+    n = len(split)
+    np.savez(tmp_path / "d.npz", x=np.arange(n * 2, dtype=np.float32).reshape(n, 2), label=np.arange(n) % 2,
+             split=split)
+    for i in range(n):
+        np.save(tmp_path / f"f{i}.npy", np.array([i, 0], dtype=np.float32))
+    write_csv(tmp_path / "m.csv", ["feat", "label", "split"],
+              [[f"f{i}.npy", i % 2, str(split[i])] for i in range(n)])
+    for cfg in (DataConfig(name="npz", path="d.npz", root=str(tmp_path)),
+                DataConfig(name="manifest", path="m.csv", root=str(tmp_path))):
+        data = build_data(cfg, val_fraction=0.5)  # a file's val split wins over a drawn one
+        assert data.info["split"] in ("file", "column split")
+        assert (len(data.train), len(data.val), len(data.test)) == (8, 8, 8)
 
 
 def test_npz_no_modality_arrays(tmp_path):
@@ -310,7 +330,7 @@ def test_manifest_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize("column,file,content,what", [
-    ("audio", "broken.wav", b"RIFF\x00\x00garbage", "cannot decode audio broken.wav"),
+    ("audio", "broken.wav", b"RIFF\x00\x00garbage", "broken.wav: cannot decode audio"),
     ("image", "broken.png", b"\x89PNG\r\n\x1a\nnot really", "cannot decode image broken.png"),
     ("feat", "broken.npy", b"\x93NUMPY garbage", "cannot decode array broken.npy"),
 ])

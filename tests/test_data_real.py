@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import struct
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 torch.set_num_threads(1)
 
 from mmdistill.config import DataConfig  # noqa: E402
-from mmdistill.data import av_digits, build_data, fsdd, split_validation  # noqa: E402
+from mmdistill.data import av_digits, build_data, fsdd, mnist, split_validation  # noqa: E402
 from mmdistill.data.av_digits import load_av_digits  # noqa: E402
 from mmdistill.data.fsdd import HELD_OUT_SPEAKER  # noqa: E402
 from mmdistill.data.fsdd import list_recordings, log_mel_features  # noqa: E402
@@ -152,6 +153,60 @@ def test_idx_truncated_gzip_names_the_file(small_idx):
     with pytest.raises(DataError, match="cannot read") as err:
         load_mnist(small_idx.parent, source="idx")
     assert str(gz) in str(err.value)
+
+
+def official_like_training_files(folder: Path, images: np.ndarray, labels: np.ndarray, extra: int = 300) -> None:
+    """IDX training files whose first 10,000 images are ``images`` (the subset, grouped by digit)
+    interleaved in a seeded order that keeps each digit's images in order, followed by ``extra``
+    other images: what the official file looks like to the mnist10k rule."""
+    rng = np.random.default_rng(0)
+    sequence = rng.permutation(labels)  # which digit comes next; each digit's images stay in order
+    order = np.concatenate([np.flatnonzero(labels == d) for d in range(10)])
+    position = {d: iter(np.flatnonzero(labels == d)) for d in range(10)}
+    picked = np.array([next(position[d]) for d in sequence])
+    assert sorted(picked) == sorted(order)
+    more = rng.integers(0, 256, size=(extra, 28, 28))
+    folder.mkdir(parents=True)
+    write_idx(folder / "train-images-idx3-ubyte.gz", np.concatenate([to_bytes(images[picked]), more]))
+    write_idx(folder / "train-labels-idx1-ubyte", np.concatenate([sequence, rng.integers(0, 10, extra)]))
+
+
+def test_mnist10k_checksum_and_rule(tmp_path, data_root):
+    """The shipped subset matches its stated checksum; the rule applied to training files that
+    hold it (interleaved, then more images) derives exactly the same arrays, and the published
+    JSON layout written from them reads back identical."""
+    images, labels = mnist.read_json10k(data_root / "mnist10k")
+    assert mnist.mnist10k_digest(images, labels) == mnist.MNIST10K_SHA256
+    # the JSON holds p / 255 rounded to 3 decimals: bytes recoverable, floats exactly the rule's
+    np.testing.assert_array_equal(np.round(to_bytes(images) / 255, 3).astype(np.float32), images)
+    official_like_training_files(tmp_path / "mnist", images, labels)
+    derived = mnist.derive_mnist10k(tmp_path / "mnist")
+    np.testing.assert_array_equal(derived[0], images)
+    np.testing.assert_array_equal(derived[1], labels)
+    # without mnist10k/, source json10k derives the subset from the IDX files: same split
+    got = load_mnist(tmp_path, source="json10k")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the shipped subset passes its checksum silently
+        want = load_mnist(data_root, source="json10k")
+    assert got[-1] == want[-1] == "json10k"
+    for a, b in zip(got[:4], want[:4]):
+        np.testing.assert_array_equal(a, b)
+    mnist.write_mnist10k(*derived, tmp_path / "written" / "mnist10k")
+    for a, b in zip(load_mnist(tmp_path / "written", source="json10k")[:4], want[:4]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_not_the_mnist10k_subset_is_flagged(tmp_path, data_root):
+    images, labels = mnist.read_json10k(data_root / "mnist10k")
+    changed = images.copy()
+    changed[1234, 10, 10] = 0.5 if changed[1234, 10, 10] != 0.5 else 0.4
+    mnist.write_mnist10k(changed, labels, tmp_path / "mnist10k")
+    with pytest.warns(UserWarning, match=r"mnist10k: not the mnist10k subset \(SHA-256 [0-9a-f]{64}, expected "
+                                         + mnist.MNIST10K_SHA256):
+        load_mnist(tmp_path, source="json10k")
+    official_like_training_files(tmp_path / "other" / "mnist", changed, labels)
+    with pytest.raises(DataError, match="mnist10k derived by its rule.*not the mnist10k subset"):
+        mnist.derive_mnist10k(tmp_path / "other" / "mnist")
 
 
 def test_truncated_json_gz_names_the_file(tmp_path, data_root):

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,22 @@ def test_runtime_does_not_import_torch(synthetic_run):
     from mmdistill.export import runtime
 
     assert (export / "mmdistill_runtime.py").read_text() == open(runtime.__file__).read()
+
+
+def test_readme_runtime_snippet_runs(synthetic_run):
+    """The README's torch-free runtime example runs as written, on an export with an audio input."""
+    import re
+
+    tmp, _ = synthetic_run
+    export = tmp / "export"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "mmdistill_runtime" in b)
+    code = f"import sys\nsys.path.insert(0, {str(export)!r})\n" + block.replace('"runs/student/export"', repr(str(export)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    import ast
+
+    assert len(ast.literal_eval(done.stdout.strip())) == 2
 
 
 def test_profile_and_evaluate_cost_fields(synthetic_run):

@@ -135,7 +135,7 @@ def check_payload(path, payload: dict) -> None:
     statistics finite, with positive spreads; the state dict a mapping of names to finite tensors."""
     import math
 
-    from .data.dataset import MODALITY_KINDS
+    from .data.kinds import MODALITY_KINDS
     from .options import MAX_COUNT, MAX_SEED
 
     def bad(field: str, why: str):

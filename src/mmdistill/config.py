@@ -53,6 +53,9 @@ class DataConfig(BaseModel):
     root: str | None = None
     label_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
     unlabelled: "DataConfig | None" = None
+    # the folder of the config file this section came from: relative paths it names are searched
+    # there first, then under the data root (:func:`mmdistill.data.root.find_path`)
+    _config_dir: Path | None = pydantic.PrivateAttr(default=None)
 
     @pydantic.model_validator(mode="after")
     def _flat_transfer_set(self):
@@ -81,6 +84,45 @@ class DataConfig(BaseModel):
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @property
+    def config_dir(self) -> Path | None:
+        """The folder of the config file this section was read from (None: not from a file)."""
+        return self._config_dir
+
+    def read_from(self, config_dir: str | Path) -> "DataConfig":
+        """This section as read from a config file in ``config_dir``, its transfer set too: it
+        remembers the folder, where relative paths are searched first (then under the data root)."""
+        self._config_dir = Path(config_dir)
+        if self.unlabelled is not None:
+            self.unlabelled.read_from(config_dir)
+        return self
+
+
+def beside_config(data: Any, config_dir: str | Path) -> Any:
+    """A raw ``data`` section read from a config file in ``config_dir``, with every relative path
+    its dataset's options name (``path``, a tokenizer, ...) that exists beside the config made
+    absolute, so the run records where the file is; paths that do not stay as written and are
+    searched under the data root. The same for ``unlabelled``; anything malformed is left for
+    validation to report."""
+    import os
+
+    from .data.root import path_options, replace_paths
+
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    if isinstance(out.get("unlabelled"), dict):
+        out["unlabelled"] = beside_config(out["unlabelled"], config_dir)
+    if not isinstance(out.get("name"), str) or out["name"] not in DATASETS:
+        return out
+    options = {k: v for k, v in out.items() if k not in DataConfig.model_fields}
+    new = {}
+    for keys, value in path_options(options, getattr(DATASETS.options(out["name"]), "PATHS", {})):
+        beside = Path(config_dir) / Path(value).expanduser()
+        if not Path(value).expanduser().is_absolute() and beside.exists():
+            new[keys] = os.path.abspath(beside)
+    return {**out, **replace_paths(options, new)}
 
 
 # --- training -----------------------------------------------------------------------------
@@ -339,7 +381,8 @@ def read_yaml(path: str | Path) -> dict:
 def parse_config(raw: dict, source: str = "config", base: str | Path | None = None) -> RunConfig:
     """Validate a raw config dict, including each registry entry's own options (datasets, loss
     terms, encoders, ...). ``imports`` are loaded first, file paths relative to ``base`` (the
-    config file's folder) and recorded resolved."""
+    config file's folder) and recorded resolved; so are the data's file paths found beside the
+    config, the others are searched under the data root (:func:`beside_config`)."""
     imports = raw.get("imports") if isinstance(raw, dict) else None
     if imports is not None:
         if not isinstance(imports, list):
@@ -348,10 +391,15 @@ def parse_config(raw: dict, source: str = "config", base: str | Path | None = No
             raw = {**raw, "imports": load_imports(imports, base)}
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
+    if base is not None and isinstance(raw, dict) and "data" in raw:
+        raw = {**raw, "data": beside_config(raw["data"], base)}
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except pydantic.ValidationError as err:
         raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+    if base is not None:
+        cfg.data.read_from(base)
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

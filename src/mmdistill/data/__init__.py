@@ -7,7 +7,7 @@ from .batch import collate, drop_modalities, modality_names, presence, to_device
 from .dataset import DataSplits, ModalitySpec, MultimodalDataset, join_unlabelled, keep_label_fraction, split_validation
 from ..errors import DataError
 from .registry import DATASETS, parse_options, register_dataset
-from .root import data_root
+from .root import data_root, find_path, path_options, replace_paths
 from . import av_digits, fsdd, mnist  # noqa: F401  (registers av_digits, fsdd, mnist)
 from . import npz, manifest, synthetic  # noqa: F401  (registers npz, manifest, synthetic)
 from . import npy_dir  # noqa: F401  (registers npy_dir)
@@ -58,6 +58,25 @@ def check_present(where: str, train) -> None:
                             f"e.g. present_{m}, is all False); drop the modality or mark where it is present")
 
 
+def locate_paths(cfg, options, root, prefix: str = "data"):
+    """``options`` (dataset ``cfg.name``'s validated options) with every file or folder they name
+    (the options model's ``PATHS``) found and made absolute: beside the config file the section
+    came from (``cfg.config_dir``), then under the data root ``root``; a :class:`DataError` naming
+    each absolute path tried when it is in neither."""
+    patterns = getattr(type(options), "PATHS", {})
+    if not patterns:
+        return options
+    raw = options.model_dump()
+    found = {}
+    for pattern, kind in patterns.items():
+        for keys, value in path_options(raw, [pattern]):
+            path = str(find_path(value, root, getattr(cfg, "config_dir", None), folder=kind == "folder",
+                                 what=f"{prefix}.{'.'.join(keys)}"))
+            if path != value:
+                found[keys] = path
+    return type(options).model_validate(replace_paths(raw, found)) if found else options
+
+
 def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: dict | None = None,
                built: tuple | None = None) -> DataSplits:
     """Build the train/val/test splits a data config names (validation held out of train).
@@ -79,10 +98,13 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
             or not math.isfinite(val_fraction) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
     options = parse_options(cfg.name, cfg.options)
-    train, test, info = built if built is not None else DATASETS.get(cfg.name)(data_root(cfg.root), options, seed)
+    if built is None:
+        root = data_root(cfg.root)
+        built = DATASETS.get(cfg.name)(root, locate_paths(cfg, options, root), seed)
+    train, test, info = built
     where = f"data {cfg.name}" + (f" ({info['path']})" if info.get("path") else "")
     check_classes(where, train, test)
-    if getattr(train, "val_mask", None) is not None:  # npy_dir: split.npy names the validation samples
+    if train.val_mask is not None:  # the data file marks the validation samples (a split of val)
         train, val = train.split_file_val()
     else:
         before = set(torch.unique(train.labels[train.labels >= 0]).tolist())
@@ -104,9 +126,10 @@ def build_data(cfg, *, seed: int = 0, val_fraction: float = 0.0, standardise: di
         extra["label_fraction"] = label_fraction
     transfer = getattr(cfg, "unlabelled", None)
     if transfer is not None:
+        t_root = data_root(transfer.root if transfer.root is not None else cfg.root)
+        t_options = parse_options(transfer.name, transfer.options, prefix="data.unlabelled")
         t_train, t_test, t_info = DATASETS.get(transfer.name)(
-            data_root(transfer.root if transfer.root is not None else cfg.root),
-            parse_options(transfer.name, transfer.options, prefix="data.unlabelled"), seed)
+            t_root, locate_paths(transfer, t_options, t_root, "data.unlabelled"), seed)
         joined = join_unlabelled(train, t_train, "data.unlabelled")
         if len(t_test):
             joined = join_unlabelled(joined, t_test, "data.unlabelled")

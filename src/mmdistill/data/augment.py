@@ -2,7 +2,7 @@
 ``train.augment`` entries (:data:`AugmentConfig`, :data:`AUGMENT_KINDS`)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 import pydantic
 import torch
@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ..options import PositiveInt, Strict
 from .batch import modality_names, presence
+from .kinds import KINDS, augment_kinds
 
 
 class PerSample:
@@ -80,7 +81,7 @@ def apply_mixup(batch: dict, perm: torch.Tensor, lam: float) -> dict:
 
 #: kinds CutMix can cut, and how: a box in the last two axes of an image, a band of the last
 #: (time) axis of the others (a spectrogram keeps all its frequencies)
-CUTMIX_KINDS = {"image": "box", "audio": "time", "sequence": "time", "waveform": "time"}
+CUTMIX_KINDS = {k: row.cutmix for k, row in KINDS.items() if row.cutmix}
 
 
 def cut_regions(size: int, shape: tuple, how: str, cut: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:
@@ -292,8 +293,9 @@ class TimeShiftAugment(Strict):
 
 
 AugmentConfig = Annotated[Union[TranslateAugment, BandMaskAugment, TimeShiftAugment], Field(discriminator="type")]
-#: which modality kinds (:data:`mmdistill.data.dataset.MODALITY_KINDS`) each augmentation applies to
-AUGMENT_KINDS = {"translate": ("image",), "time_mask": ("audio",), "freq_mask": ("audio",), "time_shift": ("audio",)}
+#: which modality kinds each augmentation applies to (their ``augments`` in :data:`mmdistill.data.kinds.KINDS`)
+AUGMENT_KINDS = {t: augment_kinds(t) for cls in (TranslateAugment, BandMaskAugment, TimeShiftAugment)
+                 for t in get_args(cls.model_fields["type"].annotation)}
 
 
 def augment_batch(batch: dict, plan: dict, generator: torch.Generator) -> dict:

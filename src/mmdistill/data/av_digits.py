@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..options import PositiveInt, Strict
+from ..options import PositiveInt
 from .dataset import MultimodalDataset
-from .fsdd import list_recordings, log_mel_features, test_mask
-from .mnist import load_mnist
+from .fsdd import describe_fsdd_audio, list_recordings, log_mel_features, test_mask
+from .mnist import describe_mnist_digit, load_mnist
 from .registry import register_dataset
+from .source import DatasetOptions
 from .transforms import LogMelParams, pca_degrade
 
 
@@ -45,7 +46,7 @@ def _pair_images(labels: np.ndarray, image_labels: np.ndarray, per_recording: in
 def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = "official",
                    level: Literal["clean", "hard"] = "hard", pairs_per_recording: int = 4, seed: int = 0,
                    image_energy: float = 0.25, audio_snr_db: float = 0.0,
-                   mnist_source: Literal["auto", "idx", "json10k"] = "auto"):
+                   mnist_source: Literal["auto", "idx", "json10k"] = "json10k"):
     """(train, test, info) datasets with modalities ``image`` [1,28,28] and ``audio`` [1,32,32]."""
     recordings = list_recordings(root)
     is_test = test_mask(recordings, split)
@@ -87,14 +88,29 @@ def load_av_digits(root=None, *, split: Literal["official", "unseen-speaker"] = 
     return out[0], out[1], info
 
 
-class AVDigitsOptions(Strict):
+class AVDigitsOptions(DatasetOptions):
     split: Literal["official", "unseen-speaker"] = "official"
     level: Literal["clean", "hard"] = "hard"
     pairs_per_recording: PositiveInt = 4
     image_energy: Annotated[float, Field(gt=0, le=1)] = 0.25
     audio_snr_db: float = 0.0
-    mnist_source: Literal["auto", "idx", "json10k"] = "auto"
+    # json10k: the mnist10k subset every published number uses (mnist10k/, else derived from the
+    # official files); idx / auto: full MNIST when its files are in the data root
+    mnist_source: Literal["auto", "idx", "json10k"] = "json10k"
     pairing_seed: int = 0
+
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        hard = info.get("level") == "hard"
+        if modality == "audio":
+            return describe_fsdd_audio(info.get("audio_snr_db") if hard else info.get("snr_db"))
+        if modality == "image":
+            text = describe_mnist_digit(flatten=False)
+            if hard:
+                text += (f"; training data was rebuilt from the {info.get('pca_components')} leading principal "
+                         f"components of the training images ({info.get('image_energy_kept')} of their energy)")
+            return {"description": text}
+        return None
 
 
 @register_dataset("av_digits")

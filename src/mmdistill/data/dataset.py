@@ -1,6 +1,7 @@
 """In-memory multimodal datasets: one tensor per modality, labels, and presence masks."""
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -10,11 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, DataError
 from .batch import RESERVED_KEYS, UNLABELLED
-
-#: Kinds of modality; they choose the default encoder (conv for image/audio, mlp for vector).
-#: ``text``: ``[2, max_length]`` token ids (row 0) and attention mask (row 1), see :mod:`.text`;
-#: ``waveform``: ``[samples]`` raw audio at a fixed length, e.g. for a wav2vec2 teacher.
-MODALITY_KINDS = ("image", "audio", "vector", "sequence", "text", "waveform")
+from .kinds import DECLARABLE, KINDS, MODALITY_KINDS  # noqa: F401  (MODALITY_KINDS: the kinds' table, re-exported)
 
 
 @dataclass(frozen=True)
@@ -33,14 +30,11 @@ class ModalitySpec:
         return cls(d["name"], d["kind"], tuple(d["shape"]))
 
 
-#: how many per-sample axes a modality of each declarable kind has
-KIND_AXES = {"image": (2, 3), "audio": (2, 3), "vector": (1,), "sequence": (2,)}
-
-
 def check_kind(where: str, modality: str, kind: str, shape: Sequence[int]) -> None:
-    """Refuse a declared ``kinds`` entry that the samples' shape cannot be: an image or spectrogram
-    is [C, H, W] or [H, W], a vector [D], a sequence [T, D]."""
-    axes = KIND_AXES.get(kind)
+    """Refuse a declared ``kinds`` entry that the samples' shape cannot be (the kind's ``axes`` in
+    :data:`~mmdistill.data.kinds.KINDS`: an image or spectrogram is [C, H, W] or [H, W], a vector
+    [D], a sequence [T, D])."""
+    axes = KINDS[kind].axes if kind in DECLARABLE else None
     if axes is not None and len(shape) not in axes:
         raise DataError(f"{where}: kinds.{modality}: {kind} data has {' or '.join(map(str, axes))} axes per sample, "
                         f"but {modality!r} has shape {list(shape)}")
@@ -55,7 +49,116 @@ def guess_kind(shape: Sequence[int]) -> str:
     return "sequence"
 
 
-class MultimodalDataset(Dataset):
+def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the names, dtypes, shapes and bytes of ``state``'s tensors."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class BaseDataset(Dataset, abc.ABC):
+    """What every dataset offers the engine, whether its samples are in memory or on disk.
+
+    A subclass sets ``modalities`` (``{name: [N, ...]}``, tensors or anything indexable by a list
+    of rows), ``labels`` (LongTensor [N], -1 unlabelled), ``present`` (``{name: BoolTensor [N]}``),
+    ``specs``, ``num_classes`` and ``name``, and implements :meth:`subset`, :meth:`select` and
+    :meth:`with_labels`. It then gets batching, loaders, the labelled views, the split a file
+    gives (``val_mask``) and a fingerprint; a dataset whose samples stay on disk overrides
+    :meth:`fingerprint`.
+    """
+
+    name: str
+    labels: torch.Tensor
+    modalities: Mapping
+    present: Mapping[str, torch.Tensor]
+    specs: dict[str, "ModalitySpec"]
+    num_classes: int
+    #: the recording (or other unit) each sample belongs to; whole groups go to one side of a split
+    groups: torch.Tensor | None = None
+    #: bool [N], the training samples a data file marks ``val``: :func:`~mmdistill.data.build_data`
+    #: takes them as the validation set (:meth:`split_file_val`) instead of drawing one
+    val_mask: np.ndarray | None = None
+
+    @abc.abstractmethod
+    def subset(self, indices, name: str | None = None) -> "BaseDataset":
+        """The samples at ``indices`` (renamed ``name``), in that order."""
+
+    @abc.abstractmethod
+    def select(self, modalities: Sequence[str]) -> "BaseDataset":
+        """The same samples restricted to ``modalities`` (for a student that sees fewer)."""
+
+    @abc.abstractmethod
+    def with_labels(self, labels: torch.Tensor) -> "BaseDataset":
+        """The same samples with ``labels`` (e.g. some set to -1, unlabelled)."""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def labelled(self) -> torch.Tensor:
+        """BoolTensor[N]: which samples carry a label."""
+        return self.labels >= 0
+
+    @property
+    def num_labelled(self) -> int:
+        return int(self.labelled.sum())
+
+    def labelled_only(self, name: str | None = None) -> "BaseDataset":
+        """The labelled samples alone (``self`` when every sample has a label)."""
+        if self.num_labelled == len(self):
+            return self
+        return self.subset(torch.nonzero(self.labelled).flatten(), name)
+
+    def split_file_val(self) -> tuple["BaseDataset", "BaseDataset"]:
+        """(train, val) by ``val_mask``, the samples the data file marks ``val``."""
+        return (self.subset(np.flatnonzero(~self.val_mask), self.name),
+                self.subset(np.flatnonzero(self.val_mask), self.name.replace("/train", "/val")))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the samples, presence masks and labels (a resumed run refuses other data)."""
+        data = {f"x.{k}": v for k, v in self.modalities.items()}
+        data.update({f"present.{k}": v for k, v in self.present.items()}, label=self.labels)
+        return tensor_digest(data)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            batch = self.__getitems__([int(index)])
+            return {k: ({m: p[0] for m, p in v.items()} if k == "present" else v[0]) for k, v in batch.items()}
+        return self.__getitems__(index)
+
+    def __getitems__(self, indices) -> dict:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        batch = {k: t[idx] for k, t in self.modalities.items()}
+        batch["label"] = self.labels[idx]
+        batch["labelled"] = batch["label"] >= 0
+        batch["index"] = idx
+        batch["present"] = {k: p[idx] for k, p in self.present.items()}
+        return batch
+
+    def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+               sampler: Sampler | None = None, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+        """A DataLoader yielding batch dicts; pass ``sampler`` (e.g. a DistributedSampler) to shard.
+
+        ``workers``: worker processes (0: the main process), each seeded by :func:`seed_worker`;
+        they are started afresh every epoch, so the main process's random stream advances as
+        with none (one draw per epoch, the workers' base seed) and results do not change with the
+        count. ``pin_memory``: batches in page-locked memory, for asynchronous copies to a GPU."""
+        if sampler is None and shuffle:
+            generator = torch.Generator().manual_seed(seed)
+            sampler = torch.utils.data.RandomSampler(self, generator=generator)
+        return DataLoader(self, batch_size=batch_size, sampler=sampler, shuffle=False,
+                          drop_last=drop_last, collate_fn=_identity, num_workers=workers,
+                          worker_init_fn=seed_worker if workers else None, pin_memory=pin_memory)
+
+
+
+class MultimodalDataset(BaseDataset):
     """Samples held in memory as ``{modality: Tensor[N, ...]}`` plus labels.
 
     A sample without a label has label -1 (:data:`~mmdistill.data.batch.UNLABELLED`; or pass
@@ -113,44 +216,13 @@ class MultimodalDataset(Dataset):
                         else torch.ones(n, dtype=torch.bool) for k in self.modalities}
         self.groups = torch.as_tensor(groups) if groups is not None else None
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def labelled(self) -> torch.Tensor:
-        """BoolTensor[N]: which samples carry a label."""
-        return self.labels >= 0
-
-    @property
-    def num_labelled(self) -> int:
-        return int(self.labelled.sum())
-
-    def labelled_only(self, name: str | None = None) -> "MultimodalDataset":
-        """The labelled samples alone (``self`` when every sample has a label)."""
-        if self.num_labelled == len(self):
-            return self
-        return self.subset(torch.nonzero(self.labelled).flatten(), name)
-
     def with_labels(self, labels: torch.Tensor) -> "MultimodalDataset":
         """The same samples with ``labels`` (e.g. some set to -1, unlabelled)."""
-        return MultimodalDataset(self.modalities, labels, num_classes=self.num_classes,
-                                 kinds={k: s.kind for k, s in self.specs.items()}, present=self.present,
-                                 groups=self.groups, name=self.name)
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            batch = self.__getitems__([int(index)])
-            return {k: ({m: p[0] for m, p in v.items()} if k == "present" else v[0]) for k, v in batch.items()}
-        return self.__getitems__(index)
-
-    def __getitems__(self, indices) -> dict:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        batch = {k: t[idx] for k, t in self.modalities.items()}
-        batch["label"] = self.labels[idx]
-        batch["labelled"] = batch["label"] >= 0
-        batch["index"] = idx
-        batch["present"] = {k: p[idx] for k, p in self.present.items()}
-        return batch
+        out = MultimodalDataset(self.modalities, labels, num_classes=self.num_classes,
+                                kinds={k: s.kind for k, s in self.specs.items()}, present=self.present,
+                                groups=self.groups, name=self.name)
+        out.val_mask = self.val_mask
+        return out
 
     def subset(self, indices, name: str | None = None) -> "MultimodalDataset":
         idx = torch.as_tensor(indices, dtype=torch.long)
@@ -165,26 +237,12 @@ class MultimodalDataset(Dataset):
         missing = [m for m in modalities if m not in self.modalities]
         if missing:
             raise DataError(f"{self.name}: no modality {missing[0]!r} (has {', '.join(self.modalities)})")
-        return MultimodalDataset(
+        out = MultimodalDataset(
             {m: self.modalities[m] for m in modalities}, self.labels, num_classes=self.num_classes,
             kinds={m: self.specs[m].kind for m in modalities},
             present={m: self.present[m] for m in modalities}, groups=self.groups, name=self.name)
-
-    def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-               sampler: Sampler | None = None, workers: int = 0, pin_memory: bool = False) -> DataLoader:
-        """A DataLoader yielding batch dicts; pass ``sampler`` (e.g. a DistributedSampler) to shard.
-
-        ``workers``: worker processes (0: the main process), each seeded by :func:`seed_worker`;
-        they are started afresh every epoch, so the main process's random stream advances as
-        with none (one draw per epoch, the workers' base seed) and results do not change with the
-        count. ``pin_memory``: batches in page-locked memory, for asynchronous copies to a GPU."""
-        if sampler is None and shuffle:
-            generator = torch.Generator().manual_seed(seed)
-            sampler = torch.utils.data.RandomSampler(self, generator=generator)
-        return DataLoader(self, batch_size=batch_size, sampler=sampler, shuffle=False,
-                          drop_last=drop_last, collate_fn=_identity, num_workers=workers,
-                          worker_init_fn=seed_worker if workers else None, pin_memory=pin_memory)
-
+        out.val_mask = self.val_mask
+        return out
 
 def _identity(batch):
     return batch

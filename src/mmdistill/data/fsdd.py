@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import soundfile
 import torch
 from pydantic import PositiveFloat
 
 from ..errors import DataError
 from ..options import PositiveInt, Strict
-from .audio import wav_truncation
+from . import audio as audio_io
 from .dataset import MultimodalDataset
-from .ge2e import GE2EParams
+from .ge2e import GE2EParams, describe_ge2e
 from .registry import register_dataset
+from .source import DatasetOptions
 from .root import cache_dir, data_root, download
-from .transforms import LogMel, LogMelParams, fix_length, mix_noise
+from .transforms import LogMel, LogMelParams, describe_log_mel, fix_length, mix_noise
 
 NAME = re.compile(r"^(?P<digit>[^_]+)_(?P<speaker>[A-Za-z0-9-]+)_(?P<index>\d+)\.wav$")
 ARCHIVE_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
@@ -103,26 +103,9 @@ def fetch(root: Path) -> None:
 
 
 def read_wave(path: Path, sample_rate: int) -> np.ndarray:
-    """A mono float32 waveform; stereo (or more channels) is downmixed to the channels' mean.
-
-    A corrupt file, a file cut short mid-data, a wrong rate or a NaN/infinite sample is a
-    DataError naming the file.
-    """
-    truncated = wav_truncation(path)
-    if truncated:
-        raise DataError(f"{path}: WAV file cut short (its data chunk declares {truncated[0]} bytes, "
-                        f"{truncated[1]} are present)")
-    try:
-        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile raises its own error types for corrupt files
-        raise DataError(f"{path}: cannot decode audio ({err})") from None
-    if rate != sample_rate:
-        raise DataError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz")
-    if wave.shape[0] == 0:
-        raise DataError(f"{path}: empty recording")
-    if not np.isfinite(wave).all():
-        raise DataError(f"{path}: NaN or infinite sample at frame {int(np.flatnonzero(~np.isfinite(wave).all(1))[0])}")
-    return wave.mean(axis=1)
+    """One FSDD recording (:func:`mmdistill.data.audio.read_wave`): FSDD is 8 kHz by definition,
+    so a file at another rate is refused, not resampled."""
+    return audio_io.read_wave(path, sample_rate, resample=False)
 
 
 def waveforms(recordings: list[Recording], sample_rate: int, length: int, *, normalize: bool = True,
@@ -243,7 +226,16 @@ class GE2EOptions(Strict):
     seconds: PositiveFloat = 1.6
 
 
-class FSDDOptions(Strict):
+def describe_fsdd_audio(snr_db: float | None) -> dict:
+    """model.json's entry for the built-in spoken-digit spectrogram (FSDD's, AV-Digits' ``audio``)."""
+    params = LogMelParams().to_dict()
+    text = "FSDD spoken digit: " + describe_log_mel(params)
+    if snr_db is not None:
+        text += f"; training data had white noise mixed in at {snr_db} dB SNR before the spectrogram"
+    return {"description": text, "log_mel": params}
+
+
+class FSDDOptions(DatasetOptions):
     split: Literal["official", "unseen-speaker"] = "official"
     snr_db: float | None = None
     # what the label is: the spoken ``digit`` (10 classes) or the ``speaker`` (6, sorted by name)
@@ -252,6 +244,14 @@ class FSDDOptions(Strict):
     waveform: WaveformOptions | None = None
     # also a ``ge2e`` modality of the same recordings (for the pretrained speaker encoder, model kind ``pretrained``)
     ge2e: GE2EOptions | None = None
+
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        if modality == "audio":
+            return describe_fsdd_audio(info.get("snr_db"))
+        if modality == "ge2e" and info.get("ge2e"):
+            return {"description": describe_ge2e(info["ge2e"], spec.shape), "ge2e": info["ge2e"]}
+        return None
 
 
 @register_dataset("fsdd")

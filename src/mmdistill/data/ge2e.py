@@ -24,6 +24,7 @@ modalities), ``frames = 1 + seconds * 100``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -57,6 +58,14 @@ class GE2EParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def describe_ge2e(p: Mapping, shape) -> str:
+    """How the GE2E front end with parameters ``p`` (:meth:`GE2EParams.to_dict`) makes its input."""
+    return (f"audio resampled to {p['sample_rate']} Hz mono (librosa.resample), scaled up to {p['norm_dbfs']} dBFS "
+            f"RMS when quieter (never down), cut or zero-padded to {p['seconds']} s; mel power spectrogram "
+            f"(librosa.feature.melspectrogram: n_fft {p['n_fft']}, hop {p['hop_length']}, {p['n_mels']} bands, "
+            f"centred, no log) -> {list(shape)} (bands, frames): the resemblyzer GE2E front end")
 
 
 def normalize_volume(wave: np.ndarray, target_dbfs: float = NORM_DBFS) -> np.ndarray:

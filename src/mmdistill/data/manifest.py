@@ -2,7 +2,7 @@
 
 The manifest is a CSV file (``.csv``, with a header row) or a JSON-lines file (``.jsonl``/``.ndjson``,
 one object per line). Besides the label column (``label_column``) and the optional split column
-(``split_column``, values ``train``/``test``; without it ``test_fraction`` of each class is held out
+(``split_column``, values ``train``/``val``/``test`` or 0/1/2, :mod:`mmdistill.data.split`; without it ``test_fraction`` of each class is held out
 with the run's seed), every column is a modality (or only those ``modalities`` lists) whose cells
 are file paths, relative to the manifest's folder and inside it (a path whose ``..`` leads out of
 the folder is refused; absolute paths are taken as given):
@@ -49,7 +49,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -60,13 +60,16 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, StrictBool
 from ..options import PositiveInt
 from ..errors import DataError
 from .batch import RESERVED_KEYS
-from .audio import wav_truncation
+from .audio import read_wave
 from .dataset import MultimodalDataset, check_kind, guess_kind
-from .ge2e import GE2EParams, ge2e_features
-from .npz import Kind, check_unlabelled_train, encode_labels, parse_split, resolve, stratified_test_mask
+from .ge2e import GE2EParams, describe_ge2e, ge2e_features
+from .npz import Kind, encode_labels, stratified_test_mask
 from .text import load_tokenizer, tokenize
 from .registry import register_dataset
-from .transforms import LogMel, LogMelParams, fix_length
+from .root import find_path, resolve
+from .split import TEST, TRAIN, apply_split, check_unlabelled_train, parse_split
+from .source import DatasetOptions
+from .transforms import LogMel, LogMelParams, describe_log_mel, fix_length
 
 FILE_TYPES = {".wav": "audio", ".flac": "audio", ".png": "image", ".jpg": "image", ".jpeg": "image", ".npy": "npy"}
 SUFFIXES = ", ".join(FILE_TYPES)
@@ -122,7 +125,8 @@ class ManifestModality(_Options):
         return self
 
 
-class ManifestOptions(_Options):
+class ManifestOptions(DatasetOptions):
+    PATHS: ClassVar[dict[str, str]] = {"path": "file", "modalities.*.tokenizer": "folder"}
     path: str
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     label_column: str = "label"
@@ -143,6 +147,19 @@ class ManifestOptions(_Options):
         if isinstance(value, list) and all(isinstance(m, str) for m in value):
             return {m: {} for m in value}
         return value
+
+    @classmethod
+    def describe(cls, modality, spec, info, options):
+        ge2e = ((info.get("modalities") or {}).get(modality) or {}).get("ge2e")
+        if ge2e:
+            return {"description": describe_ge2e(ge2e, spec.shape), "ge2e": ge2e}
+        if spec.kind == "audio" and "audio" in info:
+            return {"description": "audio file: " + describe_log_mel(info["audio"]),
+                    "log_mel": {k: v for k, v in info["audio"].items() if k != "standardize"}}
+        if spec.kind == "image":
+            return {"description": f"image file decoded to [0, 1], channels first, resized (bilinear, antialiased) "
+                                   f"to {info.get('image_size') or list(spec.shape[1:])} -> {list(spec.shape)}"}
+        return None
 
 
 @dataclass
@@ -239,29 +256,6 @@ def _file(manifest: Path, row: Row, column: str, cell: str) -> Path:
     if not p.is_file():
         raise DataError(f"{row.where}: column {column}: no such file {cell}")
     return p
-
-
-def _load_wave(file: Path, row: Row, column: str, cell: str, sample_rate: int) -> np.ndarray:
-    import soundfile
-
-    truncated = wav_truncation(file)
-    if truncated:
-        raise DataError(f"{row.where}: column {column}: WAV file {cell} is cut short (its data chunk declares "
-                        f"{truncated[0]} bytes, {truncated[1]} are present)")
-    try:
-        wave, rate = soundfile.read(file, dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile raises its own error types for corrupt files
-        raise DataError(f"{row.where}: column {column}: cannot decode audio {cell} ({err})") from None
-    if wave.shape[0] == 0:
-        raise DataError(f"{row.where}: column {column}: empty recording {cell}")
-    wave = wave.mean(axis=1)
-    if not np.isfinite(wave).all():
-        raise DataError(f"{row.where}: column {column}: {cell} has NaN or infinite samples")
-    if rate != sample_rate:
-        import librosa
-
-        wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
-    return wave.astype(np.float32)
 
 
 def _load_image(file: Path, row: Row, column: str, cell: str) -> np.ndarray:
@@ -367,9 +361,7 @@ def _ge2e(waves: list[np.ndarray | None], rate: int, seconds: float) -> torch.Te
 
 @register_dataset("manifest")
 def build_manifest(root, options: ManifestOptions, seed: int):
-    path = resolve(root, options.path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (manifest path, relative paths are under the data root {root})")
+    path = find_path(options.path, root, what="manifest path")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         header, rows = _read_csv(path)
@@ -392,12 +384,14 @@ def build_manifest(root, options: ManifestOptions, seed: int):
     labels, classes = encode_labels(str(path), raw, options.classes, describe)
     has_split = options.split_column in header
     if has_split:
-        is_test = parse_split(str(path), np.array([r.cells[options.split_column] for r in rows]), describe)
-        check_unlabelled_train(f"{path}", labels, is_test, describe)
+        codes = parse_split(f"{path}: column {options.split_column}",
+                            np.array([r.cells[options.split_column] for r in rows]), lambda i: f"{path} {describe(i)}")
+        check_unlabelled_train(codes, labels, lambda i: f"{path} {describe(i)}")
         split_used = f"column {options.split_column}"
     else:
-        is_test = stratified_test_mask(labels, options.test_fraction, seed)
+        codes = np.where(stratified_test_mask(labels, options.test_fraction, seed), TEST, TRAIN)
         split_used = f"stratified test_fraction={options.test_fraction} seed={seed}"
+    is_test = codes == TEST
 
     reserved = {options.label_column} | ({options.split_column} if has_split else set())
     # modality -> its source (column, transform options)
@@ -470,7 +464,7 @@ def build_manifest(root, options: ManifestOptions, seed: int):
                     continue
                 file = _file(path, row, column, cell)
                 if ftype == "audio":
-                    loaded.append(_load_wave(file, row, column, cell, params.sample_rate))
+                    loaded.append(read_wave(file, params.sample_rate, where=f"{row.where}: column {column}: {cell}"))
                 elif ftype == "image":
                     loaded.append(_load_image(file, row, column, cell))
                 else:
@@ -520,7 +514,7 @@ def build_manifest(root, options: ManifestOptions, seed: int):
     labels_t = torch.from_numpy(labels)
     full = MultimodalDataset(modalities, labels_t, num_classes=num_classes, kinds=kinds, present=present,
                              name=path.name)
-    out = [full.subset(np.flatnonzero(sel), f"{path.name}/{part}") for part, sel in (("train", ~is_test), ("test", is_test))]
+    out = apply_split(full, codes, path.name)
     info = {"dataset": "manifest", "path": str(path), "format": "csv" if suffix == ".csv" else "jsonl",
             "split": split_used, "num_classes": num_classes, "modalities": described}
     if classes is not None:

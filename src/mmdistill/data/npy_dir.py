@@ -5,7 +5,7 @@ The folder ``path`` holds (``np.save``; no pickled objects)::
     <modality>.npy          [N, ...] numbers (bool, int, float16/32/64), one file per modality
     label.npy               [N] class indices (ints >= 0) or strings (mapped as in ``npz``)
     split.npy               optional [N]: 0 = train, 1 = val, 2 = test (any int dtype), or the
-                            strings train/val/test; without it ``test_fraction`` of each class is
+                            strings train/val/test (:mod:`mmdistill.data.split`); without it ``test_fraction`` of each class is
                             held out for test with the run's seed, and validation comes from
                             ``train.val_fraction``. Samples marked val are the validation set.
     present_<modality>.npy  optional [N] bools, False where the sample lacks the modality
@@ -21,26 +21,27 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import pydantic
 import torch
 from pydantic import StrictBool
-from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .dataset import ModalitySpec, MultimodalDataset, guess_kind
-from .npz import PRESENT_PREFIX, NpzOptions, _labels, modalities_in_use, resolve, stratified_test_mask
+from .dataset import BaseDataset, ModalitySpec, guess_kind
+from .npz import PRESENT_PREFIX, NpzOptions, _labels, modalities_in_use, stratified_test_mask
 from .registry import register_dataset
+from .root import find_path
+from .split import TEST, TRAIN, apply_split, parse_split
 
-SPLIT_CODES = ("train", "val", "test")
 
 
 class NpyDirOptions(NpzOptions):
     """The ``npz`` options, ``path`` naming the folder; without ``standardize`` and ``text``, which
     would rewrite arrays that stay on disk (store them standardised, or tokenised, instead)."""
 
+    PATHS: ClassVar[dict[str, str]] = {"path": "folder"}
     standardize: StrictBool = False
 
     @pydantic.field_validator("standardize", "text")
@@ -95,23 +96,14 @@ class MemmapColumn:
         return out
 
 
-class NpyDirDataset(Dataset):
-    """A :class:`~mmdistill.data.dataset.MultimodalDataset` look-alike whose modalities stay on disk.
+class NpyDirDataset(BaseDataset):
+    """A dataset (:class:`~mmdistill.data.dataset.BaseDataset`) whose modalities stay on disk.
 
-    ``modalities`` maps names to :class:`MemmapColumn` (sliceable, read on demand); labels and
-    presence masks are in memory. Batches are the same dicts, with ``index`` the position in
-    this dataset (a subset counts from 0, as ``MultimodalDataset.subset`` does).
+    ``modalities`` maps names to :class:`MemmapColumn` (sliceable, read on demand: a batch is one
+    ``MemmapColumn.read`` per modality); labels and presence masks are in memory. Batches are the
+    same dicts, with ``index`` the position in this dataset (a subset counts from 0, as
+    ``MultimodalDataset.subset`` does).
     """
-
-    groups = None
-    # the same batch reads: ``column[idx]`` is one MemmapColumn.read per modality and batch
-    __getitem__ = MultimodalDataset.__getitem__
-    __getitems__ = MultimodalDataset.__getitems__
-    loader = MultimodalDataset.loader
-    # label -1: an unlabelled sample (see MultimodalDataset)
-    labelled = MultimodalDataset.labelled
-    num_labelled = MultimodalDataset.num_labelled
-    labelled_only = MultimodalDataset.labelled_only
 
     def __init__(self, columns: Mapping[str, MemmapColumn], labels: torch.Tensor, *, num_classes: int,
                  kinds: Mapping[str, str], name: str, val_mask: np.ndarray | None = None):
@@ -122,9 +114,6 @@ class NpyDirDataset(Dataset):
         self.specs = {m: ModalitySpec(m, kinds[m], tuple(c.shape[1:])) for m, c in self.modalities.items()}
         self.present = {m: torch.from_numpy(c.present[c.rows]) for m, c in self.modalities.items()}
         self.val_mask = val_mask  # samples split.npy marks val (see build_data), or None
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
     def subset(self, indices, name: str | None = None) -> "NpyDirDataset":
         idx = np.asarray(indices, dtype=np.int64)
@@ -145,11 +134,6 @@ class NpyDirDataset(Dataset):
         return NpyDirDataset({m: self.modalities[m] for m in modalities}, self.labels, num_classes=self.num_classes,
                              kinds={m: self.specs[m].kind for m in modalities}, name=self.name,
                              val_mask=self.val_mask)
-
-    def split_file_val(self) -> tuple["NpyDirDataset", "NpyDirDataset"]:
-        """(train, val) by the val samples of ``split.npy``."""
-        return (self.subset(np.flatnonzero(~self.val_mask), self.name),
-                self.subset(np.flatnonzero(self.val_mask), self.name.replace("/train", "/val")))
 
     def fingerprint(self) -> str:
         """SHA-256 of the files' identities (path, size, mtime), the rows used, labels and masks.
@@ -177,34 +161,16 @@ def _load(folder: Path, name: str, mmap: bool) -> np.ndarray:
 
 
 def _split(folder: Path, split: np.ndarray, n: int) -> np.ndarray:
-    """Codes [N] (0 train, 1 val, 2 test) from ``split.npy``."""
+    """Codes [N] (0 train, 1 val, 2 test) from ``split.npy`` (:func:`mmdistill.data.split.parse_split`)."""
     file = folder / "split.npy"
     if split.shape != (n,):
         raise DataError(f"{file}: shape {list(split.shape)}, expected [{n}] like label.npy")
-    if split.dtype.kind in "US":
-        text = np.char.lower(np.char.strip(split.astype(str)))
-        codes = np.full(n, -1, dtype=np.int64)
-        for code, word in enumerate(SPLIT_CODES):
-            codes[text == word] = code
-    elif split.dtype.kind in "iu":
-        codes = split.astype(np.int64)
-    else:
-        raise DataError(f"{file}: dtype {split.dtype}, expected ints 0/1/2 (train/val/test) or those strings")
-    bad = np.flatnonzero((codes < 0) | (codes > 2))
-    if len(bad):
-        raise DataError(f"{file}: sample {bad[0]}: unknown split value {split[bad[0]].item()!r} "
-                        "(expected 0/1/2 or train/val/test)")
-    for code in (0, 2):
-        if not (codes == code).any():
-            raise DataError(f"{file}: no sample is marked {SPLIT_CODES[code]!r}")
-    return codes
+    return parse_split(str(file), split, lambda i: f"{file}: sample {i}")
 
 
 @register_dataset("npy_dir")
 def build_npy_dir(root, options: NpyDirOptions, seed: int):
-    folder = resolve(root, options.path)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder (npy_dir dataset path, relative paths are under the data root {root})")
+    folder = find_path(options.path, root, folder=True, what="npy_dir dataset path")
     names = sorted(p.stem for p in folder.glob("*.npy"))
     if "label" not in names:
         raise DataError(f"{folder}: no label.npy (files: {', '.join(n + '.npy' for n in names) or 'none'})")
@@ -219,7 +185,7 @@ def build_npy_dir(root, options: NpyDirOptions, seed: int):
         codes = _split(folder, _load(folder, "split", mmap=False), n)
         split_used = "file"
     else:
-        codes = np.where(stratified_test_mask(labels, options.test_fraction, seed), 2, 0)
+        codes = np.where(stratified_test_mask(labels, options.test_fraction, seed), TEST, TRAIN)
         split_used = f"stratified test_fraction={options.test_fraction} seed={seed}"
 
     all_rows = np.arange(n, dtype=np.int64)
@@ -246,10 +212,7 @@ def build_npy_dir(root, options: NpyDirOptions, seed: int):
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     kinds = {m: (options.kinds or {}).get(m) or guess_kind(c.shape[1:]) for m, c in columns.items()}
     full = NpyDirDataset(columns, torch.from_numpy(labels), num_classes=num_classes, kinds=kinds, name=folder.name)
-    train = full.subset(np.flatnonzero(codes != 2), f"{folder.name}/train")
-    if (codes == 1).any():
-        train.val_mask = codes[codes != 2] == 1
-    test = full.subset(np.flatnonzero(codes == 2), f"{folder.name}/test")
+    train, test = apply_split(full, codes, folder.name)
     info = {"dataset": "npy_dir", "path": str(folder), "split": split_used, "num_classes": num_classes,
             "modalities": {m: {"kind": kinds[m], "shape": list(c.shape[1:]), "dtype": str(c.array.dtype),
                                "present": int(c.present.sum())} for m, c in columns.items()}}

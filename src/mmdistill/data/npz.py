@@ -10,8 +10,9 @@ The archive holds (``np.savez``/``np.savez_compressed``; no pickled objects):
   An unlabelled sample has label -1 (or an empty string);
 * optionally ``labelled``: ``[N]`` bools, False where the sample's label is to be ignored
   (unlabelled). Unlabelled samples only ever train, never validate or test;
-* optionally ``split``: ``[N]`` strings ``train``/``test`` (without it, ``test_fraction`` of each
-  class is held out for test, chosen with the run's seed);
+* optionally ``split``: ``[N]`` strings ``train``/``val``/``test`` or ints 0/1/2
+  (:mod:`mmdistill.data.split`; val samples are the validation set; without it,
+  ``test_fraction`` of each class is held out for test, chosen with the run's seed);
 * optionally ``present_<modality>``: ``[N]`` bools, False where the sample lacks the modality.
   Absent samples are zeroed (their stored values, NaN included, are ignored).
 
@@ -26,24 +27,28 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import Field, StrictBool
 
 from ..errors import DataError
 from .batch import RESERVED_KEYS
 from .dataset import MultimodalDataset, check_kind, guess_kind
+from .kinds import DECLARABLE
 from .registry import register_dataset
+from .root import find_path, resolve
+from .source import DatasetOptions
+from .split import TEST, TRAIN, apply_split, check_unlabelled_train, parse_split
 from .text import TextOptions, load_tokenizer, tokenize
 
-Kind = Literal["image", "audio", "vector", "sequence"]
+Kind = Literal[DECLARABLE]  # the kinds a ``kinds:`` option may declare
 PRESENT_PREFIX = "present_"
 
 
-class NpzOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class NpzOptions(DatasetOptions):
+    PATHS: ClassVar[dict[str, str]] = {"path": "file", "text.*.tokenizer": "folder"}
 
     path: str
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -54,12 +59,6 @@ class NpzOptions(BaseModel):
     # (x - mean) / std with the training split's statistics: auto = feature vectors, per feature
     # (see mmdistill.data.standardize); true: every modality; false: none
     standardize: Literal["auto"] | StrictBool = "auto"
-
-
-def resolve(root: Path, path: str) -> Path:
-    """``path`` itself when absolute (or ``~``), else ``path`` under the data root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else Path(root) / p
 
 
 def stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -75,28 +74,6 @@ def stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.n
             k = 0
         is_test[rng.permutation(idx)[:k]] = True
     return is_test
-
-
-def parse_split(where: str, values: np.ndarray, describe) -> np.ndarray:
-    """Bool [N] is_test from ``train``/``test`` strings; ``describe(i)`` names sample ``i``."""
-    is_test = np.zeros(len(values), dtype=bool)
-    for i, v in enumerate(values):
-        text = (v.decode() if isinstance(v, bytes) else str(v)).strip().lower()
-        if text not in ("train", "test"):
-            raise DataError(f"{where} {describe(i)}: unknown split value {str(v)!r} (expected 'train' or 'test')")
-        is_test[i] = text == "test"
-    if not is_test.any() or is_test.all():
-        side = "test" if not is_test.any() else "train"
-        raise DataError(f"{where}: the split marks no sample as {side!r}")
-    return is_test
-
-
-def check_unlabelled_train(where: str, labels: np.ndarray, is_test: np.ndarray, describe) -> None:
-    """Refuse a split file that puts an unlabelled sample (label -1) in test; ``describe(i)`` names it."""
-    bad = np.flatnonzero(is_test & (labels < 0))
-    if len(bad):
-        raise DataError(f"{where} {describe(int(bad[0]))}: an unlabelled sample cannot be a test sample; "
-                        "mark it 'train' (unlabelled samples only train)")
 
 
 def encode_labels(where: str, raw: list, classes: list[str] | None, describe,
@@ -215,9 +192,7 @@ def _labels(path: Path, label: np.ndarray, classes) -> tuple[np.ndarray, list[st
 
 @register_dataset("npz")
 def build_npz(root, options: NpzOptions, seed: int):
-    path = resolve(root, options.path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (npz dataset path, relative paths are under the data root {root})")
+    path = find_path(options.path, root, what="npz dataset path")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as err:  # BadZipFile, ValueError, OSError, EOFError, ...
@@ -255,13 +230,11 @@ def build_npz(root, options: NpzOptions, seed: int):
             split = _read(path, archive, "split")
             if split.shape != (n,):
                 raise DataError(f"{path}: array 'split' has shape {list(split.shape)}, expected [{n}] like 'label'")
-            if split.dtype.kind not in "USO":
-                raise DataError(f"{path}: array 'split' has dtype {split.dtype}, expected 'train'/'test' strings")
-            is_test = parse_split(f"{path}: array 'split'", split, lambda i: f"sample {i}")
-            check_unlabelled_train(f"{path}: array 'split'", labels, is_test, lambda i: f"sample {i}")
+            codes = parse_split(f"{path}: array 'split'", split, lambda i: f"{path}: array 'split' sample {i}")
+            check_unlabelled_train(codes, labels, lambda i: f"{path}: array 'split' sample {i}")
             split_used = "file"
         else:
-            is_test = stratified_test_mask(labels, options.test_fraction, seed)
+            codes = np.where(stratified_test_mask(labels, options.test_fraction, seed), TEST, TRAIN)
             split_used = f"stratified test_fraction={options.test_fraction} seed={seed}"
 
         modalities, present = {}, {}
@@ -324,7 +297,7 @@ def build_npz(root, options: NpzOptions, seed: int):
     labels_t = torch.from_numpy(labels)
     full = MultimodalDataset(modalities, labels_t, num_classes=num_classes, kinds=kinds, present=present,
                              name=path.name)
-    out = [full.subset(np.flatnonzero(sel), f"{path.name}/{part}") for part, sel in (("train", ~is_test), ("test", is_test))]
+    out = apply_split(full, codes, path.name)
     info = {"dataset": "npz", "path": str(path), "split": split_used, "num_classes": num_classes,
             "modalities": {m: {"kind": kinds[m], "shape": list(t.shape[1:]),
                                "present": int(present[m].sum())} for m, t in modalities.items()}}

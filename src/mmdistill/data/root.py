@@ -70,3 +70,67 @@ def download(urls: list[str], dest: Path, *, md5: str | None = None, sha256: str
                 os.remove(tmp)
     raise DataError(f"{dataset} is not under the data root and could not be downloaded "
                     f"({'; '.join(errors)}). {hint}")
+
+
+# --- paths a data config names ---------------------------------------------------------------
+def resolve(root: str | os.PathLike, path: str) -> Path:
+    """``path`` itself when absolute (or ``~``), else ``path`` under the data root ``root``."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(root) / p
+
+
+def candidates(path: str, root: str | os.PathLike, config_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+    """Where a path a data config names may live, in the order searched, each with where that is:
+    itself when absolute (or ``~``); a relative one beside the config file (when the config came
+    from a file), then under the data root."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return [(p, "as given")]
+    beside = [(Path(os.path.abspath(Path(config_dir) / p)), "beside the config")] if config_dir is not None else []
+    return beside + [(Path(os.path.abspath(Path(root).expanduser() / p)), "under the data root")]
+
+
+def find_path(path: str, root: str | os.PathLike, config_dir: str | os.PathLike | None = None, *,
+              folder: bool = False, what: str = "data path") -> Path:
+    """The first of :func:`candidates` that exists (a folder when ``folder``, else a file); a
+    :class:`DataError` naming every absolute path tried when none does."""
+    tried = candidates(path, root, config_dir)
+    for candidate, _ in tried:
+        if candidate.is_dir() if folder else candidate.is_file():
+            return candidate
+    places = ", ".join(f"{c} ({where})" for c, where in tried)
+    raise DataError(f"{path}: no such {'folder' if folder else 'file'} ({what}; looked at {places})")
+
+
+def path_options(options: dict, patterns) -> list[tuple[tuple[str, ...], str]]:
+    """``(keys, value)`` of every string in ``options`` (a dataset's raw options) at one of
+    ``patterns``, dotted keys where ``*`` matches any key (``"text.*.tokenizer"``)."""
+    found = []
+
+    def walk(node, parts, keys):
+        if not parts:
+            if isinstance(node, str):
+                found.append((keys, node))
+            return
+        if not isinstance(node, dict):
+            return
+        head, rest = parts[0], parts[1:]
+        for key in (node if head == "*" else [head] if head in node else []):
+            walk(node[key], rest, (*keys, key))
+
+    for pattern in patterns:
+        walk(options, pattern.split("."), ())
+    return found
+
+
+def replace_paths(options: dict, new: dict[tuple[str, ...], str]) -> dict:
+    """A copy of ``options`` with the value at each key path of ``new`` replaced."""
+    import copy
+
+    out = copy.deepcopy(options)
+    for keys, value in new.items():
+        node = out
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return out

@@ -23,18 +23,22 @@ import torch
 
 from ..errors import DataError
 from .dataset import DataSplits
+from .kinds import KINDS
 
 Standardize = Literal["auto"] | bool
 
-#: the kind whose samples are feature vectors, standardised per feature under ``auto``
-VECTOR = "vector"
+
+def _rule(kind: str) -> str:
+    """How ``standardize`` treats ``kind`` (:data:`~mmdistill.data.kinds.KINDS` ``standardise``;
+    a kind outside the table: one mean and std, under ``true`` only)."""
+    return KINDS[kind].standardise if kind in KINDS else "modality"
 
 
 def _which(data: DataSplits, mode: Standardize, done: Mapping) -> list[str]:
     if mode is False:
         return []
     return [m for m, spec in data.specs.items()
-            if m not in done and spec.kind != "text" and (spec.kind == VECTOR or mode is True)]
+            if m not in done and _rule(spec.kind) != "never" and (_rule(spec.kind) == "feature" or mode is True)]
 
 
 def _stats(x: torch.Tensor, per_feature: bool) -> dict:
@@ -63,7 +67,7 @@ def standardize_splits(data: DataSplits, mode: Standardize, stored: Mapping | No
             ref = data.train.modalities[m][present]
             if not len(ref):
                 continue
-            stats = _stats(ref, per_feature=spec.kind == VECTOR and len(spec.shape) == 1)
+            stats = _stats(ref, per_feature=_rule(spec.kind) == "feature" and len(spec.shape) == 1)
         mean = torch.as_tensor(stats["mean"], dtype=torch.float32)
         std = torch.as_tensor(stats["std"], dtype=torch.float32)
         if mean.dim() and tuple(mean.shape) != tuple(spec.shape):

@@ -23,15 +23,15 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..options import PositiveInt
 from .dataset import MultimodalDataset
 from .registry import register_dataset
+from .source import DatasetOptions
 
 
-class SyntheticOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class SyntheticOptions(DatasetOptions):
 
     num_classes: Annotated[int, Field(ge=3, le=20)] = 10
     train_size: PositiveInt = 2000

@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
+
+
+def describe_log_mel(p: Mapping) -> str:
+    """How :class:`LogMel` with parameters ``p`` (:meth:`LogMelParams.to_dict`) turns a waveform into its input."""
+    return (f"{p['sample_rate']} Hz mono waveform cut or zero-padded to {p['hop_length'] * (p['frames'] - 1)} "
+            f"samples; log(mel(|STFT|^2) + 1e-6) with a Hann window, n_fft {p['n_fft']}, hop {p['hop_length']}, "
+            f"centred (torch.stft), {p['n_mels']} librosa mel bands (htk=False, norm='slaney'), first "
+            f"{p['frames']} frames -> [1, {p['n_mels']}, {p['frames']}]")
 
 
 @dataclass(frozen=True)

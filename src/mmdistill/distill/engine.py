@@ -36,6 +36,8 @@ from ..checkpoint import atomic_torch_save
 from ..data.augment import AUGMENT_KINDS, CUTMIX_KINDS, AugmentConfig, training_inputs
 from ..data.batch import to_device
 from ..data.dataset import MultimodalDataset
+from ..data.dataset import tensor_digest as _fingerprint  # the teachers' digest, as the data's
+from ..data.kinds import kinds_with
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
 from ..optim import OPTIMIZERS, SCHEDULERS, OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
@@ -215,7 +217,7 @@ class TrainConfig(Strict):
 
 
 #: kinds whose last axis is time, the only ones a time shift makes sense for
-TIME_KINDS = ("audio", "sequence", "waveform")
+TIME_KINDS = kinds_with(time_axis=True)
 
 
 def check_train_options(cfg: TrainConfig, specs: dict) -> None:
@@ -635,11 +637,7 @@ class Trainer:
     @staticmethod
     def _inputs_fingerprint(task, train: MultimodalDataset) -> dict[str, str]:
         """SHA-256 of what a run reads but does not train: the frozen teachers and the training set."""
-        if hasattr(train, "fingerprint"):  # data that stays on disk (npy_dir) fingerprints itself
-            return {"teachers": _fingerprint(_split_teachers(task.state_dict())[1]), "data": train.fingerprint()}
-        data = {f"x.{k}": v for k, v in train.modalities.items()}
-        data.update({f"present.{k}": v for k, v in train.present.items()}, label=train.labels)
-        return {"teachers": _fingerprint(_split_teachers(task.state_dict())[1]), "data": _fingerprint(data)}
+        return {"teachers": _fingerprint(_split_teachers(task.state_dict())[1]), "data": train.fingerprint()}
 
     def _load_state(self, task, loader, optimizer, scheduler, mix_generator, result: FitResult) -> tuple[int, dict]:
         """Restore what :meth:`_save_state` wrote; returns (epochs done, best model state so far).
@@ -741,16 +739,5 @@ def _split_teachers(state: dict) -> tuple[dict, dict]:
     """(trained entries, frozen teacher entries) of a task's state dict."""
     teachers = {k: v for k, v in state.items() if k.startswith("teachers.")}
     return {k: v for k, v in state.items() if k not in teachers}, teachers
-
-
-def _fingerprint(state: dict) -> str:
-    """SHA-256 of the names, dtypes, shapes and bytes of ``state``'s tensors."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 

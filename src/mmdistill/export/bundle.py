@@ -50,62 +50,20 @@ def dataset_arrays(dataset, modalities: Sequence[str], limit: int | None = None)
 
 
 # --- preprocessing description -----------------------------------------------------------------
-def _log_mel_text(p: Mapping) -> str:
-    return (f"{p['sample_rate']} Hz mono waveform cut or zero-padded to {p['hop_length'] * (p['frames'] - 1)} "
-            f"samples; log(mel(|STFT|^2) + 1e-6) with a Hann window, n_fft {p['n_fft']}, hop {p['hop_length']}, "
-            f"centred (torch.stft), {p['n_mels']} librosa mel bands (htk=False, norm='slaney'), first "
-            f"{p['frames']} frames -> [1, {p['n_mels']}, {p['frames']}]")
-
-
-def _ge2e_params(dataset: str, info: Mapping, modality: str) -> dict | None:
-    """The GE2E front end's parameters when ``modality`` is one (FSDD's ``ge2e``, a manifest's ``transform: ge2e``)."""
-    if dataset == "fsdd" and modality == "ge2e":
-        return info.get("ge2e")
-    if dataset == "manifest":
-        return ((info.get("modalities") or {}).get(modality) or {}).get("ge2e")
-    return None
-
-
 def describe_preprocessing(cfg, info: Mapping, specs: Mapping) -> dict:
-    """What a deployer must do to a raw sample to get the model's input, per modality."""
-    from ..data.transforms import LogMelParams
+    """What a deployer must do to a raw sample to get the model's input, per modality: what the
+    dataset's options model says (:meth:`~mmdistill.data.source.DatasetOptions.describe`), then
+    the standardisation the training run recorded."""
+    from ..data import DATASETS
 
     name, options = cfg.name, cfg.options
+    describe = getattr(DATASETS.options(name), "describe", None) if name in DATASETS else None
     stats = info.get("standardise", {})
     out = {}
     for m, spec in specs.items():
         entry: dict = {"kind": spec.kind, "shape": list(spec.shape)}
-        if name in ("av_digits", "fsdd") and m == "audio":
-            params = LogMelParams().to_dict()
-            text = "FSDD spoken digit: " + _log_mel_text(params)
-            snr = info.get("audio_snr_db") if info.get("level") == "hard" else info.get("snr_db")
-            if snr is not None:
-                text += f"; training data had white noise mixed in at {snr} dB SNR before the spectrogram"
-            entry.update(description=text, log_mel=params)
-        elif _ge2e_params(name, info, m):
-            p = _ge2e_params(name, info, m)
-            entry.update(description=(
-                f"audio resampled to {p['sample_rate']} Hz mono (librosa.resample), scaled up to {p['norm_dbfs']} dBFS "
-                f"RMS when quieter (never down), cut or zero-padded to {p['seconds']} s; mel power spectrogram "
-                f"(librosa.feature.melspectrogram: n_fft {p['n_fft']}, hop {p['hop_length']}, {p['n_mels']} bands, "
-                f"centred, no log) -> {list(spec.shape)} (bands, frames): the resemblyzer GE2E front end"), ge2e=p)
-        elif name == "av_digits" and m == "image":
-            text = "MNIST digit, 28x28 grayscale in [0, 1] -> [1, 28, 28]"
-            if info.get("level") == "hard":
-                text += (f"; training data was rebuilt from the {info.get('pca_components')} leading principal "
-                         f"components of the training images ({info.get('image_energy_kept')} of their energy)")
-            entry["description"] = text
-        elif name == "mnist":
-            entry["description"] = "MNIST digit, 28x28 grayscale in [0, 1]" + (
-                ", flattened row-major -> [784]" if options.get("flatten") else " -> [1, 28, 28]")
-        elif name == "manifest" and spec.kind == "audio" and "audio" in info:
-            entry.update(description="audio file: " + _log_mel_text(info["audio"]),
-                         log_mel={k: v for k, v in info["audio"].items() if k != "standardize"})
-        elif name == "manifest" and spec.kind == "image":
-            entry["description"] = (f"image file decoded to [0, 1], channels first, resized (bilinear, antialiased) "
-                                    f"to {info.get('image_size') or list(spec.shape[1:])} -> {list(spec.shape)}")
-        else:
-            entry["description"] = f"{spec.kind} array of shape {list(spec.shape)} as dataset {name!r} stores it"
+        entry.update((describe(m, spec, info, options) if describe else None)
+                     or {"description": f"{spec.kind} array of shape {list(spec.shape)} as dataset {name!r} stores it"})
         entry["standardise"] = stats.get(m)
         if entry["standardise"]:
             entry["description"] += "; then (x - mean) / std with the training split's statistics below"
@@ -496,7 +454,7 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
     ``data_config``: a YAML recipe with a ``data:`` section (its ``seed`` and
     ``train.val_fraction``, when present, pick the split; otherwise the exported checkpoint's).
     """
-    from ..config import DataConfig, format_validation_error, read_yaml
+    from ..config import DataConfig, beside_config, format_validation_error, read_yaml
     from ..data import build_data
     from ..guard import Input, check_out, data_inputs
 
@@ -523,9 +481,11 @@ def predict_export(export_dir: str | Path, data_config: str | Path, out: str | P
     if not isinstance(raw.get("data"), dict):
         raise ConfigError(f"{data_config}: data: section missing (it names the data to predict on)")
     try:
-        cfg = DataConfig.model_validate({**raw["data"], **({"root": data_root} if data_root else {})})
+        cfg = DataConfig.model_validate({**beside_config(raw["data"], Path(data_config).parent),
+                                         **({"root": data_root} if data_root else {})})
     except pydantic.ValidationError as err:
         raise ConfigError(f"{data_config}: {format_validation_error(err, 'data')}") from None
+    cfg.read_from(Path(data_config).parent)
     # the exported model's standardisation statistics (model.json), not ones recomputed from this data
     stored = {m: e["standardise"] for m, e in model.meta.get("preprocessing", {}).get("modalities", {}).items()
               if e.get("standardise")}

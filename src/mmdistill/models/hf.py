@@ -23,12 +23,14 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..data.batch import presence
+from ..data.kinds import KINDS
 from ..errors import ConfigError
 from .kinds import MODEL_KINDS
 from .points import FeaturePoint
 
 EXTRA = 'pip install "mmdistill[hf]"'
-INPUTS = {"text": "input_ids", "waveform": "input_values", "image": "pixel_values"}
+#: the keyword a transformers model takes each kind it reads as (:data:`mmdistill.data.kinds.KINDS`)
+INPUTS = {k: row.hf_input for k, row in KINDS.items() if row.hf_input}
 
 
 class HFModelConfig(BaseModel):
@@ -95,15 +97,13 @@ class HFClassifier(nn.Module):
 
     def forward(self, batch: Mapping) -> torch.Tensor:
         x = batch[self.modality]
-        mask = None
+        mask, extra = None, {}
         if self.kind == "text":  # ids outside the vocabulary (an export's random example input) are clamped
-            ids = x[:, 0].long().clamp(0, self.backbone.config.vocab_size - 1)
             mask = (x[:, 1] > 0.5).long()
-            out = self.backbone(input_ids=ids, attention_mask=mask)
+            x, extra = x[:, 0].long().clamp(0, self.backbone.config.vocab_size - 1), {"attention_mask": mask}
         elif self.kind == "waveform":
-            out = self.backbone(input_values=x.reshape(x.shape[0], -1))
-        else:
-            out = self.backbone(pixel_values=x)
+            x = x.reshape(x.shape[0], -1)
+        out = self.backbone(**{INPUTS[self.kind]: x}, **extra)
         embedding = self.pool(out.last_hidden_state, mask)
         embedding = embedding * presence(batch, self.modality).to(embedding.device).unsqueeze(1).to(embedding.dtype)
         return self.head(embedding)
@@ -146,8 +146,8 @@ def build_hf_model(cfg: HFModelConfig, specs, num_classes: int) -> HFClassifier:
     spec = specs[cfg.modality]
     if spec.kind not in INPUTS:
         hint = " (declare a waveform modality: transform: waveform)" if spec.kind == "audio" else ""
-        raise ConfigError(f"model.modality: {cfg.modality!r} is {spec.kind} data; hf models read text, waveform "
-                          f"or image modalities{hint}")
+        raise ConfigError(f"model.modality: {cfg.modality!r} is {spec.kind} data; hf models read "
+                          f"{', '.join(INPUTS)} modalities{hint}")
     try:
         from transformers import AutoModel
     except ImportError:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data.batch import presence
 from ..data.dataset import ModalitySpec
+from ..data.kinds import KINDS
 from ..errors import ConfigError
 from ..options import PositiveInt, Strict, format_validation_error
 from ..registry import Registry, options_of
@@ -140,8 +141,11 @@ def _assemble(cfg, specs, num_classes: int) -> MultimodalModel:
         try:
             encoders[name] = ENCODERS.get(enc_cfg.type)(specs[name].shape, **options_of(enc_cfg, "type"))
         except ValueError as err:  # the encoder cannot read this modality's shape (its own check)
-            raise ConfigError(f"model.encoders.{name}: modality {name!r} ({specs[name].kind}, shape "
-                              f"{list(specs[name].shape)}): {err}") from None
+            kind = specs[name].kind
+            suits = KINDS[kind].encoder if kind in KINDS else enc_cfg.type
+            hint = f"; the {suits} encoder suits {kind} data" if suits != enc_cfg.type else ""
+            raise ConfigError(f"model.encoders.{name}: modality {name!r} ({kind}, shape "
+                              f"{list(specs[name].shape)}): {err}{hint}") from None
     dims = {m: e.out_dim for m, e in encoders.items()}
     fusion = FUSIONS.get(cfg.fusion.type)(dims, num_classes, **options_of(cfg.fusion, "type"))
     if getattr(fusion, "produces_logits", False):
