@@ -26,7 +26,8 @@ def sections() -> dict[str, str]:
 
 RUNNABLE = [title for title, text in sections().items() if "<!-- run -->" in text]
 #: sections whose example needs more than a fresh folder (e.g. a module inside the package), run by a test of their own
-OWN_TEST = {"Add a command": "test_contributing_command.py"}
+OWN_TEST = {"Add a command": "test_contributing_command.py", "Add a data source": "test_contributing_data.py",
+            "Add a modality kind": "test_contributing_data.py"}
 
 
 def test_every_extension_section_is_runnable_and_counts_its_files():

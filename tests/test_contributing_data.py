@@ -1,4 +1,5 @@
-"""The worked examples of CONTRIBUTING.data.md run as written (each in a fresh process)."""
+"""CONTRIBUTING.md's "Add a data source" and "Add a modality kind" examples run as written (each in a
+fresh process)."""
 import json
 import re
 import shutil
@@ -10,11 +11,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-GUIDE = (REPO / "CONTRIBUTING.data.md").read_text()
+GUIDE = (REPO / "CONTRIBUTING.md").read_text()
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", GUIDE, re.S)
+def blocks(language: str, section: str) -> list[str]:
+    """The ``language`` code blocks of CONTRIBUTING.md's ``## section``."""
+    text = GUIDE.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
 def run(code: str, cwd: Path, src: Path = REPO / "src") -> str:
@@ -26,8 +29,8 @@ def run(code: str, cwd: Path, src: Path = REPO / "src") -> str:
 
 
 def test_add_a_data_source(tmp_path):
-    (tmp_path / "tsv_source.py").write_text(blocks("python")[0])
-    (tmp_path / "run.yaml").write_text(blocks("yaml")[0])
+    (tmp_path / "tsv_source.py").write_text(blocks("python", "Add a data source")[0])
+    (tmp_path / "run.yaml").write_text(blocks("yaml", "Add a data source")[0])
     rng = np.random.default_rng(0)
     lines = []
     for i in range(40):
@@ -59,7 +62,7 @@ def test_add_a_modality_kind(tmp_path):
     kinds = src / "mmdistill" / "data" / "kinds.py"
     text = kinds.read_text()
     end = text.index("\n)}\n")  # the end of the KINDS table
-    kinds.write_text(text[:end] + "\n" + blocks("python")[1].rstrip() + text[end:])
+    kinds.write_text(text[:end] + "\n" + blocks("python", "Add a modality kind")[0].rstrip() + text[end:])
     n = 30
     np.savez(tmp_path / "clouds.npz", cloud=np.random.default_rng(0).normal(size=(n, 5, 3)).astype(np.float32),
              label=np.arange(n) % 2)
