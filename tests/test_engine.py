@@ -146,7 +146,7 @@ def test_api_distill_counts_extra_parameters(tmp_path, data):
                      save=saver(STUDENT, data))
     # image: Linear(4 -> 8); audio: Linear(16 -> 8), no biases
     assert result.extra_params == 4 * 8 + 16 * 8
-    assert "train_fitnet" in result.history[0] and "train_fitnet_2" in result.history[0]
+    assert "train_fitnet[image]" in result.history[0] and "train_fitnet[audio]" in result.history[0]
     loaded, _ = load_checkpoint(tmp_path / "best.pt")
     assert count_parameters(loaded) == count_parameters(student)
 

@@ -227,7 +227,7 @@ class GE2EOptions(Strict):
 
 
 def describe_fsdd_audio(snr_db: float | None) -> dict:
-    """model.json's entry for the built-in spoken-digit spectrogram (FSDD's, AV-Digits' ``audio``)."""
+    """The model.json entry of the built-in spoken-digit spectrogram (FSDD's, AV-Digits' ``audio``)."""
     params = LogMelParams().to_dict()
     text = "FSDD spoken digit: " + describe_log_mel(params)
     if snr_db is not None:
