@@ -1,8 +1,9 @@
 """The loop's one extension seam: callbacks on five events of a fit.
 
 Everything :class:`~mmdistill.distill.engine.Trainer` does besides training and validating is a
-callback: the progress bar, the divergence check, early stopping, ``metrics.jsonl``, TensorBoard,
-the ``last.pt``/``best.pt`` checkpoints and the training state ``state.pt``. A user's callbacks
+callback, in this order: the divergence check, the progress bar, early stopping,
+``metrics.jsonl``, TensorBoard, the ``last.pt``/``best.pt`` checkpoints and the training state
+``state.pt``. A user's callbacks
 (``Trainer(callbacks=...)``, ``api.train``/``api.distill(callbacks=...)``) run after the built-in
 ones and before ``state.pt`` is written, so that their state is saved with the epoch's.
 
@@ -249,7 +250,7 @@ def default_callbacks(cfg, extra: Sequence[Callback] = ()) -> list[Callback]:
     user's ``extra`` ones before :class:`TrainingState`."""
     if isinstance(extra, Callback) or not isinstance(extra, (list, tuple)):
         raise TypeError(f"callbacks: expected a list of Callback instances, got {type(extra).__name__}")
-    callbacks: list[Callback] = [ProgressBar(), DivergenceCheck()]
+    callbacks: list[Callback] = [DivergenceCheck(), ProgressBar()]
     if cfg.early_stopping is not None:
         callbacks.append(EarlyStopping(cfg.early_stopping.patience, cfg.early_stopping.min_delta))
     callbacks.append(MetricsFile())

@@ -7,14 +7,14 @@ selects the best epoch. At the end the model holds the best weights. Seeded and 
 CPU. Under torchrun the same loop runs data-parallel (see :mod:`mmdistill.distill.distributed`).
 
 Everything else a fit does is a callback (:mod:`mmdistill.distill.callbacks`), in a fixed order:
-the progress bar, the divergence check, early stopping, one JSON line per epoch in
+the divergence check, the progress bar, early stopping, one JSON line per epoch in
 ``metrics.jsonl``, TensorBoard, ``last.pt`` and ``best.pt`` (written atomically), the user's
 callbacks, then ``state.pt``, the training state (see :meth:`Trainer.save_state`), from which
 ``Trainer(resume=True)`` continues an interrupted run bit-identically.
 
 The hot loop never waits for the host per step: loss terms and accuracy are summed on the device
 (:class:`EpochMeter`) and read once per epoch, plus a running-loss read every ``SYNC_INTERVAL``
-seconds for the callbacks' ``on_progress`` (the progress bar and the divergence check).
+seconds for the callbacks' ``on_progress`` (the divergence check and the progress bar).
 ``train.precision`` and ``train.compile``: :func:`autocast`, :func:`grad_scaler`, :func:`compile_forwards`.
 """
 from __future__ import annotations
