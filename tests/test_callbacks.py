@@ -192,3 +192,13 @@ def test_precomputed_teacher_outputs_serve_the_fit_like_the_teachers_own(data):
     assert not all(torch.equal(a, b) for a, b in zip(ref_student.state_dict().values(), other.state_dict().values()))
     with pytest.raises(ConfigError, match="precomputed_outputs: 5 rows for a training set of"):
         run(precomputed_outputs=[{OUTPUT: outputs[0][OUTPUT][:5]}])
+
+
+def test_a_trainer_fitted_twice_starts_its_built_in_callbacks_afresh(data, monkeypatch):
+    values = iter([0.9, 0.8, 0.5, 0.6, 0.7])  # first fit stops after epoch 2; the second improves every epoch
+    monkeypatch.setattr(engine, "accuracy", lambda logits, labels: next(values))
+    trainer = Trainer(cfg(epochs=3, early_stopping={"patience": 1}), seed=0)
+    first = trainer.fit(SupervisedTask(model(data)), data.train, data.val)
+    second = trainer.fit(SupervisedTask(model(data)), data.train, data.val)
+    assert (first.epochs, first.stopped_early) == (2, True)
+    assert (second.epochs, second.stopped_early) == (3, False)

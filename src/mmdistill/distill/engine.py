@@ -383,7 +383,8 @@ class Trainer:
         if resume and self.run_dir is None:
             raise ConfigError("resume: needs the run directory of the run to continue")
         self.resume = resume
-        self.callbacks = CallbackList(default_callbacks(cfg, callbacks))
+        default_callbacks(cfg, callbacks)  # a wrong callbacks argument fails here, before any work
+        self.user_callbacks = list(callbacks)
 
     @property
     def writes(self) -> bool:
@@ -405,6 +406,7 @@ class Trainer:
     def _fit(self, task: Task, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
         seed_everything(self.seed)
         cfg = self.cfg
+        self.callbacks = CallbackList(default_callbacks(cfg, self.user_callbacks))  # the built-in ones fresh per fit
         check_train_options(cfg, train.specs)
         self.autocast = autocast(self.device, cfg.precision)  # before any work: an unsupported precision fails here
         self.scaler = grad_scaler(self.device, cfg.precision)
