@@ -28,7 +28,7 @@ MODEL = {"encoders": {"image": {"type": "conv", "channels": [4]}, "audio": {"typ
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic").builder
+    builder = DATASETS.get("synthetic")
     train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 80, "test_size": 20}), 0)
     fit, val = split_validation(train_set, 0.2, seed=0)
     return DataSplits(train=fit, val=val, test=test_set, info=info)
