@@ -33,7 +33,7 @@ cell has the same step budget (``max_steps``) and its steps are counted by the e
   - ``kd_pseudo``: as ``kd_t4``, with the labelled batch drawn from the labelled samples and the
     teacher's confident pseudo-labels (pseudo_label's tau).
   The teacher's outputs on the training split are computed once per (fraction, seed) and serve
-  every student (the engine's teacher cache, shared).
+  every student (``DistillationTask(precomputed_outputs=...)``, filling the engine's teacher cache).
 
 The validation split (10% of the training recordings, as in the recipes) keeps its labels at
 every fraction: model selection (best epoch, learning rate, augmentation, tau, C) sees more
@@ -109,28 +109,11 @@ def resized(dataset: MultimodalDataset, size: int, seed: int) -> MultimodalDatas
     return dataset.subset(idx, dataset.name)
 
 
-class SharedTeacherTask(DistillationTask):
-    """A distillation task served from teacher outputs computed once (the same teacher, frozen and
-    in eval mode, on the same unaltered training samples, indexed alike), so several students
-    trained on one split pay for one teacher pass."""
-
-    shared: dict[str, torch.Tensor] = {}
-
-    def cache_teacher_outputs(self, dataset, *, batch_size: int, device, **options) -> None:
-        from mmdistill.distill.cache import TeacherCache
-
-        if len(dataset) != len(next(iter(self.shared.values()))):
-            raise RuntimeError("the shared teacher outputs are not of this training set")
-        self.clear_cache()
-        self._cache = TeacherCache(len(dataset))
-        self._cache.write(torch.arange(len(dataset)), [self.shared])
-
-
 def teacher_logits(student, teacher, train, device, batch_size: int) -> torch.Tensor:
-    """The teacher's logits on every training sample (the engine's teacher cache, built once)."""
+    """The teacher's logits on every training sample, computed once: every student of the cell is
+    then given them (``DistillationTask(precomputed_outputs=...)``) instead of running the teacher."""
     task = DistillationTask(student, teacher, api.make_terms([{"name": "kd"}]))
-    task.cache_teacher_outputs(train, batch_size=batch_size, device=device)
-    out = task._cache.arrays[0][OUTPUT]
+    out = task.compute_teacher_outputs(train, batch_size=batch_size, device=device)[0][OUTPUT]
     task.teardown()
     return out
 
@@ -168,9 +151,8 @@ def fit_kd(scfg, data, train, teacher, logits, temperature, separate, args, devi
     ``separate``: a labelled batch and a transfer batch per step (train.labelled_batch_size)."""
     model = build_model(scfg.model, data.specs, data.num_classes, seed=seed)
     cfg = budget(scfg.train, args, **({"labelled_batch_size": scfg.train.batch_size} if separate else {}))
-    SharedTeacherTask.shared = {OUTPUT: logits}
     terms = [{"name": "kd", "weight": 1.0, "temperature": temperature}]
-    task = SharedTeacherTask(model, teacher, api.make_terms(terms), gamma=1.0)
+    task = DistillationTask(model, teacher, api.make_terms(terms), gamma=1.0, precomputed_outputs=[{OUTPUT: logits}])
     fit = Trainer(cfg, device=device, seed=seed, label="student").fit(task, train, data.val)
     return model, fit, math.ceil(len(train) / cfg.batch_size)
 

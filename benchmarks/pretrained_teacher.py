@@ -148,26 +148,6 @@ def embeddings(model, dataset, path: str, batch_size: int = 256) -> torch.Tensor
     return torch.cat([capture.run(model, batch)[path].float() for batch in dataset.loader(batch_size)])
 
 
-class CachedTeacherTask(DistillationTask):
-    """A distillation task whose teacher outputs on the training set were computed once
-    (``shared``: {path: [N, ...]}, the same frozen teacher on the same unaltered samples, in the
-    training set's order), written into the engine's teacher cache instead of running the teacher."""
-
-    shared: dict[str, torch.Tensor] = {}
-
-    def cache_teacher_outputs(self, dataset, *, batch_size: int, device, **options) -> None:
-        from mmdistill.distill.cache import TeacherCache
-
-        n = len(next(iter(self.shared.values())))
-        if len(dataset) % n:
-            raise RuntimeError("the shared teacher outputs are not of this training set")
-        reps = len(dataset) // n  # the training set repeated within an epoch (see repeated())
-        self.clear_cache()
-        self._cache = TeacherCache(len(dataset))
-        self._cache.write(torch.arange(len(dataset)), [{k: v.repeat(reps, *[1] * (v.dim() - 1))
-                                                        for k, v in self.shared.items()}])
-
-
 def schedule(n: int, steps: int, evals: int, batch: int) -> tuple[MultimodalDataset | int, int]:
     """(repeats of the training set per epoch, epochs) for about ``steps`` steps in ``evals`` epochs."""
     per_epoch = max(1, steps // evals) * batch
@@ -179,8 +159,12 @@ def repeated(ds: MultimodalDataset, r: int) -> MultimodalDataset:
     return ds if r == 1 else ds.subset(np.tile(np.arange(len(ds)), r), ds.name)
 
 
-def fit(task, train, val, args, seed, label, steps=None):
+def fit(task, train, val, args, seed, label, steps=None, teacher_outputs=None):
+    """``teacher_outputs``: the teacher's outputs on ``train`` computed once ({path: [N, ...]}), which the
+    distillation ``task`` is given (repeated like the training set) instead of running its teacher."""
     r, epochs = schedule(len(train), steps or args.steps, args.evals, args.batch)
+    if teacher_outputs is not None:
+        task.precomputed_outputs = [{k: v.repeat(r, *[1] * (v.dim() - 1)) for k, v in teacher_outputs.items()}]
     cfg = TrainConfig(epochs=epochs, batch_size=args.batch, progress=False,
                       optimizer={"name": "adam", "lr": args.lr}, scheduler={"name": "cosine"})
     result = Trainer(cfg, device="cpu", seed=seed, label=label).fit(task, repeated(train, r), val)
@@ -249,9 +233,9 @@ def run_seed(seed, data, mfcc, teacher, t_emb, args, rows, save) -> None:
     start = time.perf_counter()
     student = student_model(specs, 6, seed)
     unlabelled = train.with_labels(torch.full((len(train),), -1))
-    CachedTeacherTask.shared = {"encoder": t_emb[:n_train][tr_idx]}
-    task = CachedTeacherTask(student, teacher, api.make_terms([COSINE], student=student, teachers=[teacher]), gamma=0.0)
-    result, epochs = fit(task, unlabelled, val, args, seed, "distil embedding", steps=args.distill_steps)
+    task = DistillationTask(student, teacher, api.make_terms([COSINE], student=student, teachers=[teacher]), gamma=0.0)
+    result, epochs = fit(task, unlabelled, val, args, seed, "distil embedding", steps=args.distill_steps,
+                         teacher_outputs={"encoder": t_emb[:n_train][tr_idx]})
     distill_info = {"val_cosine_loss": min(h["val_loss"] for h in result.history), **best_epoch_note(result, epochs),
                     "seconds": round(time.perf_counter() - start, 1)}
     print(f"seed {seed}: embedding distilled in {distill_info['seconds']} s, best epoch "
@@ -299,9 +283,9 @@ def run_seed(seed, data, mfcc, teacher, t_emb, args, rows, save) -> None:
                 model.load_state_dict(state, strict=False)
                 set_head(model, ws, bs)
                 probe_teacher = with_head(teacher, wt, bt)
-                CachedTeacherTask.shared = {OUTPUT: torch.from_numpy(tr_emb_t @ wt.T + bt)}
-                ft = CachedTeacherTask(model, probe_teacher, api.make_terms([KD]), gamma=1.0)
-                result, epochs = fit(ft, labelled, va, args, seed, "fine-tune")
+                ft = DistillationTask(model, probe_teacher, api.make_terms([KD]), gamma=1.0)
+                result, epochs = fit(ft, labelled, va, args, seed, "fine-tune",
+                                     teacher_outputs={OUTPUT: torch.from_numpy(tr_emb_t @ wt.T + bt)})
                 record("distilled_finetuned", test_accuracy(model, te), sum(p.numel() for p in model.parameters()),
                        lat["student"]["onnx_ms_b1"], **best_epoch_note(result, epochs))
             print(f"seed {seed} {task_name} {per_class}: " + ", ".join(

@@ -140,13 +140,13 @@ def test_train_resumes_under_torchrun_to_the_one_process_weights(tmp_path, monke
     path = write(tmp_path, "t.yaml", config(epochs=3))
     assert run_cli("train", path, "--out", tmp_path / "one") == 0
     out = tmp_path / "two"
-    save_state = Trainer._save_state
+    save_state = Trainer.save_state
 
     def stop_after_first_epoch(self, *args):
         save_state(self, *args)
         raise Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(Trainer, "_save_state", stop_after_first_epoch)
+    monkeypatch.setattr(Trainer, "save_state", stop_after_first_epoch)
     assert run_cli("train", path, "--out", out) == 143
     monkeypatch.undo()
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"

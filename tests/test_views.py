@@ -241,13 +241,13 @@ def test_view_cache_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypat
     for name in ("whole", "cut"):
         (tmp_path / name).mkdir()
     _, whole = _distil(data, teacher, spec, run_dir=tmp_path / "whole")
-    save_state = Trainer._save_state
+    save_state = Trainer.save_state
 
     def stop_after_first_epoch(self, *args):
         save_state(self, *args)
         raise Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(Trainer, "_save_state", stop_after_first_epoch)
+    monkeypatch.setattr(Trainer, "save_state", stop_after_first_epoch)
     with pytest.raises(Interrupted):
         _distil(data, teacher, spec, run_dir=tmp_path / "cut")
     monkeypatch.undo()

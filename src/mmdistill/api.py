@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import EnsembleConfig, LossTermConfig, TrainConfig, format_validation_error
 from .data.dataset import DataSplits
+from .distill.callbacks import Callback
 from .distill.distributed import resolve_device
 from .distill.engine import FitResult, Trainer
 from .distill.ensemble import STRATEGIES, TeacherEnsemble
@@ -190,18 +191,19 @@ def make_terms(terms: Sequence[Term | LossTermConfig | dict | str],
 
 def train(model: nn.Module, data: DataSplits, cfg: TrainConfig = TrainConfig(), *, device: str = "auto",
           seed: int = 0, run_dir: Path | None = None, save: Callable | None = None, label: str = "teacher",
-          resume: bool = False) -> FitResult:
+          resume: bool = False, callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train ``model`` with cross-entropy on ``data.train`` (model selection on ``data.val``).
 
     Unlabelled training samples are left out (cross-entropy has nothing to learn from them).
-    ``resume``: continue the run whose training state ``run_dir`` holds (see :class:`Trainer`)."""
+    ``resume``: continue the run whose training state ``run_dir`` holds (see :class:`Trainer`).
+    ``callbacks``: extra :class:`~mmdistill.distill.callbacks.Callback` s for the loop."""
     check_module("model", model)
     check_splits("data", data)
     cfg = check_train_config("cfg", cfg)
     check_seed("seed", seed)
     check_device("device", device)
     trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label,
-                      resume=resume)
+                      resume=resume, callbacks=callbacks)
     train_set = data.train.labelled_only(f"{data.train.name} (labelled)")
     if len(train_set) == 0:
         raise DataError(f"{data.train.name}: no labelled training sample; training with labels needs some")
@@ -212,7 +214,7 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
             data: DataSplits, *, terms: Sequence[Term | LossTermConfig | dict | str] = ("kd",), gamma: float = 1.0,
             ensemble: EnsembleConfig | dict | str = "average", cfg: TrainConfig = TrainConfig(),
             device: str = "auto", seed: int = 0, run_dir: Path | None = None, save: Callable | None = None,
-            label: str = "student", resume: bool = False) -> FitResult:
+            label: str = "student", resume: bool = False, callbacks: Sequence[Callback] = ()) -> FitResult:
     """Distil ``teachers`` into ``student``: minimise gamma * CE + sum_i weight_i * term_i.
 
     ``teachers``: one model, a list, or ``{name: model}`` (names are what a term's ``source`` and
@@ -221,6 +223,7 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
     ``{"strategy": "fixed", "weights": {name: w}}``, see :mod:`mmdistill.distill.ensemble`).
     ``result.task`` keeps the task, e.g. for :meth:`~DistillationTask.sample_weights`.
     ``resume``: continue the run whose training state ``run_dir`` holds (see :class:`Trainer`).
+    ``callbacks``: extra :class:`~mmdistill.distill.callbacks.Callback` s for the loop.
     """
     check_module("student", student)
     check_splits("data", data)
@@ -260,7 +263,7 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | Mapp
     task = DistillationTask(student, models, placed, gamma=gamma,
                             teacher_names=names, ensemble=fusion)
     trainer = Trainer(cfg, device=resolve_device(device), seed=seed, run_dir=run_dir, save=save, label=label,
-                      resume=resume)
+                      resume=resume, callbacks=callbacks)
     result = trainer.fit(task, data.train, data.val)
     result.extra_params = sum(p.numel() for p in task.extra_parameters())
     result.task = task

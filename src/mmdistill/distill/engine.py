@@ -2,16 +2,20 @@
 
 Per epoch: one pass over the training set minimising the sum of the task's loss terms, then
 validation accuracy (for a label-free task, e.g. a student learning a pretrained encoder's
-embedding with ``gamma = 0``, the terms' validation loss instead: :attr:`DistillationTask.label_free`); one JSON line of metrics is appended to ``metrics.jsonl``; ``last.pt`` and
-(by validation accuracy) ``best.pt`` are written atomically, then ``state.pt``, the training state
-(see :meth:`Trainer._save_state`), from which ``Trainer(resume=True)`` continues an interrupted
-run bit-identically. At the end the model holds the best weights. Seeded and deterministic on CPU.
-Under torchrun the same loop runs data-parallel (see :mod:`mmdistill.distill.distributed`).
+embedding with ``gamma = 0``, the terms' validation loss instead: :attr:`Task.label_free`), which
+selects the best epoch. At the end the model holds the best weights. Seeded and deterministic on
+CPU. Under torchrun the same loop runs data-parallel (see :mod:`mmdistill.distill.distributed`).
+
+Everything else a fit does is a callback (:mod:`mmdistill.distill.callbacks`), in a fixed order:
+the divergence check, the progress bar, early stopping, one JSON line per epoch in
+``metrics.jsonl``, TensorBoard, ``last.pt`` and ``best.pt`` (written atomically), the user's
+callbacks, then ``state.pt``, the training state (see :meth:`Trainer.save_state`), from which
+``Trainer(resume=True)`` continues an interrupted run bit-identically.
 
 The hot loop never waits for the host per step: loss terms and accuracy are summed on the device
 (:class:`EpochMeter`) and read once per epoch, plus a running-loss read every ``SYNC_INTERVAL``
-seconds for the progress bar and the divergence check. ``train.precision`` and ``train.compile``:
-:func:`autocast`, :func:`grad_scaler`, :func:`compile_forwards`.
+seconds for the callbacks' ``on_progress`` (the divergence check and the progress bar).
+``train.precision`` and ``train.compile``: :func:`autocast`, :func:`grad_scaler`, :func:`compile_forwards`.
 """
 from __future__ import annotations
 
@@ -23,13 +27,12 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Callable, Literal, Sequence
 
 import numpy as np
 import pydantic
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, StrictBool
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from ..checkpoint import atomic_torch_save
@@ -42,9 +45,10 @@ from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import accuracy, predict
 from ..optim import OPTIMIZERS, SCHEDULERS, OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
 from ..options import PositiveInt, Strict
-from ..rundir import BEST, HISTORY, LAST, STATE, append_text, write_text
+from ..rundir import STATE
 from . import backends, distributed
-from .sinks import MetricSinks
+from .callbacks import Callback, CallbackList, Fit, default_callbacks, score_of
+from .tasks import Task
 from .views import ViewCacheConfig
 
 
@@ -74,9 +78,6 @@ class FitResult:
     steps: int = 0
     max_epochs: int = 0
     stopped_early: bool = False
-    # early stopping's reference: the score and epoch of the last improvement by more than min_delta
-    patience_score: float = -math.inf
-    patience_epoch: int = 0
 
     @property
     def epochs(self) -> int:
@@ -288,16 +289,16 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def compile_forwards(task, device: torch.device, *, teachers: bool) -> list[nn.Module]:
-    """``torch.compile`` the student's forward, and the teachers' when ``teachers`` (i.e. they run
-    every step, uncached); returns the modules changed, for :func:`uncompile`. A machine where
-    torch.compile cannot work (no C++ compiler, unsupported Python) gives a ConfigError."""
+def compile_forwards(modules: list[nn.Module], device: torch.device) -> list[nn.Module]:
+    """``torch.compile`` the forward of ``modules`` (a task's :meth:`~Task.step_modules`: the
+    student, and the teachers when they run every step, uncached); returns them, for
+    :func:`uncompile`. A machine where torch.compile cannot work (no C++ compiler, unsupported
+    Python) gives a ConfigError."""
     try:
         torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))
     except Exception as err:  # inductor's errors have no common base class
         raise ConfigError(f"train.compile: torch.compile does not work here ({str(err).strip().splitlines()[0]}); "
                           "set train.compile: false") from None
-    modules = [task.model] + (list(getattr(task, "teachers", [])) if teachers else [])
     for module in modules:
         module.forward = torch.compile(module.forward)
     return modules
@@ -365,12 +366,14 @@ class Trainer:
     ``save(path, model, meta)`` writes a checkpoint; the engine calls it for ``last.pt`` and
     ``best.pt`` in ``run_dir`` (nothing is written when ``run_dir`` is None). With ``run_dir``,
     ``state.pt`` holds the training state after the last complete epoch; ``resume=True`` loads it
-    and continues from that epoch.
+    and continues from that epoch. ``callbacks``: the user's
+    :class:`~mmdistill.distill.callbacks.Callback` s, run after the built-in ones (see
+    :mod:`mmdistill.distill.callbacks` for the events and their order).
     """
 
     def __init__(self, cfg: TrainConfig, *, device: torch.device | str = "cpu", seed: int = 0,
                  run_dir: Path | None = None, save: Callable | None = None, label: str = "train",
-                 resume: bool = False):
+                 resume: bool = False, callbacks: Sequence[Callback] = ()):
         self.cfg = cfg
         self.device = torch.device(device)
         self.seed = seed
@@ -380,19 +383,15 @@ class Trainer:
         if resume and self.run_dir is None:
             raise ConfigError("resume: needs the run directory of the run to continue")
         self.resume = resume
-        self.sinks = MetricSinks((), None)  # fit opens the sinks train.log asks for
+        default_callbacks(cfg, callbacks)  # a wrong callbacks argument fails here, before any work
+        self.user_callbacks = list(callbacks)
 
     @property
-    def _writes(self) -> bool:
+    def writes(self) -> bool:
         """Whether this process writes the run directory (under torchrun only rank 0 does)."""
         return self.run_dir is not None and distributed.is_main()
 
-    def _progress(self) -> Progress:
-        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        transient=True, disable=not self.cfg.progress or not distributed.is_main())
-
-    def fit(self, task: nn.Module, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
+    def fit(self, task: Task, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
         """Train ``task`` under the backend settings of :mod:`mmdistill.distill.backends` (set for the
         fit, restored after it; ``self.backends`` records them)."""
         with backends.configured(self.device, self.cfg.deterministic) as self.backends:
@@ -404,9 +403,10 @@ class Trainer:
                 raise ConfigError(f"train.deterministic: {str(err).splitlines()[0]}; "
                                   "set train.deterministic: false") from None
 
-    def _fit(self, task: nn.Module, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
+    def _fit(self, task: Task, train: MultimodalDataset, val: MultimodalDataset | None = None) -> FitResult:
         seed_everything(self.seed)
         cfg = self.cfg
+        self.callbacks = CallbackList(default_callbacks(cfg, self.user_callbacks))  # the built-in ones fresh per fit
         check_train_options(cfg, train.specs)
         self.autocast = autocast(self.device, cfg.precision)  # before any work: an unsupported precision fails here
         self.scaler = grad_scaler(self.device, cfg.precision)
@@ -437,41 +437,36 @@ class Trainer:
             self._fingerprints = self._inputs_fingerprint(task, train)
         task.setup(to_device(next(iter(train.loader(min(cfg.batch_size, len(train))))), self.device), len(train),
                    labels=train.labels)
-        # the plain cache serves teachers that see stored samples (see data.augment.training_inputs)
         result = FitResult(max_epochs=cfg.epochs)
-        view_cache = self.views is not None and cfg.view_cache.cache and hasattr(task, "cache_view_outputs")
-        if view_cache:
-            built = time.perf_counter()
-            task.cache_view_outputs(train, self.views, batch_size=cfg.eval_batch_size, device=self.device,
-                                    storage=cfg.view_cache.storage, dtype=cfg.view_cache.dtype,
-                                    topk=cfg.view_cache.topk, folder=self.run_dir)
-            result.view_cache_seconds = time.perf_counter() - built
-            result.view_cache_bytes = task._view_cache.nbytes()
-        altered = (cfg.augment and cfg.augment_teacher != "clean") or (
-            cfg.augment_teacher == "consistent" and (cfg.modality_dropout or cfg.time_shift))
-        teacher_sees_clean = cfg.mixup == 0 and cfg.cutmix == 0 and not altered and self.views is None
-        if cfg.cache_teacher and teacher_sees_clean and hasattr(task, "cache_teacher_outputs"):
-            task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device,
-                                       storage=cfg.cache_storage, dtype=cfg.cache_dtype, folder=self.run_dir)
-        optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
-        scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
-        self._forward = distributed.wrap(task, self.device)  # task.training_step, through DDP under torchrun
-        start = time.perf_counter()
         compiled = []
-        # train.log: e.g. TensorBoard, beside metrics.jsonl
-        self.sinks = MetricSinks(cfg.log, self.run_dir if self._writes else None)
         try:
+            if self.views is not None and cfg.view_cache.cache:
+                built = time.perf_counter()
+                cached = task.cache_view_outputs(train, self.views, batch_size=cfg.eval_batch_size, device=self.device,
+                                                 storage=cfg.view_cache.storage, dtype=cfg.view_cache.dtype,
+                                                 topk=cfg.view_cache.topk, folder=self.run_dir)
+                if cached is not None:  # bytes held (None: the task has no teachers to cache)
+                    result.view_cache_seconds = time.perf_counter() - built
+                    result.view_cache_bytes = cached
+            # the plain cache serves teachers that see stored samples (see data.augment.training_inputs)
+            altered = (cfg.augment and cfg.augment_teacher != "clean") or (
+                cfg.augment_teacher == "consistent" and (cfg.modality_dropout or cfg.time_shift))
+            teacher_sees_clean = cfg.mixup == 0 and cfg.cutmix == 0 and not altered and self.views is None
+            if cfg.cache_teacher and teacher_sees_clean:
+                task.cache_teacher_outputs(train, batch_size=cfg.eval_batch_size, device=self.device,
+                                           storage=cfg.cache_storage, dtype=cfg.cache_dtype, folder=self.run_dir)
+            optimizer = build_optimizer(task.trainable_parameters(), cfg.optimizer)
+            scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch=len(loader))
+            self._forward = distributed.wrap(task, self.device)  # task.training_step, through DDP under torchrun
+            start = time.perf_counter()
             if cfg.compile:
-                compiled = compile_forwards(task, self.device, teachers=getattr(task, "_cache", None) is None
-                                            and getattr(task, "_view_cache", None) is None)
-            best_state = self._epochs(task, loader, val, optimizer, scheduler, result)
+                compiled = compile_forwards(task.step_modules(), self.device)
+            best_state = self._epochs(Fit(task, loader, optimizer, scheduler, result,
+                                          mix_generator=torch.Generator().manual_seed(self.seed + 1),
+                                          steps_per_epoch=len(loader)), val)
         finally:
             uncompile(compiled)
-            self.sinks.close()
-            if hasattr(task, "clear_cache"):
-                task.clear_cache()
-            if hasattr(task, "teardown"):  # forward hooks and whatever else the fit set up
-                task.teardown()
+            task.teardown()  # forward hooks, the teacher cache and whatever else the fit set up
         task.model.load_state_dict(best_state)
         result.seconds = time.perf_counter() - start
         return result
@@ -481,33 +476,24 @@ class Trainer:
         the steps' ``non_blocking`` copies overlap the host's work."""
         return {"workers": self.cfg.workers, "pin_memory": self.device.type == "cuda"}
 
-    def _should_stop(self, result: FitResult, epochs_done: int) -> bool:
-        """Early stopping: ``patience`` epochs since the last improvement by more than ``min_delta``.
-        Reads only the validation history, which every rank holds alike under torchrun."""
-        rule = self.cfg.early_stopping
-        return rule is not None and epochs_done < self.cfg.epochs and \
-            epochs_done - result.patience_epoch >= rule.patience
-
-    def _epochs(self, task, loader, val, optimizer, scheduler, result: FitResult) -> dict:
-        """Train for ``cfg.epochs`` epochs; returns the best model state (by validation accuracy)."""
-        cfg = self.cfg
-        best_state = None
-        metrics_path = self.run_dir / HISTORY if self._writes else None
+    def _epochs(self, fit: Fit, val) -> dict:
+        """Train for ``cfg.epochs`` epochs, calling the callbacks' events; returns the best model
+        state (by :func:`~mmdistill.distill.callbacks.score_of`)."""
+        cfg, callbacks = self.cfg, self.callbacks
+        task, loader, optimizer, scheduler, result = fit.task, fit.loader, fit.optimizer, fit.scheduler, fit.result
         shard = loader.sampler if isinstance(loader.sampler, distributed.ShardSampler) else None
-        steps_per_epoch = len(loader)
-        mix_generator = torch.Generator().manual_seed(self.seed + 1)
-        first_epoch = 0
+        steps_per_epoch = fit.steps_per_epoch
         if self.resume:
-            first_epoch, best_state = self._load_state(task, loader, optimizer, scheduler, mix_generator, result)
-            if self._should_stop(result, first_epoch):  # interrupted after its last epoch's state was saved
-                result.stopped_early = True
-                return best_state
-        with self._progress() as bar:
-            job = bar.add_task(self.label, total=cfg.epochs * steps_per_epoch, status="",
-                               completed=first_epoch * steps_per_epoch)
-            for epoch in range(first_epoch, cfg.epochs):
+            self._load_state(fit)
+        try:
+            callbacks.on_fit_start(self, fit)
+            for epoch in range(fit.epoch, cfg.epochs):
+                if fit.stop:  # a callback ended the fit (resumed: after its stopping epoch's state was saved)
+                    result.stopped_early = True
+                    break
                 if shard is not None:
                     shard.set_epoch(epoch)
+                callbacks.on_epoch_start(self, fit)
                 task.train()
                 meter = EpochMeter(self.device)
                 epoch_start = time.perf_counter()
@@ -517,7 +503,8 @@ class Trainer:
                     if self.views is not None:  # each sample's seeded view of this epoch
                         batch, whole = self.views.epoch_views(batch, epoch)
                     else:
-                        batch, whole = training_inputs(batch, cfg, self.kinds, self.augment_generator, mix_generator)
+                        batch, whole = training_inputs(batch, cfg, self.kinds, self.augment_generator,
+                                                       fit.mix_generator)
                     progress = (epoch + step / steps_per_epoch) / cfg.epochs
                     scale = None if shard is None else shard.loss_scale(step)
                     logits, losses, total = self._step(task, batch, whole, progress, optimizer, scale)
@@ -529,18 +516,19 @@ class Trainer:
                         continue  # no sample of the last global batch for this rank: it stepped with weight 0
                     meter.add(losses, total, logits, batch["label"])
                     pending += 1
-                    if time.perf_counter() >= next_sync:
-                        self._sync(meter, epoch, step, bar, job, pending)
+                    if time.perf_counter() >= next_sync:  # the throttled host read
+                        fit.step = step
+                        callbacks.on_progress(self, fit, meter.mean_loss(), pending)
                         next_sync, pending = time.perf_counter() + SYNC_INTERVAL, 0
                 if pending:  # the epoch's last steps: one read, also the final divergence check
-                    self._sync(meter, epoch, step, bar, job, pending)
+                    fit.step = step
+                    callbacks.on_progress(self, fit, meter.mean_loss(), pending)
                 record = {"epoch": epoch + 1, "lr": lr, **meter.read(reduce=distributed.reduce_epoch),
                           "epoch_seconds": time.perf_counter() - epoch_start}
-                if hasattr(task, "epoch_stats"):
-                    record.update(task.epoch_stats())
+                record.update(task.epoch_stats())
                 if cfg.scheduler.interval == "epoch":
                     scheduler.step()
-                if val is not None and getattr(task, "label_free", False):  # no label signal: the terms' loss
+                if val is not None and task.label_free:  # no label signal: the terms' loss
                     record["val_loss"] = task.validation_loss(val, batch_size=cfg.eval_batch_size, device=self.device)
                 elif val is not None and distributed.active():  # sharded over the ranks, exact counts summed
                     record["val_accuracy"] = distributed.accuracy_on(task.model, val, device=self.device,
@@ -548,31 +536,22 @@ class Trainer:
                 elif val is not None:
                     logits_v, labels_v = predict(task.model, val, device=self.device, batch_size=cfg.eval_batch_size)
                     record["val_accuracy"] = accuracy(logits_v, labels_v)
-                score = record["val_accuracy"] if "val_accuracy" in record else -record.get("val_loss", record["train_loss"])
-                improved = best_state is None or score > result.best_score
-                if improved:
+                score = score_of(record)
+                fit.epoch = epoch + 1
+                fit.improved = fit.best_state is None or score > result.best_score
+                if fit.improved:
                     result.best_score = score
                     result.best_epoch = epoch + 1
                     result.best_val_accuracy = record.get("val_accuracy")
-                    best_state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
-                min_delta = cfg.early_stopping.min_delta if cfg.early_stopping else 0.0
-                if result.patience_epoch == 0 or score > result.patience_score + min_delta:
-                    result.patience_score, result.patience_epoch = score, epoch + 1
+                    fit.best_state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
                 result.history.append(record)
-                if metrics_path:
-                    append_text(metrics_path, json.dumps(record) + "\n")
-                    self.sinks.write(record)
-                if self.save and self._writes:
-                    meta = {"epoch": epoch + 1, "metrics": record}
-                    self.save(self.run_dir / LAST, task.model, meta)
-                    if improved:
-                        self.save(self.run_dir / BEST, task.model, meta)
-                if self._writes:
-                    self._save_state(task, loader, optimizer, scheduler, mix_generator, result, epoch + 1, best_state)
-                if self._should_stop(result, epoch + 1):
-                    result.stopped_early = True
-                    break
-        return best_state
+                callbacks.on_epoch_end(self, fit, record)
+        except BaseException as err:
+            fit.error = err
+            raise
+        finally:
+            callbacks.on_fit_end(self, fit)
+        return fit.best_state
 
     def _step(self, task, batch, whole, progress: float, optimizer, scale: float | None = None) -> tuple:
         """One optimiser step (forward and losses under ``train.precision``'s autocast, the
@@ -590,46 +569,41 @@ class Trainer:
         self.scaler.update()
         return logits, losses, total
 
-    def _sync(self, meter: EpochMeter, epoch: int, step: int, bar, job, steps: int) -> None:
-        """The throttled host read: the running loss for the progress bar and the divergence check."""
-        loss = meter.mean_loss()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"{self.label}: loss became {loss} in epoch {epoch + 1}, by step {step}")
-        bar.update(job, advance=steps, status=f"epoch {epoch + 1}/{self.cfg.epochs} loss {loss:.4f}")
-
     # --- resumable training state ----------------------------------------------------------
     STATE_FILE = STATE
     STATE_FORMAT = "mmdistill-state/1"
 
-    def _save_state(self, task, loader, optimizer, scheduler, mix_generator, result: FitResult, epoch: int,
-                    best_state: dict) -> None:
+    def save_state(self, fit: Fit) -> None:
         """Write ``run_dir/state.pt`` atomically: everything a resumed run needs to continue exactly.
 
-        Called last in an epoch, so every RNG state is the one the next epoch starts from. The
-        task's state dict covers the model, adapters and the losses' parameters and buffers (e.g.
-        VID's variances, CRD's memory banks); the frozen teachers and the training data are stored
-        as fingerprints only, so a resumed run refuses different ones.
+        Called last in an epoch (by the :class:`~mmdistill.distill.callbacks.TrainingState`
+        callback), so every RNG state and every callback's state is the one the next epoch starts
+        from. The task's state dict covers the model, adapters and the losses' parameters and
+        buffers (e.g. VID's variances, CRD's memory banks); the frozen teachers and the training
+        data are stored as fingerprints only, so a resumed run refuses different ones.
         Tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it.
         """
-        task_state, _ = _split_teachers(task.state_dict())
+        result = fit.result
+        task_state, _ = _split_teachers(fit.task.state_dict())
         payload = {
             "format": self.STATE_FORMAT,
-            "epoch": epoch,
+            "epoch": fit.epoch,
             "task": {k: v.detach().cpu() for k, v in task_state.items()},
             "inputs_sha256": self._fingerprints,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": {**rng_state(), "mix": mix_generator.get_state(), "augment": self.augment_generator.get_state()},
+            "optimizer": fit.optimizer.state_dict(),
+            "scheduler": fit.scheduler.state_dict(),
+            "rng": {**rng_state(), "mix": fit.mix_generator.get_state(),
+                    "augment": self.augment_generator.get_state()},
             "best": {"score": result.best_score, "epoch": result.best_epoch,
                      "val_accuracy": result.best_val_accuracy,
-                     "state": {k: v.detach().cpu() for k, v in best_state.items()}},
-            "budget": {"steps": result.steps, "patience_score": result.patience_score,
-                       "patience_epoch": result.patience_epoch},
+                     "state": {k: v.detach().cpu() for k, v in fit.best_state.items()}},
+            "budget": {"steps": result.steps},
             "history": json.loads(json.dumps(result.history)),  # plain floats, ints and strings
+            "callbacks": self.callbacks.state_dict(),
         }
         if self.scaler.is_enabled():  # fp16: the loss scale and its growth tracker
             payload["scaler"] = self.scaler.state_dict()
-        sampler_generator = _sampler_generator(loader)
+        sampler_generator = _sampler_generator(fit.loader)
         if sampler_generator is not None:
             payload["rng"]["sampler"] = sampler_generator.get_state()
         atomic_torch_save(payload, self.run_dir / self.STATE_FILE)
@@ -639,12 +613,11 @@ class Trainer:
         """SHA-256 of what a run reads but does not train: the frozen teachers and the training set."""
         return {"teachers": _fingerprint(_split_teachers(task.state_dict())[1]), "data": train.fingerprint()}
 
-    def _load_state(self, task, loader, optimizer, scheduler, mix_generator, result: FitResult) -> tuple[int, dict]:
-        """Restore what :meth:`_save_state` wrote; returns (epochs done, best model state so far).
-
-        ``metrics.jsonl`` is rewritten to the restored history, so epochs after the saved one are
-        not logged twice.
-        """
+    def _load_state(self, fit: Fit) -> None:
+        """Restore what :meth:`save_state` wrote into ``fit`` (epochs done, best model state so far,
+        history, budget) and the callbacks (their states; a state written before callbacks had
+        any: early stopping's reference from the budget)."""
+        task, result = fit.task, fit.result
         path = self.run_dir / self.STATE_FILE
         if not path.is_file():
             raise CheckpointError(f"{path}: no training state to resume from (the run ended before its first epoch)")
@@ -670,35 +643,35 @@ class Trainer:
                                   f"is in one but not the other)")
         try:
             task.load_state_dict(state["task"], strict=False)
-            optimizer.load_state_dict(state["optimizer"])
+            fit.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as err:
             raise CheckpointError(f"{path}: the training state does not match the model "
                                   f"({str(err).splitlines()[0]})") from None
-        scheduler.load_state_dict(state["scheduler"])
+        fit.scheduler.load_state_dict(state["scheduler"])
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         set_rng_state(rng)
-        mix_generator.set_state(rng["mix"])
+        fit.mix_generator.set_state(rng["mix"])
         if "augment" in rng:
             self.augment_generator.set_state(rng["augment"])
-        sampler_generator = _sampler_generator(loader)
+        sampler_generator = _sampler_generator(fit.loader)
         if sampler_generator is not None and "sampler" in rng:
             sampler_generator.set_state(rng["sampler"])
         best = state["best"]
         result.best_score, result.best_epoch, result.best_val_accuracy = best["score"], best["epoch"], best["val_accuracy"]
         result.history = list(state["history"])
         budget = state.get("budget")  # states written before it existed: every epoch ran the whole loader
-        if budget is None:
-            budget = {"steps": len(result.history) * len(loader), "patience_score": result.best_score,
-                      "patience_epoch": result.best_epoch}
-        result.steps = int(budget["steps"])
-        result.patience_score, result.patience_epoch = budget["patience_score"], int(budget["patience_epoch"])
-        metrics_path = self.run_dir / HISTORY
-        if self._writes:
-            write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
-        best_state = {k: v.to(self.device) for k, v in best["state"].items()}
-        return int(state["epoch"]), best_state
+        result.steps = int(budget["steps"]) if budget is not None else len(result.history) * len(fit.loader)
+        callback_states = state.get("callbacks")
+        if callback_states is None:  # written before the callbacks: early stopping's reference was the budget's
+            reference = budget if budget is not None and "patience_epoch" in budget else \
+                {"patience_score": result.best_score, "patience_epoch": result.best_epoch}
+            callback_states = {"EarlyStopping": {"score": reference["patience_score"],
+                                                 "epoch": reference["patience_epoch"]}}
+        self.callbacks.load_state_dict(callback_states)
+        fit.epoch, fit.resumed = int(state["epoch"]), True
+        fit.best_state = {k: v.to(self.device) for k, v in best["state"].items()}
 
 
 def _sampler_generator(loader) -> torch.Generator | None:

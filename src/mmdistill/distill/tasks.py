@@ -1,13 +1,7 @@
 """What the engine optimises: supervised training of one model, or distillation into a student.
 
-A task exposes ``model`` (what is trained and evaluated), ``setup(batch, num_samples, labels=None)``
-(called once before the optimiser is built, to create shape-dependent parameters; ``labels`` are the
-training set's), ``trainable_parameters()``, ``training_step(batch, progress) -> (logits, {term:
-weighted loss})`` and ``teardown()`` (called when a fit ends or fails, to release what the fit set
-up: forward hooks, the teacher cache); the engine minimises the sum of the terms. Teacher training
-and distillation therefore share one loop.
-``training_step`` also receives ``teacher_batch``, what the teachers see by ``train.augment_teacher``
-(see :func:`mmdistill.data.augment.training_inputs`).
+Both are a :class:`Task`, the contract the engine drives; teacher training and distillation
+therefore share one loop.
 """
 from __future__ import annotations
 
@@ -20,31 +14,80 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..data.batch import to_device
 from ..losses import DistillationLoss
 from ..losses.labels import label_loss
 from ..errors import ConfigError
 from . import distributed
 from .adapters import Adapter
+from .cache import TeacherCache
 from .ensemble import TeacherEnsemble
 from .hooks import OUTPUT, FeatureCapture
 
 
-class SupervisedTask(nn.Module):
+class Task(nn.Module):
+    """What :class:`~mmdistill.distill.engine.Trainer` trains: ``model`` (what is trained and
+    evaluated) and ``training_step``; every other hook has a no-op default.
+
+    The engine calls, in order: :meth:`setup`, the teacher-output cache hooks
+    (:meth:`cache_teacher_outputs`, :meth:`cache_view_outputs`), :meth:`trainable_parameters` (for
+    the optimiser), :meth:`step_modules` (for ``train.compile``), then per step
+    :meth:`training_step`, per epoch :meth:`epoch_stats` (and :meth:`validation_loss` when
+    :attr:`label_free`), and :meth:`teardown` when the fit ends or fails.
+    """
+
+    model: nn.Module
+    #: True when the objective reads no label, so validation accuracy says nothing: the engine then
+    #: selects the best epoch by :meth:`validation_loss`
+    label_free: bool = False
+
+    def setup(self, batch, num_samples: int, labels: torch.Tensor | None = None) -> None:
+        """Called once before the optimiser is built, with a first training batch, to create
+        shape-dependent parameters; ``labels`` are the training set's."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_step(self, batch, progress: float = 0.0, teacher_batch=None):
+        """``(logits, {term: weighted loss})`` for ``batch``; the engine minimises the sum of the terms.
+        ``progress``: the fraction of training done; ``teacher_batch``: what teachers see, by
+        ``train.augment_teacher`` (see :func:`mmdistill.data.augment.training_inputs`)."""
+        raise NotImplementedError
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Extra numbers for the epoch's record (``metrics.jsonl``), read once per epoch."""
+        return {}
+
+    def validation_loss(self, dataset, *, batch_size: int, device) -> float:
+        """The objective on ``dataset``, for a :attr:`label_free` task's model selection."""
+        raise NotImplementedError(f"{type(self).__name__} is label-free but has no validation_loss")
+
+    def step_modules(self) -> list[nn.Module]:
+        """The modules whose forward runs every training step (what ``train.compile`` compiles)."""
+        return [self.model]
+
+    def cache_teacher_outputs(self, dataset, *, batch_size: int, device, storage: str = "memory",
+                              dtype: str = "float32", folder=None) -> None:
+        """Called when the teachers see ``dataset``'s own samples unaltered (``train.cache_teacher``):
+        compute their outputs once and serve them by sample index. No teachers: nothing to do."""
+
+    def cache_view_outputs(self, dataset, views, *, batch_size: int, device, storage: str = "mmap",
+                           dtype: str = "float16", topk: int | None = None, folder=None) -> int | None:
+        """``train.view_cache``: compute the teachers' outputs on each seeded view once; returns the
+        bytes held (None: no teachers, nothing cached)."""
+        return None
+
+    def teardown(self) -> None:
+        """End of a fit, successful or not: release what the fit set up (hooks, caches)."""
+
+
+class SupervisedTask(Task):
     """Cross-entropy training of ``model``: loss = CE(model(x), y)."""
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
         super().__init__()
         self.model = model
         self.label_smoothing = label_smoothing
-
-    def setup(self, batch, num_samples: int, labels: torch.Tensor | None = None) -> None:
-        pass
-
-    def teardown(self) -> None:
-        pass
-
-    def trainable_parameters(self):
-        return [p for p in self.model.parameters() if p.requires_grad]
 
     def training_step(self, batch, progress: float = 0.0, teacher_batch=None):
         logits = self.model(batch)
@@ -94,7 +137,7 @@ def term_keys(terms: Sequence[Term], teacher_names: Sequence[str]) -> list[str]:
     return keys
 
 
-class DistillationTask(nn.Module):
+class DistillationTask(Task):
     """total = gamma * CE(student(x), y) + sum_i weight_i * term_i(student, teacher).
 
     Teachers are frozen and kept in eval mode whatever ``train()`` is called with. When a feature
@@ -107,11 +150,19 @@ class DistillationTask(nn.Module):
     teachers' per-sample fusion by ``ensemble`` (a :class:`~mmdistill.distill.ensemble.TeacherEnsemble`,
     default: plain average); feature terms name their teacher. The mean weight of each teacher
     over the epoch is reported by :meth:`epoch_stats`.
+
+    ``precomputed_outputs``: the teachers' outputs on every training sample, computed outside the
+    task (e.g. once for several students; :meth:`compute_teacher_outputs` makes them):
+    ``[{path: [N, ...]}]`` per teacher, row ``i`` for sample ``i`` of the training set, with the
+    logits (``OUTPUT``) and every feature the terms read. They fill the teacher cache instead of a
+    pass of the teachers, so they serve where the engine builds the cache (``train.cache_teacher``
+    and teachers that see the stored samples unaltered); elsewhere the teachers run every step.
     """
 
     def __init__(self, student: nn.Module, teachers: nn.Module | Sequence[nn.Module], terms: Sequence[Term],
                  gamma: float = 1.0, *, teacher_names: Sequence[str] | None = None,
-                 ensemble: TeacherEnsemble | None = None):
+                 ensemble: TeacherEnsemble | None = None,
+                 precomputed_outputs: Sequence[dict[str, torch.Tensor]] | None = None):
         super().__init__()
         self.model = student
         teachers = [teachers] if isinstance(teachers, nn.Module) else list(teachers)
@@ -137,6 +188,10 @@ class DistillationTask(nn.Module):
         self.term_keys = term_keys(self.terms, self.teacher_names)
         self.adapters = nn.ModuleDict()
         self.gamma = gamma
+        self.precomputed_outputs = None if precomputed_outputs is None else list(precomputed_outputs)
+        if self.precomputed_outputs is not None and len(self.precomputed_outputs) != len(self.teachers):
+            raise ConfigError(f"precomputed_outputs: {len(self.precomputed_outputs)} entries for "
+                              f"{len(self.teachers)} teachers; give one {{path: tensor}} per teacher")
         self._cache = None  # a TeacherCache while a fit uses one
         self._view_cache = None  # a views.ViewCache while a fit uses one
         self._val_outputs = None  # (dataset, per-batch teacher outputs) of validation_loss, for the fit
@@ -162,12 +217,16 @@ class DistillationTask(nn.Module):
             return self._view_cache.read(batch["index"], batch["view_index"], batch["index"].device)
         if self._cache is not None:
             return self._cache.read(batch["index"], batch["index"].device)
+        return self._run_teachers(batch)
+
+    def _run_teachers(self, batch) -> list[dict[str, torch.Tensor]]:
         return [capture.run(teacher, batch) for teacher, capture in zip(self.teachers, self._teacher_captures)]
 
     @torch.no_grad()
     def cache_teacher_outputs(self, dataset, *, batch_size: int, device, storage: str = "memory",
                               dtype: str = "float32", folder=None) -> None:
-        """Run every frozen teacher once over ``dataset`` and serve its outputs by sample index.
+        """Serve every frozen teacher's outputs on ``dataset`` by sample index: the
+        :attr:`precomputed_outputs` when given, else a pass of the teachers over it.
 
         Valid only while the teachers see the dataset's own samples, unaltered: the engine builds
         the cache only when they do (no mixup or cutmix; ``train.augment`` only with
@@ -175,40 +234,55 @@ class DistillationTask(nn.Module):
         time shifts), for this run, and drops it at the end, so it can never be stale (teachers are
         frozen and in eval mode). It holds the logits and every hooked feature the terms read,
         in memory or in memory-mapped files under ``folder`` (see :mod:`mmdistill.distill.cache`).
-        Under torchrun each rank runs the teachers over its shard of the samples and the shards
-        are all-gathered (see :mod:`.distributed`) before they are written to the cache.
         """
-        from ..data.batch import to_device
-        from .cache import TeacherCache
-
         self.clear_cache()
         cache = TeacherCache(len(dataset), storage=storage, dtype=dtype, folder=folder)
         try:
-            shard = distributed.shard_indices(len(dataset))
-            if shard is None:
-                for batch in dataset.loader(batch_size):
-                    cache.write(batch["index"], self.teacher_outputs(to_device(batch, device)))
-            else:  # each rank computes its shard; every rank's cache gets all rows
-                outputs: list[dict[str, list]] = [dict() for _ in self.teachers]
-                for batch in dataset.loader(batch_size, sampler=shard):
-                    for store, out in zip(outputs, self.teacher_outputs(to_device(batch, device))):
-                        for path, value in out.items():
-                            store.setdefault(path, []).append(value)
-                gathered = [{path: distributed.gather_shards(torch.cat(values), len(dataset))
-                             for path, values in store.items()} for store in outputs]
-                cache.write(torch.arange(len(dataset)), gathered)
+            if self.precomputed_outputs is not None:
+                rows = {len(v) for out in self.precomputed_outputs for v in out.values()}
+                if rows != {len(dataset)}:
+                    raise ConfigError(f"precomputed_outputs: {', '.join(map(str, sorted(rows)))} rows for a "
+                                      f"training set of {len(dataset)} samples; give one row per sample")
+                cache.write(torch.arange(len(dataset)), self.precomputed_outputs)
+            else:
+                self._pass_teachers(dataset, cache, batch_size=batch_size, device=device)
         except BaseException:
             cache.close()
             raise
         self._cache = cache
 
     @torch.no_grad()
+    def compute_teacher_outputs(self, dataset, *, batch_size: int, device) -> list[dict[str, torch.Tensor]]:
+        """Every teacher's outputs on every sample of ``dataset``, in memory: ``[{path: [N, ...]}]`` per
+        teacher (the logits and the features the terms read), what ``precomputed_outputs`` takes."""
+        cache = TeacherCache(len(dataset))
+        self._pass_teachers(dataset, cache, batch_size=batch_size, device=device)
+        return cache.arrays
+
+    def _pass_teachers(self, dataset, cache: TeacherCache, *, batch_size: int, device) -> None:
+        """Write the teachers' outputs on ``dataset`` into ``cache``. Under torchrun each rank runs the
+        teachers over its shard of the samples and the shards are all-gathered (see
+        :mod:`.distributed`) before they are written."""
+        shard = distributed.shard_indices(len(dataset))
+        if shard is None:
+            for batch in dataset.loader(batch_size):
+                cache.write(batch["index"], self._run_teachers(to_device(batch, device)))
+            return
+        outputs: list[dict[str, list]] = [dict() for _ in self.teachers]  # each rank computes its shard
+        for batch in dataset.loader(batch_size, sampler=shard):
+            for store, out in zip(outputs, self._run_teachers(to_device(batch, device))):
+                for path, value in out.items():
+                    store.setdefault(path, []).append(value)
+        gathered = [{path: distributed.gather_shards(torch.cat(values), len(dataset))
+                     for path, values in store.items()} for store in outputs]
+        cache.write(torch.arange(len(dataset)), gathered)  # every rank's cache gets all rows
+
+    @torch.no_grad()
     def cache_view_outputs(self, dataset, views, *, batch_size: int, device, storage: str = "mmap",
-                           dtype: str = "float16", topk: int | None = None, folder=None) -> None:
+                           dtype: str = "float16", topk: int | None = None, folder=None) -> int:
         """Run every frozen teacher once on each of the K views of each sample this process trains
         on (all of them; under torchrun its fixed shard, see :mod:`mmdistill.distill.views`) and
-        serve the outputs by (sample, view) for the rest of the fit."""
-        from ..data.batch import to_device
+        serve the outputs by (sample, view) for the rest of the fit; returns the bytes held."""
         from .views import ViewCache
 
         self.clear_cache()
@@ -220,11 +294,12 @@ class DistillationTask(nn.Module):
                 for k in range(views.count):
                     chosen = torch.full((len(batch["index"]),), k, dtype=torch.long)
                     _, teacher = views.make(batch, chosen)
-                    cache.write(batch["index"], chosen, self.teacher_outputs(to_device(teacher, device)))
+                    cache.write(batch["index"], chosen, self._run_teachers(to_device(teacher, device)))
         except BaseException:
             cache.close()
             raise
         self._view_cache = cache
+        return cache.nbytes()
 
     def clear_cache(self) -> None:
         if self._cache is not None:
@@ -249,15 +324,11 @@ class DistillationTask(nn.Module):
         """The weighted sum of the terms (at their full weight) on ``dataset``, averaged over its
         samples, with the student, adapters and losses in eval mode. The teachers' outputs on it
         are computed at the first call of a fit and kept until the fit ends (they are frozen)."""
-        from ..data.batch import to_device
-
         was_training = self.training
         self.eval()
         try:
             if self._val_outputs is None or self._val_outputs[0] is not dataset:
-                outputs = [[capture.run(teacher, to_device(batch, device))
-                            for teacher, capture in zip(self.teachers, self._teacher_captures)]
-                           for batch in dataset.loader(batch_size)]
+                outputs = [self._run_teachers(to_device(batch, device)) for batch in dataset.loader(batch_size)]
                 self._val_outputs = (dataset, outputs)
             total, count = 0.0, 0
             for batch, teachers in zip(dataset.loader(batch_size), self._val_outputs[1]):
@@ -274,6 +345,11 @@ class DistillationTask(nn.Module):
         finally:
             self.train(was_training)
         return total / max(count, 1)
+
+    def step_modules(self) -> list[nn.Module]:
+        """The student, and the teachers unless their outputs come from a cache."""
+        cached = self._cache is not None or self._view_cache is not None
+        return [self.model] + ([] if cached else list(self.teachers))
 
     def _captures(self) -> list[FeatureCapture]:
         return [self._student_capture, *self._teacher_captures]
@@ -372,8 +448,6 @@ class DistillationTask(nn.Module):
     @torch.no_grad()
     def sample_weights(self, dataset, *, batch_size: int = 1024, device="cpu") -> torch.Tensor:
         """[N, K] ensemble weight of each teacher on each sample of ``dataset`` (unaugmented)."""
-        from ..data.batch import to_device
-
         out = []
         for batch in dataset.loader(batch_size):
             batch = to_device(batch, device)
