@@ -19,7 +19,12 @@ validation accuracy still grows with twice the epochs was not converged. Each ro
 best epoch, the steps it took and its training time.
 
 Rows go to ``benchmarks/results/demo_recipe.json`` (resumable: a row already there for the same
-seed, candidate and epochs is not rerun) with a markdown table beside it.
+seed, candidate and epochs is not rerun) with a markdown table beside it. Seeds run as separate
+processes write their own files (``--name demo_recipe_s1``); ``--merge A.json B.json`` adds their
+rows to ``--name``'s. Below the table, the choice on validation: the scratch twin is the scratch
+candidate with the best mean validation accuracy, the recipe the distillation candidate with the
+best, both over the seeds every compared candidate has; the recipe's paired test gain is given
+against that twin and against plain scratch.
 """
 from __future__ import annotations
 
@@ -69,15 +74,26 @@ def main() -> None:
                         help="override applied to the teacher and every candidate (e.g. data.pairs_per_recording=1)")
     parser.add_argument("--name", default="demo_recipe", help="result file name (or path, without suffix)")
     parser.add_argument("--table", action="store_true", help="only rewrite the table from the JSON")
+    parser.add_argument("--merge", nargs="+", type=Path, default=[],
+                        help="add these result files' rows (other seeds' processes) to --name's, then write the table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = RESULTS / f"{args.name}.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    if not args.table:
+    if args.merge:
+        done = {(r["seed"], r["candidate"], r["epochs"]) for r in results["rows"]}
+        for other in args.merge:
+            for row in json.loads(other.read_text())["rows"]:
+                if (row["seed"], row["candidate"], row["epochs"]) not in done:
+                    results["rows"].append(row)
+                    done.add((row["seed"], row["candidate"], row["epochs"]))
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    elif not args.table:
         for seed in args.seeds:
             run_seed(seed, args, results, path)
-    (RESULTS / f"{args.name}.md").write_text(table(results["rows"]) + "\n")
-    print(table(results["rows"]))
+    text = table(results["rows"]) + "\n\n" + choice(results["rows"])
+    (RESULTS / f"{args.name}.md").write_text(text + "\n")
+    print(text)
 
 
 def run_seed(seed: int, args, results: dict, path: Path) -> None:
@@ -137,6 +153,39 @@ def table(rows: list[dict]) -> str:
                     ", ".join(str(r["best_epoch"]) for r in group) + (" (last tenth)" if late else "")])
     return markdown_table(["candidate", "epochs", "seeds", "val % (choice)", "test %", "test minus scratch (wins)",
                            "best epoch"], out)
+
+
+def choice(rows: list[dict]) -> str:
+    """The scratch twin and the recipe chosen on mean validation accuracy, per schedule length, among
+    the candidates run on every seed that scratch was, and the recipe's paired test gains."""
+    lines = []
+    for epochs in sorted({r["epochs"] for r in rows}):
+        group = [r for r in rows if r["epochs"] == epochs]
+        seeds_of = {n: {r["seed"] for r in group if r["candidate"] == n} for n in {r["candidate"] for r in group}}
+        if "scratch" not in seeds_of:
+            continue
+        seeds = sorted(seeds_of["scratch"])  # compared: the candidates run on every seed scratch was
+        names = sorted((n for n in seeds_of if seeds_of[n] >= set(seeds)), key=list(CANDIDATES).index)
+        fewer = sorted(set(seeds_of) - set(names), key=list(CANDIDATES).index)
+        at = {(r["candidate"], r["seed"]): r for r in group}
+        val = {n: mean_std([at[n, s]["val_accuracy"] for s in seeds])[0] for n in names}
+        twin = max((n for n in names if CANDIDATES[n][0] == "scratch"), key=val.get)
+        distilled = [n for n in names if CANDIDATES[n][0] == "distill"]
+        if not distilled:
+            continue
+        best = max(distilled, key=val.get)
+
+        def gain(against: str) -> str:
+            gains = [at[best, s]["accuracy"] - at[against, s]["accuracy"] for s in seeds]
+            return f"{100 * mean_std(gains)[0]:+.2f} points ({sum(g > 0 for g in gains)}/{len(gains)} seeds ahead)"
+
+        left_out = f"; not yet on all of them: {', '.join(fewer)}" if fewer else ""
+        lines.append(f"**{epochs} epochs, seeds {', '.join(map(str, seeds))}** (candidates run on every one of them: "
+                     f"{', '.join(names)}{left_out}). Chosen on mean validation accuracy: scratch twin **{twin}** "
+                     f"({100 * val[twin]:.2f}%), recipe **{best}** ({100 * val[best]:.2f}%). Paired test gain of "
+                     f"{best}: {gain(twin)} over the chosen twin"
+                     + ("" if twin == "scratch" else f", {gain('scratch')} over plain scratch") + ".")
+    return "\n\n".join(lines)
 
 
 if __name__ == "__main__":

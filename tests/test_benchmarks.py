@@ -108,3 +108,11 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     table = (tmp_path / "search.md").read_text()
     gain = rows["kd_t2"]["accuracy"] - rows["scratch"]["accuracy"]
     assert f"{100 * gain:+.2f} ({int(gain > 0)}/1)" in table
+    assert "scratch twin **scratch**" in table and "recipe **kd_t2**" in table  # the only candidate of each kind
+    other = tmp_path / "other.json"  # another seed's process: merged, not rerun
+    other.write_text(json.dumps({"rows": [{**r, "seed": 1} for r in first["rows"]]}))
+    merged = run_benchmark(tmp_path, data_root, "--name", str(tmp_path / "search"), "--merge", str(other),
+                           script="demo_recipe.py")
+    assert sorted((r["seed"], r["candidate"]) for r in merged["rows"]) == [
+        (0, "kd_t2"), (0, "scratch"), (1, "kd_t2"), (1, "scratch")]
+    assert "seeds 0, 1" in (tmp_path / "search.md").read_text()
