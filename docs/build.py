@@ -423,6 +423,16 @@ def _hinton_tuning(results: Path):
     return Namespace(cells=cells, best=best, table=table)
 
 
+@source("demo_recipe")
+def _demo_recipe(results: Path):
+    """benchmarks/demo_recipe.py: the packaged student's candidate recipes at a converged budget."""
+    import demo_recipe
+
+    rows = _load(results, "demo_recipe.json")["rows"]
+    return Namespace(rows=rows, seeds=sorted({r["seed"] for r in rows}), table=demo_recipe.table(rows),
+                     choice=demo_recipe.choice(rows))
+
+
 @source("frontier")
 def _frontier(results: Path):
     """benchmarks/frontier.py: AV-Digits students from scratch and distilled, with their ONNX cost."""
