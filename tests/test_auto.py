@@ -55,10 +55,10 @@ def test_candidates_follow_the_feature_points():
     mlp = build_model({"encoders": {"vector": {"type": "mlp", "hidden": [4]}}}, specs, 3)
     both = build_model({"encoders": {"image": {"type": "conv", "channels": [4]}, "vector": {"type": "mlp"}}}, specs, 3)
     names = lambda s, t: [c.name for c in candidate_set(s, t)]  # noqa: E731
-    assert names(conv, both) == ["none", "kd_t2", "kd_t4", "dist", "at"]        # shared maps
-    assert names(mlp, both) == ["none", "kd_t2", "kd_t4", "dist", "fitnet"]     # shared embeddings only
-    assert names(mlp, conv) == ["none", "kd_t2", "kd_t4", "dist", "rkd"]        # only the fused embedding
-    assert [c.name for c in candidate_set(mlp, both, scales=(0.5, 2))][1:4] == ["kd_t2_x0.5", "kd_t4_x0.5", "dist_x0.5"]
+    assert names(conv, both) == ["none", "kd_t1", "kd_t2", "kd_t4", "dist", "at"]        # shared maps
+    assert names(mlp, both) == ["none", "kd_t1", "kd_t2", "kd_t4", "dist", "fitnet"]     # shared embeddings only
+    assert names(mlp, conv) == ["none", "kd_t1", "kd_t2", "kd_t4", "dist", "rkd"]        # only the fused embedding
+    assert [c.name for c in candidate_set(mlp, both, scales=(0.5, 2))][1:5] == ["kd_t1_x0.5", "kd_t2_x0.5", "kd_t4_x0.5", "dist_x0.5"]
 
 
 def test_distill_auto_end_to_end(tmp_path, teacher, capsys):
@@ -66,7 +66,7 @@ def test_distill_auto_end_to_end(tmp_path, teacher, capsys):
     assert run_cli("distill", cfg, "--out", tmp_path / "auto", "--auto") == 0
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     auto = summary["auto"]
-    assert [c["name"] for c in auto["candidates"]] == ["none", "kd_t2", "kd_t4", "dist", "at"]
+    assert [c["name"] for c in auto["candidates"]] == ["none", "kd_t1", "kd_t2", "kd_t4", "dist", "at"]
     assert auto["choice"] == choose(auto["candidates"], auto["margin"])
     assert auto["margin"] == pytest.approx(margin_for(MARGIN, summary["dataset"]["val_samples"]))
     at = auto["candidates"][-1]
@@ -76,7 +76,7 @@ def test_distill_auto_end_to_end(tmp_path, teacher, capsys):
     record = json.loads((tmp_path / "auto" / "run.json").read_text())
     assert (record["kind"], record["role"], record["version"]) == ("auto", "student", 2)
     assert {"best.pt", "last.pt", "metrics.jsonl", "summary.json", "candidates/at/best.pt"} <= set(record["artefacts"])
-    assert auto["candidates"][1]["terms"] == [{"name": "kd", "weight": 1.0, "temperature": 2.0}]
+    assert auto["candidates"][2]["terms"] == [{"name": "kd", "weight": 1.0, "temperature": 2.0}]
     assert auto["search_epochs"] == 2 and auto["final"].startswith("kept")
     chosen = tmp_path / "auto" / "candidates" / auto["choice"] / "best.pt"
     assert (tmp_path / "auto" / "best.pt").read_bytes() == chosen.read_bytes()
@@ -125,7 +125,7 @@ def test_multiview_benchmark_smoke(tmp_path, data_root):
     result = json.loads((tmp_path / "mv.json").read_text())
     assert {r["role"] for r in result["rows"]} == {"best", "weakest"}
     for row in result["rows"]:
-        assert {"teacher", "none", "kd_t2", "kd_t4", "dist", "fitnet", "auto", "auto_choice"} <= set(row)
+        assert {"teacher", "none", "kd_t1", "kd_t2", "kd_t4", "dist", "fitnet", "auto", "auto_choice"} <= set(row)
         assert row["auto"] == row[row["auto_choice"]]
     assert len(result["diagnose"]) == 2 and "score" in result["diagnose"][0]
     assert result["summary"]["students"] == 2 and (tmp_path / "mv.md").read_text().startswith("| dataset")

@@ -4,7 +4,9 @@ The candidates (:func:`candidate_set`), each trained from the same initial weigh
 batches (paired seeds: the config's ``seed``), with the config's training settings:
 
 * ``none``: plain cross-entropy, no teacher;
-* ``kd_t2``, ``kd_t4``: Hinton et al.'s KD (2015) at temperature 2 and 4, weight 1;
+* ``kd_t1``, ``kd_t2``, ``kd_t4``: Hinton et al.'s KD (2015) at temperature 1, 2 and 4, weight 1
+  (T = 1 joined when the AV-Digits student at a converged 40-epoch budget tested best with it,
+  docs/results.md);
 * ``dist``: DIST (Huang et al. 2022), weight 1;
 * one feature method, by the kind of feature point student and teacher share
   (:func:`~mmdistill.models.points.placements`): ``at`` on each modality's last activation map
@@ -12,6 +14,10 @@ batches (paired seeds: the config's ``seed``), with the config's training settin
   (weight 1); else ``rkd`` on the fused embedding (weight 0.001). Per kind, the method and
   weight are those the AV-Digits method table (docs/methods.md) selected on validation accuracy
   (AT was the best map method, FitNet the best embedding method).
+
+With ``train.augment`` in the config every candidate trains on augmented inputs, and the teachers
+see the student's augmented input (``train.augment_teacher``, default ``same``): consistent
+teaching (Beyer et al., CVPR 2022) is what the KD candidates do then.
 
 Distillation candidates keep the config's ``distill.gamma`` (the weight of cross-entropy) and
 ``distill.ensemble`` (with several teachers, logit terms read their fusion; the feature method
@@ -84,15 +90,15 @@ def feature_method(student: nn.Module, teacher: nn.Module) -> tuple[str, float] 
 
 def candidate_set(student: nn.Module, teacher: nn.Module, scales: Sequence[float] = (1.0,),
                   source: str | None = None) -> list[Candidate]:
-    """``none`` first, then KD at T=2 and T=4, DIST and the feature method, at each scale."""
+    """``none`` first, then KD at T=1, 2 and 4, DIST and the feature method, at each scale."""
     out = [Candidate("none")]
     feature = feature_method(student, teacher)
     src = {"source": source} if source else {}
     for scale in scales:
         tag = "" if len(scales) == 1 else f"_x{scale:g}"
-        out += [Candidate(f"kd_t2{tag}", [{"name": "kd", "weight": 1.0 * scale, "temperature": 2.0}], scale),
-                Candidate(f"kd_t4{tag}", [{"name": "kd", "weight": 1.0 * scale, "temperature": 4.0}], scale),
-                Candidate(f"dist{tag}", [{"name": "dist", "weight": 1.0 * scale}], scale)]
+        out += [Candidate(f"kd_t{t:g}{tag}", [{"name": "kd", "weight": 1.0 * scale, "temperature": t}], scale)
+                for t in (1.0, 2.0, 4.0)]
+        out.append(Candidate(f"dist{tag}", [{"name": "dist", "weight": 1.0 * scale}], scale))
         if feature is not None:
             name, weight = feature
             out.append(Candidate(f"{name}{tag}", [{"name": name, "weight": weight * scale, **src}], scale))
