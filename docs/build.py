@@ -429,8 +429,12 @@ def _demo_recipe(results: Path):
     import demo_recipe
 
     rows = _load(results, "demo_recipe.json")["rows"]
+    plain = [r for r in rows if not r["overrides"]]  # no augmentation, the recipe's learning rate
+    train = [r["train_accuracy_last"] for r in plain]
+    test = [r["accuracy"] for r in plain]
     return Namespace(rows=rows, seeds=sorted({r["seed"] for r in rows}), table=demo_recipe.table(rows),
-                     choice=demo_recipe.choice(rows))
+                     choice=demo_recipe.choice(rows), train_range=(min(train), max(train)),
+                     test_range=(min(test), max(test)))
 
 
 @source("frontier")
