@@ -21,6 +21,19 @@ except ImportError:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def synthetic_splits(train_size: int = 80, test_size: int = 20, val_fraction: float | None = 0.2):
+    """The synthetic two-modality dataset as DataSplits, ``val_fraction`` of the training samples
+    held out for validation (None: no validation split)."""
+    from mmdistill.data import DATASETS, DataSplits, parse_options, split_validation
+
+    options = parse_options("synthetic", {"train_size": train_size, "test_size": test_size})
+    train_set, test_set, info = DATASETS.get("synthetic")(None, options, 0)
+    val = None
+    if val_fraction is not None:
+        train_set, val = split_validation(train_set, val_fraction, seed=0)
+    return DataSplits(train=train_set, val=val, test=test_set, info=info)
+
+
 def write(tmp_path: Path, name: str, cfg: dict) -> Path:
     """``cfg`` as a YAML config file in ``tmp_path``."""
     import yaml

@@ -7,11 +7,11 @@ import torch
 
 torch.set_num_threads(1)
 
-from conftest import run_cli, write  # noqa: E402
+from conftest import run_cli, synthetic_splits, write  # noqa: E402
 from mmdistill.api import make_terms  # noqa: E402
 from mmdistill.config import TrainConfig
 from mmdistill.errors import ConfigError  # noqa: E402
-from mmdistill.data import DATASETS, DataSplits, parse_options, split_validation  # noqa: E402
+from mmdistill.data import DataSplits  # noqa: E402
 from mmdistill.distill import engine  # noqa: E402
 from mmdistill.distill.engine import Trainer, in_last_tenth  # noqa: E402
 from mmdistill.distill.tasks import DistillationTask, SupervisedTask  # noqa: E402
@@ -24,10 +24,7 @@ MODEL = {"encoders": {"image": {"type": "conv", "channels": [4]}, "audio": {"typ
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic")
-    train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 80, "test_size": 20}), 0)
-    fit, val = split_validation(train_set, 0.2, seed=0)
-    return DataSplits(train=fit, val=val, test=test_set, info=info)
+    return synthetic_splits()
 
 
 def model(data):

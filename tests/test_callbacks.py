@@ -10,10 +10,10 @@ import torch
 
 torch.set_num_threads(1)
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, synthetic_splits  # noqa: E402
 from mmdistill import api  # noqa: E402
 from mmdistill.config import TrainConfig  # noqa: E402
-from mmdistill.data import DATASETS, DataSplits, parse_options, split_validation  # noqa: E402
+from mmdistill.data import DataSplits  # noqa: E402
 from mmdistill.distill import engine  # noqa: E402
 from mmdistill.distill.callbacks import Callback  # noqa: E402
 from mmdistill.distill.engine import Trainer  # noqa: E402
@@ -28,10 +28,7 @@ MODEL = {"encoders": {"image": {"type": "conv", "channels": [4]}, "audio": {"typ
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic")
-    train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 80, "test_size": 20}), 0)
-    fit, val = split_validation(train_set, 0.2, seed=0)
-    return DataSplits(train=fit, val=val, test=test_set, info=info)
+    return synthetic_splits()
 
 
 def model(data, seed=0):

@@ -8,10 +8,11 @@ from torch import nn
 
 torch.set_num_threads(1)
 
+from conftest import synthetic_splits  # noqa: E402
 from mmdistill.api import distill, train  # noqa: E402
 from mmdistill.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from mmdistill.config import TrainConfig  # noqa: E402
-from mmdistill.data import DATASETS, DataSplits, parse_options, split_validation  # noqa: E402
+from mmdistill.data import DataSplits  # noqa: E402
 from mmdistill.distill.adapters import Adapter  # noqa: E402
 from mmdistill.distill.engine import Trainer  # noqa: E402
 from mmdistill.distill.tasks import DistillationTask, SupervisedTask  # noqa: E402
@@ -30,10 +31,7 @@ CFG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=64, progress=False)
 
 @pytest.fixture(scope="module")
 def data() -> DataSplits:
-    builder = DATASETS.get("synthetic")
-    train_set, test_set, info = builder(None, parse_options("synthetic", {"train_size": 80, "test_size": 20}), 0)
-    fit, val = split_validation(train_set, 0.2, seed=0)
-    return DataSplits(train=fit, val=val, test=test_set, info=info)
+    return synthetic_splits()
 
 
 def model_for(cfg, data, seed=0):
