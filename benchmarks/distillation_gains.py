@@ -29,14 +29,16 @@ import yaml
 from _common import RESULTS, fmt, markdown_table, mean_std, save, small_recipe
 
 from mmdistill.config import apply_overrides
-from mmdistill.demo import QUICK_STUDENT, QUICK_TEACHER, recipe, run_comparison
+from mmdistill.demo import QUICK_STUDENT, QUICK_TEACHER, SCRATCH_TWIN, recipe, run_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 #: test errors on full MNIST in Hinton, Vinyals & Dean (2015), Sec. 3 (arXiv:1503.02531)
 PAPER_ERRORS = {"hinton": {"teacher": 67, "student_scratch": 146, "student_distilled": 74}}
 #: the student from scratch trains with the student recipe minus ``distill``, plus these overrides:
 #: its own learning rate, chosen on validation like the distilled student's (hinton_tuning.json)
-SCRATCH_OVERRIDES = {"hinton": ["train.optimizer.lr=0.1"]}
+SCRATCH_OVERRIDES = {"hinton": ["train.optimizer.lr=0.1"],
+                     # the demo's twin, as `mmdistill demo` trains it (demo_recipe.json)
+                     "demo": SCRATCH_TWIN, "demo_quick": SCRATCH_TWIN}
 RECIPES = {
     "demo": ("AV-Digits hard (mmdistill demo)", lambda: recipe("av_digits_teacher"), lambda: recipe("av_digits_student")),
     "demo_quick": ("AV-Digits hard (mmdistill demo --quick)",

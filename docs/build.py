@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import jinja2
+import scipy.stats
 from jinja2 import meta
 
 DOCS = Path(__file__).resolve().parent
@@ -432,9 +433,20 @@ def _demo_recipe(results: Path):
     plain = [r for r in rows if not r["overrides"]]  # no augmentation, the recipe's learning rate
     train = [r["train_accuracy_last"] for r in plain]
     test = [r["accuracy"] for r in plain]
+    # does validation rank the candidates as test does? Spearman's rho of the per-candidate means,
+    # at each schedule length, over the candidates run on every seed of it
+    agreement = {}
+    for epochs in sorted({r["epochs"] for r in rows}):
+        group = [r for r in rows if r["epochs"] == epochs]
+        seeds = {r["seed"] for r in group}
+        names = [n for n in {r["candidate"] for r in group} if {r["seed"] for r in group if r["candidate"] == n} == seeds]
+        if len(names) >= 3:
+            val = [mean_std([r["val_accuracy"] for r in group if r["candidate"] == n])[0] for n in names]
+            test = [mean_std([r["accuracy"] for r in group if r["candidate"] == n])[0] for n in names]
+            agreement[epochs] = Namespace(rho=float(scipy.stats.spearmanr(val, test).statistic), candidates=len(names))
     return Namespace(rows=rows, seeds=sorted({r["seed"] for r in rows}), table=demo_recipe.table(rows),
                      choice=demo_recipe.choice(rows), train_range=(min(train), max(train)),
-                     test_range=(min(test), max(test)))
+                     test_range=(min(test), max(test)), agreement=agreement)
 
 
 @source("frontier")
