@@ -38,6 +38,17 @@ TINY = ["train.epochs=1", "data.pairs_per_recording=1", "model.encoders.image.ch
 
 def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, monkeypatch, data_root):
     monkeypatch.setenv("MMDISTILL_CACHE", str(tmp_path / "cache"))
+    import mmdistill.demo
+
+    packaged_recipe = mmdistill.demo.recipe
+
+    def two_views(name: str) -> dict:  # the student's teacher cache with 2 views, not 8: a quicker test
+        raw = packaged_recipe(name)
+        if "view_cache" in raw["train"]:
+            raw["train"]["view_cache"] = {"views": 2}
+        return raw
+
+    monkeypatch.setattr(mmdistill.demo, "recipe", two_views)
     runs = []
     for attempt in range(2):
         messages = []
@@ -60,6 +71,17 @@ def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, 
              for name in ("teacher", "student_scratch", "student_distilled")}  # the reused teacher's too
     assert roles == {"teacher": "teacher", "student_scratch": "scratch", "student_distilled": "student"}
     assert json.loads((export / "run.json").read_text())["kind"] == "export"
+    # the twin trains on the recipe's augmentation drawn afresh (no teacher cache); the distilled
+    # student reads the teacher on the same kind of augmented views, from the view cache
+    packaged = parse_config(packaged_recipe("av_digits_student")).train
+    trained = {name: json.loads((tmp_path / "demo1" / name / "run.json").read_text())["config"]["train"]
+               for name in ("student_scratch", "student_distilled")}
+    assert packaged.augment and packaged.view_cache is not None
+    assert trained["student_scratch"]["augment"] == trained["student_distilled"]["augment"] == \
+        packaged.model_dump()["augment"]
+    assert trained["student_scratch"]["view_cache"] is None
+    assert trained["student_distilled"]["view_cache"]["views"] == 2
+    assert trained["student_distilled"]["augment_teacher"] == packaged.augment_teacher
     # another seed is another teacher
     messages = []
     run_demo(tmp_path / "demo2", seed=1, device="cpu", data_root=str(data_root), progress=False,
