@@ -12,7 +12,9 @@ Runs go to ``runs/bench/<recipe>/seed<N>``; the table to
 ``benchmarks/results/distillation_gains.{md,json}`` (recipes not rerun keep their last rows;
 ``--recipe`` with no name only rewrites the table from the JSON). Seeds run in parallel processes
 (each with its own ``--out`` and ``--name``) are joined by ``--recipe KEY --collect DIR...``, which
-reads each finished ``DIR/summary.json`` instead of running.
+reads each finished ``DIR/summary.json`` instead of running, or by ``--recipe KEY --merge A.json
+B.json``, which takes ``KEY``'s runs from those result files (keeping each run's measured seconds)
+in seed order.
 
 On the official MNIST files (``<data root>/mnist/*-ubyte[.gz]``, which the MNIST recipes' ``source:
 auto`` prefers) the table also gives each model's test errors, out of 10,000, beside Hinton et
@@ -65,12 +67,23 @@ def main() -> None:
                         help="override applied to every recipe (e.g. train.epochs=1 for a smoke test)")
     parser.add_argument("--collect", nargs="+", metavar="RUN_DIR",
                         help="with one --recipe: its runs are these finished comparison directories (summary.json)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="RESULTS_JSON",
+                        help="with --recipe: take each recipe's runs from these result files (other processes' seeds)")
     parser.add_argument("--name", default="distillation_gains", help="result file name (or path, without suffix)")
     args = parser.parse_args()
     previous = RESULTS / f"{args.name}.json"
     results = json.loads(previous.read_text()) if previous.exists() else {"recipes": {}}
     if args.collect and len(args.recipe) != 1:
         parser.error("--collect needs exactly one --recipe")
+    if args.merge:
+        for key in args.recipe:
+            parts = [json.loads(p.read_text())["recipes"][key] for p in args.merge]
+            runs = sorted((run for part in parts for run in part["runs"]), key=lambda run: run["seed"])
+            if len({run["seed"] for run in runs}) != len(runs):
+                parser.error(f"--merge: {key}: a seed appears in more than one file")
+            results["recipes"][key] = {**parts[0], "seeds": [run["seed"] for run in runs], "runs": runs}
+        save(args.name, results, table(results))
+        return
     for key in args.recipe:
         title, teacher_fn, student_fn = RECIPES[key]
         runs = [json.loads((Path(d) / "summary.json").read_text()) for d in args.collect or []]

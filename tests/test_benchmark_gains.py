@@ -1,9 +1,11 @@
 """The distillation-gains benchmark on a tiny fake copy of the official MNIST files: the Hinton
 recipe reports test errors beside the paper's, and the table can be rewritten from its JSON."""
 import json
+import subprocess
+import sys
 
 import numpy as np
-from test_benchmarks import run_benchmark
+from test_benchmarks import REPO, run_benchmark
 from test_data_real import write_idx
 
 
@@ -59,3 +61,13 @@ def test_seeds_run_apart_are_collected_into_one_table(tmp_path):
     assert entry["seeds"] == [0, 1]
     assert [r["teacher"]["accuracy"] for r in entry["runs"]] == [p["teacher"]["accuracy"] for p in parts]
     assert "| 2 |" in (tmp_path / "joined.md").read_text()  # the rows count both seeds
+    # --merge takes the runs from the part files, seconds included, in seed order (files given backwards)
+    merged = run_benchmark(tmp_path, root, "--recipe", "hinton", "--merge", str(tmp_path / "part1.json"),
+                           str(tmp_path / "part0.json"), "--name", str(tmp_path / "merged"), script="distillation_gains.py")
+    entry = merged["recipes"]["hinton"]
+    assert entry["seeds"] == [0, 1] and [r["seconds"] for r in entry["runs"]] == [p["seconds"] for p in parts]
+    assert "| 2 |" in (tmp_path / "merged.md").read_text()
+    twice = subprocess.run([sys.executable, str(REPO / "benchmarks" / "distillation_gains.py"), "--recipe", "hinton",
+                            "--merge", str(tmp_path / "part0.json"), str(tmp_path / "part0.json"),
+                            "--name", str(tmp_path / "twice")], cwd=tmp_path, capture_output=True, text=True)
+    assert twice.returncode == 2 and "appears in more than one file" in twice.stderr
