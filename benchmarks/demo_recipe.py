@@ -190,6 +190,16 @@ def choice(rows: list[dict]) -> str:
                      f"({100 * val[twin]:.2f}%), recipe **{best}** ({100 * val[best]:.2f}%). Paired test gain of "
                      f"{best}: {gain(twin)} over the chosen twin"
                      + ("" if twin == "scratch" else f", {gain('scratch')} over plain scratch") + ".")
+    pairs = {(r["candidate"], r["epochs"]) for r in rows}
+    seeds = sorted({r["seed"] for r in rows if r["candidate"] == "scratch"})
+    full = [p for p in pairs if {r["seed"] for r in rows if (r["candidate"], r["epochs"]) == p} >= set(seeds)]
+    if len({e for _, e in full}) > 1:  # the packaged recipe: the best over every schedule length
+        val = {p: mean_std([r["val_accuracy"] for r in rows if (r["candidate"], r["epochs"]) == p
+                            and r["seed"] in seeds])[0] for p in full}
+        twin = max((p for p in full if CANDIDATES[p[0]][0] == "scratch"), key=val.get)
+        best = max((p for p in full if CANDIDATES[p[0]][0] == "distill"), key=val.get)
+        lines.append(f"**Over every schedule** (the packaged recipe): scratch twin **{twin[0]}, {twin[1]} epochs** "
+                     f"({100 * val[twin]:.2f}%), recipe **{best[0]}, {best[1]} epochs** ({100 * val[best]:.2f}%).")
     return "\n\n".join(lines)
 
 

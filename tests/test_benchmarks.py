@@ -116,3 +116,10 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     assert sorted((r["seed"], r["candidate"]) for r in merged["rows"]) == [
         (0, "kd_t2"), (0, "scratch"), (1, "kd_t2"), (1, "scratch")]
     assert "seeds 0, 1" in (tmp_path / "search.md").read_text()
+    longer = tmp_path / "longer.json"  # a second schedule, better on validation: the packaged choice spans both
+    longer.write_text(json.dumps({"rows": [{**r, "epochs": 2, "val_accuracy": r["val_accuracy"] + 0.01}
+                                           for r in merged["rows"]]}))
+    run_benchmark(tmp_path, data_root, "--name", str(tmp_path / "search"), "--merge", str(longer), script="demo_recipe.py")
+    text = (tmp_path / "search.md").read_text()
+    assert "**Over every schedule** (the packaged recipe): scratch twin **scratch, 2 epochs**" in text
+    assert "recipe **kd_t2, 2 epochs**" in text
