@@ -463,6 +463,8 @@ def _demo_recipe(results: Path):
                      choice=demo_recipe.choice(rows), train_range=(min(train), max(train)),
                      test_range=(min(test), max(test)), agreement=agreement, gain=gain, late=late,
                      best_epochs=best_epochs, mean_val=mean_std([r["val_accuracy"] for r in rows])[0],
+                     accuracies=lambda name, epochs: [at[name, epochs, s]["accuracy"] for s in sorted(
+                         s for (n, e, s) in at if (n, e) == (name, epochs))],
                      best=lambda key: max({(r["candidate"], r["epochs"]) for r in rows},
                                           key=lambda c: mean_std([r[key] for r in rows
                                                                   if (r["candidate"], r["epochs"]) == c])[0]))
