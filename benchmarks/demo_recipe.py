@@ -3,7 +3,7 @@
     python benchmarks/demo_recipe.py --seeds 0 --epochs 60            # the search, seed 0
     python benchmarks/demo_recipe.py --seeds 0 1 2 --epochs 60 --candidates scratch kd_t2
 
-Every candidate trains the packaged student (``recipes/av_digits_student.yaml``: conv[16,32],
+Every candidate trains the packaged student (``recipes/av_digits_student.yaml`` less its teaching scheme, ``_common.plain_student_recipe``: conv[16,32],
 stride-2 stem, 2x2 pool) on AV-Digits hard for the same number of epochs under the recipe's cosine
 schedule, from the same initial weights (the seed), and is scored on the validation split; the
 test split is read only to report. Scratch candidates differ in learning rate and input
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, markdown_table, mean_std
+from _common import RESULTS, markdown_table, mean_std, plain_student_recipe
 
 from mmdistill.config import apply_overrides, parse_config
 from mmdistill.demo import recipe, train_or_reuse_teacher
@@ -112,7 +112,7 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
         teacher = train_or_reuse_teacher(tcfg, data, Path(tmp) / "teacher", print, reuse=True)
         for name, epochs in todo:
             kind, overrides, terms = CANDIDATES[name]
-            raw = apply_overrides(recipe("av_digits_student"), [*common, f"train.epochs={epochs}", *overrides])
+            raw = apply_overrides(plain_student_recipe(), [*common, f"train.epochs={epochs}", *overrides])
             start = time.perf_counter()
             out = Path(tmp) / f"{name}_{epochs}"
             if kind == "scratch":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, fmt, load_runs, markdown_table, mean_std, paired_gain
+from _common import RESULTS, fmt, load_runs, markdown_table, mean_std, paired_gain, plain_student_recipe
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -81,7 +81,7 @@ def teacher_for(seed: int, args, data) -> torch.nn.Module:
 
 
 def student_config(seed: int, args):
-    return parse_config(apply_overrides(recipe("av_digits_student"), [
+    return parse_config(apply_overrides(plain_student_recipe(), [
         f"seed={seed}", f"device={args.device}", "train.progress=false", f"train.epochs={args.epochs}",
         *args.overrides]))
 

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, markdown_table, mean_std
+from _common import RESULTS, markdown_table, mean_std, plain_student_recipe
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -228,7 +228,7 @@ def run_cell(fraction, seed, args, built, rows, save) -> None:
     if fraction < 1:
         common.append(f"data.label_fraction={fraction}")
     t_raw = apply_overrides(recipe("av_digits_teacher"), list(common))
-    s_raw = apply_overrides(recipe("av_digits_student"), list(common))
+    s_raw = apply_overrides(plain_student_recipe(), list(common))
     s_raw.pop("distill")
     if args.data:
         t_raw["data"] = {**args.data, **({"label_fraction": fraction} if fraction < 1 else {})}
