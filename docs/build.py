@@ -444,8 +444,8 @@ def _demo_recipe(results: Path):
         names = [n for n in {r["candidate"] for r in group} if {r["seed"] for r in group if r["candidate"] == n} == seeds]
         if len(names) >= 3:
             val = [mean_std([r["val_accuracy"] for r in group if r["candidate"] == n])[0] for n in names]
-            test = [mean_std([r["accuracy"] for r in group if r["candidate"] == n])[0] for n in names]
-            agreement[epochs] = Namespace(rho=float(scipy.stats.spearmanr(val, test).statistic), candidates=len(names))
+            tested = [mean_std([r["accuracy"] for r in group if r["candidate"] == n])[0] for n in names]
+            agreement[epochs] = Namespace(rho=float(scipy.stats.spearmanr(val, tested).statistic), candidates=len(names))
     at = {(r["candidate"], r["epochs"], r["seed"]): r for r in rows}
 
     def gain(name: str, epochs: int, against: str, against_epochs: int | None = None) -> Namespace:

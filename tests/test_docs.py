@@ -86,3 +86,13 @@ def test_docs_yaml_snippets_validate():
     assert blocks
     for block in blocks:
         parse_config(recipe("av_digits_student") | yaml.safe_load(block))
+
+
+def test_demo_recipe_ranges_read_the_plain_40_epoch_rows():
+    """The overfitting sentence's train and test ranges are those of the unaugmented rows at the
+    shortest schedule (a loop below once overwrote the test list with per-candidate means)."""
+    build = load_build()
+    dr = build.SOURCES["demo_recipe"](build.RESULTS)
+    plain = [r for r in dr.rows if not r["overrides"] and r["epochs"] == min(x["epochs"] for x in dr.rows)]
+    assert dr.test_range == (min(r["accuracy"] for r in plain), max(r["accuracy"] for r in plain))
+    assert dr.train_range == (min(r["train_accuracy_last"] for r in plain), max(r["train_accuracy_last"] for r in plain))
