@@ -139,17 +139,39 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
                   f"best epoch {row['best_epoch']} ({row['seconds']} s)", flush=True)
 
 
+def runs_of(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict]]:
+    """The rows by (candidate, epochs), then by seed (in the order they were run)."""
+    runs: dict[tuple[str, int], dict[int, dict]] = {}
+    for r in rows:
+        runs.setdefault((r["candidate"], r["epochs"]), {})[r["seed"]] = r
+    return runs
+
+
+def mean_over(runs: dict[int, dict], field: str, seeds=None) -> float:
+    """The mean of ``field`` over one candidate's runs (those on ``seeds`` only, if given)."""
+    return mean_std([r[field] for s, r in runs.items() if seeds is None or s in seeds])[0]
+
+
+def paired(runs: dict, key: tuple[str, int], against: tuple[str, int], seeds=None) -> list[float]:
+    """``key``'s test accuracy minus ``against``'s, seed by seed, on the seeds both ran (or ``seeds``)."""
+    common = sorted(runs[key].keys() & runs[against].keys()) if seeds is None else seeds
+    return [runs[key][s]["accuracy"] - runs[against][s]["accuracy"] for s in common]
+
+
+def complete(runs: dict, seeds) -> list[tuple[str, int]]:
+    """The (candidate, epochs) run on every one of ``seeds``."""
+    return [key for key, by_seed in runs.items() if by_seed.keys() >= set(seeds)]
+
+
 def table(rows: list[dict]) -> str:
     """Mean +- std over seeds per (candidate, epochs), and the paired gain over the seed's scratch."""
-    scratch = {(r["seed"], r["epochs"]): r for r in rows if r["candidate"] == "scratch"}
-    keys = sorted({(r["candidate"], r["epochs"]) for r in rows}, key=lambda k: (k[1], list(CANDIDATES).index(k[0])))
+    runs = runs_of(rows)
     out = []
-    for name, epochs in keys:
-        group = [r for r in rows if (r["candidate"], r["epochs"]) == (name, epochs)]
+    for name, epochs in sorted(runs, key=lambda k: (k[1], list(CANDIDATES).index(k[0]))):
+        group = list(runs[name, epochs].values())
         val, val_sd = mean_std([r["val_accuracy"] for r in group])
         test, test_sd = mean_std([r["accuracy"] for r in group])
-        gains = [r["accuracy"] - scratch[(r["seed"], epochs)]["accuracy"] for r in group
-                 if (r["seed"], epochs) in scratch]
+        gains = paired(runs, (name, epochs), ("scratch", epochs)) if ("scratch", epochs) in runs else []
         gain = (f"{100 * mean_std(gains)[0]:+.2f} ({sum(g > 0 for g in gains)}/{len(gains)})"
                 if gains and name != "scratch" else "")
         late = sum(in_last_tenth(r["best_epoch"], epochs) for r in group)
@@ -163,25 +185,23 @@ def table(rows: list[dict]) -> str:
 def choice(rows: list[dict]) -> str:
     """The scratch twin and the recipe chosen on mean validation accuracy, per schedule length, among
     the candidates run on every seed that scratch was, and the recipe's paired test gains."""
-    lines = []
-    for epochs in sorted({r["epochs"] for r in rows}):
-        group = [r for r in rows if r["epochs"] == epochs]
-        seeds_of = {n: {r["seed"] for r in group if r["candidate"] == n} for n in {r["candidate"] for r in group}}
-        if "scratch" not in seeds_of:
+    runs, order, lines = runs_of(rows), list(CANDIDATES).index, []
+    kind = lambda key: CANDIDATES[key[0]][0]  # noqa: E731
+    for epochs in sorted({e for _, e in runs}):
+        if ("scratch", epochs) not in runs:
             continue
-        seeds = sorted(seeds_of["scratch"])  # compared: the candidates run on every seed scratch was
-        names = sorted((n for n in seeds_of if seeds_of[n] >= set(seeds)), key=list(CANDIDATES).index)
-        fewer = sorted(set(seeds_of) - set(names), key=list(CANDIDATES).index)
-        at = {(r["candidate"], r["seed"]): r for r in group}
-        val = {n: mean_std([at[n, s]["val_accuracy"] for s in seeds])[0] for n in names}
-        twin = max((n for n in names if CANDIDATES[n][0] == "scratch"), key=val.get)
-        distilled = [n for n in names if CANDIDATES[n][0] == "distill"]
+        seeds = sorted(runs["scratch", epochs])  # compared: the candidates run on every seed scratch was
+        names = sorted((n for n, e in complete(runs, seeds) if e == epochs), key=order)
+        fewer = sorted((n for n, e in runs if e == epochs and n not in names), key=order)
+        val = {n: mean_over(runs[n, epochs], "val_accuracy", seeds) for n in names}
+        twin = max((n for n in names if kind((n, epochs)) == "scratch"), key=val.get)
+        distilled = [n for n in names if kind((n, epochs)) == "distill"]
         if not distilled:
             continue
         best = max(distilled, key=val.get)
 
         def gain(against: str) -> str:
-            gains = [at[best, s]["accuracy"] - at[against, s]["accuracy"] for s in seeds]
+            gains = paired(runs, (best, epochs), (against, epochs), seeds)
             return f"{100 * mean_std(gains)[0]:+.2f} points ({sum(g > 0 for g in gains)}/{len(gains)} seeds ahead)"
 
         left_out = f"; not yet on all of them: {', '.join(fewer)}" if fewer else ""
@@ -190,14 +210,12 @@ def choice(rows: list[dict]) -> str:
                      f"({100 * val[twin]:.2f}%), recipe **{best}** ({100 * val[best]:.2f}%). Paired test gain of "
                      f"{best}: {gain(twin)} over the chosen twin"
                      + ("" if twin == "scratch" else f", {gain('scratch')} over plain scratch") + ".")
-    pairs = {(r["candidate"], r["epochs"]) for r in rows}
-    seeds = sorted({r["seed"] for r in rows if r["candidate"] == "scratch"})
-    full = [p for p in pairs if {r["seed"] for r in rows if (r["candidate"], r["epochs"]) == p} >= set(seeds)]
+    seeds = set().union(*(by_seed for (n, _), by_seed in runs.items() if n == "scratch"))
+    full = complete(runs, seeds)
     if len({e for _, e in full}) > 1:  # the packaged recipe: the best over every schedule length
-        val = {p: mean_std([r["val_accuracy"] for r in rows if (r["candidate"], r["epochs"]) == p
-                            and r["seed"] in seeds])[0] for p in full}
-        twin = max((p for p in full if CANDIDATES[p[0]][0] == "scratch"), key=val.get)
-        best = max((p for p in full if CANDIDATES[p[0]][0] == "distill"), key=val.get)
+        val = {key: mean_over(runs[key], "val_accuracy", seeds) for key in full}
+        twin = max((key for key in full if kind(key) == "scratch"), key=val.get)
+        best = max((key for key in full if kind(key) == "distill"), key=val.get)
         lines.append(f"**Over every schedule** (the packaged recipe): scratch twin **{twin[0]}, {twin[1]} epochs** "
                      f"({100 * val[twin]:.2f}%), recipe **{best[0]}, {best[1]} epochs** ({100 * val[best]:.2f}%).")
     return "\n\n".join(lines)

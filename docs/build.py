@@ -435,25 +435,21 @@ def _demo_recipe(results: Path):
     plain = [r for r in rows if not r["overrides"] and r["epochs"] == min(x["epochs"] for x in rows)]
     train = [r["train_accuracy_last"] for r in plain]
     test = [r["accuracy"] for r in plain]
+    runs = demo_recipe.runs_of(rows)
     # does validation rank the candidates as test does? Spearman's rho of the per-candidate means,
     # at each schedule length, over the candidates run on every seed of it
     agreement = {}
-    for epochs in sorted({r["epochs"] for r in rows}):
-        group = [r for r in rows if r["epochs"] == epochs]
-        seeds = {r["seed"] for r in group}
-        names = [n for n in {r["candidate"] for r in group} if {r["seed"] for r in group if r["candidate"] == n} == seeds]
-        if len(names) >= 3:
-            val = [mean_std([r["val_accuracy"] for r in group if r["candidate"] == n])[0] for n in names]
-            tested = [mean_std([r["accuracy"] for r in group if r["candidate"] == n])[0] for n in names]
-            agreement[epochs] = Namespace(rho=float(scipy.stats.spearmanr(val, tested).statistic), candidates=len(names))
-    at = {(r["candidate"], r["epochs"], r["seed"]): r for r in rows}
+    for epochs in sorted({e for _, e in runs}):
+        seeds = set().union(*(by_seed for (_, e), by_seed in runs.items() if e == epochs))
+        keys = [key for key in demo_recipe.complete(runs, seeds) if key[1] == epochs]
+        if len(keys) >= 3:
+            val = [demo_recipe.mean_over(runs[key], "val_accuracy") for key in keys]
+            tested = [demo_recipe.mean_over(runs[key], "accuracy") for key in keys]
+            agreement[epochs] = Namespace(rho=float(scipy.stats.spearmanr(val, tested).statistic), candidates=len(keys))
 
     def gain(name: str, epochs: int, against: str, against_epochs: int | None = None) -> Namespace:
         """``name``'s paired test gain (points) over ``against`` on the seeds both ran."""
-        seeds = sorted(s for (n, e, s) in at if (n, e) == (name, epochs)
-                       and (against, against_epochs or epochs, s) in at)
-        gains = [100 * (at[name, epochs, s]["accuracy"] - at[against, against_epochs or epochs, s]["accuracy"])
-                 for s in seeds]
+        gains = [100 * g for g in demo_recipe.paired(runs, (name, epochs), (against, against_epochs or epochs))]
         return Namespace(mean=mean_std(gains)[0], wins=sum(g > 0 for g in gains), n=len(gains), gains=gains)
 
     late = {e: sorted({r["candidate"] for r in rows if r["epochs"] == e and in_last_tenth(r["best_epoch"], e)})
@@ -463,11 +459,8 @@ def _demo_recipe(results: Path):
                      choice=demo_recipe.choice(rows), train_range=(min(train), max(train)),
                      test_range=(min(test), max(test)), agreement=agreement, gain=gain, late=late,
                      best_epochs=best_epochs, mean_val=mean_std([r["val_accuracy"] for r in rows])[0],
-                     accuracies=lambda name, epochs: [at[name, epochs, s]["accuracy"] for s in sorted(
-                         s for (n, e, s) in at if (n, e) == (name, epochs))],
-                     best=lambda key: max({(r["candidate"], r["epochs"]) for r in rows},
-                                          key=lambda c: mean_std([r[key] for r in rows
-                                                                  if (r["candidate"], r["epochs"]) == c])[0]))
+                     accuracies=lambda name, epochs: [r["accuracy"] for _, r in sorted(runs[name, epochs].items())],
+                     best=lambda field: max(runs, key=lambda key: demo_recipe.mean_over(runs[key], field)))
 
 
 @source("frontier")
