@@ -24,15 +24,19 @@ def small_recipe(role: str) -> dict:
     return yaml.safe_load((CONFIGS / f"av_digits_small_{role}.yaml").read_text())
 
 
+#: the ``train`` keys of the packaged AV-Digits student recipe's teaching scheme (chosen by demo_recipe.py)
+TEACHING = ("augment", "augment_teacher", "view_cache")
+
+
 def plain_student_recipe() -> dict:
-    """The packaged AV-Digits student recipe without its teaching scheme (``train.augment``,
-    ``augment_teacher``, ``view_cache``) and at the 20 epochs it had before demo_recipe.py chose
-    that scheme: the base of the benchmarks that choose their own training (demo_recipe's
-    candidates, the frontier, label efficiency), so their committed results reproduce."""
+    """The packaged AV-Digits student recipe without its teaching scheme (:data:`TEACHING`) and at
+    the 20 epochs it had before demo_recipe.py chose that scheme: the base of the benchmarks that
+    choose their own training (demo_recipe's candidates, the frontier, label efficiency), so their
+    committed results reproduce."""
     from mmdistill.demo import recipe
 
     raw = recipe("av_digits_student")
-    for key in ("augment", "augment_teacher", "view_cache"):
+    for key in TEACHING:
         raw["train"].pop(key, None)
     raw["train"]["epochs"] = 20
     return raw

@@ -31,9 +31,14 @@ cell has the same step budget (``max_steps``) and its steps are counted by the e
     128 labelled samples + KD at T = 4 / T = 1 on it and on a batch of 128 drawn from every
     training sample (the transfer batch);
   - ``kd_pseudo``: as ``kd_t4``, with the labelled batch drawn from the labelled samples and the
-    teacher's confident pseudo-labels (pseudo_label's tau).
-  The teacher's outputs on the training split are computed once per (fraction, seed) and serve
-  every student (``DistillationTask(precomputed_outputs=...)``, filling the engine's teacher cache).
+    teacher's confident pseudo-labels (pseudo_label's tau);
+  - ``kd_consistent``: patient, consistent teaching as the packaged student recipe does it (its
+    ``train.augment``, ``augment_teacher`` and ``view_cache``, and its distillation terms, KD at T = 2):
+    every sample augmented, the teacher's outputs read from its cache of 8 seeded views per sample,
+    one mixed batch of 128 (CE on its labelled members; a view cache draws one view per sample
+    per epoch, so it does not take separate labelled batches), the benchmark's budget.
+  The teacher's outputs on the (clean) training split are computed once per (fraction, seed) and serve
+  every student but ``kd_consistent`` (``DistillationTask(precomputed_outputs=...)``, filling the engine's teacher cache).
 
 The validation split (10% of the training recordings, as in the recipes) keeps its labels at
 every fraction: model selection (best epoch, learning rate, augmentation, tau, C) sees more
@@ -63,7 +68,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, markdown_table, mean_std, plain_student_recipe
+from _common import RESULTS, TEACHING, markdown_table, mean_std, plain_student_recipe
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -78,9 +83,9 @@ from mmdistill.evaluate import accuracy, agreement, predict
 from mmdistill.models import build_model
 
 FRACTIONS = (0.1, 0.25, 0.05, 0.02, 1.0)  # the goal's fraction first
-STUDENTS = ("scratch", "pseudo_label", "kd_one_batch", "kd_t4", "kd_t1", "kd_pseudo")
+STUDENTS = ("scratch", "pseudo_label", "kd_one_batch", "kd_t4", "kd_t1", "kd_pseudo", "kd_consistent")
 MODELS = ("teacher", "linear", *STUDENTS)  # the table's order
-KD_ROWS = ("kd_t4", "kd_one_batch", "kd_t1", "kd_pseudo")  # the order they run in
+KD_ROWS = ("kd_t4", "kd_one_batch", "kd_t1", "kd_pseudo", "kd_consistent")  # the order they run in
 #: the KD rows: (temperature, separate labelled and transfer batches, labelled batch with pseudo-labels)
 KD_SPECS = {"kd_one_batch": (4.0, False, False), "kd_t4": (4.0, True, False), "kd_t1": (1.0, True, False),
             "kd_pseudo": (4.0, True, True)}
@@ -88,14 +93,16 @@ LOSSES = {"scratch": "ce (labelled)", "pseudo_label": "ce (labelled + teacher's 
           "kd_one_batch": "one batch: ce (its labelled) + kd T=4 (all)",
           "kd_t4": "ce (labelled batch) + kd T=4 (labelled + transfer batch)",
           "kd_t1": "ce (labelled batch) + kd T=1 (labelled + transfer batch)",
-          "kd_pseudo": "ce (labelled + confident pseudo-labelled batch) + kd T=4 (it + transfer batch)"}
+          "kd_pseudo": "ce (labelled + confident pseudo-labelled batch) + kd T=4 (it + transfer batch)",
+          "kd_consistent": "the packaged recipe's teaching: one batch, augmented, ce (its labelled) + its distill "
+                           "terms (all, teacher outputs on the same view, from the view cache)"}
 #: the scratch student's augmentation candidate (chosen on validation against none)
 AUGMENT = {"image": [{"type": "translate", "pixels": 2}], "audio": [{"type": "time_shift", "fraction": 0.1}]}
 
 
 def models_at(fraction: float) -> tuple[str, ...]:
     """The rows of a fraction: nothing is unlabelled at f = 1, so no pseudo-labels or transfer batches."""
-    return MODELS if fraction < 1 else ("teacher", "linear", "scratch", "kd_one_batch")
+    return MODELS if fraction < 1 else ("teacher", "linear", "scratch", "kd_one_batch", "kd_consistent")
 
 
 def resized(dataset: MultimodalDataset, size: int, seed: int) -> MultimodalDataset:
@@ -157,6 +164,19 @@ def fit_kd(scfg, data, train, teacher, logits, temperature, separate, args, devi
     return model, fit, math.ceil(len(train) / cfg.batch_size)
 
 
+def fit_consistent(scfg, data, teacher, args, device, seed):
+    """(model, fit, terms): the packaged student recipe's teaching (its augmentation, the teacher on
+    the student's augmented view from the view cache, its distillation terms and gamma) on every
+    training sample, one mixed batch per step, under the benchmark's budget."""
+    packaged = recipe("av_digits_student")
+    model = build_model(scfg.model, data.specs, data.num_classes, seed=seed)
+    cfg = budget(scfg.train, args, **{k: packaged["train"][k] for k in TEACHING})
+    terms = packaged["distill"]["terms"]
+    task = DistillationTask(model, teacher, api.make_terms(terms), gamma=packaged["distill"]["gamma"])
+    fit = Trainer(cfg, device=device, seed=seed, label="student").fit(task, data.train, data.val)
+    return model, fit, math.ceil(len(data.train) / cfg.batch_size), terms
+
+
 def pseudo_labelled(train: MultimodalDataset, logits: torch.Tensor, tau: float) -> tuple[MultimodalDataset, dict]:
     """The labelled samples, plus the unlabelled ones the teacher predicts with confidence >= tau, with its class
     (the other samples stay unlabelled)."""
@@ -207,7 +227,7 @@ def cell_teacher(t_raw, data, args, seed, device, base, done, save):
     with tempfile.TemporaryDirectory() as tmp:
         summary = train_or_reuse_teacher(tcfg, teacher_data, Path(tmp) / "teacher", print, reuse=True)
         teacher = load_checkpoint(Path(tmp) / "teacher" / "best.pt", device)[0]
-    if "teacher" not in done:
+    if "teacher" not in done and "teacher" in args.models:  # a part run for other rows reuses it silently
         per_epoch = math.ceil(size / tcfg.train.batch_size)
         save({**base, "model": "teacher", "accuracy": 100 * summary["model"]["accuracy"],
               "val_accuracy": 100 * summary["val_accuracy"], "best_epoch": summary["best_epoch"],
@@ -294,6 +314,10 @@ def run_cell(fraction, seed, args, built, rows, save) -> None:
                chosen_on_seed=chosen["seed"] if "pseudo_label" in chosen else seed)
     for name in KD_ROWS:
         if name not in wanted or name in done:
+            continue
+        if name == "kd_consistent":
+            model, fit, spe, terms = fit_consistent(scfg, data, teacher, args, device, seed)
+            record(name, model, fit, spe, terms=terms, view_cache_seconds=fit.view_cache_seconds)
             continue
         temperature, separate, pseudo = KD_SPECS[name]
         train, extra = data.train, {"temperature": temperature}

@@ -295,6 +295,12 @@ def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, mo
     pseudo = next(r for r in out["rows"] if r["model"] == "pseudo_label")
     assert pseudo["threshold"] in (0.5, 0.9) and pseudo["unlabelled"] > 0
     assert next(r for r in out["rows"] if r["model"] == "kd_pseudo")["threshold"] == pseudo["threshold"]
+    # consistent teaching as the packaged recipe does it: its terms, the teacher read from its view cache
+    from mmdistill.demo import recipe
+
+    for consistent in (r for r in out["rows"] if r["model"] == "kd_consistent"):
+        assert consistent["terms"] == recipe("av_digits_student")["distill"]["terms"]
+        assert consistent["view_cache_seconds"] > 0
     scratch = next(r for r in out["rows"] if r["model"] == "scratch" and r["label_fraction"] == 0.2)
     assert scratch["labelled"] < 0.3 * (scratch["labelled"] + scratch["unlabelled"])
     assert {(c["lr"], c["augment"]) for c in scratch["candidates"]} == {(0.003, False), (0.003, True),
