@@ -5,8 +5,8 @@ batches (paired seeds: the config's ``seed``), with the config's training settin
 
 * ``none``: plain cross-entropy, no teacher;
 * ``kd_t1``, ``kd_t2``, ``kd_t4``: Hinton et al.'s KD (2015) at temperature 1, 2 and 4, weight 1
-  (T = 1 joined when the AV-Digits student at a converged 40-epoch budget tested best with it,
-  docs/results.md);
+  (the temperatures the AV-Digits recipe search compares, benchmarks/demo_recipe.py; which one
+  wins is data-dependent, so the search picks on validation);
 * ``dist``: DIST (Huang et al. 2022), weight 1;
 * one feature method, by the kind of feature point student and teacher share
   (:func:`~mmdistill.models.points.placements`): ``at`` on each modality's last activation map
