@@ -129,3 +129,28 @@ def test_multiview_benchmark_smoke(tmp_path, data_root):
         assert row["auto"] == row[row["auto_choice"]]
     assert len(result["diagnose"]) == 2 and "score" in result["diagnose"][0]
     assert result["summary"]["students"] == 2 and (tmp_path / "mv.md").read_text().startswith("| dataset")
+
+
+def test_none_trains_without_the_teachers_view_cache(tmp_path, teacher, monkeypatch):
+    """With consistent teaching from a view cache (the packaged AV-Digits recipe's scheme), the KD
+    candidates read the cache and ``none`` trains like the demo's twin: same augmentation, no cache."""
+    from mmdistill import api
+    from mmdistill.auto import run_auto
+    from mmdistill.config import parse_config
+
+    seen = {}
+    for name in ("train", "distill"):
+        real = getattr(api, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen.setdefault(_name, []).append(kwargs["cfg"] if "cfg" in kwargs else args[2])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(api, name, spy)
+    cfg = student(teacher, epochs=1)
+    cfg["train"].update(augment={"audio": [{"type": "time_mask", "width": 2}]}, augment_teacher="same",
+                        view_cache={"views": 2})
+    run_auto(parse_config(cfg), tmp_path / "run")
+    assert [c.view_cache for c in seen["train"]] == [None]
+    assert all(c.view_cache.views == 2 and c.augment for c in seen["distill"]) and len(seen["distill"]) >= 4
+    assert seen["train"][0].augment == seen["distill"][0].augment

@@ -17,7 +17,9 @@ batches (paired seeds: the config's ``seed``), with the config's training settin
 
 With ``train.augment`` in the config every candidate trains on augmented inputs, and the teachers
 see the student's augmented input (``train.augment_teacher``, default ``same``): consistent
-teaching (Beyer et al., CVPR 2022) is what the KD candidates do then.
+teaching (Beyer et al., CVPR 2022) is what the KD candidates do then. With ``train.view_cache``
+(the packaged AV-Digits student recipe) they read the teachers from the cache of augmented views,
+and ``none`` trains without it, on augmentation drawn afresh, as the demo's scratch twin does.
 
 Distillation candidates keep the config's ``distill.gamma`` (the weight of cross-entropy) and
 ``distill.ensemble`` (with several teachers, logit terms read their fusion; the feature method
@@ -124,10 +126,14 @@ def choose(records: list[dict], margin: float = MARGIN) -> str:
 
 def train_candidate(cfg: RunConfig, data: DataSplits, teachers: dict[str, nn.Module], cand: Candidate, *,
                     epochs: int, device, run_dir: Path | None = None, save: Callable | None = None):
-    """(student, fit) of one candidate, trained from the config's seed for ``epochs`` epochs."""
+    """(student, fit) of one candidate, trained from the config's seed for ``epochs`` epochs. ``none``
+    trains as the demo's scratch twin does (``mmdistill.demo.SCRATCH_TWIN``): without the config's
+    ``view_cache``, which holds teacher outputs, so its augmentation is drawn afresh every epoch
+    instead of from the cached views."""
     train_cfg = cfg.train.model_copy(update={"epochs": epochs})
     student = build_model(cfg.model, data.specs, data.num_classes, seed=cfg.seed)
     if not cand.terms:
+        train_cfg = train_cfg.model_copy(update={"view_cache": None})
         fit = api.train(student, data, train_cfg, device=str(device), seed=cfg.seed, run_dir=run_dir, save=save,
                         label=f"auto: {cand.name}")
     else:
