@@ -54,7 +54,7 @@ import torch
 from _common import RESULTS, markdown_table, mean_std
 
 from mmdistill import api
-from mmdistill.config import DataConfig, TrainConfig
+from mmdistill.config import TrainConfig
 from mmdistill.data import DATASETS, data_root, parse_options
 from mmdistill.data.dataset import MultimodalDataset, split_validation
 from mmdistill.data.fsdd import list_recordings

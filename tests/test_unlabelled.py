@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import REPO, run_cli, write
 from mmdistill.config import ConfigError, DataConfig, parse_config
