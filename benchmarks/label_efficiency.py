@@ -20,7 +20,8 @@ cell has the same step budget (``max_steps``) and its steps are counted by the e
 * students, all at the packaged student size (recipes/av_digits_student.yaml):
   - ``scratch``: cross-entropy on the labelled part (repeated to the epoch's size); its learning
     rate (``--scratch-lrs``) and whether it is augmented (image translations of 2 pixels, audio
-    time shifts of 10%) chosen on validation, per seed;
+    time shifts of 10%; or, ``--scratch-augment recipe``, the packaged recipe's augmentation)
+    chosen on validation, per seed;
   - ``pseudo_label``: self-training baseline: cross-entropy on the labelled part plus the
     unlabelled samples whose teacher confidence (max softmax) is >= tau, labelled with the
     teacher's class; tau from ``--thresholds`` chosen on validation;
@@ -51,6 +52,11 @@ labels than training does at small fractions, equally for every model. Nothing i
     # cheaper: seeds 1 and 2 reuse the scratch learning rate / augmentation and the pseudo-labelling
     # threshold chosen on seed 0's validation (recorded per row as chosen_on_seed)
     python benchmarks/label_efficiency.py --fractions 0.1 --seeds 1 --choices PARTS/s0.json --name PARTS/s1
+    # the patient check: consistent teaching at the packaged recipe's budget instead of the
+    # benchmark's, beside a scratch twin on the same (the recipe's) augmentation
+    python benchmarks/label_efficiency.py --fractions 0.1 --models teacher linear scratch kd_consistent \
+        --max-epochs 120 --patience 20 --scratch-lrs 0.003 --scratch-augment recipe \
+        --choices none --name benchmarks/results/label_efficiency_patient
 
 Results are written after every model, and a second run with the same settings resumes: finished
 (fraction, seed, model) rows are kept, not run again. The committed results of the earlier,
@@ -98,6 +104,16 @@ LOSSES = {"scratch": "ce (labelled)", "pseudo_label": "ce (labelled + teacher's 
                            "terms (all, teacher outputs on the same view, from the view cache)"}
 #: the scratch student's augmentation candidate (chosen on validation against none)
 AUGMENT = {"image": [{"type": "translate", "pixels": 2}], "audio": [{"type": "time_shift", "fraction": 0.1}]}
+#: ``--scratch-augment`` values -> what a row records: off/on (AUGMENT), or the packaged student
+#: recipe's own augmentation (``recipe``: kd_consistent's, for a twin that sees the same inputs)
+SCRATCH_AUGMENT = {"off": False, "on": True, "recipe": "recipe"}
+
+
+def scratch_augment(recorded):
+    """The ``train.augment`` of a scratch row's recorded augmentation (False, True or "recipe")."""
+    if recorded == "recipe":
+        return recipe("av_digits_student")["train"]["augment"]
+    return AUGMENT if recorded else None
 
 
 def models_at(fraction: float) -> tuple[str, ...]:
@@ -285,10 +301,10 @@ def run_cell(fraction, seed, args, built, rows, save) -> None:
     chosen = choices(args, fraction, seed, rows)
     if "scratch" in wanted and "scratch" not in done:
         best, tried = None, []
-        grid = [(lr, aug == "on") for lr in args.scratch_lrs for aug in args.scratch_augment]
+        grid = [(lr, SCRATCH_AUGMENT[aug]) for lr in args.scratch_lrs for aug in args.scratch_augment]
         for lr, aug in ([chosen["scratch"]] if "scratch" in chosen else grid):
             model, fit, spe = fit_supervised(scfg, data, data.train, args, device, seed, lr=lr,
-                                             augment=AUGMENT if aug else None)
+                                             augment=scratch_augment(aug))
             tried.append(candidate(fit, lr=lr, augment=aug))
             if best is None or fit.best_val_accuracy > best[1].best_val_accuracy:
                 best = (model, fit, spe, lr, aug)
@@ -461,7 +477,8 @@ def main(argv=None) -> None:
                              "other seeds reuse instead of searching again (cheaper)")
     parser.add_argument("--choice-seed", type=int, default=0)
     parser.add_argument("--scratch-lrs", type=float, nargs="+", default=[0.003, 0.001])
-    parser.add_argument("--scratch-augment", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--scratch-augment", nargs="+", default=["off", "on"], choices=list(SCRATCH_AUGMENT),
+                        help="on: image translations and audio time shifts; recipe: the packaged student recipe's")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.9])
     parser.add_argument("--linear-c", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--device", default="cpu")
