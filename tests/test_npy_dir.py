@@ -151,10 +151,12 @@ def test_errors_name_the_file_and_sample(tmp_path):
     assert "split.npy: no sample is marked 'test'" in error(tmp_path, x=x, label=label, split=np.zeros(8, np.int64))
     assert "present_y.npy masks modality 'y'" in error(tmp_path, x=x, label=label, present_y=np.ones(8, bool))
     assert "present_x.npy: must hold booleans" in error(tmp_path, x=x, label=label, present_x=np.full(8, 2))
+    assert "sample 6 has every modality absent" in error(  # a sample needs one modality, as in npz
+        tmp_path, x=x, y=x, label=label, present_x=np.arange(8) < 6, present_y=np.arange(8) != 6)
     nan_absent = bad.copy()
     present = np.ones(8, bool)
     present[5] = False  # an absent sample's stored NaN is ignored
-    write(tmp_path / "ok", x=nan_absent, label=label, present_x=present)
+    write(tmp_path / "ok", x=nan_absent, y=x, label=label, present_x=present)  # sample 5 keeps y
     train, test, _ = build(tmp_path, path="ok")
     for part in (train, test):
         assert torch.isfinite(part[list(range(len(part)))]["x"]).all()

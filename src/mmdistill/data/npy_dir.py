@@ -30,7 +30,7 @@ from pydantic import StrictBool
 
 from ..errors import DataError
 from .dataset import BaseDataset, ModalitySpec, guess_kind
-from .npz import PRESENT_PREFIX, NpzOptions, _labels, modalities_in_use, stratified_test_mask
+from .npz import PRESENT_PREFIX, NpzOptions, _labels, modalities_in_use, require_a_modality, stratified_test_mask
 from .registry import register_dataset
 from .root import find_path
 from .split import TEST, TRAIN, apply_split, parse_split
@@ -208,6 +208,7 @@ def build_npy_dir(root, options: NpyDirOptions, seed: int):
                 raise DataError(f"{mask_file}: must hold booleans")
             mask = mask_arr.astype(bool)
         columns[m] = MemmapColumn(arr, all_rows, mask, file)
+    require_a_modality(folder, [c.present for c in columns.values()])
 
     num_classes = len(classes) if classes is not None else int(labels.max()) + 1
     kinds = {m: (options.kinds or {}).get(m) or guess_kind(c.shape[1:]) for m, c in columns.items()}

@@ -61,6 +61,15 @@ class NpzOptions(DatasetOptions):
     standardize: Literal["auto"] | StrictBool = "auto"
 
 
+def require_a_modality(where, masks: list[np.ndarray]) -> None:
+    """A sample needs at least one modality present: a DataError naming ``where`` and the first
+    sample whose ``present_<modality>`` masks ([N] bools each) are all False."""
+    nothing = ~np.any(np.stack(masks), axis=0)
+    if nothing.any():
+        raise DataError(f"{where}: sample {int(np.flatnonzero(nothing)[0])} has every modality absent "
+                        f"(its present_<modality> masks are all False); a sample needs at least one")
+
+
 def stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Bool [N]: ``fraction`` of each class (at least one, never all when it has 2+) is test."""
     rng = np.random.default_rng(seed)
@@ -285,10 +294,7 @@ def build_npz(root, options: NpzOptions, seed: int):
             modalities[m] = torch.from_numpy(arr)
             present[m] = torch.from_numpy(mask)
 
-    nothing = ~np.any(np.stack([p.numpy() for p in present.values()]), axis=0)
-    if nothing.any():
-        raise DataError(f"{path}: sample {int(np.flatnonzero(nothing)[0])} has every modality absent "
-                        f"(its present_<modality> masks are all False); a sample needs at least one")
+    require_a_modality(path, [p.numpy() for p in present.values()])
     num_classes = len(classes) if classes is not None else max(int(labels.max()) + 1, 0)
     kinds = {m: "text" if m in options.text else (options.kinds or {}).get(m) or guess_kind(t.shape[1:])
              for m, t in modalities.items()}
