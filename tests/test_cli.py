@@ -258,3 +258,12 @@ def test_evaluate_all_subsets(tmp_path):
     assert run_cli("evaluate", tmp_path / "t" / "best.pt", "--out", tmp_path / "e2", "--drop", "audio") == 0
     dropped = json.loads((tmp_path / "e2" / "metrics.json").read_text())
     assert metrics["subsets"]["image"] == pytest.approx(dropped["accuracy"])
+
+
+def test_overrides_return_a_copy_and_leave_the_recipe_as_it_was():
+    from mmdistill.config import apply_overrides
+
+    raw = {"train": {"epochs": 3, "optimizer": {"name": "adam"}}}
+    out = apply_overrides(raw, ["train.epochs=5", "train.optimizer.lr=0.1"])
+    assert out == {"train": {"epochs": 5, "optimizer": {"name": "adam", "lr": 0.1}}}
+    assert raw == {"train": {"epochs": 3, "optimizer": {"name": "adam"}}}

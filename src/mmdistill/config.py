@@ -8,6 +8,7 @@ the code that uses it (``train``: :mod:`mmdistill.distill.engine`, ``train.optim
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -349,7 +350,9 @@ def parse_yaml(text: str | bytes, where: str):
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key=value`` overrides; values are parsed as YAML (``3``, ``0.1``, ``[32, 64]``)."""
+    """A copy of ``raw`` with ``key=value`` overrides applied; values are parsed as YAML (``3``,
+    ``0.1``, ``[32, 64]``). ``raw`` itself is left as it was, so a recipe can be overridden twice."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
