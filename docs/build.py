@@ -685,6 +685,26 @@ def _label_efficiency(results: Path):
     # the earlier benchmark's tables (short budgets, and the step-count bug), as its script wrote them
     out.old = (results / "label_efficiency.md").read_text().strip()
     out.old_long = (results / "label_efficiency_long.md").read_text().strip()
+    # the patient check: consistent teaching at the packaged recipe's budget, beside a scratch twin
+    # on the same augmentation (benchmarks/label_efficiency.py's docstring has the command)
+    patient = _load(results, "label_efficiency_patient.json")
+    p_summary = label_efficiency.summarise(patient["rows"])
+    out.patient = Namespace(settings=patient["settings"], summary=p_summary, rows=patient["rows"],
+                            table=label_efficiency.markdown(patient["rows"], p_summary, patient["settings"]))
+    out.recipe_epochs = recipe("av_digits_student")["train"]["epochs"]
+    # the patient kd_consistent against the benchmark's own rows at a tenth of the labels, by seed
+    mine = label_efficiency.by(patient["rows"], 0.1, "kd_consistent")
+    out.patient.against = {}
+    for model in ("scratch", "pseudo_label", "kd_pseudo", "kd_consistent"):
+        other = label_efficiency.by(rows, 0.1, model)
+        gains = [mine[k] - other[k] for k in sorted(set(mine) & set(other))]
+        if gains:
+            out.patient.against[model] = Namespace(mean=float(sum(gains) / len(gains)), per_seed=gains,
+                                                   ahead=sum(g > 0 for g in gains), seeds=len(gains))
+    # a seed whose teacher was retrained between the two files (the teacher cache is per machine)
+    teacher, p_teacher = label_efficiency.by(rows, 0.1, "teacher"), label_efficiency.by(patient["rows"], 0.1, "teacher")
+    out.patient.retrained = [(k, teacher[k], p_teacher[k]) for k in sorted(set(teacher) & set(p_teacher))
+                             if abs(teacher[k] - p_teacher[k]) > 1e-6]
     return out
 
 
