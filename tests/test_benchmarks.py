@@ -123,3 +123,13 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     text = (tmp_path / "search.md").read_text()
     assert "**Over every schedule** (the packaged recipe): scratch twin **scratch, 2 epochs**" in text
     assert "recipe **kd_t2, 2 epochs**" in text
+    # a schedule run without plain scratch (the 10x one: the recipe and its augmented twin) is still
+    # compared, against the scratch candidate it has
+    tenx = tmp_path / "tenx.json"
+    tenx.write_text(json.dumps({"rows": [{**r, "epochs": 3, "candidate": "scratch_aug" if r["candidate"] == "scratch"
+                                          else r["candidate"], "val_accuracy": r["val_accuracy"] - 0.01}
+                                         for r in merged["rows"]]}))
+    run_benchmark(tmp_path, data_root, "--name", str(tmp_path / "search"), "--merge", str(tenx), script="demo_recipe.py")
+    text = (tmp_path / "search.md").read_text()
+    assert "**3 epochs, seeds 0, 1**" in text and "scratch twin **scratch_aug**" in text
+    assert "recipe **kd_t2, 2 epochs**" in text  # still the best on validation over every schedule
