@@ -71,6 +71,29 @@ def load_runs(path: str) -> list[dict]:
     return json.loads(Path(path).read_text())["runs"]
 
 
+def merge_rows(parts, key, resolve=None) -> list[dict]:
+    """One row per ``key(row)`` from result parts run in parallel (``--merge``).
+
+    ``parts`` is ``(source, rows)`` pairs, in order. A row equal to one already taken is dropped (the
+    same part merged twice). A different row under a key already taken is ``resolve(taken, new)``,
+    the row to keep; without ``resolve`` it is an error naming both sources, since two processes ran
+    the same cell and a mean over both would count one seed twice.
+    """
+    taken: dict = {}
+    source: dict = {}
+    for name, rows in parts:
+        for row in rows:
+            k = key(row)
+            if k not in taken:
+                taken[k], source[k] = row, name
+            elif taken[k] != row:
+                if resolve is None:
+                    raise SystemExit(f"--merge: {name}: {k} is also in {source[k]}, with other results: "
+                                     f"merge one run of each cell")
+                taken[k], source[k] = resolve(taken[k], row), name
+    return list(taken.values())
+
+
 def save(name: str, payload: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

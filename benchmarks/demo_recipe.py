@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, markdown_table, mean_std, plain_student_recipe
+from _common import RESULTS, markdown_table, mean_std, merge_rows, plain_student_recipe
 
 from mmdistill.config import apply_overrides, parse_config
 from mmdistill.demo import recipe, train_or_reuse_teacher
@@ -86,13 +86,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = RESULTS / f"{args.name}.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    if args.merge:
-        done = {(r["seed"], r["candidate"], r["epochs"]) for r in results["rows"]}
-        for other in args.merge:
-            for row in json.loads(other.read_text())["rows"]:
-                if (row["seed"], row["candidate"], row["epochs"]) not in done:
-                    results["rows"].append(row)
-                    done.add((row["seed"], row["candidate"], row["epochs"]))
+    if args.merge:  # a row already here is kept (resumable runs rerun nothing either)
+        parts = [(path, results["rows"]), *((other, json.loads(other.read_text())["rows"]) for other in args.merge)]
+        results["rows"] = merge_rows(parts, key=lambda r: (r["seed"], r["candidate"], r["epochs"]),
+                                     resolve=lambda first, _: first)
         path.write_text(json.dumps(results, indent=2) + "\n")
     elif not args.table:
         for seed in args.seeds:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import RESULTS, fmt, markdown_table, mean_std, save, small_recipe
+from _common import RESULTS, fmt, markdown_table, mean_std, merge_rows, save, small_recipe
 
 from mmdistill.config import apply_overrides
 from mmdistill.demo import QUICK_STUDENT, QUICK_TEACHER, SCRATCH_TWIN, recipe, run_comparison
@@ -78,9 +78,8 @@ def main() -> None:
     if args.merge:
         for key in args.recipe:
             parts = [json.loads(p.read_text())["recipes"][key] for p in args.merge]
-            runs = sorted((run for part in parts for run in part["runs"]), key=lambda run: run["seed"])
-            if len({run["seed"] for run in runs}) != len(runs):
-                parser.error(f"--merge: {key}: a seed appears in more than one file")
+            runs = sorted(merge_rows([(f"{p} ({key})", part["runs"]) for p, part in zip(args.merge, parts)],
+                                     key=lambda run: run["seed"]), key=lambda run: run["seed"])
             results["recipes"][key] = {**parts[0], "seeds": [run["seed"] for run in runs], "runs": runs}
         save(args.name, results, table(results))
         return

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, fmt, load_runs, markdown_table, mean_std, paired_gain, plain_student_recipe
+from _common import RESULTS, fmt, load_runs, markdown_table, mean_std, merge_rows, paired_gain, plain_student_recipe
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -163,7 +163,9 @@ def cost(model: torch.nn.Module, specs) -> dict:
 
 def report(args) -> None:
     """Merge result parts, measure every model's cost alone, write frontier.{json,md,png}."""
-    runs = [r for path in args.merge for r in load_runs(path)]
+    # each part trains (or reuses) the same teacher: its identical rows collapse to one per seed
+    runs = merge_rows([(path, load_runs(path)) for path in args.merge],
+                      key=lambda r: (r["student"], r["method"], r["seed"]))
     teacher_runs = [r for r in runs if r["method"] == "teacher"]
     tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), args.overrides))
     specs_data = build_data(tcfg.data, seed=0, val_fraction=tcfg.train.val_fraction)

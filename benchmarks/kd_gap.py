@@ -25,7 +25,7 @@ import argparse
 
 import torch
 
-from _common import av_digits_setup, fmt, load_runs, markdown_table, measure, paired_gain, save
+from _common import av_digits_setup, fmt, load_runs, markdown_table, measure, merge_rows, paired_gain, save
 
 from mmdistill import api
 from mmdistill.models import build_model
@@ -105,7 +105,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:
-        runs = [r for path in args.merge for r in load_runs(path)]
+        runs = merge_rows([(path, load_runs(path)) for path in args.merge],
+                          key=lambda r: (r["seed"], r["role"], r["name"]))
     else:
         runs = [r for seed in args.seeds for r in run_seed(seed, args)]
     save(args.name, {"args": vars(args), "runs": runs}, table(runs))

@@ -74,7 +74,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, TEACHING, markdown_table, mean_std, plain_student_recipe
+from _common import RESULTS, TEACHING, markdown_table, mean_std, merge_rows, plain_student_recipe
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -384,7 +384,8 @@ def summarise(rows: list[dict]) -> dict:
             acc = by(rows, f, m)
             if not acc:
                 continue
-            mine = [r for r in rows if r["label_fraction"] == f and r["model"] == m]
+            # by seed, as "seeds" lists them: the per-seed columns (best epoch, steps) follow that order
+            mine = sorted((r for r in rows if r["label_fraction"] == f and r["model"] == m), key=lambda r: r["seed"])
             mean, std = mean_std(list(acc.values()))
             e = {"mean": mean, "std": std, "seeds": sorted(acc), "per_seed": acc,
                  "val_mean": mean_std([r["val_accuracy"] for r in mine])[0]}
@@ -515,22 +516,28 @@ def main(argv=None) -> None:
         if figure:
             plot(summary, out.with_suffix(".png"))
 
-    def save(row: dict, merge: bool = False) -> None:
+    def save(row: dict) -> None:
         key = (row["label_fraction"], row["seed"], row["model"])
-        old = next((r for r in rows if (r["label_fraction"], r["seed"], r["model"]) == key), None)
-        if merge and old is not None and "candidates" in old and "candidates" in row:
-            tried = old["candidates"] + [c for c in row["candidates"] if c not in old["candidates"]]
-            row = dict(max((old, row), key=lambda r: r["val_accuracy"]), candidates=tried)
         rows[:] = [r for r in rows if (r["label_fraction"], r["seed"], r["model"]) != key] + [row]
         write()
 
+    def searched(old: dict, new: dict) -> dict:
+        """Two parts' runs of one row: a row that searched candidates (learning rate, augmentation,
+        threshold) keeps the best on validation and lists every candidate both tried; otherwise
+        the later part's row replaces the earlier."""
+        if "candidates" not in old or "candidates" not in new:
+            return new
+        tried = old["candidates"] + [c for c in new["candidates"] if c not in old["candidates"]]
+        return dict(max((old, new), key=lambda r: r["val_accuracy"]), candidates=tried)
+
     if args.merge:
+        parts = [(json_path, list(rows))]
         for part in args.merge:
             old = json.loads(Path(part).read_text())
             if old["settings"] != settings:
                 raise SystemExit(f"{part}: run with other settings than these ({old['settings']})")
-            for row in old["rows"]:
-                save(row, merge=True)
+            parts.append((part, old["rows"]))
+        rows[:] = merge_rows(parts, key=lambda r: (r["label_fraction"], r["seed"], r["model"]), resolve=searched)
         write(figure=True)
         print(out.with_suffix(".md").read_text())
         return

@@ -27,7 +27,7 @@ import argparse
 
 import torch
 
-from _common import av_digits_setup, fmt, load_runs, markdown_table, mean_std, measure, paired_gain, save
+from _common import av_digits_setup, fmt, load_runs, markdown_table, mean_std, measure, merge_rows, paired_gain, save
 
 from mmdistill import api
 from mmdistill.models import build_model
@@ -149,10 +149,10 @@ def main() -> None:
     runs = []
     if args.merge:
         # a seed split across processes trains its (seeded, identical) teacher and scratch student
-        # in each: keep one row per (seed, method, scale)
-        unique = {(r["seed"], r["method"], r.get("scale")): r
-                  for path in args.merge for r in load_runs(path)}
-        runs = [r for r in unique.values() if r["method"] not in chosen or r.get("scale") == chosen[r["method"]]]
+        # in each, timed differently: keep the last part's row per (seed, method, scale)
+        unique = merge_rows([(path, load_runs(path)) for path in args.merge],
+                            key=lambda r: (r["seed"], r["method"], r.get("scale")), resolve=lambda _, last: last)
+        runs = [r for r in unique if r["method"] not in chosen or r.get("scale") == chosen[r["method"]]]
         args.seeds = sorted({r["seed"] for r in runs})
     for seed in ([] if args.merge else args.seeds):
         runs += run_seed(seed, args.methods, scales, args)

@@ -67,7 +67,15 @@ def test_seeds_run_apart_are_collected_into_one_table(tmp_path):
     entry = merged["recipes"]["hinton"]
     assert entry["seeds"] == [0, 1] and [r["seconds"] for r in entry["runs"]] == [p["seconds"] for p in parts]
     assert "| 2 |" in (tmp_path / "merged.md").read_text()
-    twice = subprocess.run([sys.executable, str(REPO / "benchmarks" / "distillation_gains.py"), "--recipe", "hinton",
-                            "--merge", str(tmp_path / "part0.json"), str(tmp_path / "part0.json"),
-                            "--name", str(tmp_path / "twice")], cwd=tmp_path, capture_output=True, text=True)
-    assert twice.returncode == 2 and "appears in more than one file" in twice.stderr
+    # the same part given twice counts once; a seed two files ran with different results is refused
+    twice = run_benchmark(tmp_path, root, "--recipe", "hinton", "--merge", str(tmp_path / "part0.json"),
+                          str(tmp_path / "part0.json"), "--name", str(tmp_path / "twice"), script="distillation_gains.py")
+    assert twice["recipes"]["hinton"]["seeds"] == [0]
+    rerun = json.loads((tmp_path / "part0.json").read_text())
+    rerun["recipes"]["hinton"]["runs"][0]["seconds"] += 1.0
+    (tmp_path / "rerun0.json").write_text(json.dumps(rerun))
+    clash = subprocess.run([sys.executable, str(REPO / "benchmarks" / "distillation_gains.py"), "--recipe", "hinton",
+                            "--merge", str(tmp_path / "part0.json"), str(tmp_path / "rerun0.json"),
+                            "--name", str(tmp_path / "clash")], cwd=tmp_path, capture_output=True, text=True)
+    assert clash.returncode == 1 and "rerun0.json (hinton): 0 is also in" in clash.stderr
+    assert not (tmp_path / "clash.json").exists()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 TINY = ["--threads", "1", "--set", "train.epochs=1", "--set", "data.pairs_per_recording=1"]
@@ -133,3 +134,34 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     text = (tmp_path / "search.md").read_text()
     assert "**3 epochs, seeds 0, 1**" in text and "scratch twin **scratch_aug**" in text
     assert "recipe **kd_t2, 2 epochs**" in text  # still the best on validation over every schedule
+
+
+def test_merging_parts_keeps_one_row_per_cell_and_refuses_a_cell_run_twice(monkeypatch):
+    """_common.merge_rows, behind every benchmark's --merge: the same row twice collapses, a cell two
+    processes ran with different results is an error naming both files (a mean over both would count
+    the seed twice) unless the benchmark says which to keep."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from _common import merge_rows
+
+    key = lambda r: (r["seed"], r["model"])  # noqa: E731
+    a = [{"seed": 0, "model": "kd", "acc": 0.9}, {"seed": 0, "model": "teacher", "acc": 0.97}]
+    b = [{"seed": 1, "model": "kd", "acc": 0.8}, {"seed": 0, "model": "teacher", "acc": 0.97}]
+    assert merge_rows([("a.json", a), ("b.json", b)], key) == [a[0], a[1], b[0]]
+    clash = [{"seed": 0, "model": "kd", "acc": 0.7}]
+    with pytest.raises(SystemExit, match=r"c\.json: \(0, 'kd'\) is also in a\.json"):
+        merge_rows([("a.json", a), ("c.json", clash)], key)
+    kept = merge_rows([("a.json", a), ("c.json", clash)], key, resolve=lambda old, new: max(old, new, key=lambda r: r["acc"]))
+    assert kept == a  # resolved in place: the order of the first part is kept
+
+
+def test_label_efficiency_lists_per_seed_columns_in_seed_order(monkeypatch):
+    """A merge can put seed 1's row before seed 0's: the best-epoch and steps columns still follow
+    the seeds column (sorted), not the order the rows arrived in."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import label_efficiency
+
+    rows = [{"label_fraction": 0.1, "seed": s, "model": "scratch", "accuracy": acc, "val_accuracy": acc,
+             "best_epoch": epoch, "steps": 10 * epoch, "max_steps": 300, "converged": True}
+            for s, acc, epoch in ((1, 80.0, 7), (0, 82.0, 3))]
+    entry = label_efficiency.summarise(rows)["0.1"]["models"]["scratch"]
+    assert entry["seeds"] == [0, 1] and entry["best_epochs"] == [3, 7] and entry["steps"] == [30, 70]
