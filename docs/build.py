@@ -682,6 +682,17 @@ def _label_efficiency(results: Path):
     # distilled (best KD row on validation) > scratch at every fraction up to a quarter of the labels
     out.wins = [(float(f), e["best_kd"], e["models"][e["best_kd"]].get("vs_scratch")) for f, e in summary.items()
                 if float(f) <= 0.25 and e["best_kd"]]
+    # per (fraction up to a quarter, seed): the teacher's margin over scratch beside the gain of that
+    # fraction's best KD row (chosen on validation): does distillation pay where the teacher is better?
+    out.cells = []
+    for f, e in summary.items():
+        if float(f) > 0.25 or not e["best_kd"] or not {"teacher", "scratch"} <= e["models"].keys():
+            continue
+        t, s, k = (e["models"][m]["per_seed"] for m in ("teacher", "scratch", e["best_kd"]))
+        out.cells += [Namespace(fraction=float(f), seed=seed, model=e["best_kd"], margin=t[seed] - s[seed],
+                                gain=k[seed] - s[seed]) for seed in sorted(t.keys() & s.keys() & k.keys())]
+    out.cells_r = (float(scipy.stats.pearsonr([c.margin for c in out.cells], [c.gain for c in out.cells]).statistic)
+                   if len(out.cells) > 2 else None)
     # the earlier benchmark's tables (short budgets, and the step-count bug), as its script wrote them
     out.old = (results / "label_efficiency.md").read_text().strip()
     out.old_long = (results / "label_efficiency_long.md").read_text().strip()
