@@ -100,6 +100,38 @@ def test_none_wins_when_no_candidate_clears_the_margin(tmp_path, teacher):
     assert summary["auto"]["margin"] == 1.0
 
 
+def test_auto_says_when_the_teacher_is_no_better_than_the_student_without_it(tmp_path, capsys):
+    """On separable blobs: a teacher that barely trained (learning rate 1e-7) is below a student
+    trained alone, and --auto says so in its table and summary; a trained teacher above a student
+    that barely trains is not flagged."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 4
+    x = rng.normal(size=(400, 8)).astype(np.float32) + 3 * np.eye(4, 8, dtype=np.float32)[y]
+    np.savez(tmp_path / "blobs.npz", x=x, label=y)
+
+    def recipe(lr, epochs, checkpoint=None):
+        cfg = {"seed": 0, "device": "cpu", "data": {"name": "npz", "root": str(tmp_path), "path": "blobs.npz"},
+               "model": {"encoders": {"x": {"type": "mlp", "hidden": [16]}}},
+               "train": {"epochs": epochs, "batch_size": 32, "progress": False, "val_fraction": 0.25,
+                         "optimizer": {"name": "adam", "lr": lr}}}
+        return cfg if checkpoint is None else {**cfg, "distill": {"teacher": {"checkpoint": str(checkpoint)}}}
+
+    for name, lr in (("weak", 1e-7), ("good", 0.05)):
+        assert run_cli("train", write(tmp_path, f"{name}.yaml", recipe(lr, 3)), "--out", tmp_path / name) == 0
+    capsys.readouterr()
+    flagged = {}
+    for teacher, student_lr in (("weak", 0.05), ("good", 1e-7)):
+        cfg = write(tmp_path, "s.yaml", recipe(student_lr, 2, tmp_path / teacher / "best.pt"))
+        assert run_cli("distill", cfg, "--out", tmp_path / f"auto_{teacher}", "--auto") == 0
+        auto = json.loads((tmp_path / f"auto_{teacher}" / "summary.json").read_text())["auto"]
+        none = next(c["val_accuracy"] for c in auto["candidates"] if c["name"] == "none")
+        flagged[teacher] = (auto["teacher_val_accuracy"] <= none, auto["teacher_no_better"],
+                            "no better on validation" in capsys.readouterr().out)
+    assert flagged == {"weak": (True, True, True), "good": (False, False, False)}
+
+
 def test_diagnose_end_to_end(tmp_path, teacher, capsys):
     cfg = write(tmp_path, "s.yaml", student(teacher, epochs=4))
     assert run_cli("diagnose", cfg, "--out", tmp_path / "d") == 0

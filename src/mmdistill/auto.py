@@ -35,6 +35,11 @@ Budget: every candidate trains for ``search_epochs`` (default: the config's ``tr
 With the full budget the chosen candidate's model is kept as the final model; with a shorter
 search budget the chosen setting is retrained for ``train.epochs`` (same seed) and that model is
 the final one. ``summary.json["auto"]`` records which (``final``).
+
+The search also scores the teachers on validation (``teacher_val_accuracy``, the best of them) and
+says so when none beats ``none``, the student trained without them (``teacher_no_better``): such a
+teacher has nothing to teach (docs/label_efficiency.md: across label fractions and seeds, KD gained
+where the teacher beat scratch and lost where it did not); a better teacher is what would help.
 """
 from __future__ import annotations
 
@@ -177,7 +182,14 @@ def search(cfg: RunConfig, data: DataSplits, teachers: dict[str, nn.Module], *, 
             log(f"auto: {cand.name:10s} val {record['val_accuracy']:.4f} (epoch {fit.best_epoch})")
     used = margin_for(margin, len(data.val))
     choice = choose(records, used)
+    teacher_val = max(evaluate_model(t, data.val, device=device, batch_size=cfg.train.eval_batch_size)["accuracy"]
+                      for t in teachers.values())
+    alone = next(r["val_accuracy"] for r in records if r["name"] == "none")
+    if teacher_val <= alone and log:
+        log(f"auto: the teacher is no better on validation ({teacher_val:.4f}) than the student trained without "
+            f"it ({alone:.4f}): it has nothing to teach this student; a better teacher would help, not another loss")
     return {"choice": choice, "margin": used, "candidates": records, "model": models[choice],
+            "teacher_val_accuracy": teacher_val, "teacher_no_better": teacher_val <= alone,
             "terms": next(c.terms for c in candidate_set(probe, first, scales, source=source) if c.name == choice)}
 
 
@@ -225,7 +237,9 @@ def run_auto(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, config
                    "val_accuracy": val_accuracy, "checkpoint": str(run / BEST),
                    "teacher": evaluate_model(first, data.test, device=device, batch_size=cfg.train.eval_batch_size),
                    "auto": {"choice": choice, "terms": found["terms"], "margin": found["margin"],
-                            "search_epochs": epochs, "final": final, "candidates": found["candidates"]}}
+                            "search_epochs": epochs, "final": final, "candidates": found["candidates"],
+                            "teacher_val_accuracy": found["teacher_val_accuracy"],
+                            "teacher_no_better": found["teacher_no_better"]}}
         return finish(run, summary, metrics)
 
 

@@ -99,7 +99,11 @@ def _print_auto(auto: dict) -> None:
         terms = ", ".join(f"{t['name']} x{t['weight']:g} @ {t['student']}" for t in r["placed"]) or "CE only"
         table.add_row(Text(r["name"] + (" *" if r["name"] == auto["choice"] else "")), Text(terms),
                       f"{r['val_accuracy']:.4f}", str(r["best_epoch"]))
+    table.add_row(Text("(teacher)"), Text("the teacher itself"), f"{auto['teacher_val_accuracy']:.4f}", "")
     console.print(table)
+    if auto["teacher_no_better"]:
+        console.print(Text("the teacher is no better on validation than the student trained without it: a better "
+                           "teacher would help, not another loss", style="yellow"))
 
 
 @app.command("distill")
