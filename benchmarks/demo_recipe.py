@@ -208,7 +208,8 @@ def choice(rows: list[dict]) -> str:
             return f"{100 * mean_std(gains)[0]:+.2f} points ({sum(g > 0 for g in gains)}/{len(gains)} seeds ahead)"
 
         left_out = f"; not yet on all of them: {', '.join(fewer)}" if fewer else ""
-        lines.append(f"**{epochs} epochs, seeds {', '.join(map(str, seeds))}** (candidates run on every one of them: "
+        lines.append(f"**{epochs} epochs, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}** "
+                     f"(candidates run on every one of them: "
                      f"{', '.join(names)}{left_out}). Chosen on mean validation accuracy: scratch twin **{twin}** "
                      f"({100 * val[twin]:.2f}%), recipe **{best}** ({100 * val[best]:.2f}%). Paired test gain of "
                      f"{best}: {gain(twin)} over the chosen twin"

@@ -96,3 +96,23 @@ def test_demo_recipe_ranges_read_the_plain_40_epoch_rows():
     plain = [r for r in dr.rows if not r["overrides"] and r["epochs"] == min(x["epochs"] for x in dr.rows)]
     assert dr.test_range == (min(r["accuracy"] for r in plain), max(r["accuracy"] for r in plain))
     assert dr.train_range == (min(r["train_accuracy_last"] for r in plain), max(r["train_accuracy_last"] for r in plain))
+
+
+def test_the_10x_reading_pairs_the_recipe_with_its_twin_on_the_seeds_both_ran(tmp_path):
+    """results.md's 10x sentence: the longest schedule's recipe against its augmented twin, and each
+    against its own 120-epoch run, paired by seed over the seeds both long runs have; a best epoch
+    in the last tenth is named."""
+    build = load_build()
+    acc = {("scratch", 40): [0.90, 0.91], ("scratch", 120): [0.91, 0.92], ("kd_t2_aug_cached", 120): [0.92, 0.93],
+           ("scratch_aug", 120): [0.915, 0.925], ("kd_t2_aug_cached", 400): [0.94, 0.92],
+           ("scratch_aug", 400): [0.92, None]}  # the twin's seed 1 still running
+    rows = [{"seed": seed, "candidate": name, "epochs": epochs, "accuracy": a, "val_accuracy": a,
+             "best_epoch": 395 if (name, epochs) == ("scratch_aug", 400) else epochs // 2, "seconds": 6.0 * epochs,
+             "train_accuracy_last": 1.0, "overrides": [] if name == "scratch" else ["x"], "kind": "k"}
+            for (name, epochs), values in acc.items() for seed, a in enumerate(values) if a is not None]
+    (tmp_path / "demo_recipe.json").write_text(json.dumps({"rows": rows}))
+    x = build.SOURCES["demo_recipe"](tmp_path).tenx
+    assert (x.epochs, x.times, x.seeds) == (400, 10, [0])
+    assert x.recipe.gains == pytest.approx([2.0]) and x.recipe_vs_3x.gains == pytest.approx([2.0])
+    assert x.twin_vs_3x.gains == pytest.approx([0.5]) and x.at_3x.gains == pytest.approx([0.5])
+    assert x.late == ["scratch_aug"] and x.scratch_best_3x == [60, 60]
