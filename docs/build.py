@@ -447,9 +447,9 @@ def _demo_recipe(results: Path):
             tested = [demo_recipe.mean_over(runs[key], "accuracy") for key in keys]
             agreement[epochs] = Namespace(rho=float(scipy.stats.spearmanr(val, tested).statistic), candidates=len(keys))
 
-    def gain(name: str, epochs: int, against: str, against_epochs: int | None = None) -> Namespace:
-        """``name``'s paired test gain (points) over ``against`` on the seeds both ran."""
-        gains = [100 * g for g in demo_recipe.paired(runs, (name, epochs), (against, against_epochs or epochs))]
+    def gain(name: str, epochs: int, against: str, against_epochs: int | None = None, seeds=None) -> Namespace:
+        """``name``'s paired test gain (points) over ``against`` on the seeds both ran (or ``seeds``)."""
+        gains = [100 * g for g in demo_recipe.paired(runs, (name, epochs), (against, against_epochs or epochs), seeds)]
         return Namespace(mean=mean_std(gains)[0], wins=sum(g > 0 for g in gains), n=len(gains), gains=gains)
 
     late = {e: sorted({r["candidate"] for r in rows if r["epochs"] == e and in_last_tenth(r["best_epoch"], e)})
@@ -465,13 +465,9 @@ def _demo_recipe(results: Path):
     if longest > recipe_key[1] and (recipe_key[0], longest) in runs and (twin_key[0], longest) in runs:
         both = sorted(runs[recipe_key[0], longest].keys() & runs[twin_key[0], longest].keys())
         if both:
-            def on(key: tuple[str, int], against: tuple[str, int]) -> Namespace:
-                """``key``'s paired test gain (points) over ``against`` on the seeds both long runs have."""
-                gains = [100 * g for g in demo_recipe.paired(runs, key, against, both)]
-                return Namespace(mean=mean_std(gains)[0], wins=sum(g > 0 for g in gains), n=len(gains), gains=gains)
-
+            on = lambda key, against: gain(*key, *against, seeds=both)  # noqa: E731  (on the long runs' seeds)
             recipe_long, twin_long = (recipe_key[0], longest), (twin_key[0], longest)
-            tenx = Namespace(epochs=longest, times=longest / min(e for _, e in runs), seeds=both,
+            tenx = Namespace(epochs=longest, times=longest / shortest, seeds=both,
                              recipe=on(recipe_long, twin_long), recipe_vs_3x=on(recipe_long, recipe_key),
                              twin_vs_3x=on(twin_long, twin_key), at_3x=on(recipe_key, twin_key),
                              accuracy=demo_recipe.mean_over(runs[recipe_long], "accuracy", both),

@@ -38,8 +38,8 @@ the final one. ``summary.json["auto"]`` records which (``final``).
 
 The search also scores the teachers on validation (``teacher_val_accuracy``, the best of them) and
 says so when none beats ``none``, the student trained without them (``teacher_no_better``): such a
-teacher has nothing to teach (docs/label_efficiency.md: across label fractions and seeds, KD gained
-where the teacher beat scratch and lost where it did not); a better teacher is what would help.
+teacher has nothing to teach (docs/label_efficiency.md: across label fractions and seeds, KD was
+ahead of scratch on no seed whose teacher was not); a better teacher is what would help.
 """
 from __future__ import annotations
 
