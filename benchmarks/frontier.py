@@ -171,7 +171,8 @@ def report(args) -> None:
     specs_data = build_data(tcfg.data, seed=0, val_fraction=tcfg.train.val_fraction)
     specs, k = specs_data.specs, specs_data.num_classes
     costs = {}
-    for name, mcfg in [("teacher", tcfg.model.model_dump()), *STUDENTS.items()]:
+    measured = {r["student"] for r in runs}  # the students these parts trained, not every one known
+    for name, mcfg in [("teacher", tcfg.model.model_dump()), *((s, c) for s, c in STUDENTS.items() if s in measured)]:
         costs[name] = cost(build_model(copy.deepcopy(mcfg), specs, k, seed=0).eval(), specs)
         print(f"{name:28s} {costs[name]}", flush=True)
     chosen = chosen_methods(runs)

@@ -77,6 +77,23 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fifth_data_root(data_root, tmp_path_factory) -> Path:
+    """A data root holding a fifth of the real FSDD (takes 0, 5, ..., 45 of every speaker and digit:
+    60 test and 540 training recordings, every speaker) beside the whole mnist10k, as links into
+    ``data_root``: for end-to-end protocol tests whose assertions do not depend on the data's
+    size, at a fifth of the training cost."""
+    root = tmp_path_factory.mktemp("fifth-data")
+    recordings = root / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    for wav in sorted((data_root / "fsdd" / "recordings").glob("*.wav")):
+        if int(wav.stem.rsplit("_", 1)[1]) % 5 == 0:
+            (recordings / wav.name).symlink_to(wav.resolve())
+    (root / "mnist10k").symlink_to((data_root / "mnist10k").resolve(), target_is_directory=True)
+    assert len(list(recordings.iterdir())) == 600, "the FSDD release has 3,000 recordings, 50 takes each"
+    return root
+
+
+@pytest.fixture(scope="session")
 def mnist10k(data_root):
     """(train_images, train_labels, test_images, test_labels) of the real 10k JSON subset."""
     from mmdistill.data.mnist import load_mnist

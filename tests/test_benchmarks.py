@@ -1,6 +1,7 @@
-"""The methods benchmark's protocol, end to end on real AV-Digits at a tiny size: weights are tuned
-on validation accuracy, the table runs each method at its selected scale, parallel parts merge;
-and the KD capacity-gap benchmark's pairing of each taught student with the scratch student."""
+"""The methods benchmark's protocol, end to end on real AV-Digits at a tiny size (a fifth of the
+recordings: ``fifth_data_root``): weights are tuned on validation accuracy, the table runs each
+method at its selected scale, parallel parts merge; and the KD capacity-gap benchmark's pairing of
+each taught student with the scratch student."""
 import json
 import os
 import subprocess
@@ -19,8 +20,8 @@ def run_benchmark(tmp_path, data_root, *args: str, script: str = "methods.py") -
     return json.loads((tmp_path / f"{args[args.index('--name') + 1]}.json").read_text())
 
 
-def test_methods_benchmark_selects_scales_on_validation_and_reports_them(tmp_path, data_root):
-    tuning = run_benchmark(tmp_path, data_root, "--seeds", "0", "--methods", "kd", "at", "--scales", "1", "0.01",
+def test_methods_benchmark_selects_scales_on_validation_and_reports_them(tmp_path, fifth_data_root):
+    tuning = run_benchmark(tmp_path, fifth_data_root, "--seeds", "0", "--methods", "kd", "at", "--scales", "1", "0.01",
                      "--name", str(tmp_path / "tuning"), *TINY)
     for method in ("kd", "at"):
         rows = [r for r in tuning["runs"] if r["method"] == method]
@@ -30,12 +31,12 @@ def test_methods_benchmark_selects_scales_on_validation_and_reports_them(tmp_pat
     at = [r for r in tuning["runs"] if r["method"] == "at" and r["scale"] == 0.01][0]
     assert at["weights"] == [10.0, 10.0]  # the scale multiplies every term's paper weight
 
-    final = run_benchmark(tmp_path, data_root, "--seeds", "1", "--methods", "kd", "at", "--name", str(tmp_path / "seed1"),
+    final = run_benchmark(tmp_path, fifth_data_root, "--seeds", "1", "--methods", "kd", "at", "--name", str(tmp_path / "seed1"),
                     "--select-from", str(tmp_path / "tuning.json"), *TINY)
     assert {r["method"]: r.get("scale") for r in final["runs"]} == {
         "teacher": None, "scratch": None, **tuning["selected_scales"]}
 
-    merged = run_benchmark(tmp_path, data_root, "--merge", str(tmp_path / "tuning.json"), str(tmp_path / "seed1.json"),
+    merged = run_benchmark(tmp_path, fifth_data_root, "--merge", str(tmp_path / "tuning.json"), str(tmp_path / "seed1.json"),
                      "--select-from", str(tmp_path / "tuning.json"), "--methods", "kd", "at",
                      "--name", str(tmp_path / "merged"))
     kept = [(r["seed"], r["method"], r.get("scale")) for r in merged["runs"]]
@@ -45,8 +46,8 @@ def test_methods_benchmark_selects_scales_on_validation_and_reports_them(tmp_pat
     assert "| teacher |" in table and "| scratch |" in table and "beat scratch" in table
 
 
-def test_kd_gap_benchmark_pairs_each_taught_student_with_scratch(tmp_path, data_root):
-    out = run_benchmark(tmp_path, data_root, "--seeds", "0", "--early-epochs", "1", "--name", str(tmp_path / "gap"), *TINY, script="kd_gap.py")
+def test_kd_gap_benchmark_pairs_each_taught_student_with_scratch(tmp_path, fifth_data_root):
+    out = run_benchmark(tmp_path, fifth_data_root, "--seeds", "0", "--early-epochs", "1", "--name", str(tmp_path / "gap"), *TINY, script="kd_gap.py")
     teachers = ["teacher", "early-stopped teacher", "assistant", "twin"]
     assert [r["name"] for r in out["runs"] if r["role"] == "teacher"] == teachers
     assert [r["name"] for r in out["runs"] if r["role"] == "student"] == ["scratch", *teachers]
@@ -58,18 +59,18 @@ def test_kd_gap_benchmark_pairs_each_taught_student_with_scratch(tmp_path, data_
     table = (tmp_path / "gap.md").read_text()
     gain = by["student", "assistant"]["accuracy"] - by["student", "scratch"]["accuracy"]
     assert "| assistant | 18,314 |" in table and f"{100 * gain:+.2f} ± 0.00 ({int(gain > 0)}/1)" in table
-    merged = run_benchmark(tmp_path, data_root, "--merge", str(tmp_path / "gap.json"), "--name", str(tmp_path / "merged"), script="kd_gap.py")
+    merged = run_benchmark(tmp_path, fifth_data_root, "--merge", str(tmp_path / "gap.json"), "--name", str(tmp_path / "merged"), script="kd_gap.py")
     assert merged["runs"] == out["runs"] and (tmp_path / "merged.md").read_text() == table
 
 
-def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp_path, data_root):
+def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp_path, fifth_data_root):
     """Tiny teacher and schedule: seed 0 runs scratch and every candidate, seed 1 scratch and the
     method with the best seed-0 validation accuracy; the merge measures cost and writes the rows."""
     tiny = ["--threads", "1", "--set", "train.epochs=1", "--set", "data.pairs_per_recording=1",
             "--set", "model.encoders.image.channels=[4]", "--set", "model.encoders.audio.channels=[4]",
             "--set", "model.fusion={type: concat}"]
     students = ["conv[8,16] pool2", "conv[16,32] stride2 pool2"]
-    part = run_benchmark(tmp_path, data_root, "--seeds", "0", "1", "--students", *students, "--methods", "kd", "at",
+    part = run_benchmark(tmp_path, fifth_data_root, "--seeds", "0", "1", "--students", *students, "--methods", "kd", "at",
                          "--name", str(tmp_path / "part"), *tiny, script="frontier.py")
     runs = part["runs"]
     for student in students:
@@ -79,7 +80,7 @@ def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp
         assert {r["method"] for r in runs if r["student"] == student and r["seed"] == 1} == {"scratch", chosen}
     scratch = {(r["student"], r["seed"]): r for r in runs if r["method"] == "scratch"}
     assert scratch[students[0], 0]["params"] == 3834 and scratch[students[1], 0]["params"] == 12266
-    run_benchmark(tmp_path, data_root, "--merge", str(tmp_path / "part.json"), "--out", str(tmp_path / "frontier"),
+    run_benchmark(tmp_path, fifth_data_root, "--merge", str(tmp_path / "part.json"), "--out", str(tmp_path / "frontier"),
                   "--name", str(tmp_path / "part"), *tiny, script="frontier.py")
     merged = json.loads((tmp_path / "frontier.json").read_text())
     assert {(r["student"], r["seed"]) for r in merged["rows"]} == {(s, seed) for s in students for seed in (0, 1)}
@@ -91,20 +92,20 @@ def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp
     assert "| teacher |" in (tmp_path / "frontier.md").read_text()
 
 
-def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_scratch(tmp_path, data_root):
+def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_scratch(tmp_path, fifth_data_root):
     """benchmarks/demo_recipe.py at a tiny size: each candidate is a row with its validation and test
     accuracy, best epoch and steps; a second call with the same seed and epochs reruns nothing; the
     table pairs each distilled candidate with the same seed's scratch student."""
     args = ["--seeds", "0", "--epochs", "1", "--candidates", "scratch", "kd_t2", "--name", str(tmp_path / "search"),
             "--set", "data.pairs_per_recording=1", "--set", "train.epochs=1"]
-    first = run_benchmark(tmp_path, data_root, *args, script="demo_recipe.py")
+    first = run_benchmark(tmp_path, fifth_data_root, *args, script="demo_recipe.py")
     rows = {r["candidate"]: r for r in first["rows"]}
     assert set(rows) == {"scratch", "kd_t2"}
     for row in rows.values():
         assert row["epochs"] == 1 and row["best_epoch"] == 1 and row["steps"] > 0
         assert 0 <= row["val_accuracy"] <= 1 and 0 <= row["accuracy"] <= 1
     assert rows["kd_t2"]["terms"] == [{"name": "kd", "weight": 1.0, "temperature": 2.0}]
-    again = run_benchmark(tmp_path, data_root, *args, script="demo_recipe.py")
+    again = run_benchmark(tmp_path, fifth_data_root, *args, script="demo_recipe.py")
     assert again["rows"] == first["rows"]  # resumable: nothing reran
     table = (tmp_path / "search.md").read_text()
     gain = rows["kd_t2"]["accuracy"] - rows["scratch"]["accuracy"]
@@ -112,7 +113,7 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     assert "scratch twin **scratch**" in table and "recipe **kd_t2**" in table  # the only candidate of each kind
     other = tmp_path / "other.json"  # another seed's process: merged, not rerun
     other.write_text(json.dumps({"rows": [{**r, "seed": 1} for r in first["rows"]]}))
-    merged = run_benchmark(tmp_path, data_root, "--name", str(tmp_path / "search"), "--merge", str(other),
+    merged = run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(other),
                            script="demo_recipe.py")
     assert sorted((r["seed"], r["candidate"]) for r in merged["rows"]) == [
         (0, "kd_t2"), (0, "scratch"), (1, "kd_t2"), (1, "scratch")]
@@ -120,7 +121,7 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     longer = tmp_path / "longer.json"  # a second schedule, better on validation: the packaged choice spans both
     longer.write_text(json.dumps({"rows": [{**r, "epochs": 2, "val_accuracy": r["val_accuracy"] + 0.01}
                                            for r in merged["rows"]]}))
-    run_benchmark(tmp_path, data_root, "--name", str(tmp_path / "search"), "--merge", str(longer), script="demo_recipe.py")
+    run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(longer), script="demo_recipe.py")
     text = (tmp_path / "search.md").read_text()
     assert "**Over every schedule** (the packaged recipe): scratch twin **scratch, 2 epochs**" in text
     assert "recipe **kd_t2, 2 epochs**" in text
@@ -130,7 +131,7 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     tenx.write_text(json.dumps({"rows": [{**r, "epochs": 3, "candidate": "scratch_aug" if r["candidate"] == "scratch"
                                           else r["candidate"], "val_accuracy": r["val_accuracy"] - 0.01}
                                          for r in merged["rows"]]}))
-    run_benchmark(tmp_path, data_root, "--name", str(tmp_path / "search"), "--merge", str(tenx), script="demo_recipe.py")
+    run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(tenx), script="demo_recipe.py")
     text = (tmp_path / "search.md").read_text()
     assert "**3 epochs, seeds 0, 1**" in text and "scratch twin **scratch_aug**" in text
     assert "recipe **kd_t2, 2 epochs**" in text  # still the best on validation over every schedule

@@ -36,7 +36,7 @@ TINY = ["train.epochs=1", "data.pairs_per_recording=1", "model.encoders.image.ch
         "model.encoders.audio.channels=[4]", "model.fusion={type: concat}"]
 
 
-def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, monkeypatch, data_root):
+def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, monkeypatch, fifth_data_root):
     monkeypatch.setenv("MMDISTILL_CACHE", str(tmp_path / "cache"))
     import mmdistill.demo
 
@@ -52,7 +52,7 @@ def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, 
     runs = []
     for attempt in range(2):
         messages = []
-        runs.append(run_demo(tmp_path / f"demo{attempt}", device="cpu", data_root=str(data_root), progress=False,
+        runs.append(run_demo(tmp_path / f"demo{attempt}", device="cpu", data_root=str(fifth_data_root), progress=False,
                              log=messages.append, overrides=TINY))
         reused = any("reusing the teacher" in str(m) for m in messages)
         assert reused == (attempt == 1)
@@ -84,7 +84,7 @@ def test_demo_reuses_a_finished_teacher_with_the_same_recipe_and_seed(tmp_path, 
     assert trained["student_distilled"]["augment_teacher"] == packaged.augment_teacher
     # another seed is another teacher
     messages = []
-    run_demo(tmp_path / "demo2", seed=1, device="cpu", data_root=str(data_root), progress=False,
+    run_demo(tmp_path / "demo2", seed=1, device="cpu", data_root=str(fifth_data_root), progress=False,
              log=messages.append, overrides=TINY)
     assert not any("reusing the teacher" in str(m) for m in messages)
     report = (tmp_path / "demo1" / "report.html").read_text()  # the demo writes its report
