@@ -157,10 +157,11 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
         gap = summary["teacher"]["accuracy"] - summary["student_scratch"]["accuracy"]
         gain = summary["student_distilled"]["accuracy"] - summary["student_scratch"]["accuracy"]
         summary["gap_closed"] = gain / gap if gap > 0 else None
-        log("measuring cost (ONNX Runtime, one thread) and exporting the distilled student")
-        _add_cost(summary, run.path, data.specs)
+        log("exporting the distilled student and measuring cost (ONNX Runtime, one thread)")
         export = export_checkpoint(run / "student_distilled" / BEST, run / "student_distilled" / "export",
                                    data_root=teacher_cfg.data.root, log=lambda *_: None)
+        _add_cost(summary, run.path, data.specs,
+                  student_onnx=run / "student_distilled" / "export" / export["files"]["onnx"])
         summary["export"] = {"folder": str(run / "student_distilled" / "export"),
                              "max_abs_diff": max(export["parity"]["max_abs_diff"].values()),
                              "onnx_accuracy": export["accuracy"]["onnx"]}
@@ -173,16 +174,18 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
 COST_KEYS = ("macs", "onnx_ms_b1", "onnx_sps_b64")
 
 
-def _add_cost(summary: dict, folder: Path, specs) -> None:
+def _add_cost(summary: dict, folder: Path, specs, student_onnx: Path | None = None) -> None:
     """MACs and ONNX Runtime latency (batch 1, one thread) of the teacher and the student, measured
     one after the other in this process; the scratch and the distilled student share one
-    architecture, hence one cost."""
+    architecture, hence one cost. ``student_onnx``: the distilled student's export, timed as it
+    ships instead of exported a second time."""
     from .checkpoint import load_checkpoint
     from .export.profile import measure_cost
 
     for key, run in (("teacher", "teacher"), ("student", "student_distilled")):
         model = load_checkpoint(folder / run / BEST)[0]
-        cost = measure_cost(model, specs, threads=1, repeats=300, eager=False, cuda=False)
+        cost = measure_cost(model, specs, threads=1, repeats=300, eager=False, cuda=False,
+                            onnx_path=student_onnx if key == "student" else None)
         targets = ("teacher",) if key == "teacher" else ("student_scratch", "student_distilled")
         for target in targets:
             summary[target].update({k: cost[k] for k in COST_KEYS})
