@@ -221,7 +221,7 @@ def choice(rows: list[dict]) -> str:
         val = {key: mean_over(runs[key], "val_accuracy", seeds) for key in full}
         twin = max((key for key in full if kind(key) == "scratch"), key=val.get)
         best = max((key for key in full if kind(key) == "distill"), key=val.get)
-        lines.append(f"**Over every schedule** (the packaged recipe): scratch twin **{twin[0]}, {twin[1]} epochs** "
+        lines.append(f"**Over every schedule** (validation's choice): scratch twin **{twin[0]}, {twin[1]} epochs** "
                      f"({100 * val[twin]:.2f}%), recipe **{best[0]}, {best[1]} epochs** ({100 * val[best]:.2f}%).")
     return "\n\n".join(lines)
 

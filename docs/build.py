@@ -470,6 +470,9 @@ def _demo_recipe(results: Path):
             tenx = Namespace(epochs=longest, times=longest / shortest, seeds=both,
                              recipe=on(recipe_long, twin_long), recipe_vs_3x=on(recipe_long, recipe_key),
                              twin_vs_3x=on(twin_long, twin_key), at_3x=on(recipe_key, twin_key),
+                             over_twin_3x=on(recipe_long, twin_key),
+                             twin_val_vs_3x=demo_recipe.mean_over(runs[twin_long], "val_accuracy", both)
+                             - demo_recipe.mean_over(runs[twin_key], "val_accuracy", both),
                              accuracy=demo_recipe.mean_over(runs[recipe_long], "accuracy", both),
                              twin_accuracy=demo_recipe.mean_over(runs[twin_long], "accuracy", both),
                              best_epochs={key[0]: [runs[key][s]["best_epoch"] for s in both]

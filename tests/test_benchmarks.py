@@ -123,7 +123,7 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
                                            for r in merged["rows"]]}))
     run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(longer), script="demo_recipe.py")
     text = (tmp_path / "search.md").read_text()
-    assert "**Over every schedule** (the packaged recipe): scratch twin **scratch, 2 epochs**" in text
+    assert "**Over every schedule** (validation's choice): scratch twin **scratch, 2 epochs**" in text
     assert "recipe **kd_t2, 2 epochs**" in text
     # a schedule run without plain scratch (the 10x one: the recipe and its augmented twin) is still
     # compared, against the scratch candidate it has
