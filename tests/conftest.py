@@ -82,12 +82,14 @@ def fifth_data_root(data_root, tmp_path_factory) -> Path:
     60 test and 540 training recordings, every speaker) beside the whole mnist10k, as links into
     ``data_root``: for end-to-end protocol tests whose assertions do not depend on the data's
     size, at a fifth of the training cost."""
+    from mmdistill.data.fsdd import list_recordings
+
     root = tmp_path_factory.mktemp("fifth-data")
     recordings = root / "fsdd" / "recordings"
     recordings.mkdir(parents=True)
-    for wav in sorted((data_root / "fsdd" / "recordings").glob("*.wav")):
-        if int(wav.stem.rsplit("_", 1)[1]) % 5 == 0:
-            (recordings / wav.name).symlink_to(wav.resolve())
+    for rec in list_recordings(data_root):  # the loader's own reading of {digit}_{speaker}_{index}.wav
+        if rec.index % 5 == 0:
+            (recordings / rec.path.name).symlink_to(rec.path.resolve())
     (root / "mnist10k").symlink_to((data_root / "mnist10k").resolve(), target_is_directory=True)
     assert len(list(recordings.iterdir())) == 600, "the FSDD release has 3,000 recordings, 50 takes each"
     return root
