@@ -119,14 +119,14 @@ def test_runtime_does_not_import_torch(synthetic_run):
     assert (export / "mmdistill_runtime.py").read_text() == open(runtime.__file__).read()
 
 
-def test_readme_runtime_snippet_runs(synthetic_run):
-    """The README's torch-free runtime example runs as written, on an export with an audio input."""
+def test_guide_runtime_snippet_runs(synthetic_run):
+    """The user guide's torch-free runtime example runs as written, on an export with an audio input."""
     import re
 
     tmp, _ = synthetic_run
     export = tmp / "export"
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "mmdistill_runtime" in b)
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", guide, re.S) if "mmdistill_runtime" in b)
     code = f"import sys\nsys.path.insert(0, {str(export)!r})\n" + block.replace('"runs/student/export"', repr(str(export)))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp)
     assert done.returncode == 0, done.stderr

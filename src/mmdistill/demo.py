@@ -122,8 +122,8 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
         data = load_data(teacher_cfg)
     except DataError as err:
         raise DataError(f"the demo needs the real AV-Digits data (FSDD and MNIST): {err}. Download them into a "
-                        "folder and pass --data-root DIR or set MMDISTILL_DATA (README, 'Where the data comes "
-                        "from'); an online machine downloads them by itself") from None
+                        "folder and pass --data-root DIR or set MMDISTILL_DATA (README, 'Data'); an online machine "
+                        "downloads them by itself") from None
     # one build serves all three runs when they ask for the same data
     same = lambda cfg: (cfg.data, cfg.seed, cfg.train.val_fraction) == (  # noqa: E731
         teacher_cfg.data, teacher_cfg.seed, teacher_cfg.train.val_fraction)
