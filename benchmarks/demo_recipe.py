@@ -4,6 +4,9 @@
     python benchmarks/demo_recipe.py --seeds 0 1 2 --epochs 60 --candidates scratch kd_t2
     # the 10x schedule: the recipe and its twin only (plain scratch converges well inside 120 epochs)
     python benchmarks/demo_recipe.py --seeds 0 1 2 --epochs 400 --candidates kd_t2_aug_cached scratch_aug
+    # the --quick demo's recipe, at its own budget (half the pairs, an 8-epoch teacher, 12-epoch students)
+    python benchmarks/demo_recipe.py --seeds 0 1 2 --epochs 12 --set train.epochs=8 \
+        --set data.pairs_per_recording=2 --candidates scratch kd_t1 kd_t2 dist --name demo_recipe_quick8
 
 Every candidate trains the packaged student (``recipes/av_digits_student.yaml`` less its teaching scheme, ``_common.plain_student_recipe``: conv[16,32],
 stride-2 stem, 2x2 pool) on AV-Digits hard for the same number of epochs under the recipe's cosine
@@ -23,7 +26,7 @@ best epoch, the steps it took and its training time.
 Rows go to ``benchmarks/results/demo_recipe.json`` (resumable: a row already there for the same
 seed, candidate and epochs is not rerun) with a markdown table beside it. Seeds run as separate
 processes write their own files (``--name demo_recipe_s1``); ``--merge A.json B.json`` adds their
-rows to ``--name``'s. Below the table, the choice on validation: the scratch twin is the scratch
+rows to ``--name``'s. A file records its ``--set`` overrides and takes rows run with the same ones only. Below the table, the choice on validation: the scratch twin is the scratch
 candidate with the best mean validation accuracy, the recipe the distillation candidate with the
 best, both over the seeds every compared candidate has; the recipe's paired test gain is given
 against that twin and against plain scratch (where plain scratch ran that schedule).
@@ -85,9 +88,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = RESULTS / f"{args.name}.json"
-    results = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    results = json.loads(path.read_text()) if path.exists() else {"rows": [], "overrides": args.overrides}
+    # rows are keyed by seed, candidate and epochs: a file holds one setting of --set, never a mix
+    if not args.table and results.get("overrides", []) != args.overrides:
+        parser.error(f"{path} holds rows run with --set {results.get('overrides', [])}, not {args.overrides}: "
+                     "give another --name")
     if args.merge:  # a row already here is kept (resumable runs rerun nothing either)
-        parts = [(path, results["rows"]), *((other, json.loads(other.read_text())["rows"]) for other in args.merge)]
+        others = {other: json.loads(other.read_text()) for other in args.merge}
+        for other, part in others.items():
+            if part.get("overrides", []) != args.overrides:
+                parser.error(f"{other} was run with --set {part.get('overrides', [])}, not {args.overrides}")
+        parts = [(path, results["rows"]), *((other, part["rows"]) for other, part in others.items())]
         results["rows"] = merge_rows(parts, key=lambda r: (r["seed"], r["candidate"], r["epochs"]),
                                      resolve=lambda first, _: first)
         path.write_text(json.dumps(results, indent=2) + "\n")
