@@ -428,9 +428,27 @@ def _hinton_tuning(results: Path):
 @source("demo_recipe")
 def _demo_recipe(results: Path):
     """benchmarks/demo_recipe.py: the packaged student's candidate recipes at a converged budget."""
+    return recipe_search(_load(results, "demo_recipe.json")["rows"])
+
+
+@source("demo_recipe_quick")
+def _demo_recipe_quick(results: Path):
+    """benchmarks/demo_recipe.py at the --quick budget (half the pairs): with the 4-epoch and the
+    8-epoch quick teacher, each file with the overrides it was run with."""
+    out = Namespace()
+    for key, name in (("t4", "demo_recipe_quick4.json"), ("t8", "demo_recipe_quick8.json")):
+        data = _load(results, name)
+        out[key] = recipe_search(data["rows"])
+        out[key].overrides = data["overrides"]
+        out[key].teacher = mean_std([r["teacher_accuracy"] for r in data["rows"]])[0]
+    return out
+
+
+def recipe_search(rows: list[dict]) -> Namespace:
+    """The reading of one demo_recipe.py results file: its table, validation's choice, paired gains,
+    best epochs, and (where its longest schedule exceeds 120 epochs) the 10x reading."""
     import demo_recipe
 
-    rows = _load(results, "demo_recipe.json")["rows"]
     # no augmentation, the recipe's learning rate, the shortest schedule
     plain = [r for r in rows if not r["overrides"] and r["epochs"] == min(x["epochs"] for x in rows)]
     train = [r["train_accuracy_last"] for r in plain]
@@ -490,6 +508,7 @@ def _demo_recipe(results: Path):
                      # the 40-epoch candidates' (the sentence that uses it is about them)
                      mean_val=mean_std([r["val_accuracy"] for r in rows if r["epochs"] == shortest])[0],
                      accuracies=lambda name, epochs: [r["accuracy"] for _, r in sorted(runs[name, epochs].items())],
+                     val=lambda name, epochs: demo_recipe.mean_over(runs[name, epochs], "val_accuracy"),
                      tenx=tenx,
                      # the schedule the package ships (recipes/av_digits_student.yaml)
                      shipped=recipe("av_digits_student")["train"]["epochs"],

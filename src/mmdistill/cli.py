@@ -63,7 +63,7 @@ def _print_metrics(title: str, rows: dict[str, dict]) -> None:
 
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory to create."),
-         quick: bool = typer.Option(False, "--quick", help="Few epochs: finishes in about a minute."),
+         quick: bool = typer.Option(False, "--quick", help="Short schedules on half the training pairs: a few minutes on 2 cores."),
          seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
          device: str = typer.Option("auto", "--device"),
          data_root: Optional[str] = RootOpt, overwrite: bool = OverwriteOpt):
