@@ -12,7 +12,7 @@ Driven by ``benchmarks/gpu_check.sh`` (see there for the three ways to call it).
 
 1. ``environment``: GPU name, driver, memory; torch, CUDA and cuDNN versions against the pin;
 2. ``cuda_tests``: the tests marked ``cuda`` (they skip without a GPU): all must pass, none skip;
-3. ``demo_epochs``: the demo's teacher (train) and student (distil, NST) recipes, one timed
+3. ``demo_epochs``: the demo's teacher (train) and student (distil: KD on the cached augmented views) recipes, one timed
    epoch each on the CPU and on the GPU (the second of two: the first warms up), then
    ``mmdistill profile`` of both checkpoints, which adds the CUDA latency rows;
 4. ``cross_device``: the teacher written on CUDA evaluates and exports on the CPU, the one

@@ -52,8 +52,8 @@ labels than training does at small fractions, equally for every model. Nothing i
     # cheaper: seeds 1 and 2 reuse the scratch learning rate / augmentation and the pseudo-labelling
     # threshold chosen on seed 0's validation (recorded per row as chosen_on_seed)
     python benchmarks/label_efficiency.py --fractions 0.1 --seeds 1 --choices PARTS/s0.json --name PARTS/s1
-    # the patient check: consistent teaching at the packaged recipe's budget instead of the
-    # benchmark's, beside a scratch twin on the same (the recipe's) augmentation
+    # the patient check: consistent teaching at a patient budget (120 epochs, the demo search's 3x
+    # schedule) instead of the benchmark's, beside a scratch twin on the same (the recipe's) augmentation
     python benchmarks/label_efficiency.py --fractions 0.1 --models teacher linear scratch kd_consistent \
         --max-epochs 120 --patience 20 --scratch-lrs 0.003 --scratch-augment recipe \
         --choices none --name benchmarks/results/label_efficiency_patient

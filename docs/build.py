@@ -509,6 +509,7 @@ def recipe_search(rows: list[dict]) -> Namespace:
                      mean_val=mean_std([r["val_accuracy"] for r in rows if r["epochs"] == shortest])[0],
                      accuracies=lambda name, epochs: [r["accuracy"] for _, r in sorted(runs[name, epochs].items())],
                      val=lambda name, epochs: demo_recipe.mean_over(runs[name, epochs], "val_accuracy"),
+                     teacher_accuracies=lambda name, epochs: [r["teacher_accuracy"] for _, r in sorted(runs[name, epochs].items())],
                      tenx=tenx,
                      # the schedule the package ships (recipes/av_digits_student.yaml)
                      shipped=recipe("av_digits_student")["train"]["epochs"],
@@ -829,7 +830,8 @@ def environment() -> jinja2.Environment:
     env.globals.update(Runs=Runs, paired_diffs=paired_diffs, points=points, pct=pct, fmt=fmt, mean=lambda v: mean_std(v)[0],
                        paired_gain=paired_gain, markdown_table=markdown_table, require=require, adhoc=adhoc,
                        gains_table=gains_table, demo_table=demo_table, targets_table=targets_table,
-                       frontier_findings=frontier_findings, abs=abs, min=min, max=max, len=len, sum=sum, sorted=sorted)
+                       frontier_findings=frontier_findings, abs=abs, min=min, max=max, len=len, sum=sum, sorted=sorted,
+                       zip=zip)
     env.filters.update(points=points, pct=pct)
     return env
 
