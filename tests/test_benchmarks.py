@@ -96,8 +96,9 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     """benchmarks/demo_recipe.py at a tiny size: each candidate is a row with its validation and test
     accuracy, best epoch and steps; a second call with the same seed and epochs reruns nothing; the
     table pairs each distilled candidate with the same seed's scratch student."""
-    args = ["--seeds", "0", "--epochs", "1", "--candidates", "scratch", "kd_t2", "--name", str(tmp_path / "search"),
-            "--set", "data.pairs_per_recording=1", "--set", "train.epochs=1"]
+    sets = ["data.pairs_per_recording=1", "train.epochs=1"]
+    set_args = [arg for s in sets for arg in ("--set", s)]
+    args = ["--seeds", "0", "--epochs", "1", "--candidates", "scratch", "kd_t2", "--name", str(tmp_path / "search"), *set_args]
     first = run_benchmark(tmp_path, fifth_data_root, *args, script="demo_recipe.py")
     rows = {r["candidate"]: r for r in first["rows"]}
     assert set(rows) == {"scratch", "kd_t2"}
@@ -112,16 +113,23 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     assert f"{100 * gain:+.2f} ({int(gain > 0)}/1)" in table
     assert "scratch twin **scratch**" in table and "recipe **kd_t2**" in table  # the only candidate of each kind
     other = tmp_path / "other.json"  # another seed's process: merged, not rerun
-    other.write_text(json.dumps({"rows": [{**r, "seed": 1} for r in first["rows"]]}))
+    assert first["overrides"] == sets
+    other.write_text(json.dumps({"rows": [{**r, "seed": 1} for r in first["rows"]], "overrides": sets}))
+    # a file holds the rows of one --set only: merging without the same overrides is refused
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "demo_recipe.py"), "--name", str(tmp_path / "search"),
+                           "--merge", str(other)], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "MMDISTILL_DATA": str(fifth_data_root)})
+    assert done.returncode == 2 and "holds rows run with --set" in done.stderr
     merged = run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(other),
-                           script="demo_recipe.py")
+                           *set_args, script="demo_recipe.py")
     assert sorted((r["seed"], r["candidate"]) for r in merged["rows"]) == [
         (0, "kd_t2"), (0, "scratch"), (1, "kd_t2"), (1, "scratch")]
     assert "seeds 0, 1" in (tmp_path / "search.md").read_text()
     longer = tmp_path / "longer.json"  # a second schedule, better on validation: the packaged choice spans both
     longer.write_text(json.dumps({"rows": [{**r, "epochs": 2, "val_accuracy": r["val_accuracy"] + 0.01}
-                                           for r in merged["rows"]]}))
-    run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(longer), script="demo_recipe.py")
+                                           for r in merged["rows"]], "overrides": sets}))
+    run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(longer), *set_args,
+                  script="demo_recipe.py")
     text = (tmp_path / "search.md").read_text()
     assert "**Over every schedule** (validation's choice): scratch twin **scratch, 2 epochs**" in text
     assert "recipe **kd_t2, 2 epochs**" in text
@@ -130,8 +138,9 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     tenx = tmp_path / "tenx.json"
     tenx.write_text(json.dumps({"rows": [{**r, "epochs": 3, "candidate": "scratch_aug" if r["candidate"] == "scratch"
                                           else r["candidate"], "val_accuracy": r["val_accuracy"] - 0.01}
-                                         for r in merged["rows"]]}))
-    run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(tenx), script="demo_recipe.py")
+                                         for r in merged["rows"]], "overrides": sets}))
+    run_benchmark(tmp_path, fifth_data_root, "--name", str(tmp_path / "search"), "--merge", str(tenx), *set_args,
+                  script="demo_recipe.py")
     text = (tmp_path / "search.md").read_text()
     assert "**3 epochs, seeds 0, 1**" in text and "scratch twin **scratch_aug**" in text
     assert "recipe **kd_t2, 2 epochs**" in text  # still the best on validation over every schedule

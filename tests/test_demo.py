@@ -19,6 +19,24 @@ def test_packaged_recipes_keep_the_student_under_a_tenth_of_the_teacher(av_clean
     assert count_parameters(student) * 10 <= count_parameters(teacher)
 
 
+def test_quick_recipes_are_the_ones_chosen_at_the_quick_budget():
+    """--quick: an 8-epoch teacher and 12-epoch students on half the pairs; the student distils with
+    DIST on unaugmented inputs (the teacher's outputs cached once), its twin is plain scratch on the
+    same inputs (benchmarks/results/demo_recipe_quick8.json)."""
+    from mmdistill.config import apply_overrides
+    from mmdistill.demo import QUICK_STUDENT, QUICK_TEACHER, SCRATCH_TWIN
+
+    teacher = parse_config(apply_overrides(recipe("av_digits_teacher"), QUICK_TEACHER))
+    student = parse_config(apply_overrides(recipe("av_digits_student"), QUICK_STUDENT))
+    assert (teacher.train.epochs, student.train.epochs) == (8, 12)
+    assert teacher.data.pairs_per_recording == student.data.pairs_per_recording == 2
+    assert [term.name for term in student.distill.terms] == ["dist"]
+    assert student.train.augment == {} and student.train.view_cache is None
+    twin = apply_overrides(recipe("av_digits_student"), QUICK_STUDENT + SCRATCH_TWIN)
+    twin.pop("distill")
+    assert parse_config(twin).train == student.train
+
+
 def test_demo_without_data_stops_with_one_line_on_how_to_get_it(tmp_path, monkeypatch):
     from mmdistill.cli import main
     from mmdistill.data import fsdd, mnist
