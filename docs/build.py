@@ -152,6 +152,7 @@ def _gains(results: Path):
                            for role in ("teacher", "student_scratch", "student_distilled")})
         roles.gap_closed = Runs({"seed": r["seed"], "accuracy": r["gap_closed"]} for r in runs)
         roles.seconds = [r["seconds"] for r in runs if "seconds" in r]
+        roles.teacher_train_seconds = [r["teacher_train_seconds"] for r in runs if r.get("teacher_train_seconds")]
         roles.data = runs[0]["data"]
         roles.distillation = runs[0]["distillation"]
         roles.seeds = entry["seeds"]
