@@ -292,6 +292,8 @@ def run_cell(fraction, seed, args, built, rows, save) -> None:
         out, labels = predict(model, data.test, device=device)
         save({**base, "model": name, "accuracy": 100 * accuracy(out, labels),
               "teacher_agreement": agreement(out, teacher_test) if teacher is not None else None,
+              # the teacher this row learnt from (a part run on another machine may retrain it)
+              **({"teacher_accuracy": 100 * summary["model"]["accuracy"]} if teacher is not None else {}),
               **fit_result(fit, steps_per_epoch), "loss": LOSSES[name], **extra})
 
     def candidate(fit, **choice) -> dict:

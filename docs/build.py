@@ -706,6 +706,11 @@ def _label_efficiency(results: Path):
                     not_converged=[(r["label_fraction"], r["seed"], r["model"]) for r in rows
                                    if "converged" in r and not r["converged"]],
                     reused_choices=any(r.get("chosen_on_seed") not in (None, r["seed"]) for r in rows))
+    # rows that learnt from a teacher other than their cell's teacher row (retrained: the cache is per machine)
+    teachers = {(r["label_fraction"], r["seed"]): r["accuracy"] for r in rows if r["model"] == "teacher"}
+    out.retrained = [(r["label_fraction"], r["seed"], r["model"], r["teacher_accuracy"], teachers[r["label_fraction"], r["seed"]])
+                     for r in rows if "teacher_accuracy" in r and (r["label_fraction"], r["seed"]) in teachers
+                     and abs(r["teacher_accuracy"] - teachers[r["label_fraction"], r["seed"]]) > 1e-6]
     parts = []
     for f in label_efficiency.FRACTIONS:  # per fraction: the rows missing on each set of seeds
         by_seeds: dict[tuple, list] = {}

@@ -291,6 +291,11 @@ def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, mo
         # one student epoch = one pass over the whole training split's size, whatever the student reads
         assert {r["steps_per_epoch"] for r in students} == {-(-n // 128)}
         assert len({r["max_steps"] for r in students}) == 1
+    # every row that learns from a teacher names that teacher's test accuracy: its cell's teacher row
+    for r in out["rows"]:
+        if r["model"] not in ("teacher", "linear", "scratch"):
+            teacher = next(t for t in out["rows"] if t["model"] == "teacher" and t["label_fraction"] == r["label_fraction"])
+            assert r["teacher_accuracy"] == pytest.approx(teacher["accuracy"]), r["model"]
     pseudo = next(r for r in out["rows"] if r["model"] == "pseudo_label")
     assert pseudo["threshold"] in (0.5, 0.9) and pseudo["unlabelled"] > 0
     assert next(r for r in out["rows"] if r["model"] == "kd_pseudo")["threshold"] == pseudo["threshold"]
