@@ -119,3 +119,21 @@ def test_teacher_key_ignores_last_bit_differences_in_data_statistics():
     nudged = {**info, "standardise": {"image": {"mean": 0.13088330626487735}}}
     other = {**info, "train_samples": 9719}
     assert teacher_key(cfg, info) == teacher_key(cfg, nudged) != teacher_key(cfg, other)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_quick_demo_says_it_does_not_measure_what_distillation_is_worth(quick):
+    """A level or losing --quick run is read with its budget in mind: the summary says where the
+    measurement is; the full demo does not add that line."""
+    from rich.console import Console
+
+    from mmdistill.demo import print_summary
+
+    model = {"accuracy": 0.85, "params": 12266}
+    summary = {"dataset": "av_digits", "quick": quick, "teacher": {"accuracy": 0.94, "params": 515659},
+               "student_scratch": model, "student_distilled": {**model, "teacher_agreement": 0.88}}
+    console = Console(record=True, width=200)
+    print_summary(summary, console)
+    text = console.export_text()
+    assert "did not help on this seed: +0.00" in text
+    assert ("--quick shows the workflow" in text) == quick

@@ -228,3 +228,6 @@ def print_summary(summary: dict, console) -> None:
     else:
         console.print(f"distillation did not help on this seed: {100 * gain:+.2f} points against the same student "
                       "trained from scratch")
+    if summary.get("quick"):
+        console.print("--quick shows the workflow on short schedules, where the students are far from converged; "
+                      "the full demo (without --quick) measures what distillation is worth (docs/results.md)")
