@@ -773,10 +773,12 @@ def _label_efficiency(results: Path):
         if gains:
             out.patient.against[model] = Namespace(mean=float(sum(gains) / len(gains)), per_seed=gains,
                                                    ahead=sum(g > 0 for g in gains), seeds=len(gains))
-    # a seed whose teacher was retrained between the two files (the teacher cache is per machine)
-    teacher, p_teacher = label_efficiency.by(rows, 0.1, "teacher"), label_efficiency.by(patient["rows"], 0.1, "teacher")
-    out.patient.retrained = [(k, teacher[k], p_teacher[k]) for k in sorted(set(teacher) & set(p_teacher))
-                             if abs(teacher[k] - p_teacher[k]) > 1e-6]
+    # a cell whose teacher was retrained between the two files (the teacher cache is per machine)
+    out.patient.retrained = []
+    for f in sorted({r["label_fraction"] for r in patient["rows"]}, reverse=True):
+        teacher, p_teacher = label_efficiency.by(rows, f, "teacher"), label_efficiency.by(patient["rows"], f, "teacher")
+        out.patient.retrained += [(f, k, teacher[k], p_teacher[k]) for k in sorted(set(teacher) & set(p_teacher))
+                                  if abs(teacher[k] - p_teacher[k]) > 1e-6]
     return out
 
 
