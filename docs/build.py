@@ -773,6 +773,21 @@ def _label_efficiency(results: Path):
         if gains:
             out.patient.against[model] = Namespace(mean=float(sum(gains) / len(gains)), per_seed=gains,
                                                    ahead=sum(g > 0 for g in gains), seeds=len(gains))
+    # the patient rows at the other fractions (one seed each so far): against their own scratch twin,
+    # against the benchmark's kd_consistent of the same cell, and the teacher's margin over that twin
+    out.patient.others = []
+    for f in sorted({r["label_fraction"] for r in patient["rows"]} - {0.1}):
+        cell = {m: label_efficiency.by(patient["rows"], f, m) for m in ("teacher", "scratch", "kd_consistent")}
+        cell_best = label_efficiency.by(patient["rows"], f, "teacher", key="best_epoch")
+        bench = label_efficiency.by(rows, f, "kd_consistent")
+        bench_scratch = label_efficiency.by(rows, f, "scratch")
+        for k in sorted(cell["kd_consistent"].keys() & cell["scratch"].keys() & cell["teacher"].keys()):
+            out.patient.others.append(Namespace(
+                fraction=f, seed=k, vs_scratch=cell["kd_consistent"][k] - cell["scratch"][k],
+                vs_bench=cell["kd_consistent"][k] - bench[k] if k in bench else None,
+                vs_bench_scratch=cell["kd_consistent"][k] - bench_scratch[k] if k in bench_scratch else None,
+                teacher_margin=cell["teacher"][k] - cell["scratch"][k],
+                teacher_late=in_last_tenth(cell_best[k], patient["settings"]["teacher_max_epochs"])))
     # a cell whose teacher was retrained between the two files (the teacher cache is per machine)
     out.patient.retrained = []
     for f in sorted({r["label_fraction"] for r in patient["rows"]}, reverse=True):
