@@ -271,8 +271,8 @@ def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, mo
         "--teacher-epoch-steps", "2", "--teacher-max-epochs", "4", "--teacher-patience", "1", "--linear-c", "1.0",
         "--data", json.dumps({"name": "synthetic", "train_size": 120, "test_size": 40, "num_classes": 4}),
         "--set", "model.encoders.image.channels=[4]",
-        "--set", "model.encoders.audio.channels=[4]", "--name", str(tmp_path / "le")])
-    out = json.loads((tmp_path / "le.json").read_text())
+        "--set", "model.encoders.audio.channels=[4]", "--name", str(tmp_path / "le_0.2")])  # a dot in the name is kept
+    out = json.loads((tmp_path / "le_0.2.json").read_text())
     keys = {(r["label_fraction"], r["model"]) for r in out["rows"]}
     assert keys == {(0.2, m) for m in label_efficiency.MODELS} | {(1.0, m) for m in label_efficiency.models_at(1.0)}
     counted = 0
@@ -309,7 +309,7 @@ def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, mo
     assert scratch["labelled"] < 0.3 * (scratch["labelled"] + scratch["unlabelled"])
     assert {(c["lr"], c["augment"]) for c in scratch["candidates"]} == {(0.003, False), (0.003, True),
                                                                          (0.001, False), (0.001, True)}
-    assert (tmp_path / "le.md").is_file() and (tmp_path / "le.png").stat().st_size > 0
+    assert (tmp_path / "le_0.2.md").is_file() and (tmp_path / "le_0.2.png").stat().st_size > 0
     assert set(out["summary"]) == {"0.2", "1.0"}
 
 
