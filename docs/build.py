@@ -757,7 +757,7 @@ def _label_efficiency(results: Path):
     # the earlier benchmark's tables (short budgets, and the step-count bug), as its script wrote them
     out.old = (results / "label_efficiency.md").read_text().strip()
     out.old_long = (results / "label_efficiency_long.md").read_text().strip()
-    # the patient check: consistent teaching at the packaged recipe's budget, beside a scratch twin
+    # the patient check: consistent teaching at a patient budget (120 epochs), beside a scratch twin
     # on the same augmentation (benchmarks/label_efficiency.py's docstring has the command)
     patient = _load(results, "label_efficiency_patient.json")
     p_summary = label_efficiency.summarise(patient["rows"])
