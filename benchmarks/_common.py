@@ -94,6 +94,12 @@ def merge_rows(parts, key, resolve=None) -> list[dict]:
     return list(taken.values())
 
 
+def result_file(name: str | Path, suffix: str) -> Path:
+    """The results file ``name`` + ``suffix``, ``name`` given without a suffix: a dot in it is kept
+    (``parts/p_0.05_s2`` gives ``p_0.05_s2.json``, where ``Path.with_suffix`` gives ``p_0.json``)."""
+    return Path(f"{Path(name)}{suffix}")
+
+
 def save(name: str, payload: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, fmt, load_runs, markdown_table, mean_std, merge_rows, paired_gain, plain_student_recipe
+from _common import (RESULTS, fmt, load_runs, markdown_table, mean_std, merge_rows, paired_gain, plain_student_recipe,
+                     result_file)
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -196,10 +197,10 @@ def report(args) -> None:
                "rows": rows, "candidates": [r for r in runs if r["method"] not in ("teacher",)],
                "chosen_on_validation": chosen, "onnx_threads": 1}
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    result_file(out, ".json").write_text(json.dumps(payload, indent=2) + "\n")
     markdown = frontier_table(payload)
-    out.with_suffix(".md").write_text(markdown + "\n")
-    plot(payload, out.with_suffix(".png"))
+    result_file(out, ".md").write_text(markdown + "\n")
+    plot(payload, result_file(out, ".png"))
     print(markdown)
     print(f"wrote {out}.json, .md and .png")
 

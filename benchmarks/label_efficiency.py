@@ -74,7 +74,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, TEACHING, markdown_table, mean_std, merge_rows, plain_student_recipe
+from _common import RESULTS, TEACHING, markdown_table, mean_std, merge_rows, plain_student_recipe, result_file
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -496,7 +496,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.name.removesuffix(".json"))
-    named = lambda suffix: out.with_name(out.name + suffix)  # noqa: E731  (a name may hold a dot: p_0.05_s2)
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = ("max_epochs", "patience", "teacher_epoch_steps", "teacher_max_epochs", "teacher_patience",
             "linear_c", "overrides", "data")
@@ -504,7 +503,7 @@ def main(argv=None) -> None:
     # the searches' grids (scratch learning rates and augmentation, pseudo-labelling thresholds) are
     # not settings: each row records the candidates it chose among, and parts that searched different
     # candidates of one row merge into one row (the best on validation, every candidate listed)
-    json_path = named(".json")
+    json_path = result_file(out, ".json")
     rows: list[dict] = []
     if json_path.is_file():
         old = json.loads(json_path.read_text())
@@ -515,9 +514,9 @@ def main(argv=None) -> None:
     def write(figure: bool = False) -> None:
         summary = summarise(rows)
         json_path.write_text(json.dumps({"settings": settings, "rows": rows, "summary": summary}, indent=2) + "\n")
-        named(".md").write_text(markdown(rows, summary, settings) + "\n")
+        result_file(out, ".md").write_text(markdown(rows, summary, settings) + "\n")
         if figure:
-            plot(summary, named(".png"))
+            plot(summary, result_file(out, ".png"))
 
     def save(row: dict) -> None:
         key = (row["label_fraction"], row["seed"], row["model"])
@@ -542,7 +541,7 @@ def main(argv=None) -> None:
             parts.append((part, old["rows"]))
         rows[:] = merge_rows(parts, key=lambda r: (r["label_fraction"], r["seed"], r["model"]), resolve=searched)
         write(figure=True)
-        print(named(".md").read_text())
+        print(result_file(out, ".md").read_text())
         return
     # the dataset builder does not use the run seed (AV-Digits pairs with its own pairing_seed): built once
     data_raw = args.data or apply_overrides(recipe("av_digits_teacher"), list(args.overrides))["data"]
@@ -556,7 +555,7 @@ def main(argv=None) -> None:
     for fraction, seed in cells:
         run_cell(fraction, seed, args, built, rows, save)
         write(figure=True)
-    print((named(".md")).read_text())
+    print((result_file(out, ".md")).read_text())
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, markdown_table, mean_std
+from _common import RESULTS, markdown_table, mean_std, result_file
 
 from mmdistill import api
 from mmdistill.config import TrainConfig
@@ -403,9 +403,9 @@ def merge(parts: list[Path], out: Path) -> None:
     payload = {**first, "rows": rows, "parts": [str(p) for p in parts],
                "seconds": [part.get("seconds") for part in loaded]}
     payload["summary"] = summarise(rows, first["cost"])
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    result_file(out, ".json").write_text(json.dumps(payload, indent=2) + "\n")
     text = markdown(rows, payload["summary"], first["cost"], first["settings"])
-    out.with_suffix(".md").write_text(text + "\n")
+    result_file(out, ".md").write_text(text + "\n")
     print(text)
 
 
@@ -433,7 +433,7 @@ def main(argv=None) -> None:
                 "teacher": TEACHER, "embedding_loss": COSINE, "kd": KD, "probe": "logistic regression, C=1, standardised",
                 "validation": "10% of the training recordings, stratified by speaker, seeded",
                 "split": "official: takes 0-4 test", "labels": args.labels}
-    path = out.with_suffix(".json")
+    path = result_file(out, ".json")
     previous = json.loads(path.read_text()) if path.is_file() else {}
     rows = previous.get("rows", []) if previous.get("settings") == settings else []
 
@@ -477,7 +477,7 @@ def main(argv=None) -> None:
     payload["seconds"] = round(time.perf_counter() - start)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     text = markdown(rows, payload["summary"], cost_info, settings)
-    out.with_suffix(".md").write_text(text + "\n")
+    result_file(out, ".md").write_text(text + "\n")
     print(text)
     print(json.dumps(payload["summary"]["goals"], indent=2))
 
