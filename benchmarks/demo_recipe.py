@@ -89,15 +89,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = RESULTS / f"{args.name}.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": [], "overrides": args.overrides}
+    others = {other: json.loads(other.read_text()) for other in args.merge}
     # rows are keyed by seed, candidate and epochs: a file holds one setting of --set, never a mix
-    if not args.table and results.get("overrides", []) != args.overrides:
-        parser.error(f"{path} holds rows run with --set {results.get('overrides', [])}, not {args.overrides}: "
-                     "give another --name")
+    for source, held in ({} if args.table else {path: results, **others}).items():
+        if held.get("overrides", []) != args.overrides:
+            parser.error(f"{source} holds rows run with --set {held.get('overrides', [])}, not {args.overrides}: "
+                         "give the same --set, or another --name")
     if args.merge:  # a row already here is kept (resumable runs rerun nothing either)
-        others = {other: json.loads(other.read_text()) for other in args.merge}
-        for other, part in others.items():
-            if part.get("overrides", []) != args.overrides:
-                parser.error(f"{other} was run with --set {part.get('overrides', [])}, not {args.overrides}")
         parts = [(path, results["rows"]), *((other, part["rows"]) for other, part in others.items())]
         results["rows"] = merge_rows(parts, key=lambda r: (r["seed"], r["candidate"], r["epochs"]),
                                      resolve=lambda first, _: first)
