@@ -100,6 +100,12 @@ def train_or_reuse_teacher(cfg: RunConfig, data, folder: Path, log: Callable, re
     return summary
 
 
+def scratch_recipe(student_raw: dict, overrides=()) -> dict:
+    """The scratch twin of a distillation recipe: ``student_raw`` without its ``distill`` section,
+    plus ``overrides`` (a copy: ``student_raw`` is left as it was)."""
+    return apply_overrides({k: v for k, v in student_raw.items() if k != "distill"}, list(overrides))
+
+
 def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, overwrite: bool = False,
                    log: Callable = print, extra: dict | None = None, reuse_teacher: bool = False,
                    scratch_overrides: list[str] = ()) -> dict:
@@ -115,9 +121,7 @@ def run_comparison(teacher_raw: dict, student_raw: dict, out: str | Path, *, ove
     check_run_dir(out, overwrite=overwrite)  # before any data is loaded or model trained
     student_raw = json.loads(json.dumps(student_raw))
     teacher_cfg = parse_config(teacher_raw, "teacher")
-    scratch_raw = apply_overrides({k: v for k, v in json.loads(json.dumps(student_raw)).items() if k != "distill"},
-                                  list(scratch_overrides))
-    scratch_cfg = parse_config(scratch_raw, "student")
+    scratch_cfg = parse_config(scratch_recipe(student_raw, scratch_overrides), "student")
     from .guard import check_out, config_inputs
 
     check_out(out, config_inputs(teacher_cfg) + config_inputs(scratch_cfg))  # e.g. --out holding the data root
