@@ -42,6 +42,25 @@ def plain_student_recipe() -> dict:
     return raw
 
 
+def machine() -> dict:
+    """Where a benchmark row ran: the CPU (model name, family/model/stepping), logical cores, torch
+    version and threads. Teacher training is not bit-reproducible from one machine to another, so a
+    row's numbers are only comparable to the sample with rows from the same machine."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = {"name": platform.processor() or platform.machine()}
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        fields = dict(line.split(":", 1) for line in info.read_text().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        cpu = {"name": fields.get("model name", cpu["name"]),
+               **{k.replace(" ", "_"): fields[k] for k in ("cpu family", "model", "stepping") if k in fields}}
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v is not None]
     if not values:

@@ -2,8 +2,18 @@
 
 A family of small students (width, depth, strided stem, depthwise-separable blocks, pooling
 grid), each trained from scratch and distilled from the packaged teacher with the candidate
-methods; the method is chosen per student on *validation* accuracy (seed 0), then run on the
-other seeds, paired with the same seed's scratch student (same initial weights, same data order).
+methods. Two protocols (``--protocol``):
+
+- ``search`` (the committed 20-epoch table): the method is chosen per student on *validation*
+  accuracy (seed 0) among kd, dist, at and nst, then run on the other seeds, paired with the same
+  seed's scratch student (same initial weights, same data order); one teacher (``--teacher-seed``)
+  for every student seed.
+- ``shipped``: every student trains under the packaged student recipe as ``mmdistill demo`` runs it
+  (``recipes/av_digits_student.yaml``, its schedule, augmentation and consistent teaching from the
+  augmented-view cache, chosen on validation by demo_recipe.py) with only the model swapped, beside
+  the demo's scratch twin of that recipe; each seed reads its own seed's packaged teacher, as the
+  demo does. Each row records its best epoch and the machine it ran on; a part that is stopped and
+  started again with the same arguments reruns only the runs its file lacks.
 Cost is measured where the model runs: exported to ONNX and timed with ONNX Runtime on one
 thread (batch 1 latency p50, batch 64 throughput), in one process, alone.
 
@@ -13,6 +23,9 @@ thread (batch 1 latency p50, batch 64 throughput), in one process, alone.
         "conv[16,32,64] separable" --name frontier_b
     # then, alone on the machine: cost (ONNX Runtime), the table and the plot
     python benchmarks/frontier.py --merge benchmarks/results/frontier_a.json benchmarks/results/frontier_b.json
+    # the shipped recipe on every student (400 epochs: about an hour per student and seed on one thread)
+    python benchmarks/frontier.py --protocol shipped --seeds 0 1 2 --students "conv[16,32,64] separable" \
+        --name frontier_shipped_a
 
 The teacher is the packaged teacher recipe trained once (seed ``--teacher-seed``) and kept in
 ``$MMDISTILL_CACHE/teachers/``, as the demo keeps it (reused when its recipe, data and seed
@@ -29,16 +42,18 @@ from pathlib import Path
 
 import torch
 
-from _common import (RESULTS, fmt, load_runs, markdown_table, mean_std, merge_rows, paired_gain, plain_student_recipe,
-                     result_file)
+from _common import (RESULTS, fmt, load_runs, machine, markdown_table, mean_std, merge_rows, paired_gain,
+                     plain_student_recipe, result_file)
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
 from mmdistill.config import apply_overrides, parse_config
 from mmdistill.data import build_data
-from mmdistill.demo import recipe, train_or_reuse_teacher
+from mmdistill.demo import SCRATCH_TWIN, recipe, scratch_recipe, train_or_reuse_teacher
+from mmdistill.distill.engine import in_last_tenth
 from mmdistill.evaluate import evaluate_model
 from mmdistill.models import build_model, count_parameters
+from mmdistill.runs import load_data, run_distill, run_train
 
 MODALITIES = ("audio", "image")
 
@@ -68,6 +83,8 @@ METHODS = {
     "at": maps("at", 10.0),
     "nst": maps("nst", 0.5),
 }
+#: the ``shipped`` protocol's one distillation method: the packaged student recipe
+RECIPE = "recipe"
 
 
 def teacher_for(seed: int, args, data) -> torch.nn.Module:
@@ -83,8 +100,60 @@ def teacher_for(seed: int, args, data) -> torch.nn.Module:
 
 def student_config(seed: int, args):
     return parse_config(apply_overrides(plain_student_recipe(), [
-        f"seed={seed}", f"device={args.device}", "train.progress=false", f"train.epochs={args.epochs}",
+        f"seed={seed}", f"device={args.device}", "train.progress=false", f"train.epochs={args.epochs or 20}",
         *args.overrides]))
+
+
+def shipped_recipes(student: str, seed: int, args) -> tuple[dict, dict]:
+    """(distillation recipe, scratch twin): the packaged student recipe with ``student``'s encoders,
+    and its twin as the demo builds it (:func:`mmdistill.demo.scratch_recipe`, :data:`~mmdistill.demo.SCRATCH_TWIN`)."""
+    raw = apply_overrides(recipe("av_digits_student"), [
+        f"seed={seed}", f"device={args.device}", "train.progress=false",
+        *([f"train.epochs={args.epochs}"] if args.epochs else []), *args.overrides])
+    raw["model"]["encoders"] = copy.deepcopy(STUDENTS[student]["encoders"])
+    return raw, scratch_recipe(raw, SCRATCH_TWIN)
+
+
+def train_shipped(args, out: Path, runs: list[dict]) -> None:
+    """The ``shipped`` protocol: per student and seed, the scratch twin and the packaged recipe; the
+    runs already in ``runs`` (a part started again) are skipped."""
+    done = {(r["student"], r["method"], r["seed"]) for r in runs}
+    for seed in args.seeds:
+        todo = [(s, m) for s in args.students or list(STUDENTS) for m in ("scratch", RECIPE) if (s, m, seed) not in done]
+        if not todo:
+            continue
+        tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), [
+            f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]), "teacher")
+        data = load_data(tcfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            teacher = train_or_reuse_teacher(tcfg, data, Path(tmp) / "teacher", print, reuse=True)
+            if ("teacher", "teacher", seed) not in done:
+                runs.append({"student": "teacher", "method": "teacher", "seed": seed,
+                             "params": teacher["model"]["params"], "accuracy": teacher["model"]["accuracy"],
+                             "teacher_seed": seed, "machine": machine()})
+            for student, method in todo:
+                distill_raw, twin_raw = shipped_recipes(student, seed, args)
+                start = time.perf_counter()
+                folder = Path(tmp) / f"{student}_{method}".replace(" ", "_")
+                if method == "scratch":
+                    summary = run_train(parse_config(twin_raw, "student"), folder, data=data, log=None)
+                    model = summary["model"]
+                else:
+                    distill_raw["distill"]["teacher"]["checkpoint"] = str(Path(tmp) / "teacher" / "best.pt")
+                    summary = run_distill(parse_config(distill_raw, "student"), folder, data=data)
+                    model = summary["student"]
+                epochs = parse_config(distill_raw, "student").train.epochs
+                runs.append({"student": student, "method": method, "seed": seed, "params": model["params"],
+                             "accuracy": model["accuracy"], "val_accuracy": summary["val_accuracy"],
+                             "best_epoch": summary["best_epoch"], "epochs": epochs, "steps": summary["steps"],
+                             "teacher_accuracy": teacher["model"]["accuracy"],
+                             "teacher_agreement": model.get("teacher_agreement"),
+                             "seconds": round(time.perf_counter() - start, 1),
+                             "train_seconds": summary.get("train_seconds"), "machine": machine()})
+                r = runs[-1]
+                print(f"seed {seed} {student:28s} {method:8s} test {r['accuracy']:.4f} val {r['val_accuracy']:.4f} "
+                      f"best epoch {r['best_epoch']} of {epochs} ({r['seconds']:.0f} s)", flush=True)
+                out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
 
 
 def run_one(student: str, method: str, seed: int, teacher, data, args) -> dict:
@@ -107,7 +176,7 @@ def run_one(student: str, method: str, seed: int, teacher, data, args) -> dict:
 def chosen_methods(runs: list[dict], seed: int = 0) -> dict[str, str]:
     """student -> the distillation method with the best validation accuracy on ``seed`` (ties: listing order)."""
     best: dict[str, tuple[float, int, str]] = {}
-    order = list(METHODS)
+    order = [*METHODS, RECIPE]
     for r in runs:
         if r["seed"] != seed or r["method"] in ("scratch", "teacher"):
             continue
@@ -117,13 +186,26 @@ def chosen_methods(runs: list[dict], seed: int = 0) -> dict[str, str]:
     return {s: b[2] for s, b in best.items()}
 
 
+#: the arguments a part's file must share with the call that adds runs to it
+SAME_ARGS = ("protocol", "epochs", "overrides", "teacher_seed", "device")
+
+
 def train_part(args) -> None:
-    """Per student: seed 0 from scratch and with every candidate method; the method with the best
-    validation accuracy; then the other seeds from scratch and with that method. Results are
-    written after every run, so a part that is stopped keeps what it finished."""
-    out = RESULTS / f"{args.name}.json"  # an absolute --name writes there instead
+    """``search``: per student, seed 0 from scratch and with every candidate method; the method with
+    the best validation accuracy; then the other seeds from scratch and with that method.
+    ``shipped``: :func:`train_shipped`. Results are written after every run, so a part that is
+    stopped keeps what it finished (and ``shipped`` resumes from it)."""
+    out = result_file(RESULTS / args.name, ".json")  # an absolute --name writes there instead
     out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
+    if args.protocol == "shipped":
+        if out.exists():
+            held = json.loads(out.read_text())
+            differ = {k: held["args"].get(k) for k in SAME_ARGS if held["args"].get(k) != vars(args)[k]}
+            if differ:
+                raise SystemExit(f"{out} holds runs made with other arguments ({differ}): give the same, or another --name")
+            runs = held["runs"]
+        return train_shipped(args, out, runs)
     data_by_seed, teacher = {}, None
 
     def setup(seed):
@@ -270,7 +352,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
                         help="candidate methods (default: all)")
     parser.add_argument("--teacher-seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=20, help="student epochs")
+    parser.add_argument("--protocol", choices=("search", "shipped"), default="search",
+                        help="search: choose each student's method on validation at --epochs (default 20); "
+                             "shipped: the packaged student recipe at its own schedule (module docstring)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="student epochs (default: 20 under search, the recipe's under shipped)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every recipe")
