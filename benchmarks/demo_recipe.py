@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, markdown_table, mean_std, merge_rows, plain_student_recipe
+from _common import RESULTS, machine, markdown_table, mean_std, merge_rows, plain_student_recipe
 
 from mmdistill.config import apply_overrides, parse_config
 from mmdistill.demo import recipe, train_or_reuse_teacher
@@ -140,7 +140,7 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
                    "teacher_accuracy": teacher["model"]["accuracy"],
                    "teacher_agreement": model.get("teacher_agreement"),
                    "seconds": round(time.perf_counter() - start, 1), "train_seconds": summary.get("train_seconds"),
-                   "overrides": overrides, "terms": terms}
+                   "overrides": overrides, "terms": terms, "machine": machine()}
             results["rows"].append(row)
             path.write_text(json.dumps(results, indent=2) + "\n")
             print(f"seed {seed} {name} ({epochs} epochs): val {row['val_accuracy']:.4f} test {row['accuracy']:.4f} "

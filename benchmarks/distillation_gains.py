@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import RESULTS, fmt, markdown_table, mean_std, merge_rows, save, small_recipe
+from _common import RESULTS, fmt, machine, markdown_table, mean_std, merge_rows, save, small_recipe
 
 from mmdistill.config import apply_overrides
 from mmdistill.demo import QUICK_STUDENT, QUICK_TEACHER, SCRATCH_TWIN, recipe, run_comparison
@@ -94,6 +94,7 @@ def main() -> None:
                                      Path(args.out) / key / f"seed{seed}", overwrite=True, log=lambda *a: None,
                                      scratch_overrides=SCRATCH_OVERRIDES.get(key, []), reuse_teacher=key == "demo")
             summary["seconds"] = round(time.perf_counter() - start, 1)
+            summary["machine"] = machine()
             runs.append(summary)
             print(f"{key} seed {seed}: teacher {summary['teacher']['accuracy']:.4f} "
                   f"scratch {summary['student_scratch']['accuracy']:.4f} "

@@ -110,7 +110,9 @@ def shipped_recipes(student: str, seed: int, args) -> tuple[dict, dict]:
     raw = apply_overrides(recipe("av_digits_student"), [
         f"seed={seed}", f"device={args.device}", "train.progress=false",
         *([f"train.epochs={args.epochs}"] if args.epochs else []), *args.overrides])
-    raw["model"]["encoders"] = copy.deepcopy(STUDENTS[student]["encoders"])
+    # in the recipe's modality order: the order the encoders are built in decides their initial weights,
+    # so the packaged student's rows are the demo's own runs
+    raw["model"]["encoders"] = {m: copy.deepcopy(STUDENTS[student]["encoders"][m]) for m in raw["model"]["encoders"]}
     return raw, scratch_recipe(raw, SCRATCH_TWIN)
 
 
@@ -246,9 +248,19 @@ def cost(model: torch.nn.Module, specs) -> dict:
 
 def report(args) -> None:
     """Merge result parts, measure every model's cost alone, write frontier.{json,md,png}."""
-    # each part trains (or reuses) the same teacher: its identical rows collapse to one per seed
+    protocols = {json.loads(Path(path).read_text())["args"].get("protocol", "search") for path in args.merge}
+    if len(protocols) != 1:
+        raise SystemExit(f"--merge: parts of both protocols ({', '.join(sorted(protocols))}): merge one protocol's parts")
+    protocol = protocols.pop()
+    # each part trains (or reuses) the same teacher: its identical rows collapse to one per seed. Under
+    # ``shipped``, a part run on another machine retrains its teachers: the first row of a seed is kept,
+    # and every student row records the accuracy of the teacher it read (the table names any mismatch)
     runs = merge_rows([(path, load_runs(path)) for path in args.merge],
-                      key=lambda r: (r["student"], r["method"], r["seed"]))
+                      key=lambda r: (r["student"], r["method"], r["seed"]),
+                      resolve=(lambda first, new: first if first["method"] == "teacher" else None)
+                      if protocol == "shipped" else None)
+    if any(r is None for r in runs):
+        raise SystemExit("--merge: two parts ran the same student, method and seed: merge one run of each cell")
     teacher_runs = [r for r in runs if r["method"] == "teacher"]
     tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), args.overrides))
     specs_data = build_data(tcfg.data, seed=0, val_fraction=tcfg.train.val_fraction)
@@ -271,11 +283,17 @@ def report(args) -> None:
         rows.append({"student": r["student"], **costs[r["student"]], "seed": r["seed"],
                      "scratch_accuracy": r["accuracy"], "distilled_accuracy": pair["accuracy"], "method": method,
                      "scratch_val_accuracy": r["val_accuracy"], "distilled_val_accuracy": pair["val_accuracy"],
-                     "scratch_train_accuracy": r["train_accuracy"],
-                     "distilled_train_accuracy": pair["train_accuracy"]})
+                     **({"scratch_train_accuracy": r["train_accuracy"], "distilled_train_accuracy": pair["train_accuracy"]}
+                        if protocol == "search" else
+                        {"epochs": r["epochs"], "scratch_best_epoch": r["best_epoch"],
+                         "distilled_best_epoch": pair["best_epoch"], "teacher_accuracy": pair["teacher_accuracy"]})})
+    teacher_runs.sort(key=lambda r: r["seed"])
     teacher_acc = [r["accuracy"] for r in teacher_runs]
-    payload = {"teacher": {**costs["teacher"], "accuracy": mean_std(teacher_acc)[0], "accuracy_per_seed": teacher_acc,
-                           "teacher_seed": teacher_runs[0]["teacher_seed"] if teacher_runs else None},
+    payload = {"protocol": protocol,
+               "teacher": {**costs["teacher"], "accuracy": mean_std(teacher_acc)[0], "accuracy_per_seed": teacher_acc,
+                           "seeds": [r["seed"] for r in teacher_runs],
+                           "teacher_seed": (teacher_runs[0]["teacher_seed"] if teacher_runs else None)
+                           if protocol == "search" else "per seed"},
                "rows": rows, "candidates": [r for r in runs if r["method"] not in ("teacher",)],
                "chosen_on_validation": chosen, "onnx_threads": 1}
     out = Path(args.out)
@@ -287,26 +305,53 @@ def report(args) -> None:
     print(f"wrote {out}.json, .md and .png")
 
 
+def other_teachers(payload: dict) -> list[str]:
+    """``shipped``: the students whose runs read a teacher other than the seed's teacher row (a part run
+    on another machine, which retrained its teachers)."""
+    per_seed = dict(zip(payload["teacher"]["seeds"], payload["teacher"]["accuracy_per_seed"]))
+    return list(dict.fromkeys(r["student"] for r in payload["rows"]
+                              if abs(r["teacher_accuracy"] - per_seed.get(r["seed"], r["teacher_accuracy"])) > 1e-6))
+
+
 def frontier_table(payload: dict) -> str:
     t = payload["teacher"]
+    shipped = payload.get("protocol", "search") == "shipped"
     header = ["model", "params", "MACs", "ONNX ms (b1, p50)", "ONNX samples/s (b64)", "speed-up b1",
               "method (val)", "scratch %", "distilled %", "distilled minus scratch (seeds above)",
-              "% of teacher"]
+              "% of teacher", *(["best epochs: scratch; distilled"] if shipped else [])]
+    teacher_acc = f"{100 * t['accuracy']:.2f} " + ("(mean of the seeds' teachers)" if shipped else "(one teacher)")
     lines = [["teacher", f"{t['params']:,}", f"{t['macs'] / 1e6:.2f} M", f"{t['onnx_ms_b1']:.3f}",
-              f"{t['onnx_sps_b64']:,.0f}", "1.0x", "", "", f"{100 * t['accuracy']:.2f} (one teacher)", "", "100"]]
+              f"{t['onnx_sps_b64']:,.0f}", "1.0x", "", "", teacher_acc, "", "100", *([""] if shipped else [])]]
     for student in dict.fromkeys(r["student"] for r in payload["rows"]):
         rows = [r for r in payload["rows"] if r["student"] == student]
         r0 = rows[0]
         gains = [r["distilled_accuracy"] - r["scratch_accuracy"] for r in rows]
         dist_mean = mean_std([r["distilled_accuracy"] for r in rows])[0]
+        # shipped: against the mean of the teachers these runs read
+        teacher = mean_std([r["teacher_accuracy"] for r in rows])[0] if shipped else t["accuracy"]
+        epochs = []
+        if shipped:
+            late = lambda e: f"{e}*" if in_last_tenth(e, r0["epochs"]) else str(e)  # noqa: E731
+            epochs = [", ".join(late(r["scratch_best_epoch"]) for r in rows) + "; "
+                      + ", ".join(late(r["distilled_best_epoch"]) for r in rows) + f" (of {r0['epochs']})"]
         lines.append([student, f"{r0['params']:,}", f"{r0['macs'] / 1e6:.2f} M", f"{r0['onnx_ms_b1']:.3f}",
                       f"{r0['onnx_sps_b64']:,.0f}", f"{t['onnx_ms_b1'] / r0['onnx_ms_b1']:.1f}x", r0["method"],
                       fmt([r["scratch_accuracy"] for r in rows]), fmt([r["distilled_accuracy"] for r in rows]),
-                      paired_gain(gains), f"{100 * dist_mean / t['accuracy']:.1f}"])
-    note = (f"Teacher: the packaged recipe, seed {t['teacher_seed']}, fixed for every student seed. "
-            f"Students: {len(payload['rows'])} (student, seed) pairs; method chosen per student on seed 0's "
-            "validation accuracy among " + ", ".join(METHODS) + ". Cost: ONNX Runtime, CPU, one thread, "
-            "batch 1 latency median and batch 64 throughput.")
+                      paired_gain(gains), f"{100 * dist_mean / teacher:.1f}", *epochs])
+    if shipped:
+        others = other_teachers(payload)
+        note = ("Teachers: the packaged recipe trained with each student seed, as `mmdistill demo` does. Students: "
+                f"{len(payload['rows'])} (student, seed) pairs, each under the packaged student recipe (recipe: "
+                "its schedule, augmentation and consistent teaching from the augmented-view cache) beside the demo's "
+                "scratch twin of it, with only the model swapped; % of teacher against the teachers each student's "
+                "runs read; * marks a best epoch in the last tenth of the schedule (not converged)."
+                + (f" Runs of {', '.join(others)} read teachers retrained on another machine (their accuracy "
+                   "differs from the seed's teacher row)." if others else ""))
+    else:
+        note = (f"Teacher: the packaged recipe, seed {t['teacher_seed']}, fixed for every student seed. "
+                f"Students: {len(payload['rows'])} (student, seed) pairs; method chosen per student on seed 0's "
+                "validation accuracy among " + ", ".join(METHODS) + ".")
+    note += " Cost: ONNX Runtime, CPU, one thread, batch 1 latency median and batch 64 throughput."
     return markdown_table(header, lines) + "\n\n" + note
 
 
@@ -326,8 +371,9 @@ def plot(payload: dict, path: Path) -> None:
                        100 * mean_std([r["distilled_accuracy"] for r in rows])[0], student))
     points.sort()
     ax.scatter([p[0] for p in points], [p[1] for p in points], marker="o", label="from scratch", zorder=3)
-    ax.scatter([p[0] for p in points], [p[2] for p in points], marker="s", label="distilled (method chosen on validation)",
-               zorder=3)
+    label = ("distilled (the packaged recipe)" if payload.get("protocol") == "shipped"
+             else "distilled (method chosen on validation)")
+    ax.scatter([p[0] for p in points], [p[2] for p in points], marker="s", label=label, zorder=3)
     for x, scratch, distilled, name in points:
         ax.plot([x, x], [scratch, distilled], color="grey", linewidth=1, zorder=2)
         ax.annotate(name, (x, max(scratch, distilled)), fontsize=7, xytext=(4, 4), textcoords="offset points")

@@ -535,7 +535,7 @@ def check_throughput(ctx: Ctx) -> dict:
         except (subprocess.TimeoutExpired, RuntimeError) as err:  # the other pair's figures are kept
             out[pair] = {"failed": {"all": f"{type(err).__name__}: {str(err)[-300:]}"}}
             continue
-        result = json.loads(name.with_suffix(".json").read_text())
+        result = json.loads(Path(f"{name}.json").read_text())
         res = result["pairs"][pair]
         out[pair] = {"samples_per_s": res["samples_per_s"], "ratios": res["ratios"],
                      "roofline_samples_per_s": res["roofline_samples_per_s"], "machine": result["machine"],

@@ -74,7 +74,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, TEACHING, markdown_table, mean_std, merge_rows, plain_student_recipe, result_file
+from _common import (RESULTS, TEACHING, machine, markdown_table, mean_std, merge_rows, plain_student_recipe,
+                     result_file)
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -272,7 +273,8 @@ def run_cell(fraction, seed, args, built, rows, save) -> None:
     tcfg, scfg = parse_config(t_raw, "teacher"), parse_config(s_raw, "student")
     data = build_data(tcfg.data, seed=seed, val_fraction=tcfg.train.val_fraction, built=built)
     labelled = data.train.num_labelled
-    base = {"label_fraction": fraction, "seed": seed, "labelled": labelled, "unlabelled": len(data.train) - labelled}
+    base = {"label_fraction": fraction, "seed": seed, "labelled": labelled, "unlabelled": len(data.train) - labelled,
+            "machine": machine()}
     start = time.perf_counter()
 
     # the teacher, on the labelled part only, trained until validation stops improving (not needed

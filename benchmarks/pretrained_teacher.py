@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, markdown_table, mean_std, result_file
+from _common import RESULTS, machine, markdown_table, mean_std, result_file
 
 from mmdistill import api
 from mmdistill.config import TrainConfig
@@ -224,7 +224,7 @@ def run_seed(seed, data, mfcc, teacher, t_emb, args, rows, save) -> None:
     te_emb_t = t_emb[n_train:].numpy()
     tr_emb_t = t_emb[:n_train][tr_idx].numpy()
     specs = train.specs
-    base = {"seed": seed, "train_clips": len(train), "val_clips": len(val), "test_clips": len(test)}
+    base = {"seed": seed, "train_clips": len(train), "val_clips": len(val), "test_clips": len(test), "machine": machine()}
     p_s, p_t = sum(p.numel() for p in student_model(specs, 6, seed).parameters()), sum(
         p.numel() for p in teacher.parameters())
     lat = args.cost

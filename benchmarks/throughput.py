@@ -469,8 +469,10 @@ def main(argv=None) -> None:
     name = Path(args.name)
     out = name if name.parent != Path(".") else HERE / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result) + "\n")
+    # the suffix appended, not swapped: a dot in --name stays (as _common.result_file, which this
+    # stdlib-only script does not import)
+    Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{out}.md").write_text(markdown(result) + "\n")
     print(f"wrote {out}.json and .md")
 
 

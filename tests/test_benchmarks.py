@@ -92,6 +92,53 @@ def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp
     assert "| teacher |" in (tmp_path / "frontier.md").read_text()
 
 
+def test_frontier_shipped_protocol_trains_each_student_under_the_packaged_recipe_and_resumes(tmp_path, fifth_data_root):
+    """``--protocol shipped``: each student under the packaged recipe (its augmentation and view cache)
+    beside the demo's twin, the packaged student's model exactly the demo's; rows record best epochs,
+    the teacher read and the machine; a second call reruns nothing, one with other --set is refused."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import frontier
+    from mmdistill.demo import recipe
+
+    args = frontier.argparse.Namespace(device="cpu", epochs=None, overrides=[])
+    packaged = next(s for s, c in frontier.STUDENTS.items() if c["encoders"] == recipe("av_digits_student")["model"]["encoders"])
+    distill, twin = frontier.shipped_recipes(packaged, 3, args)
+    shipped = recipe("av_digits_student")
+    assert list(distill["model"]["encoders"].items()) == list(shipped["model"]["encoders"].items())  # build order too
+    assert distill["train"] == {**shipped["train"], "progress": False} and distill["seed"] == twin["seed"] == 3
+    assert "distill" not in twin and twin["train"]["view_cache"] is None and twin["train"]["augment"] == shipped["train"]["augment"]
+    other, _ = frontier.shipped_recipes("conv[8,16] pool2", 0, args)
+    assert other["model"]["encoders"]["audio"]["channels"] == [8, 16] and other["train"]["view_cache"]
+
+    tiny = ["--threads", "1", "--set", "train.epochs=2", "--set", "data.pairs_per_recording=1",
+            "--set", "model.encoders.image.channels=[4]", "--set", "model.encoders.audio.channels=[4]"]
+    call = ["--protocol", "shipped", "--seeds", "0", "--students", "conv[8,16] pool2", "--name", str(tmp_path / "part"), *tiny]
+    part = run_benchmark(tmp_path, fifth_data_root, *call, script="frontier.py")
+    by = {r["method"]: r for r in part["runs"]}
+    assert set(by) == {"teacher", "scratch", "recipe"}
+    for method in ("scratch", "recipe"):
+        row = by[method]
+        assert row["epochs"] == 2 and 1 <= row["best_epoch"] <= 2 and row["params"] == 3834
+        assert row["teacher_accuracy"] == by["teacher"]["accuracy"] and row["machine"]["cores"] >= 1
+    assert by["recipe"]["teacher_agreement"] is not None and by["scratch"]["teacher_agreement"] is None
+    before = (tmp_path / "part.json").read_text()
+    assert run_benchmark(tmp_path, fifth_data_root, *call, script="frontier.py") == part  # resumed: nothing rerun
+    assert (tmp_path / "part.json").read_text() == before
+    env = {**os.environ, "MMDISTILL_DATA": str(fifth_data_root)}
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "frontier.py"), *call, "--set", "train.epochs=3"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode != 0 and "other arguments" in refused.stderr and "overrides" in refused.stderr
+
+    run_benchmark(tmp_path, fifth_data_root, "--merge", str(tmp_path / "part.json"), "--out", str(tmp_path / "frontier"),
+                  "--name", str(tmp_path / "part"), *tiny, script="frontier.py")
+    merged = json.loads((tmp_path / "frontier.json").read_text())
+    assert merged["protocol"] == "shipped" and [r["method"] for r in merged["rows"]] == ["recipe"]
+    row = merged["rows"][0]
+    assert (row["scratch_best_epoch"], row["distilled_best_epoch"]) == (by["scratch"]["best_epoch"], by["recipe"]["best_epoch"])
+    table = (tmp_path / "frontier.md").read_text()
+    assert "best epochs: scratch; distilled" in table and "(of 2)" in table and "retrained on another machine" not in table
+
+
 def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_scratch(tmp_path, fifth_data_root):
     """benchmarks/demo_recipe.py at a tiny size: each candidate is a row with its validation and test
     accuracy, best epoch and steps; a second call with the same seed and epochs reruns nothing; the
