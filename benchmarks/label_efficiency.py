@@ -13,7 +13,8 @@ cell has the same step budget (``max_steps``) and its steps are counted by the e
 
 * ``teacher``: the packaged teacher recipe (recipes/av_digits_teacher.yaml) on the labelled part
   only, its epoch the labelled part repeated to about ``--teacher-epoch-steps`` steps, early stopping
-  as above (reused from ``$MMDISTILL_CACHE/teachers/`` when trained before with the same settings).
+  as above (reused from ``$MMDISTILL_CACHE/teachers/`` when trained before with the same settings);
+  with ``--teacher-augment off on`` its augmentation is chosen on validation per seed, as scratch's.
 * ``linear``: the simplest baseline a user would try first: multinomial logistic regression
   (scikit-learn, L-BFGS) on the standardised pixels and log-mel spectrogram, labelled part only;
   its inverse regularisation C chosen on validation from ``--linear-c``.
@@ -232,18 +233,28 @@ def fit_linear(data, cs, seed) -> dict:
 
 
 def cell_teacher(t_raw, data, args, seed, device, base, done, save):
-    """(teacher, its run summary): trained on the labelled part, or reused from the teacher cache."""
+    """(teacher, its run summary): trained on the labelled part, or reused from the teacher cache;
+    with several ``--teacher-augment`` candidates, each is trained and the best on validation kept."""
     train = data.train.labelled_only()
     tcfg = parse_config(t_raw, "teacher")
     size = max(1, round(args.teacher_epoch_steps * tcfg.train.batch_size / len(train))) * len(train)
     teacher_epoch = resized(train, size, seed)
-    tcfg = parse_config(apply_overrides(t_raw, [f"train.epochs={args.teacher_max_epochs}",
-                                                f"train.early_stopping={{patience: {args.teacher_patience}}}"]),
-                        "teacher")
     teacher_data = DataSplits(teacher_epoch, data.test, data.val, {**data.info, "teacher_epoch_samples": size})
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = train_or_reuse_teacher(tcfg, teacher_data, Path(tmp) / "teacher", print, reuse=True)
-        teacher = load_checkpoint(Path(tmp) / "teacher" / "best.pt", device)[0]
+    best, tried = None, []
+    for name in args.teacher_augment:
+        aug = SCRATCH_AUGMENT[name]
+        tcfg = parse_config(apply_overrides(t_raw, [f"train.epochs={args.teacher_max_epochs}",
+                                                    f"train.early_stopping={{patience: {args.teacher_patience}}}",
+                                                    *([f"train.augment={json.dumps(scratch_augment(aug))}"] if aug else [])]),
+                            "teacher")
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = train_or_reuse_teacher(tcfg, teacher_data, Path(tmp) / "teacher", print, reuse=True)
+            teacher = load_checkpoint(Path(tmp) / "teacher" / "best.pt", device)[0]
+        tried.append({"augment": aug, "val_accuracy": 100 * summary["val_accuracy"], "best_epoch": summary["best_epoch"],
+                      "steps": summary["steps"], "converged": summary["converged"]})
+        if best is None or summary["val_accuracy"] > best[1]["val_accuracy"]:
+            best = (teacher, summary, aug)
+    teacher, summary, aug = best
     if "teacher" not in done and "teacher" in args.models:  # a part run for other rows reuses it silently
         per_epoch = math.ceil(size / tcfg.train.batch_size)
         save({**base, "model": "teacher", "accuracy": 100 * summary["model"]["accuracy"],
@@ -251,7 +262,8 @@ def cell_teacher(t_raw, data, args, seed, device, base, done, save):
               "epochs_run": summary["epochs_run"], "max_epochs": summary["max_epochs"], "steps": summary["steps"],
               "steps_per_epoch": per_epoch, "max_steps": summary["max_epochs"] * per_epoch,
               "stopped_early": summary["stopped_early"], "converged": summary["converged"],
-              "reused": summary.get("reused_from") is not None})
+              "reused": summary.get("reused_from") is not None,
+              **({"augment": aug, "candidates": tried} if args.teacher_augment != ["off"] else {})})
     return teacher, summary
 
 
@@ -476,6 +488,9 @@ def main(argv=None) -> None:
     parser.add_argument("--teacher-epoch-steps", type=int, default=24)
     parser.add_argument("--teacher-max-epochs", type=int, default=20)
     parser.add_argument("--teacher-patience", type=int, default=5)
+    parser.add_argument("--teacher-augment", nargs="+", default=["off"], choices=list(SCRATCH_AUGMENT),
+                        help="the teacher's augmentation candidates (as --scratch-augment's), chosen on validation "
+                             "per seed; default: off, the teacher recipe as it is")
     parser.add_argument("--choices", default=None,
                         help="a results JSON (same settings) whose seed --choice-seed scratch (learning rate, "
                              "augmentation) and pseudo-labelling threshold, chosen there on validation, the "
@@ -502,6 +517,8 @@ def main(argv=None) -> None:
     keys = ("max_epochs", "patience", "teacher_epoch_steps", "teacher_max_epochs", "teacher_patience",
             "linear_c", "overrides", "data")
     settings = {k: getattr(args, k) for k in keys}
+    if args.teacher_augment != ["off"]:  # a setting (every KD row of a cell learns from the teacher chosen),
+        settings["teacher_augment"] = args.teacher_augment  # recorded only where used: earlier files stay valid
     # the searches' grids (scratch learning rates and augmentation, pseudo-labelling thresholds) are
     # not settings: each row records the candidates it chose among, and parts that searched different
     # candidates of one row merge into one row (the best on validation, every candidate listed)

@@ -313,6 +313,39 @@ def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, mo
     assert set(out["summary"]) == {"0.2", "1.0"}
 
 
+def test_label_efficiency_chooses_the_teachers_augmentation_on_validation(tmp_path, monkeypatch):
+    """``--teacher-augment off on``: both teachers train (their steps are all reported), the one with the
+    better validation accuracy is the cell's teacher, and the KD rows learn from that one."""
+    monkeypatch.setenv("MMDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import label_efficiency
+    from mmdistill.distill import engine
+
+    taken = []
+    step = engine.Trainer._step
+
+    def counting(self, *args, **kwargs):
+        taken.append(1)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Trainer, "_step", counting)
+    label_efficiency.main([
+        "--fractions", "0.2", "--seeds", "0", "--models", "teacher", "kd_t4", "--max-epochs", "3", "--patience", "1",
+        "--teacher-epoch-steps", "2", "--teacher-max-epochs", "4", "--teacher-patience", "1", "--teacher-augment", "off", "on",
+        "--data", json.dumps({"name": "synthetic", "train_size": 120, "test_size": 40, "num_classes": 4}),
+        "--set", "model.encoders.image.channels=[4]", "--set", "model.encoders.audio.channels=[4]",
+        "--name", str(tmp_path / "le")])
+    out = json.loads((tmp_path / "le.json").read_text())
+    assert out["settings"]["teacher_augment"] == ["off", "on"]
+    teacher = next(r for r in out["rows"] if r["model"] == "teacher")
+    kd = next(r for r in out["rows"] if r["model"] == "kd_t4")
+    assert [c["augment"] for c in teacher["candidates"]] == [False, True]
+    best = max(teacher["candidates"], key=lambda c: c["val_accuracy"])  # the first on a tie
+    assert teacher["augment"] == best["augment"] and teacher["val_accuracy"] == best["val_accuracy"]
+    assert kd["teacher_accuracy"] == pytest.approx(teacher["accuracy"])
+    assert len(taken) == sum(c["steps"] for c in teacher["candidates"]) + kd["steps"]
+
+
 def test_label_efficiency_resized_sets_have_the_epoch_size_asked_for():
     import sys
 
