@@ -58,6 +58,14 @@ labels than training does at small fractions, equally for every model. Nothing i
     python benchmarks/label_efficiency.py --fractions 0.1 --models teacher linear scratch kd_consistent \
         --max-epochs 120 --patience 20 --scratch-lrs 0.003 --scratch-augment recipe \
         --choices none --name benchmarks/results/label_efficiency_patient
+    # at 2% of the labels, better teachers: a patient teacher budget, every row of the cell retrained...
+    python benchmarks/label_efficiency.py --fractions 0.02 --models teacher linear scratch kd_t4 kd_consistent \
+        --max-epochs 120 --patience 20 --teacher-max-epochs 100 --teacher-patience 20 \
+        --scratch-augment off on recipe --choices none --name benchmarks/results/label_efficiency_teacher
+    # ...and the same with the teacher's augmentation chosen on validation (read against the twin above)
+    python benchmarks/label_efficiency.py --fractions 0.02 --models teacher kd_t4 kd_consistent \
+        --max-epochs 120 --patience 20 --teacher-max-epochs 100 --teacher-patience 20 --teacher-augment off on \
+        --choices none --name benchmarks/results/label_efficiency_teacher_aug
 
 Results are written after every model, and a second run with the same settings resumes: finished
 (fraction, seed, model) rows are kept, not run again. The committed results of the earlier,

@@ -794,6 +794,64 @@ def _label_efficiency(results: Path):
         teacher, p_teacher = label_efficiency.by(rows, f, "teacher"), label_efficiency.by(patient["rows"], f, "teacher")
         out.patient.retrained += [(f, k, teacher[k], p_teacher[k]) for k in sorted(set(teacher) & set(p_teacher))
                                   if abs(teacher[k] - p_teacher[k]) > 1e-6]
+    out.teachers = better_teachers(results, rows, label_efficiency)
+    return out
+
+
+def better_teachers(results: Path, rows: list[dict], label_efficiency) -> Namespace:
+    """At 2% of the labels, better teachers: ``label_efficiency_teacher.json`` (a patient teacher budget,
+    every row of the cell retrained under it) and ``label_efficiency_teacher_aug.json`` (the same, the
+    teacher's augmentation chosen on validation; its KD rows against the first file's scratch twin,
+    which reads no teacher). Per seed: each teacher against the benchmark's, and against the twin;
+    each KD row against the twin."""
+    f = 0.02
+    patient = _load(results, "label_efficiency_teacher.json")
+    aug = _load(results, "label_efficiency_teacher_aug.json")
+    require({k: v for k, v in aug["settings"].items() if k != "teacher_augment"} == patient["settings"],
+            "the augmented-teacher run has the patient-teacher run's settings but for the teacher's augmentation")
+    require({r["label_fraction"] for r in patient["rows"] + aug["rows"]} == {f}, "both runs are at 2% of the labels")
+    bench_teacher = label_efficiency.by(rows, f, "teacher")
+    twin = label_efficiency.by(patient["rows"], f, "scratch")
+    linear = label_efficiency.by(patient["rows"], f, "linear")
+
+    def reading(file: dict) -> Namespace:
+        teacher = label_efficiency.by(file["rows"], f, "teacher")
+        kd = [m for m in label_efficiency.KD_ROWS if label_efficiency.by(file["rows"], f, m)]
+        val = {m: mean_std(list(label_efficiency.by(file["rows"], f, m, key="val_accuracy").values()))[0] for m in kd}
+        seeds = sorted(set(teacher) & set(twin))
+
+        def against(acc: dict) -> Namespace:
+            d = [acc[k] - twin[k] for k in seeds if k in acc]
+            return Namespace(mean=float(sum(d) / len(d)), per_seed=d, ahead=sum(x > 0 for x in d), seeds=len(d))
+
+        best = max(kd, key=lambda m: val[m]) if kd else None
+        t_rows = sorted((r for r in file["rows"] if r["model"] == "teacher"), key=lambda r: r["seed"])
+        return Namespace(
+            settings=file["settings"], seeds=seeds, teacher=teacher, teacher_rows=t_rows,
+            teacher_mean=mean_std([teacher[k] for k in seeds])[0],
+            vs_bench_teacher=[teacher[k] - bench_teacher[k] for k in seeds if k in bench_teacher],
+            teacher_vs_twin=against(teacher), best=best, best_vs_twin=against(label_efficiency.by(file["rows"], f, best)) if best else None,
+            kd={m: against(label_efficiency.by(file["rows"], f, m)) for m in kd},
+            table=label_efficiency.markdown(file["rows"], label_efficiency.summarise(file["rows"]), file["settings"]))
+
+    out = Namespace(fraction=f, patient=reading(patient), aug=reading(aug),
+                    twin_mean=mean_std(list(twin.values()))[0], linear_mean=mean_std(list(linear.values()))[0],
+                    bench_twin_mean=mean_std(list(label_efficiency.by(rows, f, "scratch").values()))[0])
+    out.aug_best_mean = mean_std(list(label_efficiency.by(aug["rows"], f, out.aug.best).values()))[0]
+    lines = []
+    for label, x in (("patient", out.patient), ("patient, augmentation chosen", out.aug)):
+        best = label_efficiency.by((patient if x is out.patient else aug)["rows"], f, x.best) if x.best else {}
+        for i, r in enumerate(x.teacher_rows):
+            k = r["seed"]
+            chosen = {False: "none", True: "translations, time shifts"}.get(r.get("augment"), str(r.get("augment", "")))
+            lines.append([label, k, f"{r['accuracy']:.2f} ({r['best_epoch']} of {r['max_epochs']})",
+                          chosen if "augment" in r else "none (the recipe's)",
+                          f"{r['accuracy'] - bench_teacher[k]:+.2f}" if k in bench_teacher else "",
+                          f"{r['accuracy'] - twin[k]:+.2f}" if k in twin else "",
+                          f"{x.best} {best[k] - twin[k]:+.2f}" if k in best and k in twin else ""])
+    out.per_seed = markdown_table(["teacher budget", "seed", "teacher % (best epoch)", "teacher's augmentation",
+                                   "teacher minus the benchmark's", "teacher minus the twin",
+                                   "best KD row on validation, minus the twin"], lines)
     return out
 
 
