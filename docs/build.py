@@ -788,6 +788,29 @@ def _label_efficiency(results: Path):
                 vs_bench_scratch=cell["kd_consistent"][k] - bench_scratch[k] if k in bench_scratch else None,
                 teacher_margin=cell["teacher"][k] - cell["scratch"][k],
                 teacher_late=in_last_tenth(cell_best[k], patient["settings"]["teacher_max_epochs"])))
+    # the same as a table, and per fraction over its seeds (the benchmark's scratch, chosen on
+    # validation, is the fairer reference than the patient twin's one fixed setting)
+    out.patient.others_table = markdown_table(
+        ["labels", "seed", "benchmark's kd_consistent converged", "teacher minus twin", "kd_consistent minus twin",
+         "minus the benchmark's kd_consistent", "minus the benchmark's scratch"],
+        [[f"{100 * o.fraction:g}%", o.seed, "no" if (o.fraction, o.seed, "kd_consistent") in out.not_converged else "yes",
+          f"{o.teacher_margin:+.2f}", f"{o.vs_scratch:+.2f}", "" if o.vs_bench is None else f"{o.vs_bench:+.2f}",
+          "" if o.vs_bench_scratch is None else f"{o.vs_bench_scratch:+.2f}"] for o in out.patient.others])
+
+    def gains(values):
+        return Namespace(mean=float(sum(values) / len(values)), ahead=sum(v > 0 for v in values), seeds=len(values))
+
+    out.patient.others_by_fraction = {}
+    for f in dict.fromkeys(o.fraction for o in out.patient.others):
+        cells = [o for o in out.patient.others if o.fraction == f]
+        if len(cells) > 1 and all(o.vs_bench_scratch is not None for o in cells):
+            out.patient.others_by_fraction[f] = Namespace(
+                seeds=[o.seed for o in cells], vs_scratch=gains([o.vs_scratch for o in cells]),
+                vs_bench_scratch=gains([o.vs_bench_scratch for o in cells]),
+                twin_vs_bench=gains([o.vs_bench_scratch - o.vs_scratch for o in cells]),
+                # the twins' settings: (learning rate, augmentation) of each cell's patient scratch row
+                twin_settings=sorted({(r["lr"], str(r["augment"])) for r in patient["rows"] if r["model"] == "scratch"
+                                      and r["label_fraction"] == f and r["seed"] in [o.seed for o in cells]}))
     # a cell whose teacher was retrained between the two files (the teacher cache is per machine)
     out.patient.retrained = []
     for f in sorted({r["label_fraction"] for r in patient["rows"]}, reverse=True):
