@@ -144,7 +144,7 @@ def train_shipped(args, out: Path, runs: list[dict]) -> None:
                     distill_raw["distill"]["teacher"]["checkpoint"] = str(Path(tmp) / "teacher" / "best.pt")
                     summary = run_distill(parse_config(distill_raw, "student"), folder, data=data)
                     model = summary["student"]
-                epochs = parse_config(distill_raw, "student").train.epochs
+                epochs = distill_raw["train"]["epochs"]
                 runs.append({"student": student, "method": method, "seed": seed, "params": model["params"],
                              "accuracy": model["accuracy"], "val_accuracy": summary["val_accuracy"],
                              "best_epoch": summary["best_epoch"], "epochs": epochs, "steps": summary["steps"],
@@ -255,12 +255,14 @@ def report(args) -> None:
     # each part trains (or reuses) the same teacher: its identical rows collapse to one per seed. Under
     # ``shipped``, a part run on another machine retrains its teachers: the first row of a seed is kept,
     # and every student row records the accuracy of the teacher it read (the table names any mismatch)
+    def first_teacher(first: dict, new: dict) -> dict:
+        if first["method"] != "teacher":
+            raise SystemExit("--merge: two parts ran the same student, method and seed: merge one run of each cell")
+        return first
+
     runs = merge_rows([(path, load_runs(path)) for path in args.merge],
                       key=lambda r: (r["student"], r["method"], r["seed"]),
-                      resolve=(lambda first, new: first if first["method"] == "teacher" else None)
-                      if protocol == "shipped" else None)
-    if any(r is None for r in runs):
-        raise SystemExit("--merge: two parts ran the same student, method and seed: merge one run of each cell")
+                      resolve=first_teacher if protocol == "shipped" else None)
     teacher_runs = [r for r in runs if r["method"] == "teacher"]
     tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), args.overrides))
     specs_data = build_data(tcfg.data, seed=0, val_fraction=tcfg.train.val_fraction)

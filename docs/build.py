@@ -97,6 +97,12 @@ def pct(x: float, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f}"
 
 
+def paired_summary(diffs: list[float]) -> "Namespace":
+    """Per-seed differences as the pages read them: mean, per seed, seeds ahead, seeds."""
+    return Namespace(mean=float(sum(diffs) / len(diffs)), per_seed=list(diffs), ahead=sum(d > 0 for d in diffs),
+                     seeds=len(diffs))
+
+
 def require(condition, claim: str) -> str:
     """Stop the build when a sentence of a template no longer holds for the data."""
     if not condition:
@@ -771,8 +777,7 @@ def _label_efficiency(results: Path):
         other = label_efficiency.by(rows, 0.1, model)
         gains = [mine[k] - other[k] for k in sorted(set(mine) & set(other))]
         if gains:
-            out.patient.against[model] = Namespace(mean=float(sum(gains) / len(gains)), per_seed=gains,
-                                                   ahead=sum(g > 0 for g in gains), seeds=len(gains))
+            out.patient.against[model] = paired_summary(gains)
     # the patient rows at the other fractions (one seed each so far): against their own scratch twin,
     # against the benchmark's kd_consistent of the same cell, and the teacher's margin over that twin
     out.patient.others = []
@@ -797,17 +802,14 @@ def _label_efficiency(results: Path):
           f"{o.teacher_margin:+.2f}", f"{o.vs_scratch:+.2f}", "" if o.vs_bench is None else f"{o.vs_bench:+.2f}",
           "" if o.vs_bench_scratch is None else f"{o.vs_bench_scratch:+.2f}"] for o in out.patient.others])
 
-    def gains(values):
-        return Namespace(mean=float(sum(values) / len(values)), ahead=sum(v > 0 for v in values), seeds=len(values))
-
     out.patient.others_by_fraction = {}
     for f in dict.fromkeys(o.fraction for o in out.patient.others):
         cells = [o for o in out.patient.others if o.fraction == f]
         if len(cells) > 1 and all(o.vs_bench_scratch is not None for o in cells):
             out.patient.others_by_fraction[f] = Namespace(
-                seeds=[o.seed for o in cells], vs_scratch=gains([o.vs_scratch for o in cells]),
-                vs_bench_scratch=gains([o.vs_bench_scratch for o in cells]),
-                twin_vs_bench=gains([o.vs_bench_scratch - o.vs_scratch for o in cells]),
+                seeds=[o.seed for o in cells], vs_scratch=paired_summary([o.vs_scratch for o in cells]),
+                vs_bench_scratch=paired_summary([o.vs_bench_scratch for o in cells]),
+                twin_vs_bench=paired_summary([o.vs_bench_scratch - o.vs_scratch for o in cells]),
                 # the twins' settings: (learning rate, augmentation) of each cell's patient scratch row
                 twin_settings=sorted({(r["lr"], str(r["augment"])) for r in patient["rows"] if r["model"] == "scratch"
                                       and r["label_fraction"] == f and r["seed"] in [o.seed for o in cells]}))
@@ -844,8 +846,7 @@ def better_teachers(results: Path, rows: list[dict], label_efficiency) -> Namesp
         seeds = sorted(set(teacher) & set(twin))
 
         def against(acc: dict) -> Namespace:
-            d = [acc[k] - twin[k] for k in seeds if k in acc]
-            return Namespace(mean=float(sum(d) / len(d)), per_seed=d, ahead=sum(x > 0 for x in d), seeds=len(d))
+            return paired_summary([acc[k] - twin[k] for k in seeds if k in acc])
 
         best = max(kd, key=lambda m: val[m]) if kd else None
         t_rows = sorted((r for r in file["rows"] if r["model"] == "teacher"), key=lambda r: r["seed"])

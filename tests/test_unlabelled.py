@@ -250,12 +250,8 @@ def test_train_uses_the_labelled_samples_and_says_how_many(tmp_path, capsys):
 
 
 # --- the benchmark -----------------------------------------------------------------------------
-def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, monkeypatch):
-    """Every row of every model, and every candidate a row chose among, reports the optimisation steps
-    the engine took (their sum is every step taken), and every student of a cell had the same budget."""
-    monkeypatch.setenv("MMDISTILL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    import label_efficiency
+def count_steps(monkeypatch) -> list:
+    """A list that grows by one per optimisation step the engine takes (``Trainer._step``)."""
     from mmdistill.distill import engine
 
     taken = []
@@ -266,6 +262,16 @@ def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, mo
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(engine.Trainer, "_step", counting)
+    return taken
+
+
+def test_label_efficiency_benchmark_rows_report_the_steps_they_took(tmp_path, monkeypatch):
+    """Every row of every model, and every candidate a row chose among, reports the optimisation steps
+    the engine took (their sum is every step taken), and every student of a cell had the same budget."""
+    monkeypatch.setenv("MMDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import label_efficiency
+    taken = count_steps(monkeypatch)
     label_efficiency.main([
         "--fractions", "0.2", "1.0", "--seeds", "0", "--max-epochs", "4", "--patience", "1",
         "--teacher-epoch-steps", "2", "--teacher-max-epochs", "4", "--teacher-patience", "1", "--linear-c", "1.0",
@@ -319,16 +325,7 @@ def test_label_efficiency_chooses_the_teachers_augmentation_on_validation(tmp_pa
     monkeypatch.setenv("MMDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import label_efficiency
-    from mmdistill.distill import engine
-
-    taken = []
-    step = engine.Trainer._step
-
-    def counting(self, *args, **kwargs):
-        taken.append(1)
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine.Trainer, "_step", counting)
+    taken = count_steps(monkeypatch)
     label_efficiency.main([
         "--fractions", "0.2", "--seeds", "0", "--models", "teacher", "kd_t4", "--max-epochs", "3", "--patience", "1",
         "--teacher-epoch-steps", "2", "--teacher-max-epochs", "4", "--teacher-patience", "1", "--teacher-augment", "off", "on",
