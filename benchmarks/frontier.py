@@ -13,7 +13,8 @@ methods. Two protocols (``--protocol``):
   augmented-view cache, chosen on validation by demo_recipe.py) with only the model swapped, beside
   the demo's scratch twin of that recipe; each seed reads its own seed's packaged teacher, as the
   demo does. Each row records its best epoch and the machine it ran on; a part that is stopped and
-  started again with the same arguments reruns only the runs its file lacks.
+  started again with the same arguments reruns only the runs its file lacks, and continues a run it
+  stopped in the middle from its last complete epoch (run directories under ``<part>.runs/``).
 Cost is measured where the model runs: exported to ONNX and timed with ONNX Runtime on one
 thread (batch 1 latency p50, batch 64 throughput), in one process, alone.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +55,7 @@ from mmdistill.demo import SCRATCH_TWIN, recipe, scratch_recipe, train_or_reuse_
 from mmdistill.distill.engine import in_last_tenth
 from mmdistill.evaluate import evaluate_model
 from mmdistill.models import build_model, count_parameters
+from mmdistill.rundir import BEST, STATE, SUMMARY
 from mmdistill.runs import load_data, run_distill, run_train
 
 MODALITIES = ("audio", "image")
@@ -116,10 +119,31 @@ def shipped_recipes(student: str, seed: int, args) -> tuple[dict, dict]:
     return raw, scratch_recipe(raw, SCRATCH_TWIN)
 
 
+def shipped_run(method: str, distill_raw: dict, twin_raw: dict, folder: Path, data) -> tuple[dict, dict, bool]:
+    """(summary, model metrics, resumed) of one ``shipped`` run in ``folder``: a finished run's summary
+    is read back, an interrupted one (a training state after some epoch) continues bit for bit
+    (:func:`mmdistill.runs.check_resumable`), any other folder starts again."""
+    if (folder / SUMMARY).is_file():
+        summary = json.loads((folder / SUMMARY).read_text())
+        return summary, summary["model" if method == "scratch" else "student"], False
+    resume = (folder / STATE).is_file()
+    run, cfg = (run_train, twin_raw) if method == "scratch" else (run_distill, distill_raw)
+    kwargs = {"log": None} if method == "scratch" else {}
+    summary = run(parse_config(cfg, "student"), folder, data=data, resume=resume,
+                  overwrite=folder.exists() and not resume, **kwargs)
+    return summary, summary["model" if method == "scratch" else "student"], resume
+
+
 def train_shipped(args, out: Path, runs: list[dict]) -> None:
     """The ``shipped`` protocol: per student and seed, the scratch twin and the packaged recipe; the
-    runs already in ``runs`` (a part started again) are skipped."""
+    runs already in ``runs`` (a part started again) are skipped.
+
+    Each run writes its run directory under ``<part>.runs/`` beside the part file, with the seed's
+    teacher copied there, so a part stopped in the middle of a run (a killed process, a session's end)
+    continues that run from its last complete epoch when started again; a run's folder is removed once
+    its row is in the part file."""
     done = {(r["student"], r["method"], r["seed"]) for r in runs}
+    work = out.with_suffix(".runs")
     for seed in args.seeds:
         todo = [(s, m) for s in args.students or list(STUDENTS) for m in ("scratch", RECIPE) if (s, m, seed) not in done]
         if not todo:
@@ -127,35 +151,41 @@ def train_shipped(args, out: Path, runs: list[dict]) -> None:
         tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), [
             f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]), "teacher")
         data = load_data(tcfg)
-        with tempfile.TemporaryDirectory() as tmp:
-            teacher = train_or_reuse_teacher(tcfg, data, Path(tmp) / "teacher", print, reuse=True)
-            if ("teacher", "teacher", seed) not in done:
-                runs.append({"student": "teacher", "method": "teacher", "seed": seed,
-                             "params": teacher["model"]["params"], "accuracy": teacher["model"]["accuracy"],
-                             "teacher_seed": seed, "machine": machine()})
-            for student, method in todo:
-                distill_raw, twin_raw = shipped_recipes(student, seed, args)
-                start = time.perf_counter()
-                folder = Path(tmp) / f"{student}_{method}".replace(" ", "_")
-                if method == "scratch":
-                    summary = run_train(parse_config(twin_raw, "student"), folder, data=data, log=None)
-                    model = summary["model"]
-                else:
-                    distill_raw["distill"]["teacher"]["checkpoint"] = str(Path(tmp) / "teacher" / "best.pt")
-                    summary = run_distill(parse_config(distill_raw, "student"), folder, data=data)
-                    model = summary["student"]
-                epochs = distill_raw["train"]["epochs"]
-                runs.append({"student": student, "method": method, "seed": seed, "params": model["params"],
-                             "accuracy": model["accuracy"], "val_accuracy": summary["val_accuracy"],
-                             "best_epoch": summary["best_epoch"], "epochs": epochs, "steps": summary["steps"],
-                             "teacher_accuracy": teacher["model"]["accuracy"],
-                             "teacher_agreement": model.get("teacher_agreement"),
-                             "seconds": round(time.perf_counter() - start, 1),
-                             "train_seconds": summary.get("train_seconds"), "machine": machine()})
-                r = runs[-1]
-                print(f"seed {seed} {student:28s} {method:8s} test {r['accuracy']:.4f} val {r['val_accuracy']:.4f} "
-                      f"best epoch {r['best_epoch']} of {epochs} ({r['seconds']:.0f} s)", flush=True)
-                out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
+        folder = work / f"seed{seed}"
+        if (folder / "teacher" / SUMMARY).is_file() and (folder / "teacher" / BEST).is_file():
+            teacher = json.loads((folder / "teacher" / SUMMARY).read_text())
+        else:
+            shutil.rmtree(folder / "teacher", ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            teacher = train_or_reuse_teacher(tcfg, data, folder / "teacher", print, reuse=True)
+        if ("teacher", "teacher", seed) not in done:
+            runs.append({"student": "teacher", "method": "teacher", "seed": seed,
+                         "params": teacher["model"]["params"], "accuracy": teacher["model"]["accuracy"],
+                         "teacher_seed": seed, "machine": machine()})
+        for student, method in todo:
+            distill_raw, twin_raw = shipped_recipes(student, seed, args)
+            distill_raw["distill"]["teacher"]["checkpoint"] = str((folder / "teacher" / BEST).resolve())
+            start = time.perf_counter()
+            run_folder = folder / f"{student}_{method}".replace(" ", "_")
+            summary, model, resumed = shipped_run(method, distill_raw, twin_raw, run_folder, data)
+            epochs = distill_raw["train"]["epochs"]
+            runs.append({"student": student, "method": method, "seed": seed, "params": model["params"],
+                         "accuracy": model["accuracy"], "val_accuracy": summary["val_accuracy"],
+                         "best_epoch": summary["best_epoch"], "epochs": epochs, "steps": summary["steps"],
+                         "teacher_accuracy": teacher["model"]["accuracy"],
+                         "teacher_agreement": model.get("teacher_agreement"),
+                         "seconds": round(time.perf_counter() - start, 1),
+                         "train_seconds": summary.get("train_seconds"), "machine": machine(),
+                         **({"resumed": True} if resumed else {})})
+            r = runs[-1]
+            print(f"seed {seed} {student:28s} {method:8s} test {r['accuracy']:.4f} val {r['val_accuracy']:.4f} "
+                  f"best epoch {r['best_epoch']} of {epochs} ({r['seconds']:.0f} s{', resumed' if resumed else ''})",
+                  flush=True)
+            out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
+            shutil.rmtree(run_folder)
+        shutil.rmtree(folder)  # every run of this seed has its row
+    if work.is_dir() and not any(work.iterdir()):
+        work.rmdir()
 
 
 def run_one(student: str, method: str, seed: int, teacher, data, args) -> dict:

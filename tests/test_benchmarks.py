@@ -92,13 +92,16 @@ def test_frontier_chooses_each_students_method_on_validation_and_pairs_seeds(tmp
     assert "| teacher |" in (tmp_path / "frontier.md").read_text()
 
 
-def test_frontier_shipped_protocol_trains_each_student_under_the_packaged_recipe_and_resumes(tmp_path, fifth_data_root):
+def test_frontier_shipped_protocol_trains_each_student_under_the_packaged_recipe_and_resumes(tmp_path, fifth_data_root,
+                                                                                              monkeypatch):
     """``--protocol shipped``: each student under the packaged recipe (its augmentation and view cache)
     beside the demo's twin, the packaged student's model exactly the demo's; rows record best epochs,
     the teacher read and the machine; a second call reruns nothing, one with other --set is refused."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import frontier
+    from mmdistill.config import parse_config
     from mmdistill.demo import recipe
+    from mmdistill.runs import load_data
 
     args = frontier.argparse.Namespace(device="cpu", epochs=None, overrides=[])
     packaged = next(s for s, c in frontier.STUDENTS.items() if c["encoders"] == recipe("av_digits_student")["model"]["encoders"])
@@ -137,6 +140,25 @@ def test_frontier_shipped_protocol_trains_each_student_under_the_packaged_recipe
     assert (row["scratch_best_epoch"], row["distilled_best_epoch"]) == (by["scratch"]["best_epoch"], by["recipe"]["best_epoch"])
     table = (tmp_path / "frontier.md").read_text()
     assert "best epochs: scratch; distilled" in table and "(of 2)" in table and "retrained on another machine" not in table
+    assert not (tmp_path / "part.runs").exists()  # each run's folder goes once its row is written
+
+    # a part stopped in the middle of a run (killed after its last training state, before its
+    # summary) continues that run when started again instead of training it anew
+    monkeypatch.setenv("MMDISTILL_DATA", str(fifth_data_root))
+    args = frontier.argparse.Namespace(device="cpu", epochs=None, overrides=[s for s in tiny[2:] if s != "--set"])
+    _, twin = frontier.shipped_recipes("conv[8,16] pool2", 0, args)
+    folder = tmp_path / "part.runs" / "seed0" / "conv[8,16]_pool2_scratch"
+    whole, _, _ = frontier.shipped_run("scratch", None, twin, folder, load_data(parse_config(twin, "student")))
+    for name in ("summary.json", "metrics.json"):
+        (folder / name).unlink()
+    (folder / "run.json").write_text(json.dumps({**json.loads((folder / "run.json").read_text()), "status": "running"}))
+    held = json.loads((tmp_path / "part.json").read_text())
+    held["runs"] = [r for r in held["runs"] if r["method"] != "scratch"]
+    (tmp_path / "part.json").write_text(json.dumps(held))
+    again = {r["method"]: r for r in run_benchmark(tmp_path, fifth_data_root, *call, script="frontier.py")["runs"]}
+    assert again["scratch"]["resumed"] is True and "resumed" not in again["recipe"]
+    assert (again["scratch"]["accuracy"], again["scratch"]["best_epoch"]) == (whole["model"]["accuracy"], whole["best_epoch"])
+    assert not (tmp_path / "part.runs").exists()
 
 
 def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_scratch(tmp_path, fifth_data_root):
