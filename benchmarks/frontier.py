@@ -218,8 +218,9 @@ def chosen_methods(runs: list[dict], seed: int = 0) -> dict[str, str]:
     return {s: b[2] for s, b in best.items()}
 
 
-#: the arguments a part's file must share with the call that adds runs to it
-SAME_ARGS = ("protocol", "epochs", "overrides", "teacher_seed", "device")
+#: the arguments a ``shipped`` part's file must share with the call that adds runs to it (not
+#: ``--teacher-seed``: under ``shipped`` each seed reads its own seed's teacher)
+SAME_ARGS = ("protocol", "epochs", "overrides", "device")
 
 
 def train_part(args) -> None:
