@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -59,6 +60,51 @@ def machine() -> dict:
         cpu = {"name": fields.get("model name", cpu["name"]),
                **{k.replace(" ", "_"): fields[k] for k in ("cpu family", "model", "stepping") if k in fields}}
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def runs_folder(result: Path) -> Path:
+    """Where a benchmark keeps the run directories of its unfinished runs: ``<result>.runs/`` beside
+    its result file (ignored by git), so a benchmark stopped in the middle of a run (a killed
+    process, a session's end) continues that run when started again (:func:`resumable_run`)."""
+    return result.with_suffix(".runs")
+
+
+def packaged_teacher(overrides: list[str], folder: Path, log=print):
+    """(teacher config, data, teacher summary) of the packaged teacher recipe with ``overrides``
+    (seed, device, ``--set``), its run in ``folder``: kept there from an earlier call, else copied
+    from ``$MMDISTILL_CACHE/teachers`` (or trained and cached) as ``mmdistill demo`` does.
+    ``folder / "best.pt"`` stays the teacher checkpoint's path for as long as ``folder`` is kept,
+    so a distillation that reads it can be resumed."""
+    from mmdistill.demo import recipe, train_or_reuse_teacher
+    from mmdistill.rundir import BEST, SUMMARY
+    from mmdistill.runs import load_data
+
+    tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), overrides), "teacher")
+    data = load_data(tcfg)
+    if (folder / SUMMARY).is_file() and (folder / BEST).is_file():
+        return tcfg, data, json.loads((folder / SUMMARY).read_text())
+    shutil.rmtree(folder, ignore_errors=True)  # a copy or a training that was stopped
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return tcfg, data, train_or_reuse_teacher(tcfg, data, folder, log, reuse=True)
+
+
+def resumable_run(raw: dict, folder: Path, data) -> tuple[dict, dict, bool]:
+    """(summary, the trained model's test metrics, resumed) of the run of recipe ``raw`` (a distillation
+    when it has a ``distill`` section, else training) in ``folder``: a finished run's summary is read
+    back, an interrupted one (a training state after some epoch) continues bit for bit
+    (:func:`mmdistill.runs.check_resumable` refuses it if ``raw`` changed), any other folder starts again."""
+    from mmdistill.rundir import STATE, SUMMARY
+    from mmdistill.runs import run_distill, run_train
+
+    key = "student" if raw.get("distill") else "model"
+    if (folder / SUMMARY).is_file():
+        summary = json.loads((folder / SUMMARY).read_text())
+        return summary, summary[key], False
+    resume = (folder / STATE).is_file()
+    cfg = parse_config(raw, "student")
+    options = {"data": data, "resume": resume, "overwrite": folder.exists() and not resume}
+    summary = run_distill(cfg, folder, **options) if raw.get("distill") else run_train(cfg, folder, log=None, **options)
+    return summary, summary[key], resume
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

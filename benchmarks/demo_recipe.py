@@ -24,7 +24,8 @@ validation accuracy still grows with twice the epochs was not converged. Each ro
 best epoch, the steps it took and its training time.
 
 Rows go to ``benchmarks/results/demo_recipe.json`` (resumable: a row already there for the same
-seed, candidate and epochs is not rerun) with a markdown table beside it. Seeds run as separate
+seed, candidate and epochs is not rerun, and a run stopped in the middle continues from its last
+complete epoch, its run directory kept under ``demo_recipe.runs/`` until its row is written) with a markdown table beside it. Seeds run as separate
 processes write their own files (``--name demo_recipe_s1``); ``--merge A.json B.json`` adds their
 rows to ``--name``'s. A file records its ``--set`` overrides and takes rows run with the same ones only. Below the table, the choice on validation: the scratch twin is the scratch
 candidate with the best mean validation accuracy, the recipe the distillation candidate with the
@@ -35,17 +36,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, machine, markdown_table, mean_std, merge_rows, plain_student_recipe
+from _common import (RESULTS, machine, markdown_table, mean_std, merge_rows, packaged_teacher, plain_student_recipe,
+                     resumable_run, runs_folder)
 
-from mmdistill.config import apply_overrides, parse_config
-from mmdistill.demo import recipe, train_or_reuse_teacher
+from mmdistill.config import apply_overrides
 from mmdistill.distill.engine import in_last_tenth
-from mmdistill.runs import load_data, run_distill, run_train
 
 KD = lambda t: {"name": "kd", "weight": 1.0, "temperature": t}  # noqa: E731
 NST = [{"name": "nst", "weight": 0.5, "student": f"encoders.{m}.features", "teacher": f"encoders.{m}.features"}
@@ -114,37 +114,36 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
     if not todo:
         return
     common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
-    tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), common), "teacher")
-    data = load_data(tcfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        teacher = train_or_reuse_teacher(tcfg, data, Path(tmp) / "teacher", print, reuse=True)
-        for name, epochs in todo:
-            kind, overrides, terms = CANDIDATES[name]
-            raw = apply_overrides(plain_student_recipe(), [*common, f"train.epochs={epochs}", *overrides])
-            start = time.perf_counter()
-            out = Path(tmp) / f"{name}_{epochs}"
-            if kind == "scratch":
-                raw.pop("distill")
-                summary = run_train(parse_config(raw, "student"), out, data=data, log=None)
-                model = summary["model"]
-            else:
-                raw["distill"]["terms"] = terms
-                raw["distill"]["teacher"]["checkpoint"] = str(Path(tmp) / "teacher" / "best.pt")
-                summary = run_distill(parse_config(raw, "student"), out, data=data)
-                model = summary["student"]
-            history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            row = {"seed": seed, "candidate": name, "kind": kind, "epochs": epochs,
-                   "val_accuracy": summary["val_accuracy"], "accuracy": model["accuracy"],
-                   "best_epoch": summary["best_epoch"], "steps": summary["steps"],
-                   "train_accuracy_last": history[-1].get("train_accuracy"),
-                   "teacher_accuracy": teacher["model"]["accuracy"],
-                   "teacher_agreement": model.get("teacher_agreement"),
-                   "seconds": round(time.perf_counter() - start, 1), "train_seconds": summary.get("train_seconds"),
-                   "overrides": overrides, "terms": terms, "machine": machine()}
-            results["rows"].append(row)
-            path.write_text(json.dumps(results, indent=2) + "\n")
-            print(f"seed {seed} {name} ({epochs} epochs): val {row['val_accuracy']:.4f} test {row['accuracy']:.4f} "
-                  f"best epoch {row['best_epoch']} ({row['seconds']} s)", flush=True)
+    folder = runs_folder(path) / f"seed{seed}"  # kept until the seed's rows are written: a stopped run resumes
+    _, data, teacher = packaged_teacher(common, folder / "teacher")
+    for name, epochs in todo:
+        kind, overrides, terms = CANDIDATES[name]
+        raw = apply_overrides(plain_student_recipe(), [*common, f"train.epochs={epochs}", *overrides])
+        if kind == "scratch":
+            raw.pop("distill")
+        else:
+            raw["distill"]["terms"] = terms
+            raw["distill"]["teacher"]["checkpoint"] = str((folder / "teacher" / "best.pt").resolve())
+        start = time.perf_counter()
+        out = folder / f"{name}_{epochs}"
+        summary, model, resumed = resumable_run(raw, out, data)
+        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        row = {"seed": seed, "candidate": name, "kind": kind, "epochs": epochs,
+               "val_accuracy": summary["val_accuracy"], "accuracy": model["accuracy"],
+               "best_epoch": summary["best_epoch"], "steps": summary["steps"],
+               "train_accuracy_last": history[-1].get("train_accuracy"),
+               "teacher_accuracy": teacher["model"]["accuracy"],
+               "teacher_agreement": model.get("teacher_agreement"),
+               "seconds": round(time.perf_counter() - start, 1), "train_seconds": summary.get("train_seconds"),
+               "overrides": overrides, "terms": terms, "machine": machine(), **({"resumed": True} if resumed else {})}
+        results["rows"].append(row)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        shutil.rmtree(out)
+        print(f"seed {seed} {name} ({epochs} epochs): val {row['val_accuracy']:.4f} test {row['accuracy']:.4f} "
+              f"best epoch {row['best_epoch']} ({row['seconds']} s{', resumed' if resumed else ''})", flush=True)
+    shutil.rmtree(folder)
+    if not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
 
 
 def runs_of(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict]]:

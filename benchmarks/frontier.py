@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from _common import (RESULTS, fmt, load_runs, machine, markdown_table, mean_std, merge_rows, paired_gain,
-                     plain_student_recipe, result_file)
+from _common import (RESULTS, fmt, load_runs, machine, markdown_table, mean_std, merge_rows, packaged_teacher,
+                     paired_gain, plain_student_recipe, result_file, resumable_run, runs_folder)
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -55,8 +55,7 @@ from mmdistill.demo import SCRATCH_TWIN, recipe, scratch_recipe, train_or_reuse_
 from mmdistill.distill.engine import in_last_tenth
 from mmdistill.evaluate import evaluate_model
 from mmdistill.models import build_model, count_parameters
-from mmdistill.rundir import BEST, STATE, SUMMARY
-from mmdistill.runs import load_data, run_distill, run_train
+from mmdistill.rundir import BEST
 
 MODALITIES = ("audio", "image")
 
@@ -119,45 +118,23 @@ def shipped_recipes(student: str, seed: int, args) -> tuple[dict, dict]:
     return raw, scratch_recipe(raw, SCRATCH_TWIN)
 
 
-def shipped_run(method: str, distill_raw: dict, twin_raw: dict, folder: Path, data) -> tuple[dict, dict, bool]:
-    """(summary, model metrics, resumed) of one ``shipped`` run in ``folder``: a finished run's summary
-    is read back, an interrupted one (a training state after some epoch) continues bit for bit
-    (:func:`mmdistill.runs.check_resumable`), any other folder starts again."""
-    if (folder / SUMMARY).is_file():
-        summary = json.loads((folder / SUMMARY).read_text())
-        return summary, summary["model" if method == "scratch" else "student"], False
-    resume = (folder / STATE).is_file()
-    run, cfg = (run_train, twin_raw) if method == "scratch" else (run_distill, distill_raw)
-    kwargs = {"log": None} if method == "scratch" else {}
-    summary = run(parse_config(cfg, "student"), folder, data=data, resume=resume,
-                  overwrite=folder.exists() and not resume, **kwargs)
-    return summary, summary["model" if method == "scratch" else "student"], resume
-
-
 def train_shipped(args, out: Path, runs: list[dict]) -> None:
     """The ``shipped`` protocol: per student and seed, the scratch twin and the packaged recipe; the
     runs already in ``runs`` (a part started again) are skipped.
 
     Each run writes its run directory under ``<part>.runs/`` beside the part file, with the seed's
-    teacher copied there, so a part stopped in the middle of a run (a killed process, a session's end)
-    continues that run from its last complete epoch when started again; a run's folder is removed once
-    its row is in the part file."""
+    teacher copied there (:func:`_common.runs_folder`), so a part stopped in the middle of a run
+    continues that run from its last complete epoch when started again; a run's folder is removed
+    once its row is in the part file."""
     done = {(r["student"], r["method"], r["seed"]) for r in runs}
-    work = out.with_suffix(".runs")
+    work = runs_folder(out)
     for seed in args.seeds:
         todo = [(s, m) for s in args.students or list(STUDENTS) for m in ("scratch", RECIPE) if (s, m, seed) not in done]
         if not todo:
             continue
-        tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), [
-            f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]), "teacher")
-        data = load_data(tcfg)
         folder = work / f"seed{seed}"
-        if (folder / "teacher" / SUMMARY).is_file() and (folder / "teacher" / BEST).is_file():
-            teacher = json.loads((folder / "teacher" / SUMMARY).read_text())
-        else:
-            shutil.rmtree(folder / "teacher", ignore_errors=True)
-            folder.mkdir(parents=True, exist_ok=True)
-            teacher = train_or_reuse_teacher(tcfg, data, folder / "teacher", print, reuse=True)
+        _, data, teacher = packaged_teacher([f"seed={seed}", f"device={args.device}", "train.progress=false",
+                                             *args.overrides], folder / "teacher")
         if ("teacher", "teacher", seed) not in done:
             runs.append({"student": "teacher", "method": "teacher", "seed": seed,
                          "params": teacher["model"]["params"], "accuracy": teacher["model"]["accuracy"],
@@ -167,7 +144,7 @@ def train_shipped(args, out: Path, runs: list[dict]) -> None:
             distill_raw["distill"]["teacher"]["checkpoint"] = str((folder / "teacher" / BEST).resolve())
             start = time.perf_counter()
             run_folder = folder / f"{student}_{method}".replace(" ", "_")
-            summary, model, resumed = shipped_run(method, distill_raw, twin_raw, run_folder, data)
+            summary, model, resumed = resumable_run(twin_raw if method == "scratch" else distill_raw, run_folder, data)
             epochs = distill_raw["train"]["epochs"]
             runs.append({"student": student, "method": method, "seed": seed, "params": model["params"],
                          "accuracy": model["accuracy"], "val_accuracy": summary["val_accuracy"],

@@ -148,7 +148,7 @@ def test_frontier_shipped_protocol_trains_each_student_under_the_packaged_recipe
     args = frontier.argparse.Namespace(device="cpu", epochs=None, overrides=[s for s in tiny[2:] if s != "--set"])
     _, twin = frontier.shipped_recipes("conv[8,16] pool2", 0, args)
     folder = tmp_path / "part.runs" / "seed0" / "conv[8,16]_pool2_scratch"
-    whole, _, _ = frontier.shipped_run("scratch", None, twin, folder, load_data(parse_config(twin, "student")))
+    whole, _, _ = frontier.resumable_run(twin, folder, load_data(parse_config(twin, "student")))
     for name in ("summary.json", "metrics.json"):
         (folder / name).unlink()
     (folder / "run.json").write_text(json.dumps({**json.loads((folder / "run.json").read_text()), "status": "running"}))
@@ -177,6 +177,7 @@ def test_demo_recipe_search_scores_candidates_on_validation_and_pairs_them_with_
     assert rows["kd_t2"]["terms"] == [{"name": "kd", "weight": 1.0, "temperature": 2.0}]
     again = run_benchmark(tmp_path, fifth_data_root, *args, script="demo_recipe.py")
     assert again["rows"] == first["rows"]  # resumable: nothing reran
+    assert not (tmp_path / "search.runs").exists()  # the run directories go once their rows are written
     table = (tmp_path / "search.md").read_text()
     gain = rows["kd_t2"]["accuracy"] - rows["scratch"]["accuracy"]
     assert f"{100 * gain:+.2f} ({int(gain > 0)}/1)" in table
