@@ -111,10 +111,11 @@ def main() -> None:
 def run_seed(seed: int, args, results: dict, path: Path) -> None:
     done = {(r["seed"], r["candidate"], r["epochs"]) for r in results["rows"]}
     todo = [(c, e) for e in args.epochs for c in args.candidates if (seed, c, e) not in done]
-    if not todo:
+    folder = runs_folder(path) / f"seed{seed}"  # kept until the seed's rows are written: a stopped run resumes
+    if not todo:  # (a folder left by a process stopped after its last row was written goes too)
+        shutil.rmtree(folder, ignore_errors=True)
         return
     common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
-    folder = runs_folder(path) / f"seed{seed}"  # kept until the seed's rows are written: a stopped run resumes
     _, data, teacher = packaged_teacher(common, folder / "teacher")
     for name, epochs in todo:
         kind, overrides, terms = CANDIDATES[name]
@@ -134,13 +135,15 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
                "train_accuracy_last": history[-1].get("train_accuracy"),
                "teacher_accuracy": teacher["model"]["accuracy"],
                "teacher_agreement": model.get("teacher_agreement"),
-               "seconds": round(time.perf_counter() - start, 1), "train_seconds": summary.get("train_seconds"),
+               # a resumed run's time is not known (only its last process's): none is recorded
+               "seconds": None if resumed else round(time.perf_counter() - start, 1),
+               "train_seconds": None if resumed else summary.get("train_seconds"),
                "overrides": overrides, "terms": terms, "machine": machine(), **({"resumed": True} if resumed else {})}
         results["rows"].append(row)
         path.write_text(json.dumps(results, indent=2) + "\n")
         shutil.rmtree(out)
         print(f"seed {seed} {name} ({epochs} epochs): val {row['val_accuracy']:.4f} test {row['accuracy']:.4f} "
-              f"best epoch {row['best_epoch']} ({row['seconds']} s{', resumed' if resumed else ''})", flush=True)
+              f"best epoch {row['best_epoch']} ({'resumed' if resumed else str(row['seconds']) + ' s'})", flush=True)
     shutil.rmtree(folder)
     if not any(folder.parent.iterdir()):
         folder.parent.rmdir()

@@ -130,9 +130,10 @@ def train_shipped(args, out: Path, runs: list[dict]) -> None:
     work = runs_folder(out)
     for seed in args.seeds:
         todo = [(s, m) for s in args.students or list(STUDENTS) for m in ("scratch", RECIPE) if (s, m, seed) not in done]
-        if not todo:
-            continue
         folder = work / f"seed{seed}"
+        if not todo:  # (a folder left by a process stopped after its last row was written goes too)
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
         _, data, teacher = packaged_teacher([f"seed={seed}", f"device={args.device}", "train.progress=false",
                                              *args.overrides], folder / "teacher")
         if ("teacher", "teacher", seed) not in done:
@@ -151,13 +152,14 @@ def train_shipped(args, out: Path, runs: list[dict]) -> None:
                          "best_epoch": summary["best_epoch"], "epochs": epochs, "steps": summary["steps"],
                          "teacher_accuracy": teacher["model"]["accuracy"],
                          "teacher_agreement": model.get("teacher_agreement"),
-                         "seconds": round(time.perf_counter() - start, 1),
-                         "train_seconds": summary.get("train_seconds"), "machine": machine(),
+                         # a resumed run's time is not known (only its last process's): none is recorded
+                         "seconds": None if resumed else round(time.perf_counter() - start, 1),
+                         "train_seconds": None if resumed else summary.get("train_seconds"), "machine": machine(),
                          **({"resumed": True} if resumed else {})})
             r = runs[-1]
+            took = "resumed" if resumed else f"{r['seconds']:.0f} s"
             print(f"seed {seed} {student:28s} {method:8s} test {r['accuracy']:.4f} val {r['val_accuracy']:.4f} "
-                  f"best epoch {r['best_epoch']} of {epochs} ({r['seconds']:.0f} s{', resumed' if resumed else ''})",
-                  flush=True)
+                  f"best epoch {r['best_epoch']} of {epochs} ({took})", flush=True)
             out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
             shutil.rmtree(run_folder)
         shutil.rmtree(folder)  # every run of this seed has its row

@@ -157,6 +157,7 @@ def test_frontier_shipped_protocol_trains_each_student_under_the_packaged_recipe
     (tmp_path / "part.json").write_text(json.dumps(held))
     again = {r["method"]: r for r in run_benchmark(tmp_path, fifth_data_root, *call, script="frontier.py")["runs"]}
     assert again["scratch"]["resumed"] is True and "resumed" not in again["recipe"]
+    assert again["scratch"]["seconds"] is None and again["recipe"]["seconds"] > 0  # a resumed run's time is unknown
     assert (again["scratch"]["accuracy"], again["scratch"]["best_epoch"]) == (whole["model"]["accuracy"], whole["best_epoch"])
     assert not (tmp_path / "part.runs").exists()
 
