@@ -66,6 +66,14 @@ labels than training does at small fractions, equally for every model. Nothing i
     python benchmarks/label_efficiency.py --fractions 0.02 --models teacher kd_t4 kd_consistent \
         --max-epochs 120 --patience 20 --teacher-max-epochs 100 --teacher-patience 20 --teacher-augment off on \
         --choices none --name benchmarks/results/label_efficiency_teacher_aug
+    # at 10% of the labels, every row patient and the teacher's augmentation chosen on validation, one
+    # part per seed (--seeds 0, 1, 2), then merged with the same settings flags
+    python benchmarks/label_efficiency.py --fractions 0.1 --seeds 0 --models teacher linear scratch pseudo_label \
+        kd_t4 kd_pseudo kd_consistent --max-epochs 120 --patience 20 --teacher-max-epochs 100 --teacher-patience 20 \
+        --teacher-augment off on --scratch-augment off on recipe --choices none \
+        --name benchmarks/results/label_efficiency_tenth_parts/s0
+    python benchmarks/label_efficiency.py <the same settings flags> \
+        --merge benchmarks/results/label_efficiency_tenth_parts/s*.json --name benchmarks/results/label_efficiency_tenth
 
 Results are written after every model, and a second run with the same settings resumes: finished
 (fraction, seed, model) rows are kept, not run again. The committed results of the earlier,

@@ -688,6 +688,24 @@ def _auto(results: Path):
                                                                   and e["view"] == d["view"]) for d in data["diagnose"]]))
 
 
+def tenth_goal(summary: dict) -> Namespace | None:
+    """Issue 22's goals at a tenth of the labels, read from a label-efficiency summary: the best KD row
+    on validation, the share of the teacher-scratch gap it closes (goal: three quarters) and its margin
+    over pseudo-labelling (goal: >= 0), over the seeds every model involved has; None until the
+    teacher, scratch, pseudo-labelling and a KD row have run."""
+    e = summary.get("0.1")
+    if not (e and e["best_kd"] and all(m in e["models"] for m in ("teacher", "scratch", "pseudo_label"))):
+        return None
+    best = e["models"][e["best_kd"]]
+    goal = Namespace(best=e["best_kd"], model=best, teacher=e["models"]["teacher"],
+                     scratch=e["models"]["scratch"], pseudo=e["models"]["pseudo_label"],
+                     gap=best.get("gap_closed"), vs_pseudo=best.get("vs_pseudo_label"), vs_scratch=best.get("vs_scratch"),
+                     seeds=sorted(set(best["seeds"]) & set(e["models"]["pseudo_label"]["seeds"])))
+    goal.gap_met = goal.gap is not None and goal.gap["mean"] >= 0.75
+    goal.pseudo_met = goal.vs_pseudo is not None and goal.vs_pseudo["mean"] >= 0
+    return goal
+
+
 @source("label_efficiency")
 def _label_efficiency(results: Path):
     """benchmarks/label_efficiency.py (converged budgets): teacher, a linear baseline, scratch,
@@ -735,17 +753,7 @@ def _label_efficiency(results: Path):
                                  for lr, aug in tried("scratch", ("lr", "augment"))) or "none run yet"
     out.thresholds = ", ".join(f"{t:g}" for (t,) in tried("pseudo_label", ("threshold",))) or "none run yet"
     # the goals at a tenth of the labels, over the seeds every model involved has
-    e = summary.get("0.1")
-    out.goal = None
-    if e and e["best_kd"] and all(m in e["models"] for m in ("teacher", "scratch", "pseudo_label")):
-        best = e["models"][e["best_kd"]]
-        out.goal = Namespace(best=e["best_kd"], model=best, teacher=e["models"]["teacher"],
-                             scratch=e["models"]["scratch"], pseudo=e["models"]["pseudo_label"],
-                             gap=best.get("gap_closed"), vs_pseudo=best.get("vs_pseudo_label"),
-                             vs_scratch=best.get("vs_scratch"),
-                             seeds=sorted(set(best["seeds"]) & set(e["models"]["pseudo_label"]["seeds"])))
-        out.goal.gap_met = out.goal.gap is not None and out.goal.gap["mean"] >= 0.75
-        out.goal.pseudo_met = out.goal.vs_pseudo is not None and out.goal.vs_pseudo["mean"] >= 0
+    out.goal = tenth_goal(summary)
     # distilled (best KD row on validation) > scratch at every fraction up to a quarter of the labels
     out.wins = [(float(f), e["best_kd"], e["models"][e["best_kd"]].get("vs_scratch")) for f, e in summary.items()
                 if float(f) <= 0.25 and e["best_kd"]]
@@ -820,7 +828,37 @@ def _label_efficiency(results: Path):
         out.patient.retrained += [(f, k, teacher[k], p_teacher[k]) for k in sorted(set(teacher) & set(p_teacher))
                                   if abs(teacher[k] - p_teacher[k]) > 1e-6]
     out.teachers = better_teachers(results, rows, label_efficiency)
+    out.tenth = patient_tenth(results, rows, label_efficiency)
     return out
+
+
+def patient_tenth(results: Path, rows: list[dict], label_efficiency) -> Namespace:
+    """A tenth of the labels with every row retrained at a patient budget, the teacher's augmentation
+    chosen on validation (``label_efficiency_tenth.json``): its table, issue 22's goals read from it
+    (:func:`tenth_goal`), and each row per seed against the benchmark's row of the same cell."""
+    f = 0.1
+    data = _load(results, "label_efficiency_tenth.json")
+    require({r["label_fraction"] for r in data["rows"]} == {f}, "the patient tenth run is at 10% of the labels only")
+    summary = label_efficiency.summarise(data["rows"])
+    e = summary[str(f)]
+    # (the linear baseline is left out: it is the benchmark's own, deterministic and no budget's)
+    models = ["teacher", "scratch", "pseudo_label", *[m for m in label_efficiency.KD_ROWS if m in e["models"]]]
+    seeds = sorted({r["seed"] for r in data["rows"]})
+    lines, shift = [], {}
+    for m in models:
+        mine, bench = label_efficiency.by(data["rows"], f, m), label_efficiency.by(rows, f, m)
+        common = sorted(set(mine) & set(bench))
+        if common:
+            shift[m] = paired_summary([mine[k] - bench[k] for k in common])
+            lines.append([m + (" (best KD on val)" if m == e["best_kd"] else ""),
+                          *[f"{mine[k] - bench[k]:+.2f}" if k in common else "" for k in seeds],
+                          f"{shift[m].mean:+.2f} ({shift[m].ahead}/{shift[m].seeds})"])
+    teachers = sorted((r for r in data["rows"] if r["model"] == "teacher"), key=lambda r: r["seed"])
+    return Namespace(settings=data["settings"], summary=summary, seeds=seeds, goal=tenth_goal(summary), shift=shift,
+                     table=label_efficiency.markdown(data["rows"], summary, data["settings"]),
+                     vs_bench=markdown_table(["model", *[f"seed {k}" for k in seeds], "mean (ahead)"], lines),
+                     teacher_augmented=[r["seed"] for r in teachers if r.get("augment")],
+                     teacher_plain=[r["seed"] for r in teachers if not r.get("augment")])
 
 
 def better_teachers(results: Path, rows: list[dict], label_efficiency) -> Namespace:
