@@ -791,7 +791,6 @@ def _label_efficiency(results: Path):
     out.patient.others = []
     for f in sorted({r["label_fraction"] for r in patient["rows"]} - {0.1}):
         cell = {m: label_efficiency.by(patient["rows"], f, m) for m in ("teacher", "scratch", "kd_consistent")}
-        cell_best = label_efficiency.by(patient["rows"], f, "teacher", key="best_epoch")
         bench = label_efficiency.by(rows, f, "kd_consistent")
         bench_scratch = label_efficiency.by(rows, f, "scratch")
         for k in sorted(cell["kd_consistent"].keys() & cell["scratch"].keys() & cell["teacher"].keys()):
@@ -799,8 +798,7 @@ def _label_efficiency(results: Path):
                 fraction=f, seed=k, vs_scratch=cell["kd_consistent"][k] - cell["scratch"][k],
                 vs_bench=cell["kd_consistent"][k] - bench[k] if k in bench else None,
                 vs_bench_scratch=cell["kd_consistent"][k] - bench_scratch[k] if k in bench_scratch else None,
-                teacher_margin=cell["teacher"][k] - cell["scratch"][k],
-                teacher_late=in_last_tenth(cell_best[k], patient["settings"]["teacher_max_epochs"])))
+                teacher_margin=cell["teacher"][k] - cell["scratch"][k]))
     # the same as a table, and per fraction over its seeds (the benchmark's scratch, chosen on
     # validation, is the fairer reference than the patient twin's one fixed setting)
     out.patient.others_table = markdown_table(
@@ -857,8 +855,7 @@ def patient_tenth(results: Path, rows: list[dict], label_efficiency) -> Namespac
     return Namespace(settings=data["settings"], summary=summary, seeds=seeds, goal=tenth_goal(summary), shift=shift,
                      table=label_efficiency.markdown(data["rows"], summary, data["settings"]),
                      vs_bench=markdown_table(["model", *[f"seed {k}" for k in seeds], "mean (ahead)"], lines),
-                     teacher_augmented=[r["seed"] for r in teachers if r.get("augment")],
-                     teacher_plain=[r["seed"] for r in teachers if not r.get("augment")])
+                     teacher_augmented=[r["seed"] for r in teachers if r.get("augment")])
 
 
 def better_teachers(results: Path, rows: list[dict], label_efficiency) -> Namespace:
@@ -889,21 +886,18 @@ def better_teachers(results: Path, rows: list[dict], label_efficiency) -> Namesp
         best = max(kd, key=lambda m: val[m]) if kd else None
         t_rows = sorted((r for r in file["rows"] if r["model"] == "teacher"), key=lambda r: r["seed"])
         return Namespace(
-            settings=file["settings"], seeds=seeds, teacher=teacher, teacher_rows=t_rows,
-            teacher_mean=mean_std([teacher[k] for k in seeds])[0],
+            settings=file["settings"], rows=file["rows"], teacher_rows=t_rows,
             vs_bench_teacher=[teacher[k] - bench_teacher[k] for k in seeds if k in bench_teacher],
             teacher_vs_twin=against(teacher), best=best, best_vs_twin=against(label_efficiency.by(file["rows"], f, best)) if best else None,
-            kd={m: against(label_efficiency.by(file["rows"], f, m)) for m in kd},
             table=label_efficiency.markdown(file["rows"], label_efficiency.summarise(file["rows"]), file["settings"]))
 
     out = Namespace(fraction=f, patient=reading(patient), aug=reading(aug),
-                    twin_mean=mean_std(list(twin.values()))[0], linear_mean=mean_std(list(linear.values()))[0],
-                    bench_twin_mean=mean_std(list(label_efficiency.by(rows, f, "scratch").values()))[0])
+                    twin_mean=mean_std(list(twin.values()))[0], linear_mean=mean_std(list(linear.values()))[0])
     out.aug_best_mean = mean_std(list(label_efficiency.by(aug["rows"], f, out.aug.best).values()))[0]
     lines = []
     for label, x in (("patient", out.patient), ("patient, augmentation chosen", out.aug)):
-        best = label_efficiency.by((patient if x is out.patient else aug)["rows"], f, x.best) if x.best else {}
-        for i, r in enumerate(x.teacher_rows):
+        best = label_efficiency.by(x.rows, f, x.best) if x.best else {}
+        for r in x.teacher_rows:
             k = r["seed"]
             chosen = {False: "none", True: "translations, time shifts"}.get(r.get("augment"), str(r.get("augment", "")))
             lines.append([label, k, f"{r['accuracy']:.2f} ({r['best_epoch']} of {r['max_epochs']})",
