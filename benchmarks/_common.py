@@ -70,10 +70,10 @@ def runs_folder(result: Path) -> Path:
 
 
 def packaged_teacher(overrides: list[str], folder: Path, log=print):
-    """(teacher config, data, teacher summary) of the packaged teacher recipe with ``overrides``
-    (seed, device, ``--set``), its run in ``folder``: kept there from an earlier call, else copied
-    from ``$MMDISTILL_CACHE/teachers`` (or trained and cached) as ``mmdistill demo`` does.
-    ``folder / "best.pt"`` stays the teacher checkpoint's path for as long as ``folder`` is kept,
+    """(data, teacher summary) of the packaged teacher recipe with ``overrides`` (seed, device,
+    ``--set``), its run in ``folder``: kept there from an earlier call, else copied from
+    ``$MMDISTILL_CACHE/teachers`` (or trained and cached) as ``mmdistill demo`` does. The summary's
+    ``checkpoint`` is ``folder/best.pt``, absolute: the same path for as long as ``folder`` is kept,
     so a distillation that reads it can be resumed."""
     from mmdistill.demo import recipe, train_or_reuse_teacher
     from mmdistill.rundir import BEST, SUMMARY
@@ -82,10 +82,20 @@ def packaged_teacher(overrides: list[str], folder: Path, log=print):
     tcfg = parse_config(apply_overrides(recipe("av_digits_teacher"), overrides), "teacher")
     data = load_data(tcfg)
     if (folder / SUMMARY).is_file() and (folder / BEST).is_file():
-        return tcfg, data, json.loads((folder / SUMMARY).read_text())
-    shutil.rmtree(folder, ignore_errors=True)  # a copy or a training that was stopped
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return tcfg, data, train_or_reuse_teacher(tcfg, data, folder, log, reuse=True)
+        summary = json.loads((folder / SUMMARY).read_text())
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # a copy or a training that was stopped
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        summary = train_or_reuse_teacher(tcfg, data, folder, log, reuse=True)
+    return data, {**summary, "checkpoint": str((folder / BEST).resolve())}
+
+
+def remove_runs(folder: Path) -> None:
+    """Remove ``folder``, a folder of run directories in a :func:`runs_folder` whose rows are all
+    written, and the :func:`runs_folder` too once it holds nothing else."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
 
 
 def resumable_run(raw: dict, folder: Path, data) -> tuple[dict, dict, bool]:
@@ -96,14 +106,15 @@ def resumable_run(raw: dict, folder: Path, data) -> tuple[dict, dict, bool]:
     from mmdistill.rundir import STATE, SUMMARY
     from mmdistill.runs import run_distill, run_train
 
-    key = "student" if raw.get("distill") else "model"
+    distill = bool(raw.get("distill"))
+    key = "student" if distill else "model"
     if (folder / SUMMARY).is_file():
         summary = json.loads((folder / SUMMARY).read_text())
         return summary, summary[key], False
     resume = (folder / STATE).is_file()
     cfg = parse_config(raw, "student")
     options = {"data": data, "resume": resume, "overwrite": folder.exists() and not resume}
-    summary = run_distill(cfg, folder, **options) if raw.get("distill") else run_train(cfg, folder, log=None, **options)
+    summary = run_distill(cfg, folder, **options) if distill else run_train(cfg, folder, log=None, **options)
     return summary, summary[key], resume
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 from _common import (RESULTS, machine, markdown_table, mean_std, merge_rows, packaged_teacher, plain_student_recipe,
-                     resumable_run, runs_folder)
+                     remove_runs, resumable_run, runs_folder)
 
 from mmdistill.config import apply_overrides
 from mmdistill.distill.engine import in_last_tenth
@@ -113,10 +113,10 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
     todo = [(c, e) for e in args.epochs for c in args.candidates if (seed, c, e) not in done]
     folder = runs_folder(path) / f"seed{seed}"  # kept until the seed's rows are written: a stopped run resumes
     if not todo:  # (a folder left by a process stopped after its last row was written goes too)
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_runs(folder)
         return
     common = [f"seed={seed}", f"device={args.device}", "train.progress=false", *args.overrides]
-    _, data, teacher = packaged_teacher(common, folder / "teacher")
+    data, teacher = packaged_teacher(common, folder / "teacher")
     for name, epochs in todo:
         kind, overrides, terms = CANDIDATES[name]
         raw = apply_overrides(plain_student_recipe(), [*common, f"train.epochs={epochs}", *overrides])
@@ -124,7 +124,7 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
             raw.pop("distill")
         else:
             raw["distill"]["terms"] = terms
-            raw["distill"]["teacher"]["checkpoint"] = str((folder / "teacher" / "best.pt").resolve())
+            raw["distill"]["teacher"]["checkpoint"] = teacher["checkpoint"]
         start = time.perf_counter()
         out = folder / f"{name}_{epochs}"
         summary, model, resumed = resumable_run(raw, out, data)
@@ -144,9 +144,7 @@ def run_seed(seed: int, args, results: dict, path: Path) -> None:
         shutil.rmtree(out)
         print(f"seed {seed} {name} ({epochs} epochs): val {row['val_accuracy']:.4f} test {row['accuracy']:.4f} "
               f"best epoch {row['best_epoch']} ({'resumed' if resumed else str(row['seconds']) + ' s'})", flush=True)
-    shutil.rmtree(folder)
-    if not any(folder.parent.iterdir()):
-        folder.parent.rmdir()
+    remove_runs(folder)
 
 
 def runs_of(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict]]:

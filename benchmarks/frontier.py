@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from _common import (RESULTS, fmt, load_runs, machine, markdown_table, mean_std, merge_rows, packaged_teacher,
-                     paired_gain, plain_student_recipe, result_file, resumable_run, runs_folder)
+                     paired_gain, plain_student_recipe, remove_runs, result_file, resumable_run, runs_folder)
 
 from mmdistill import api
 from mmdistill.checkpoint import load_checkpoint
@@ -55,7 +55,6 @@ from mmdistill.demo import SCRATCH_TWIN, recipe, scratch_recipe, train_or_reuse_
 from mmdistill.distill.engine import in_last_tenth
 from mmdistill.evaluate import evaluate_model
 from mmdistill.models import build_model, count_parameters
-from mmdistill.rundir import BEST
 
 MODALITIES = ("audio", "image")
 
@@ -127,14 +126,13 @@ def train_shipped(args, out: Path, runs: list[dict]) -> None:
     continues that run from its last complete epoch when started again; a run's folder is removed
     once its row is in the part file."""
     done = {(r["student"], r["method"], r["seed"]) for r in runs}
-    work = runs_folder(out)
     for seed in args.seeds:
         todo = [(s, m) for s in args.students or list(STUDENTS) for m in ("scratch", RECIPE) if (s, m, seed) not in done]
-        folder = work / f"seed{seed}"
+        folder = runs_folder(out) / f"seed{seed}"
         if not todo:  # (a folder left by a process stopped after its last row was written goes too)
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_runs(folder)
             continue
-        _, data, teacher = packaged_teacher([f"seed={seed}", f"device={args.device}", "train.progress=false",
+        data, teacher = packaged_teacher([f"seed={seed}", f"device={args.device}", "train.progress=false",
                                              *args.overrides], folder / "teacher")
         if ("teacher", "teacher", seed) not in done:
             runs.append({"student": "teacher", "method": "teacher", "seed": seed,
@@ -142,7 +140,7 @@ def train_shipped(args, out: Path, runs: list[dict]) -> None:
                          "teacher_seed": seed, "machine": machine()})
         for student, method in todo:
             distill_raw, twin_raw = shipped_recipes(student, seed, args)
-            distill_raw["distill"]["teacher"]["checkpoint"] = str((folder / "teacher" / BEST).resolve())
+            distill_raw["distill"]["teacher"]["checkpoint"] = teacher["checkpoint"]
             start = time.perf_counter()
             run_folder = folder / f"{student}_{method}".replace(" ", "_")
             summary, model, resumed = resumable_run(twin_raw if method == "scratch" else distill_raw, run_folder, data)
@@ -162,9 +160,7 @@ def train_shipped(args, out: Path, runs: list[dict]) -> None:
                   f"best epoch {r['best_epoch']} of {epochs} ({took})", flush=True)
             out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
             shutil.rmtree(run_folder)
-        shutil.rmtree(folder)  # every run of this seed has its row
-    if work.is_dir() and not any(work.iterdir()):
-        work.rmdir()
+        remove_runs(folder)  # every run of this seed has its row
 
 
 def run_one(student: str, method: str, seed: int, teacher, data, args) -> dict:
